@@ -1,0 +1,44 @@
+//! Generated gRPC code for the three APIs twid speaks.
+//!
+//! - [`workload`]: the SPIFFE Workload API (no protobuf package, as the standard fixes it).
+//! - [`node`]: the agent-to-server API over mutual TLS.
+//! - [`admin`]: the command line's API on the server's local socket.
+//! - [`types`]: messages shared by the node and admin APIs.
+
+#![allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
+
+/// SPIFFE Workload API messages and service (`/SpiffeWorkloadAPI/<Method>`).
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+/// The generated packages, nested as protobuf package names require.
+pub mod twid {
+    pub mod types {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/twid.types.v1.rs"));
+        }
+    }
+    pub mod node {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/twid.node.v1.rs"));
+        }
+    }
+    pub mod admin {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/twid.admin.v1.rs"));
+        }
+    }
+}
+
+/// Messages shared by the node and admin APIs.
+pub use twid::types::v1 as types;
+
+/// The node API: agent to server over mutual TLS.
+pub use twid::node::v1 as node;
+
+/// The admin API: command line to server over the local Unix socket.
+pub use twid::admin::v1 as admin;
+
+/// The name of the gRPC metadata key every Workload API request must carry with value `true`.
+pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
