@@ -1,0 +1,14 @@
+//! The server's data model: registration entries, selectors and attested agents, the rules
+//! an entry must follow, and which entries an agent is authorized for. No I/O.
+
+#![forbid(unsafe_code)]
+
+mod agent;
+mod authorize;
+mod entry;
+mod selector;
+
+pub use agent::AttestedAgent;
+pub use authorize::{agent_id_for_join_token, authorized_entries, server_id};
+pub use entry::{EntryError, MAX_HINT_LEN, NewEntry, RegistrationEntry};
+pub use selector::{Selector, SelectorError, selectors_match};
