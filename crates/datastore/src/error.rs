@@ -1,0 +1,94 @@
+//! Errors returned by datastore operations.
+
+/// A failed datastore operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DatastoreError {
+    /// The named record does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// A record with the same key, or an identical registration entry, already exists.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// A concurrent write got in the way; retrying the operation may succeed.
+    #[error("conflicting concurrent write: {0}")]
+    Conflict(String),
+    /// The database driver failed (connection, SQL or I/O error).
+    #[error("database operation failed: {0}")]
+    Backend(#[source] sqlx::Error),
+    /// A stored value cannot be decoded, for example an invalid SPIFFE ID or JSON.
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    /// The database was migrated by a newer twid than this one.
+    #[error(
+        "database schema version {found} is newer than the {supported} this binary supports; \
+         run a twid release that supports it"
+    )]
+    SchemaTooNew {
+        /// The highest migration version recorded in the database.
+        found: i64,
+        /// The highest migration version this binary ships.
+        supported: i64,
+    },
+    /// The SQLite database file could not be created or inspected.
+    #[error("failed to prepare database file {path}: {source}")]
+    File {
+        /// The database file path.
+        path: std::path::PathBuf,
+        /// The underlying I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The configuration cannot be used, for example a non-UTF-8 path.
+    #[error("invalid datastore configuration: {0}")]
+    InvalidConfig(String),
+}
+
+impl From<sqlx::Error> for DatastoreError {
+    fn from(error: sqlx::Error) -> Self {
+        if is_transient_conflict(&error) {
+            Self::Conflict(error.to_string())
+        } else {
+            Self::Backend(error)
+        }
+    }
+}
+
+/// Returns whether `error` is a lock or serialization conflict that a retry may resolve:
+/// PostgreSQL SQLSTATE 40001 (serialization failure) or 40P01 (deadlock), or SQLite
+/// `SQLITE_BUSY` or `SQLITE_LOCKED` with any extended code.
+fn is_transient_conflict(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = error else {
+        return false;
+    };
+    if db
+        .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+        .is_some()
+    {
+        return matches!(db.code().as_deref(), Some("40001" | "40P01"));
+    }
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // sqlx reports the SQLite extended result code, whose low byte is the primary code.
+        let primary = db
+            .code()
+            .and_then(|code| code.parse::<i32>().ok())
+            .map(|code| code & 0xff);
+        return matches!(primary, Some(5 | 6));
+    }
+    false
+}
+
+/// Returns whether `error` is a unique or primary key violation.
+pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
+    matches!(error, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+/// Maps a unique violation to [`DatastoreError::AlreadyExists`] naming `what`, and any other
+/// driver error as [`From`] does.
+pub(crate) fn map_unique(error: sqlx::Error, what: impl FnOnce() -> String) -> DatastoreError {
+    if is_unique_violation(&error) {
+        DatastoreError::AlreadyExists(what())
+    } else {
+        DatastoreError::from(error)
+    }
+}

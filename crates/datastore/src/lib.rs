@@ -1,0 +1,192 @@
+//! The server's SQL datastore: registration entries, attested agents, join tokens, trust
+//! bundles and CA state, in SQLite (embedded, the default) or PostgreSQL.
+//!
+//! Both backends share one code path through sqlx's `Any` driver, so every statement uses `$n`
+//! placeholders and only basic column types: times are BIGINT unix seconds and lists are JSON
+//! text. Every entry, agent and bundle write also increments the single-row `changes` counter in
+//! the same transaction, so [`Datastore::current_revision`] changes whenever such data does.
+//! The datastore stores what the server decided and enforces no policy beyond uniqueness.
+
+#![forbid(unsafe_code)]
+
+mod agents;
+mod bundles;
+mod ca_state;
+mod entries;
+mod error;
+mod join_tokens;
+mod migrate;
+mod sqlite;
+
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Deserialize;
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyConnection, AnyPool, Row};
+use twid_spiffe::{SpiffeId, TrustDomain};
+
+pub use bundles::StoredBundle;
+pub use entries::EntryFilter;
+pub use error::DatastoreError;
+pub use join_tokens::JoinToken;
+
+/// The SQL backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DatabaseType {
+    /// An embedded SQLite file; the connection string is its path.
+    #[serde(alias = "sqlite3")]
+    Sqlite,
+    /// A PostgreSQL server; the connection string is a `postgres://` URL.
+    #[serde(alias = "postgresql")]
+    Postgres,
+}
+
+/// Where the datastore lives.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct DatastoreConfig {
+    /// The backend.
+    pub database_type: DatabaseType,
+    /// A file path for SQLite, a `postgres://` URL for PostgreSQL.
+    pub connection_string: String,
+}
+
+/// Connections to the store. Cloning is cheap and shares the pool.
+#[derive(Debug, Clone)]
+pub struct Datastore {
+    pool: AnyPool,
+    backend: DatabaseType,
+}
+
+/// Pool size for PostgreSQL. SQLite uses one connection because it allows one writer at a
+/// time anyway, and a single connection avoids `SQLITE_BUSY` on lock upgrades.
+const POSTGRES_POOL_SIZE: u32 = 8;
+
+impl Datastore {
+    /// Opens the configured datastore and applies pending migrations.
+    ///
+    /// # Errors
+    /// Returns [`DatastoreError::SchemaTooNew`] for a database migrated by a newer binary,
+    /// or the connection or migration failure.
+    pub async fn open(config: &DatastoreConfig) -> Result<Self, DatastoreError> {
+        match config.database_type {
+            DatabaseType::Sqlite => Self::open_sqlite(Path::new(&config.connection_string)).await,
+            DatabaseType::Postgres => Self::open_postgres(&config.connection_string).await,
+        }
+    }
+
+    /// Opens (creating with mode 0600 if missing) the SQLite file at `path` and applies pending
+    /// migrations. The file runs in WAL mode with `synchronous=FULL`.
+    ///
+    /// # Errors
+    /// Returns the file, connection or migration failure.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, DatastoreError> {
+        let url = sqlite::prepare_file(path)?;
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(1)
+            .after_connect(|conn, _| Box::pin(sqlite::configure_connection(conn)))
+            .connect(&url)
+            .await?;
+        Self::finish_open(pool, DatabaseType::Sqlite).await
+    }
+
+    async fn open_postgres(url: &str) -> Result<Self, DatastoreError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(POSTGRES_POOL_SIZE)
+            .connect(url)
+            .await?;
+        Self::finish_open(pool, DatabaseType::Postgres).await
+    }
+
+    async fn finish_open(pool: AnyPool, backend: DatabaseType) -> Result<Self, DatastoreError> {
+        migrate::run(&pool, backend).await?;
+        tracing::debug!(backend = ?backend, "datastore opened");
+        Ok(Self { pool, backend })
+    }
+
+    /// Returns the backend this store runs on.
+    pub fn database_type(&self) -> DatabaseType {
+        self.backend
+    }
+
+    /// Returns the change counter, which grows with every entry, agent or bundle write. Agents'
+    /// sync can skip work while it stays the same.
+    ///
+    /// # Errors
+    /// Returns the query failure, or [`DatastoreError::Corrupt`] if the counter row is missing.
+    pub async fn current_revision(&self) -> Result<u64, DatastoreError> {
+        let row = sqlx::query("SELECT revision FROM changes")
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| DatastoreError::Corrupt("the changes table has no row".into()))?;
+        to_u64("changes.revision", row.try_get("revision")?)
+    }
+
+    /// Closes every connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Increments the change counter; call inside the transaction of the write it records.
+async fn bump_revision(conn: &mut AnyConnection) -> Result<(), DatastoreError> {
+    sqlx::query("UPDATE changes SET revision = revision + 1")
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Converts a stored count or sequence number to `u64`, reporting a negative value as corrupt.
+fn to_u64(column: &str, value: i64) -> Result<u64, DatastoreError> {
+    u64::try_from(value).map_err(|_| DatastoreError::Corrupt(format!("{column} is {value}")))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("selectors, strings and trust domains must serialize")
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(
+    column: &str,
+    text: &str,
+) -> Result<T, DatastoreError> {
+    serde_json::from_str(text)
+        .map_err(|e| DatastoreError::Corrupt(format!("{column} holds invalid JSON {text:?}: {e}")))
+}
+
+/// Reads a flag column, which is BOOLEAN on PostgreSQL and INTEGER 0/1 on SQLite.
+fn get_bool(row: &AnyRow, column: &str) -> Result<bool, DatastoreError> {
+    match row.try_get::<bool, _>(column) {
+        Ok(value) => Ok(value),
+        Err(sqlx::Error::ColumnDecode { .. }) => Ok(row.try_get::<i64, _>(column)? != 0),
+        Err(other) => Err(other.into()),
+    }
+}
+
+fn parse_spiffe_id(column: &str, text: &str) -> Result<SpiffeId, DatastoreError> {
+    SpiffeId::new(text).map_err(|e| {
+        DatastoreError::Corrupt(format!("{column} contains invalid SPIFFE ID {text:?}: {e}"))
+    })
+}
+
+fn parse_trust_domain(column: &str, text: &str) -> Result<TrustDomain, DatastoreError> {
+    TrustDomain::new(text).map_err(|e| {
+        DatastoreError::Corrupt(format!(
+            "{column} contains invalid trust domain {text:?}: {e}"
+        ))
+    })
+}
+
+/// Returns the lowercase hex SHA-256 of `data`.
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data))
+}
+
+/// Returns the wall clock in unix seconds, for timestamps the caller does not supply.
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,59 @@
+//! SQLite specifics: the database file and per-connection settings.
+
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use sqlx::AnyConnection;
+
+use crate::DatastoreError;
+
+/// Creates the database file with mode 0600 if it does not exist and returns its sqlx URL.
+/// SQLite gives the `-wal` and `-shm` files the mode of the database file. An existing file
+/// keeps its mode, with a warning if group or others may access it.
+pub(crate) fn prepare_file(path: &Path) -> Result<String, DatastoreError> {
+    let file_error = |source| DatastoreError::File {
+        path: path.to_owned(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(file_error)?;
+    let mode = file.metadata().map_err(file_error)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %path.display(),
+            mode = format_args!("{mode:o}"),
+            "datastore file is accessible to group or others; run chmod 600 on it"
+        );
+    }
+    let text = path.to_str().ok_or_else(|| {
+        DatastoreError::InvalidConfig(format!("sqlite path {} is not UTF-8", path.display()))
+    })?;
+    // sqlx percent-decodes the path and treats `?` as the start of the parameters.
+    let escaped = text
+        .replace('%', "%25")
+        .replace('?', "%3F")
+        .replace('#', "%23");
+    Ok(format!("sqlite://{escaped}?mode=rw"))
+}
+
+/// Applies the durability and locking settings to a new connection.
+pub(crate) async fn configure_connection(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    // busy_timeout comes first so that switching to WAL waits for other connections' locks.
+    // FULL syncs the WAL on every commit, so an acknowledged write survives power loss.
+    sqlx::raw_sql(
+        "PRAGMA busy_timeout = 5000; \
+         PRAGMA journal_mode = WAL; \
+         PRAGMA synchronous = FULL; \
+         PRAGMA foreign_keys = ON;",
+    )
+    .execute(conn)
+    .await?;
+    Ok(())
+}
