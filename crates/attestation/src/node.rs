@@ -1,0 +1,3 @@
+//! Node attestation.
+
+pub mod join_token;
