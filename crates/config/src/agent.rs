@@ -1,0 +1,465 @@
+//! The agent configuration file: an `agent` block plus `plugins`, `health_checks`,
+//! `telemetry`, with SPIRE's key names.
+
+use std::fmt;
+use std::net::Ipv6Addr;
+use std::path::{Component, Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use twid_spiffe::TrustDomain;
+
+use crate::common::{self, HealthChecks, LogFormat, LogLevel, ParseValueError, Telemetry};
+use crate::document::{Schema, Section, Source};
+use crate::plugins::{self, Plugin};
+use crate::server::DEFAULT_SERVER_PORT;
+use crate::{ConfigError, read_file, values};
+
+const DEFAULT_SOCKET_PATH: &str = "/tmp/twid-agent/public/api.sock";
+const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Everything `twid agent run` needs, read from an agent configuration file.
+///
+/// `Debug` prints `join_token` as `<redacted>`.
+#[derive(Clone)]
+pub struct AgentConfig {
+    /// The file this was loaded from, or `None` for [`AgentConfig::parse`] and
+    /// [`AgentConfig::new_dev`].
+    pub source: Option<PathBuf>,
+    /// The trust domain of the server. Required.
+    pub trust_domain: TrustDomain,
+    /// Host name or IP address of the server, an IPv6 literal in brackets. Required.
+    pub server_address: String,
+    /// Port of the server's agent API. Default 8081.
+    pub server_port: u16,
+    /// Unix socket of the Workload API. Default `/tmp/twid-agent/public/api.sock`.
+    pub socket_path: PathBuf,
+    /// Directory for agent state (its key, SVID and bundle). Required.
+    pub data_dir: PathBuf,
+    /// Bundle that authenticates the server on first contact.
+    pub trust_bundle_path: Option<PathBuf>,
+    /// Format of `trust_bundle_path`. Default pem.
+    pub trust_bundle_format: TrustBundleFormat,
+    /// Trust the server without a bundle on first contact. Default false.
+    pub insecure_bootstrap: bool,
+    /// One-time token for node attestation.
+    pub join_token: Option<String>,
+    /// Default INFO.
+    pub log_level: LogLevel,
+    /// Default text.
+    pub log_format: LogFormat,
+    /// The `health_checks` block.
+    pub health_checks: HealthChecks,
+    /// The `telemetry` block.
+    pub telemetry: Telemetry,
+    /// The `WorkloadAttestor "unix"` settings.
+    pub unix_attestor: UnixAttestorConfig,
+    /// How often the agent fetches its entries from the server. Default 5s.
+    pub sync_interval: Duration,
+}
+
+/// Settings of the unix workload attestor, with SPIRE's meanings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnixAttestorConfig {
+    /// Add `unix:path` and `unix:sha256` selectors from the workload's executable. Default false.
+    pub discover_workload_path: bool,
+    /// Largest executable in bytes that is hashed for `unix:sha256`: 0 means no limit, a
+    /// negative value means never hash. Default 0.
+    pub workload_size_limit: i64,
+}
+
+/// Encoding of the file at `trust_bundle_path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TrustBundleFormat {
+    /// PEM certificates. This is the default.
+    #[default]
+    Pem,
+    /// A SPIFFE bundle (JWK set) document.
+    Spiffe,
+}
+
+impl TrustBundleFormat {
+    /// Returns the configuration spelling: `"pem"` or `"spiffe"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Pem => "pem",
+            Self::Spiffe => "spiffe",
+        }
+    }
+}
+
+impl fmt::Display for TrustBundleFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TrustBundleFormat {
+    type Err = ParseValueError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "pem" => Ok(Self::Pem),
+            "spiffe" => Ok(Self::Spiffe),
+            _ => Err(ParseValueError::new(
+                "trust bundle format",
+                s,
+                "pem or spiffe",
+            )),
+        }
+    }
+}
+
+const AGENT_KEYS: &[&str] = &[
+    "trust_domain",
+    "server_address",
+    "server_port",
+    "socket_path",
+    "data_dir",
+    "trust_bundle_path",
+    "trust_bundle_format",
+    "insecure_bootstrap",
+    "join_token",
+    "log_level",
+    "log_format",
+    "experimental",
+];
+
+const FILE: Schema = Schema {
+    keys: &["agent", "plugins", "health_checks", "telemetry"],
+    hints: &[(
+        "server",
+        "this block belongs in a server configuration; load this file as a server configuration",
+    )],
+    nested: Some(("agent", AGENT_KEYS)),
+};
+
+const AGENT: Schema = Schema {
+    keys: AGENT_KEYS,
+    hints: &[
+        (
+            "log_file",
+            "twid logs to standard error; redirect it to a file instead",
+        ),
+        (
+            "trust_bundle_url",
+            "download the bundle and set trust_bundle_path",
+        ),
+        ("trust_bundle_unix_socket", ""),
+        ("retry_bootstrap", ""),
+        ("admin_socket_path", ""),
+        ("allow_unauthenticated_verifiers", ""),
+        ("allowed_foreign_jwt_claims", ""),
+        ("authorized_delegates", ""),
+        ("availability_target", ""),
+        ("log_source_location", ""),
+        ("profiling_enabled", ""),
+        ("profiling_port", ""),
+        ("profiling_freq", ""),
+        ("profiling_names", ""),
+        ("sds", ""),
+        ("workload_x509_svid_key_type", ""),
+        ("x509_svid_cache_max_size", ""),
+        ("jwt_svid_cache_max_size", ""),
+    ],
+    nested: None,
+};
+
+const EXPERIMENTAL: Schema = Schema {
+    keys: &["sync_interval"],
+    hints: &[
+        ("named_pipe_name", ""),
+        ("use_sync_authorized_entries", ""),
+        ("require_pq_kem", ""),
+    ],
+    nested: None,
+};
+
+/// Every SPIRE agent plugin type, so that each gets a clear "unsupported" error.
+const PLUGIN_TYPES: Schema = Schema {
+    keys: &[
+        "KeyManager",
+        "NodeAttestor",
+        "WorkloadAttestor",
+        "SVIDStore",
+    ],
+    hints: &[(
+        "DataStore",
+        "the datastore is a server plugin; move this block to the server configuration",
+    )],
+    nested: None,
+};
+
+const UNIX_ATTESTOR: Schema = Schema {
+    keys: &["discover_workload_path", "workload_size_limit"],
+    hints: &[],
+    nested: None,
+};
+
+const KEY_MANAGER_DISK: Schema = Schema {
+    keys: &["directory"],
+    hints: &[],
+    nested: None,
+};
+
+impl AgentConfig {
+    /// Reads and validates an agent configuration file.
+    ///
+    /// # Errors
+    /// Returns the first problem found, naming the file and line, as described at [`ConfigError`].
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_options(path, false)
+    }
+
+    /// Like [`AgentConfig::load`], but with `expand_env` it first replaces `$VAR` and `${VAR}` in the
+    /// file text by environment variables, and an unset variable is an error.
+    ///
+    /// # Errors
+    /// Returns the first problem found, naming the file and line, as described at [`ConfigError`].
+    pub fn load_with_options(path: &Path, expand_env: bool) -> Result<Self, ConfigError> {
+        let text = read_file(path, expand_env)?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        config.source = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// Parses configuration text. `source_name` is the file name used in errors.
+    ///
+    /// # Errors
+    /// Returns the first problem found, naming `source_name` and the line, as described at [`ConfigError`].
+    pub fn parse(text: &str, source_name: &str) -> Result<Self, ConfigError> {
+        let source = Source::new(source_name, text);
+        let body = source.parse()?;
+        let root = Section::root(&source, &body);
+        root.check_keys(&FILE)?;
+        let Some(agent) = root.section("agent")? else {
+            let hint = root
+                .entry("server")
+                .map(|_| "this file has a server block; it is a server configuration".to_owned());
+            return Err(ConfigError::MissingBlock {
+                file: source_name.to_owned(),
+                block: "agent".to_owned(),
+                hint,
+            });
+        };
+        agent.check_keys(&AGENT)?;
+
+        let trust_domain = common::trust_domain(&agent)?;
+        let server_address = agent.required("server_address", server_address)?;
+        let data_dir = agent.required("data_dir", values::path)?;
+        let (log_level, log_format) = common::logging(&agent)?;
+        let trust_bundle_path = agent.optional("trust_bundle_path", values::path)?;
+        let insecure_bootstrap = agent
+            .optional("insecure_bootstrap", values::boolean)?
+            .unwrap_or(false);
+        check_bootstrap(&agent, trust_bundle_path.is_some(), insecure_bootstrap)?;
+
+        let plugins = plugins::collect(&root, &PLUGIN_TYPES)?;
+        let unix_attestor = check_plugins(&plugins, &data_dir)?;
+        Ok(Self {
+            source: None,
+            trust_domain,
+            server_address,
+            server_port: agent
+                .optional("server_port", values::port)?
+                .unwrap_or(DEFAULT_SERVER_PORT),
+            socket_path: agent
+                .optional("socket_path", values::path)?
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
+            data_dir,
+            trust_bundle_path,
+            trust_bundle_format: agent
+                .optional(
+                    "trust_bundle_format",
+                    common::enumerated::<TrustBundleFormat>,
+                )?
+                .unwrap_or_default(),
+            insecure_bootstrap,
+            join_token: agent.optional("join_token", values::non_empty_string)?,
+            log_level,
+            log_format,
+            health_checks: common::health_checks(&root)?,
+            telemetry: common::telemetry(&root)?,
+            unix_attestor,
+            sync_interval: sync_interval(&agent)?,
+        })
+    }
+
+    /// Returns a configuration for a development agent that talks to a local server. The
+    /// caller sets `trust_bundle_path` or `insecure_bootstrap`, and `join_token`.
+    pub fn new_dev(
+        trust_domain: TrustDomain,
+        server_address: String,
+        server_port: u16,
+        data_dir: &Path,
+        socket_path: PathBuf,
+    ) -> Self {
+        Self {
+            source: None,
+            trust_domain,
+            server_address,
+            server_port,
+            socket_path,
+            data_dir: data_dir.to_owned(),
+            trust_bundle_path: None,
+            trust_bundle_format: TrustBundleFormat::default(),
+            insecure_bootstrap: false,
+            join_token: None,
+            log_level: LogLevel::default(),
+            log_format: LogFormat::default(),
+            health_checks: HealthChecks::default(),
+            telemetry: Telemetry::default(),
+            unix_attestor: UnixAttestorConfig::default(),
+            sync_interval: DEFAULT_SYNC_INTERVAL,
+        }
+    }
+}
+
+/// Reads a host name or IP address without a port or scheme. Name resolution happens when
+/// the agent connects. An IPv6 literal is returned in brackets, so that
+/// `format!("{address}:{port}")` is a valid authority.
+fn server_address(expr: &hcl_edit::expr::Expression) -> Result<String, String> {
+    let address = values::non_empty_string(expr)?;
+    let unbracketed = address
+        .strip_prefix('[')
+        .and_then(|inner| inner.strip_suffix(']'))
+        .unwrap_or(&address);
+    let is_ipv6 = unbracketed.parse::<Ipv6Addr>().is_ok();
+    if address.contains("://") || (address.contains(':') && !is_ipv6) {
+        return Err(
+            "expected a host name or IP address without scheme or port; set the port with \
+             server_port"
+                .to_owned(),
+        );
+    }
+    if is_ipv6 {
+        return Ok(format!("[{unbracketed}]"));
+    }
+    Ok(address)
+}
+
+/// Requires exactly one way to authenticate the server on first contact, as SPIRE does.
+fn check_bootstrap(
+    agent: &Section<'_>,
+    has_bundle: bool,
+    insecure_bootstrap: bool,
+) -> Result<(), ConfigError> {
+    match (has_bundle, insecure_bootstrap) {
+        (true, false) | (false, true) => Ok(()),
+        (true, true) => Err(agent.invalid_value(
+            "insecure_bootstrap",
+            "trust_bundle_path is also set; use one or the other".to_owned(),
+        )),
+        (false, false) => Err(agent.invalid(
+            agent.line,
+            "block \"agent\" needs trust_bundle_path (a bundle with the server's CA) or \
+             insecure_bootstrap = true (trust the first server contacted; for testing only)"
+                .to_owned(),
+        )),
+    }
+}
+
+fn sync_interval(agent: &Section<'_>) -> Result<Duration, ConfigError> {
+    let Some(experimental) = agent.section("experimental")? else {
+        return Ok(DEFAULT_SYNC_INTERVAL);
+    };
+    experimental.check_keys(&EXPERIMENTAL)?;
+    Ok(experimental
+        .optional("sync_interval", values::positive_duration)?
+        .unwrap_or(DEFAULT_SYNC_INTERVAL))
+}
+
+/// Validates the agent's plugin blocks and returns the unix attestor settings.
+fn check_plugins(
+    plugins: &[Plugin<'_>],
+    data_dir: &Path,
+) -> Result<UnixAttestorConfig, ConfigError> {
+    let mut unix = UnixAttestorConfig::default();
+    plugins::single(plugins, "KeyManager")?;
+    plugins::single(plugins, "NodeAttestor")?;
+    for plugin in plugins {
+        match (plugin.plugin_type, plugin.name) {
+            ("NodeAttestor", "join_token") => plugin.check_data(&plugins::NO_SETTINGS)?,
+            ("NodeAttestor", _) => {
+                return Err(plugin.unsupported("twid supports NodeAttestor \"join_token\" only"));
+            }
+            ("WorkloadAttestor", "unix") => {
+                plugin.check_data(&UNIX_ATTESTOR)?;
+                if let Some(discover) =
+                    plugin.optional("discover_workload_path", values::boolean)?
+                {
+                    unix.discover_workload_path = discover;
+                }
+                if let Some(limit) = plugin.optional("workload_size_limit", values::integer)? {
+                    unix.workload_size_limit = limit;
+                }
+            }
+            ("WorkloadAttestor", _) => {
+                return Err(plugin.unsupported("twid supports WorkloadAttestor \"unix\" only"));
+            }
+            ("KeyManager", "disk") => check_key_manager_disk(plugin, data_dir)?,
+            ("KeyManager", _) => {
+                return Err(plugin.unsupported(
+                    "the twid agent always keeps its private key in data_dir; use \
+                     KeyManager \"disk\" or remove the block",
+                ));
+            }
+            (other, _) => {
+                return Err(plugin.unsupported(&format!("twid has no {other} plugins")));
+            }
+        }
+    }
+    Ok(unix)
+}
+
+/// Accepts `KeyManager "disk"` when its `directory` is `data_dir` (or unset), because the
+/// agent stores its key there and nowhere else.
+fn check_key_manager_disk(plugin: &Plugin<'_>, data_dir: &Path) -> Result<(), ConfigError> {
+    plugin.check_data(&KEY_MANAGER_DISK)?;
+    let Some(directory) = plugin.optional("directory", values::path)? else {
+        return Ok(());
+    };
+    if normalized(&directory) == normalized(data_dir) {
+        return Ok(());
+    }
+    let reason = format!(
+        "the twid agent keeps its private key in data_dir ({}); set directory to data_dir or \
+         remove it",
+        data_dir.display()
+    );
+    Err(match &plugin.data {
+        Some(data) => data.invalid_value("directory", reason),
+        None => plugin.unsupported(&reason),
+    })
+}
+
+/// Drops `.` components so that `./.data` and `.data/` compare equal.
+fn normalized(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|component| !matches!(component, Component::CurDir))
+        .collect()
+}
+
+impl fmt::Debug for AgentConfig {
+    /// Formats every field but the join token, which is a credential.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let join_token = self.join_token.as_ref().map(|_| "<redacted>");
+        f.debug_struct("AgentConfig")
+            .field("source", &self.source)
+            .field("trust_domain", &self.trust_domain)
+            .field("server_address", &self.server_address)
+            .field("server_port", &self.server_port)
+            .field("socket_path", &self.socket_path)
+            .field("data_dir", &self.data_dir)
+            .field("trust_bundle_path", &self.trust_bundle_path)
+            .field("trust_bundle_format", &self.trust_bundle_format)
+            .field("insecure_bootstrap", &self.insecure_bootstrap)
+            .field("join_token", &join_token)
+            .field("log_level", &self.log_level)
+            .field("log_format", &self.log_format)
+            .field("health_checks", &self.health_checks)
+            .field("telemetry", &self.telemetry)
+            .field("unix_attestor", &self.unix_attestor)
+            .field("sync_interval", &self.sync_interval)
+            .finish()
+    }
+}

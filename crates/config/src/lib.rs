@@ -1,0 +1,43 @@
+//! Configuration files of the twid server and agent.
+//!
+//! The files are HCL and use SPIRE's key names and block layout wherever the setting means the
+//! same, so a SPIRE operator can read them and many SPIRE files load unchanged. Anything twid
+//! does not implement (an unknown key, a SPIRE-only setting, a plugin twid lacks) is an error
+//! rather than silently ignored. Every error names the file and line, and usually the key and
+//! value: `server.conf:3: bind_port = "abc": invalid port, expected an integer 1-65535`.
+//!
+//! `docs/configuration.md` lists every key with its default.
+
+#![forbid(unsafe_code)]
+
+mod agent;
+mod common;
+mod document;
+mod duration;
+mod env;
+mod error;
+mod plugins;
+mod server;
+mod values;
+
+use std::path::Path;
+
+pub use agent::{AgentConfig, TrustBundleFormat, UnixAttestorConfig};
+pub use common::{HealthChecks, LogFormat, LogLevel, ParseValueError, Prometheus, Telemetry};
+pub use duration::{format_duration, parse_duration};
+pub use error::ConfigError;
+pub use server::{CaSubject, KeyManager, KeyType, ServerConfig};
+
+/// Reads a configuration file, expanding environment variables when asked to.
+fn read_file(path: &Path, expand_env: bool) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !expand_env {
+        return Ok(text);
+    }
+    env::expand(&text, &path.display().to_string(), |name| {
+        std::env::var(name)
+    })
+}
