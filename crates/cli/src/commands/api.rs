@@ -1,0 +1,312 @@
+//! `twid api fetch x509|jwt` and `twid api validate jwt`: the Workload API from a shell.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+use rustls_pki_types::CertificateDer;
+use twid_proto::workload::{
+    JwtsvidRequest, ValidateJwtsvidRequest, X509svid, X509svidRequest, X509svidResponse,
+};
+use twid_spiffe::x509::split_der_certificates;
+
+use crate::client;
+use crate::output::{self, OutputFormat};
+
+#[derive(Debug, Subcommand)]
+pub enum ApiCommand {
+    /// Fetch SVIDs from the Workload API.
+    #[command(subcommand)]
+    Fetch(FetchCommand),
+    /// Validate a credential with the Workload API.
+    #[command(subcommand)]
+    Validate(ValidateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FetchCommand {
+    /// Fetch the caller's X.509-SVIDs and bundles.
+    X509(FetchX509Args),
+    /// Fetch JWT-SVIDs for an audience.
+    Jwt(FetchJwtArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ValidateCommand {
+    /// Validate a JWT-SVID for an audience.
+    Jwt(ValidateJwtArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SocketArgs {
+    /// Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, else the agent's default socket).
+    #[arg(long)]
+    socket_path: Option<PathBuf>,
+    /// How long to wait for the first answer, in seconds or as a duration.
+    #[arg(long, default_value = "5s", value_parser = super::parse_ttl)]
+    timeout: Duration,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchX509Args {
+    /// Write svid.N.pem, svid.N.key and bundle.N.pem for each SVID into this directory.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    #[command(flatten)]
+    socket: SocketArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FetchJwtArgs {
+    /// Audience of the token; repeat for several.
+    #[arg(long = "audience", required = true)]
+    audience: Vec<String>,
+    /// Fetch only this identity of the caller.
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    #[command(flatten)]
+    socket: SocketArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateJwtArgs {
+    /// The audience the token must name.
+    #[arg(long)]
+    audience: String,
+    /// The JWT-SVID to validate.
+    #[arg(long)]
+    svid: String,
+    #[command(flatten)]
+    socket: SocketArgs,
+}
+
+pub async fn run(command: ApiCommand) -> anyhow::Result<()> {
+    match command {
+        ApiCommand::Fetch(FetchCommand::X509(args)) => fetch_x509(args).await,
+        ApiCommand::Fetch(FetchCommand::Jwt(args)) => fetch_jwt(args).await,
+        ApiCommand::Validate(ValidateCommand::Jwt(args)) => validate_jwt(args).await,
+    }
+}
+
+async fn first_x509_response(socket: &SocketArgs) -> anyhow::Result<X509svidResponse> {
+    let path = client::workload_socket(socket.socket_path.clone())?;
+    let mut workload = client::workload(&path).await?;
+    let call = async {
+        let mut stream = workload
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .map_err(output::status_error)?
+            .into_inner();
+        stream
+            .message()
+            .await
+            .map_err(output::status_error)?
+            .context("the agent closed the stream without sending an SVID")
+    };
+    tokio::time::timeout(socket.timeout, call)
+        .await
+        .with_context(|| format!("no SVID received within {:?}", socket.timeout))?
+}
+
+async fn fetch_x509(args: FetchX509Args) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let response = first_x509_response(&args.socket).await?;
+    let elapsed = started.elapsed();
+    if let Some(dir) = &args.write {
+        write_x509(dir, &response)?;
+    }
+    match args.socket.output {
+        OutputFormat::Json => print_x509_json(&response)?,
+        OutputFormat::Pretty => print_x509_text(&response, elapsed, args.write.as_deref())?,
+    }
+    Ok(())
+}
+
+fn to_pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str(&format!("-----END {label}-----\n"));
+    pem
+}
+
+fn certs_pem(concatenated: &[u8]) -> anyhow::Result<String> {
+    let certs = split_der_certificates(concatenated)?;
+    Ok(certs.iter().map(|cert| to_pem("CERTIFICATE", cert)).collect())
+}
+
+/// Writes a file readable only by its owner, replacing any previous file atomically.
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let temp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .with_context(|| format!("failed to create {}", temp.display()))?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&temp, path).with_context(|| format!("failed to write {}", path.display()))
+}
+
+fn write_x509(dir: &Path, response: &X509svidResponse) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    for (index, svid) in response.svids.iter().enumerate() {
+        std::fs::write(dir.join(format!("svid.{index}.pem")), certs_pem(&svid.x509_svid)?)?;
+        let key = to_pem("PRIVATE KEY", &svid.x509_svid_key);
+        write_private(&dir.join(format!("svid.{index}.key")), key.as_bytes())?;
+        std::fs::write(dir.join(format!("bundle.{index}.pem")), certs_pem(&svid.bundle)?)?;
+        for (td_index, bundle) in response.federated_bundles.values().enumerate() {
+            let name = format!("federated_bundle.{index}.{td_index}.pem");
+            std::fs::write(dir.join(name), certs_pem(bundle)?)?;
+        }
+    }
+    Ok(())
+}
+
+fn leaf_validity(svid: &X509svid) -> anyhow::Result<(String, String)> {
+    let certs = split_der_certificates(&svid.x509_svid)?;
+    let leaf: &CertificateDer<'_> = certs.first().context("the SVID has no certificate")?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|error| anyhow::anyhow!("the agent sent an unparsable certificate: {error}"))?;
+    let validity = parsed.validity();
+    Ok((
+        output::timestamp(validity.not_before.timestamp()),
+        output::timestamp(validity.not_after.timestamp()),
+    ))
+}
+
+fn print_x509_text(
+    response: &X509svidResponse,
+    elapsed: Duration,
+    written_to: Option<&Path>,
+) -> anyhow::Result<()> {
+    let count = response.svids.len();
+    println!("Received {count} svid{} after {elapsed:?}\n", if count == 1 { "" } else { "s" });
+    for svid in &response.svids {
+        let (not_before, not_after) = leaf_validity(svid)?;
+        println!("SPIFFE ID:        {}", svid.spiffe_id);
+        println!("SVID Valid After: {not_before}");
+        println!("SVID Valid Until: {not_after}");
+        if !svid.hint.is_empty() {
+            println!("Hint:             {}", svid.hint);
+        }
+        let cas = split_der_certificates(&svid.bundle)?.len();
+        println!("Bundle CAs:       {cas}\n");
+    }
+    if let Some(dir) = written_to {
+        println!("Wrote svid.N.pem, svid.N.key and bundle.N.pem to {}", dir.display());
+    }
+    Ok(())
+}
+
+fn print_x509_json(response: &X509svidResponse) -> anyhow::Result<()> {
+    let mut svids = Vec::new();
+    for svid in &response.svids {
+        let (not_before, not_after) = leaf_validity(svid)?;
+        svids.push(serde_json::json!({
+            "spiffe_id": svid.spiffe_id,
+            "hint": svid.hint,
+            "not_before": not_before,
+            "not_after": not_after,
+            "x509_svid_pem": certs_pem(&svid.x509_svid)?,
+            "bundle_pem": certs_pem(&svid.bundle)?,
+        }));
+    }
+    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "svids": svids }))?);
+    Ok(())
+}
+
+async fn fetch_jwt(args: FetchJwtArgs) -> anyhow::Result<()> {
+    let path = client::workload_socket(args.socket.socket_path.clone())?;
+    let mut workload = client::workload(&path).await?;
+    let request = JwtsvidRequest {
+        audience: args.audience.clone(),
+        spiffe_id: args.spiffe_id.unwrap_or_default(),
+    };
+    let response = tokio::time::timeout(args.socket.timeout, workload.fetch_jwtsvid(request))
+        .await
+        .context("no JWT-SVID received in time")?
+        .map_err(output::status_error)?
+        .into_inner();
+    match args.socket.output {
+        OutputFormat::Json => {
+            let svids: Vec<_> = response
+                .svids
+                .iter()
+                .map(|svid| serde_json::json!({
+                    "spiffe_id": svid.spiffe_id, "svid": svid.svid, "hint": svid.hint,
+                }))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "svids": svids }))?);
+        }
+        OutputFormat::Pretty => {
+            for svid in &response.svids {
+                println!("token({}):\n\t{}\n", svid.spiffe_id, svid.svid);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn validate_jwt(args: ValidateJwtArgs) -> anyhow::Result<()> {
+    let path = client::workload_socket(args.socket.socket_path.clone())?;
+    let mut workload = client::workload(&path).await?;
+    let request = ValidateJwtsvidRequest { audience: args.audience, svid: args.svid };
+    let response = tokio::time::timeout(args.socket.timeout, workload.validate_jwtsvid(request))
+        .await
+        .context("no answer from the Workload API in time")?
+        .map_err(|status| anyhow::anyhow!("JWT-SVID is not valid: {}", status.message()))?
+        .into_inner();
+    let claims = response.claims.map(struct_to_json).unwrap_or_default();
+    match args.socket.output {
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "spiffe_id": response.spiffe_id, "claims": claims,
+            }))?
+        ),
+        OutputFormat::Pretty => {
+            println!("SVID is valid.");
+            println!("SPIFFE ID : {}", response.spiffe_id);
+            println!("Claims    : {}", serde_json::to_string(&claims)?);
+        }
+    }
+    Ok(())
+}
+
+fn struct_to_json(value: prost_types::Struct) -> serde_json::Value {
+    serde_json::Value::Object(
+        value
+            .fields
+            .into_iter()
+            .map(|(key, value)| (key, prost_value_to_json(value)))
+            .collect(),
+    )
+}
+
+fn prost_value_to_json(value: prost_types::Value) -> serde_json::Value {
+    use prost_types::value::Kind;
+    match value.kind {
+        None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        Some(Kind::NumberValue(number)) => serde_json::json!(number),
+        Some(Kind::StringValue(text)) => serde_json::Value::String(text),
+        Some(Kind::BoolValue(flag)) => serde_json::Value::Bool(flag),
+        Some(Kind::StructValue(inner)) => struct_to_json(inner),
+        Some(Kind::ListValue(list)) => {
+            serde_json::Value::Array(list.values.into_iter().map(prost_value_to_json).collect())
+        }
+    }
+}
+

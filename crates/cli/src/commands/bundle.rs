@@ -1,0 +1,72 @@
+//! `twid bundle show`: the server's trust bundle as PEM or in the SPIFFE bundle format.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand, ValueEnum};
+use rustls_pki_types::CertificateDer;
+use twid_proto::admin::GetBundleRequest;
+use twid_spiffe::TrustDomain;
+use twid_spiffe::bundle::SpiffeBundle;
+use twid_spiffe::jwt::JwtAuthority;
+
+use crate::client::{self, DEFAULT_SERVER_SOCKET};
+use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Print the trust domain's bundle.
+    Show(ShowArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum BundleFormat {
+    /// The X.509 authorities as PEM certificates.
+    #[default]
+    Pem,
+    /// The SPIFFE bundle format (a JWK Set with X.509 and JWT authorities).
+    Spiffe,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: BundleFormat,
+    /// Path of the server's admin API socket.
+    #[arg(long, default_value = DEFAULT_SERVER_SOCKET)]
+    socket_path: PathBuf,
+}
+
+pub async fn run(command: BundleCommand) -> anyhow::Result<()> {
+    let BundleCommand::Show(args) = command;
+    let mut admin = client::admin(&args.socket_path).await?;
+    let bundle = admin
+        .get_bundle(GetBundleRequest {})
+        .await
+        .map_err(output::status_error)?
+        .into_inner();
+    let trust_domain = TrustDomain::new(&bundle.trust_domain)?;
+    let x509: Vec<CertificateDer<'static>> = bundle
+        .x509_authorities
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    match args.format {
+        BundleFormat::Pem => {
+            let pem = twid_spiffe::X509Bundle::from_authorities(trust_domain, x509)?.to_pem();
+            print!("{pem}");
+        }
+        BundleFormat::Spiffe => {
+            let mut spiffe = SpiffeBundle::new(trust_domain);
+            spiffe.x509_authorities = x509;
+            for key in &bundle.jwt_authorities {
+                let authority = JwtAuthority::from_spki_der(&key.key_id, &key.public_key)?;
+                spiffe.jwt_authorities.insert(key.key_id.clone(), authority);
+            }
+            spiffe.sequence_number = Some(bundle.sequence_number);
+            spiffe.refresh_hint = (bundle.refresh_hint > 0).then_some(bundle.refresh_hint as u64);
+            println!("{}", String::from_utf8(spiffe.to_json())?);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! `twid dev`: a server and an agent in one process, on embedded defaults, for trying twid and
+//! for development.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use clap::Args;
+use twid_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest, GetBundleRequest};
+use twid_proto::types::{Entry, Selector};
+use twid_spiffe::TrustDomain;
+
+use crate::client;
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the database, keys and sockets; created if missing.
+    #[arg(long, default_value = ".twid-dev")]
+    data_dir: PathBuf,
+    /// Trust domain of the development server.
+    #[arg(long, default_value = "example.org")]
+    trust_domain: String,
+    /// Log level: DEBUG, INFO, WARN or ERROR.
+    #[arg(long, default_value = "INFO")]
+    log_level: String,
+}
+
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    let trust_domain = TrustDomain::new(&args.trust_domain)
+        .with_context(|| format!("invalid --trust-domain {:?}", args.trust_domain))?;
+    twid_telemetry::init_logging(&args.log_level, twid_telemetry::LogFormat::Text)?;
+    let data_dir = prepare_data_dir(&args.data_dir)?;
+
+    let server_config = twid_config::ServerConfig::new_dev(trust_domain.clone(), &data_dir);
+    let admin_socket = server_config.socket_path.clone();
+    let server = twid_server::Server::start(server_config)
+        .await
+        .context("server failed to start")?;
+    let server_port = server.node_api_address().port();
+
+    let agent_dir = data_dir.join("agent");
+    let join_token = if agent_has_identity(&agent_dir) {
+        None
+    } else {
+        Some(register_dev_agent(&admin_socket, &trust_domain).await?)
+    };
+    let bundle_path = write_bundle(&admin_socket, &data_dir).await?;
+
+    let mut agent_config = twid_config::AgentConfig::new_dev(
+        trust_domain.clone(),
+        "127.0.0.1".to_owned(),
+        server_port,
+        &agent_dir,
+        data_dir.join("agent.sock"),
+    );
+    agent_config.trust_bundle_path = Some(bundle_path);
+    agent_config.join_token = join_token;
+    let workload_socket = agent_config.socket_path.clone();
+    let agent = twid_agent::Agent::start(agent_config, twid_agent::AgentOptions::default())
+        .await
+        .context("agent failed to start")?;
+
+    print_next_steps(&trust_domain, &workload_socket, &admin_socket);
+    super::run::shutdown_signal().await;
+    agent.shutdown().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("failed to restrict {} to its owner", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("failed to resolve {}", dir.display()))?;
+    // sun_path holds 108 bytes including the terminating NUL.
+    let longest = dir.join("server.sock").as_os_str().len();
+    if longest > 107 {
+        anyhow::bail!(
+            "--data-dir {} is too long for Unix socket paths ({longest} bytes, the maximum is \
+             107); choose a shorter directory",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+fn agent_has_identity(agent_dir: &Path) -> bool {
+    agent_dir.join("agent_svid.der").exists()
+}
+
+/// Creates a join token for the embedded agent and an entry for the invoking user's uid,
+/// parented to the agent that will attest with that token.
+async fn register_dev_agent(admin_socket: &Path, trust_domain: &TrustDomain) -> anyhow::Result<String> {
+    let mut admin = client::admin(admin_socket).await?;
+    let token = admin
+        .create_join_token(CreateJoinTokenRequest { ttl: 600, spiffe_id: String::new() })
+        .await
+        .map_err(crate::output::status_error)?
+        .into_inner()
+        .token;
+    let uid = nix::unistd::getuid().as_raw();
+    let entry = Entry {
+        spiffe_id: format!("spiffe://{trust_domain}/uid/{uid}"),
+        parent_id: format!("spiffe://{trust_domain}/spire/agent/join_token/{token}"),
+        selectors: vec![Selector { r#type: "unix".to_owned(), value: format!("uid:{uid}") }],
+        ..Entry::default()
+    };
+    admin
+        .create_entry(CreateEntryRequest { entry: Some(entry) })
+        .await
+        .map_err(crate::output::status_error)?;
+    Ok(token)
+}
+
+async fn write_bundle(admin_socket: &Path, data_dir: &Path) -> anyhow::Result<PathBuf> {
+    let mut admin = client::admin(admin_socket).await?;
+    let bundle = admin
+        .get_bundle(GetBundleRequest {})
+        .await
+        .map_err(crate::output::status_error)?
+        .into_inner();
+    let certs = bundle
+        .x509_authorities
+        .into_iter()
+        .map(rustls_pki_types::CertificateDer::from)
+        .collect();
+    let pem = twid_spiffe::X509Bundle::from_authorities(TrustDomain::new(&bundle.trust_domain)?, certs)?.to_pem();
+    let path = data_dir.join("bundle.pem");
+    std::fs::write(&path, pem).with_context(|| format!("failed to write {}", path.display()))?;
+    Ok(path)
+}
+
+fn print_next_steps(trust_domain: &TrustDomain, workload_socket: &Path, admin_socket: &Path) {
+    let twid = std::env::current_exe()
+        .map(|path| path.display().to_string())
+        .unwrap_or_else(|_| "twid".to_owned());
+    let uid = nix::unistd::getuid().as_raw();
+    println!("twid dev is running for trust domain {trust_domain}");
+    println!("  Workload API socket: {}", workload_socket.display());
+    println!("  Admin API socket:    {}", admin_socket.display());
+    println!("  Registered spiffe://{trust_domain}/uid/{uid} for workloads with unix:uid:{uid}");
+    println!();
+    println!("Try, in another shell:");
+    println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", workload_socket.display());
+    println!("  {twid} api fetch x509");
+    println!("  {twid} api fetch jwt --audience example");
+    println!("  {twid} entry show --socket-path {}", admin_socket.display());
+    println!("Stop with Ctrl-C.");
+}

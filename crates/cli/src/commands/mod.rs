@@ -1,0 +1,21 @@
+//! One module per top-level command.
+
+pub mod agents;
+pub mod api;
+pub mod bundle;
+pub mod dev;
+pub mod entry;
+pub mod healthcheck;
+pub mod run;
+pub mod token;
+
+use std::time::Duration;
+
+/// Parses a TTL flag: a Go-style duration (`10m`, `1h30m`) or a bare number of seconds, as
+/// SPIRE's integer `-ttl` flags take.
+pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    twid_config::parse_duration(text).map_err(|error| error.to_string())
+}

@@ -1,0 +1,63 @@
+//! `twid server run` and `twid agent run`: the long-running processes.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Subcommand};
+
+#[derive(Debug, Subcommand)]
+pub enum ServerCommand {
+    /// Run the server.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Path of the HCL configuration file.
+    #[arg(long)]
+    config: PathBuf,
+    /// Replace ${VAR} and $VAR in the configuration with environment variables before parsing.
+    #[arg(long)]
+    expand_env: bool,
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+pub async fn server(command: ServerCommand) -> anyhow::Result<()> {
+    let ServerCommand::Run(args) = command;
+    let config = twid_config::ServerConfig::load_with_options(&args.config, args.expand_env)?;
+    twid_telemetry::init_logging(config.log_level.as_str(), config.log_format.into())?;
+    let server = twid_server::Server::start(config)
+        .await
+        .context("server failed to start")?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+pub async fn agent(args: RunArgs) -> anyhow::Result<()> {
+    let config = twid_config::AgentConfig::load_with_options(&args.config, args.expand_env)?;
+    twid_telemetry::init_logging(config.log_level.as_str(), config.log_format.into())?;
+    let agent = twid_agent::Agent::start(config, twid_agent::AgentOptions::default())
+        .await
+        .context("agent failed to start")?;
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    agent.shutdown().await;
+    Ok(())
+}

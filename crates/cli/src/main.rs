@@ -1,0 +1,87 @@
+//! The `twid` command: server, agent, development mode, and clients for the admin API and the
+//! SPIFFE Workload API.
+//!
+//! This crate only parses arguments, assembles the library crates and prints results; the
+//! behaviour lives in `twid-server`, `twid-agent` and the crates they use.
+
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod output;
+mod spire_flags;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::{agents, api, bundle, dev, entry, healthcheck, run, token};
+
+/// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
+#[derive(Debug, Parser)]
+#[command(name = "twid", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run or inspect the server.
+    #[command(subcommand)]
+    Server(run::ServerCommand),
+    /// Run the agent, or manage attested agents on the server.
+    #[command(subcommand)]
+    Agent(agents::AgentCommand),
+    /// Run a server and an agent in one process on embedded defaults.
+    Dev(dev::DevArgs),
+    /// Create, show, update, delete and count registration entries.
+    #[command(subcommand)]
+    Entry(entry::EntryCommand),
+    /// Generate join tokens for agent attestation.
+    #[command(subcommand)]
+    Token(token::TokenCommand),
+    /// Show the trust bundle.
+    #[command(subcommand)]
+    Bundle(bundle::BundleCommand),
+    /// Call the SPIFFE Workload API as a workload would.
+    #[command(subcommand)]
+    Api(api::ApiCommand),
+    /// Check that a server (or, with --agent, an agent) is up and answering.
+    Healthcheck(healthcheck::HealthcheckArgs),
+}
+
+fn main() -> ExitCode {
+    let args = spire_flags::translate(std::env::args_os());
+    let cli = Cli::parse_from(args);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: failed to start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run_command(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", output::error_chain(&error));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_command(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Server(command) => run::server(command).await,
+        Command::Agent(command) => agents::run(command).await,
+        Command::Dev(args) => dev::run(args).await,
+        Command::Entry(command) => entry::run(command).await,
+        Command::Token(command) => token::run(command).await,
+        Command::Bundle(command) => bundle::run(command).await,
+        Command::Api(command) => api::run(command).await,
+        Command::Healthcheck(args) => healthcheck::run(args).await,
+    }
+}

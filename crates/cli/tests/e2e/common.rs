@@ -1,0 +1,301 @@
+//! Starting real `twid` server and agent processes for end-to-end tests.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const TRUST_DOMAIN: &str = "example.org";
+
+/// Returns a command that runs the `twid` binary under test.
+pub fn twid() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_twid"))
+}
+
+/// Returns the repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Returns the Python interpreter of the test venv, or `None` (with a skip line) when the
+/// venv is missing.
+pub fn python() -> Option<PathBuf> {
+    let path = std::env::var_os("TWID_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
+    if path.exists() {
+        Some(path)
+    } else {
+        println!("python venv not found at {}, skipping (run scripts/test.sh)", path.display());
+        None
+    }
+}
+
+/// Returns whether the tests run as root, which tests that switch uids need.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// A temporary directory with a short path, because Unix socket paths are limited to 107
+/// bytes. Directories are world-traversable so that workloads under other uids can reach the
+/// agent socket inside.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        let base = std::env::temp_dir();
+        let dir = tempfile::Builder::new()
+            .prefix("twid-")
+            .tempdir_in(base)
+            .expect("temp dir should be creatable")
+            .keep();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Returns a TCP port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Runs a twid command and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    twid().args(args).output().expect("twid should run")
+}
+
+/// Runs a twid command that must succeed and returns its stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let output = run(args);
+    assert!(
+        output.status.success(),
+        "twid {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A running `twid server run` process.
+pub struct ServerProcess {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+}
+
+impl ServerProcess {
+    /// Writes a server configuration into `dir` (with `extra` appended inside the `server`
+    /// block) and starts the server.
+    pub fn start(dir: &Path, extra: &str) -> Self {
+        let port = free_port();
+        let socket = dir.join("server.sock");
+        let config = dir.join("server.conf");
+        let text = format!(
+            "server {{\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{port}\"\n  \
+             trust_domain = \"{TRUST_DOMAIN}\"\n  data_dir = \"{data}\"\n  \
+             socket_path = \"{socket}\"\n  log_level = \"DEBUG\"\n{extra}\n}}\n",
+            data = dir.join("server-data").display(),
+            socket = socket.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let mut server = Self { child: None, dir: dir.to_path_buf(), port, socket, config };
+        server.spawn();
+        server
+    }
+
+    /// Starts (or restarts) the process with the same configuration.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("server.log"))
+            .unwrap();
+        let child = twid()
+            .args(["server", "run", "--config"])
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("server should start");
+        self.child = Some(child);
+        let socket = self.socket.clone();
+        wait_until(Duration::from_secs(30), "the server admin socket", || {
+            run(&["healthcheck", "--shallow", "--socket-path", socket.to_str().unwrap()])
+                .status
+                .success()
+        });
+    }
+
+    pub fn socket_arg(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    /// Stops the process with SIGTERM and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+
+    pub fn generate_token(&self) -> String {
+        let out = run_ok(&["token", "generate", "--socket-path", self.socket_arg()]);
+        out.trim().strip_prefix("Token: ").expect("token line").to_owned()
+    }
+
+    /// Writes the bundle as PEM for agents to bootstrap from.
+    pub fn write_bundle(&self, path: &Path) {
+        let pem = run_ok(&["bundle", "show", "--socket-path", self.socket_arg()]);
+        std::fs::write(path, pem).unwrap();
+    }
+
+    pub fn create_entry(&self, spiffe_id: &str, parent_id: &str, selectors: &[&str]) -> String {
+        let mut args = vec![
+            "entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent_id,
+            "--socket-path", self.socket_arg(), "--output", "json",
+        ];
+        for selector in selectors {
+            args.extend(["--selector", selector]);
+        }
+        let out = run_ok(&args);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn terminate(child: &mut Child) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A running `twid agent run` process.
+pub struct AgentProcess {
+    pub child: Option<Child>,
+    pub socket: PathBuf,
+    pub dir: PathBuf,
+}
+
+impl AgentProcess {
+    /// Writes an agent configuration and starts the agent; returns once its socket answers.
+    pub fn start(dir: &Path, server: &ServerProcess, token: &str) -> Self {
+        let socket = dir.join("agent.sock");
+        let bundle = dir.join("bootstrap.pem");
+        server.write_bundle(&bundle);
+        let config = dir.join("agent.conf");
+        let text = format!(
+            "agent {{\n  trust_domain = \"{TRUST_DOMAIN}\"\n  server_address = \"127.0.0.1\"\n  \
+             server_port = \"{port}\"\n  socket_path = \"{socket}\"\n  data_dir = \"{data}\"\n  \
+             trust_bundle_path = \"{bundle}\"\n  join_token = \"{token}\"\n  \
+             log_level = \"DEBUG\"\n}}\n\
+             plugins {{\n  WorkloadAttestor \"unix\" {{\n    plugin_data {{\n      \
+             discover_workload_path = true\n    }}\n  }}\n}}\n",
+            port = server.port,
+            socket = socket.display(),
+            data = dir.join("agent-data").display(),
+            bundle = bundle.display(),
+        );
+        std::fs::write(&config, text).unwrap();
+        let log = std::fs::File::create(dir.join("agent.log")).unwrap();
+        let child = twid()
+            .args(["agent", "run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("agent should start");
+        let agent = Self { child: Some(child), socket, dir: dir.to_path_buf() };
+        let socket = agent.socket.clone();
+        wait_until(Duration::from_secs(30), "the agent socket", || socket.exists());
+        agent
+    }
+
+    pub fn socket_arg(&self) -> &str {
+        self.socket.to_str().unwrap()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("unix://{}", self.socket.display())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&mut child);
+        }
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Returns the agent's join-token SPIFFE ID.
+pub fn agent_id(token: &str) -> String {
+    format!("spiffe://{TRUST_DOMAIN}/spire/agent/join_token/{token}")
+}
+
+/// Writes `contents` to a file and returns its path as a string.
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> String {
+    let path = dir.join(name);
+    let mut file = std::fs::File::create(&path).unwrap();
+    file.write_all(contents.as_bytes()).unwrap();
+    path.to_str().unwrap().to_owned()
+}

@@ -1,0 +1,61 @@
+//! The server's error type.
+
+use std::path::{Path, PathBuf};
+
+/// Why the server failed to start or to complete an operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// The datastore failed.
+    #[error("datastore error")]
+    Datastore(#[from] twid_datastore::DatastoreError),
+    /// A CA operation (key generation, signing, key files) failed.
+    #[error("certificate authority error")]
+    Ca(#[from] twid_ca::CaError),
+    /// A TLS configuration could not be built.
+    #[error("TLS setup failed")]
+    Tls(#[from] twid_tls::TlsError),
+    /// A metrics or health listener failed.
+    #[error("telemetry listener failed")]
+    Telemetry(#[from] twid_telemetry::TelemetryError),
+    /// The configuration holds a value the server cannot use.
+    #[error("configuration error")]
+    Config(#[from] twid_config::ConfigError),
+    /// A file or socket operation failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or socket involved.
+        path: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A network listener could not be bound.
+    #[error("failed to bind {address}: {source}")]
+    Bind {
+        /// The address that could not be bound.
+        address: String,
+        /// The underlying failure.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored state could not be decoded.
+    #[error("stored state is corrupt: {0}")]
+    Corrupt(String),
+    /// State could not be encoded for storage.
+    #[error("failed to encode state: {0}")]
+    Encode(String),
+    /// No active authority exists, which the CA manager never allows after start.
+    #[error("no active {0} authority")]
+    NoActiveAuthority(&'static str),
+}
+
+impl ServerError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io { path: path.to_path_buf(), source }
+    }
+
+    pub(crate) fn encode(error: serde_json::Error) -> Self {
+        Self::Encode(error.to_string())
+    }
+}

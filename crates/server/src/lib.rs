@@ -1,0 +1,208 @@
+//! The twid server: the certificate authority of one trust domain.
+//!
+//! [`Server::start`] opens the datastore, loads or creates the CA, binds the node API (gRPC over
+//! mutual TLS, for agents) and the admin API (gRPC on a local Unix socket, for the `twid`
+//! command line), and starts the background tasks: CA rotation, server SVID renewal and join
+//! token pruning. It returns once every listener is bound, so a caller may connect right away.
+
+#![forbid(unsafe_code)]
+
+mod admin_api;
+mod ca;
+mod convert;
+mod entries;
+mod error;
+mod identity;
+mod node_api;
+mod tasks;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use twid_config::ServerConfig;
+use twid_datastore::Datastore;
+use twid_spiffe::SpiffeId;
+use twid_telemetry::Health;
+
+pub use error::ServerError;
+
+use crate::ca::{CaManager, CaSettings};
+use crate::entries::EntryCache;
+use crate::identity::ServerIdentity;
+
+/// State shared by the APIs and the background tasks.
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) datastore: Datastore,
+    pub(crate) ca: CaManager,
+    pub(crate) entries: EntryCache,
+    pub(crate) identity: ServerIdentity,
+    pub(crate) server_id: SpiffeId,
+    pub(crate) health: Health,
+    /// The trust domain's bundle as syncs hand it out; replaced on every rotation.
+    pub(crate) bundle: ArcSwap<twid_proto::types::Bundle>,
+}
+
+/// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
+pub struct ServerHandle {
+    node_api_address: SocketAddr,
+    admin_socket: PathBuf,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+    health: Health,
+}
+
+/// Entry point of the server.
+pub struct Server;
+
+impl Server {
+    /// Starts a server and returns once its listeners are bound.
+    ///
+    /// # Errors
+    /// Fails when the datastore cannot be opened or migrated, the CA keys cannot be read or
+    /// written, or a listener cannot be bound; the error names the path or address.
+    pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
+        let now = SystemTime::now();
+        let trust_domain = config.trust_domain.clone();
+        let datastore = open_datastore(&config).await?;
+        let ca = CaManager::load_or_create(ca_settings(&config), datastore.clone(), now).await?;
+        let server_id = twid_types::server_id(&trust_domain);
+        let identity = ServerIdentity::new(server_id.clone(), config.default_x509_svid_ttl);
+        identity.refresh(&ca.snapshot(), now)?;
+        let health = Health::new();
+        let shared = Arc::new(Shared {
+            entries: EntryCache::new(datastore.clone(), server_id.clone()),
+            config,
+            datastore,
+            ca,
+            identity,
+            server_id,
+            health: health.clone(),
+            bundle: ArcSwap::from_pointee(twid_proto::types::Bundle::default()),
+        });
+        tasks::publish_bundle(&shared).await?;
+
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let node_api_address = node_api::serve(&shared, &shutdown, &mut tasks).await?;
+        let admin_socket = admin_api::serve(&shared, &shutdown, &mut tasks).await?;
+        tasks::spawn_background(&shared, &shutdown, &mut tasks);
+        twid_telemetry_listeners(&shared, &shutdown, &mut tasks).await?;
+        health.set_ready(true);
+        tracing::info!(
+            trust_domain = %shared.config.trust_domain,
+            node_api = %node_api_address,
+            admin_socket = %admin_socket.display(),
+            "server started"
+        );
+        Ok(ServerHandle { node_api_address, admin_socket, shutdown, tasks, health })
+    }
+}
+
+impl ServerHandle {
+    /// Returns the address the node API listens on (useful when the configured port is 0).
+    pub fn node_api_address(&self) -> SocketAddr {
+        self.node_api_address
+    }
+
+    /// Returns the path of the admin API socket.
+    pub fn admin_socket(&self) -> &std::path::Path {
+        &self.admin_socket
+    }
+
+    /// Returns the health flags served on `/live` and `/ready`.
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish for up to five seconds, and stops
+    /// the background tasks.
+    pub async fn shutdown(mut self) {
+        self.health.set_ready(false);
+        self.shutdown.cancel();
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+            tracing::warn!("server tasks did not stop within 5s; aborting them");
+            self.tasks.abort_all();
+        }
+        let _ = std::fs::remove_file(&self.admin_socket);
+        tracing::info!("server stopped");
+    }
+}
+
+async fn open_datastore(config: &ServerConfig) -> Result<Datastore, ServerError> {
+    let datastore = Datastore::open(&config.datastore).await?;
+    Ok(datastore)
+}
+
+fn ca_settings(config: &ServerConfig) -> CaSettings {
+    CaSettings {
+        trust_domain: config.trust_domain.clone(),
+        key_type: key_type(config.ca_key_type),
+        jwt_key_type: key_type(config.jwt_key_type),
+        ca_ttl: config.ca_ttl,
+        subject: twid_ca::CaSubject {
+            country: config.ca_subject.country.clone(),
+            organization: config.ca_subject.organization.clone(),
+            common_name: config.ca_subject.common_name.clone(),
+        },
+        keys_dir: config.key_manager.keys_path().map(PathBuf::from),
+    }
+}
+
+/// Maps the configured key type onto the CA's; the config crate keeps its own enum so that it
+/// does not depend on the crypto crate.
+fn key_type(configured: twid_config::KeyType) -> twid_ca::KeyType {
+    match configured {
+        twid_config::KeyType::EcP256 => twid_ca::KeyType::EcP256,
+        twid_config::KeyType::EcP384 => twid_ca::KeyType::EcP384,
+        twid_config::KeyType::Rsa2048 => twid_ca::KeyType::Rsa2048,
+        twid_config::KeyType::Rsa4096 => twid_ca::KeyType::Rsa4096,
+    }
+}
+
+async fn twid_telemetry_listeners(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<(), ServerError> {
+    let config = &shared.config;
+    if let Some(prometheus) = &config.telemetry.prometheus {
+        let handle = twid_telemetry::serve_prometheus(prometheus.address()?).await?;
+        tasks.spawn(stop_on_shutdown(handle, shutdown.clone()));
+    }
+    if config.health_checks.listener_enabled {
+        let checks = &config.health_checks;
+        let handle = twid_telemetry::serve_health(
+            checks.address()?,
+            &checks.live_path,
+            &checks.ready_path,
+            shared.health.clone(),
+        )
+        .await?;
+        tasks.spawn(stop_on_shutdown(handle, shutdown.clone()).in_current_span());
+    }
+    Ok(())
+}
+
+/// Waits for a telemetry listener task, aborting it when the server shuts down because those
+/// listeners never end on their own.
+async fn stop_on_shutdown(
+    mut handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    shutdown: CancellationToken,
+) {
+    tokio::select! {
+        result = &mut handle => {
+            if let Ok(Err(error)) = result {
+                tracing::error!(%error, "telemetry listener failed");
+            }
+        }
+        () = shutdown.cancelled() => handle.abort(),
+    }
+}

@@ -1,0 +1,414 @@
+//! The node API: node attestation, agent SVID renewal, entry sync and workload SVID signing,
+//! over mutual TLS.
+//!
+//! Invariant: every RPC but `AttestAgent` runs only for a caller whose TLS client certificate
+//! is the current SVID of an attested, unbanned agent, and signs only for entries authorized for
+//! that agent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::Instrument as _;
+use twid_proto::node::node_server::{Node, NodeServer};
+use twid_proto::node::{
+    AgentSvid, AttestAgentRequest, AttestAgentResponse, BatchNewX509SvidRequest,
+    BatchNewX509SvidResponse, NewJwtSvidRequest, NewJwtSvidResponse, RenewAgentRequest,
+    RenewAgentResponse, SyncRequest, SyncResponse, X509SvidResult, attest_agent_request,
+    attest_agent_response,
+};
+use twid_spiffe::SpiffeId;
+use twid_telemetry::names;
+use twid_types::{AttestedAgent, RegistrationEntry};
+
+use crate::convert::{entry_to_pb, unix_now, unix_seconds};
+use crate::{ServerError, Shared};
+
+/// Binds the node API listener and starts serving it.
+pub(crate) async fn serve(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) -> Result<SocketAddr, ServerError> {
+    let config = &shared.config;
+    let address = SocketAddr::new(config.bind_address, config.bind_port);
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ServerError::Bind { address: address.to_string(), source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { address: address.to_string(), source })?;
+    let tls = twid_tls::server_config(
+        shared.identity.svid.clone(),
+        shared.identity.trust.clone(),
+        twid_tls::ClientAuth::Optional(twid_tls::Authorizer::MemberOf(
+            config.trust_domain.clone(),
+        )),
+    )?;
+    let incoming = twid_tls::TlsIncoming::new(listener, tls);
+    let service = NodeServer::new(NodeService { shared: Arc::clone(shared) })
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
+    let shutdown = shutdown.clone();
+    tasks.spawn(
+        async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+                .await;
+            if let Err(error) = result {
+                tracing::error!(error = %error, "node API stopped");
+            }
+        }
+        .instrument(tracing::info_span!("node_api")),
+    );
+    tracing::info!(address = %bound, "node API listening");
+    Ok(bound)
+}
+
+struct NodeService {
+    shared: Arc<Shared>,
+}
+
+type AttestStream = Pin<Box<dyn Stream<Item = Result<AttestAgentResponse, Status>> + Send>>;
+
+/// Turns an internal failure into a status that tells the peer nothing about internals.
+fn internal(error: ServerError) -> Status {
+    tracing::error!(error = %crate::tasks::error_chain(&error), "node API request failed");
+    Status::internal("internal server error; see the server log")
+}
+
+impl NodeService {
+    /// Returns the attested agent that presented the request's TLS client certificate.
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<AttestedAgent, Status> {
+        let leaf = request
+            .extensions()
+            .get::<twid_tls::TlsConnectInfo>()
+            .and_then(|info| info.peer_certificates.as_ref())
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(|| {
+                Status::unauthenticated(
+                    "this call needs the agent's X.509-SVID as TLS client certificate",
+                )
+            })?;
+        let (spiffe_id, serial) = leaf_identity(&leaf)?;
+        let agent = self
+            .shared
+            .datastore
+            .get_attested_agent(&spiffe_id)
+            .await
+            .map_err(|error| internal(error.into()))?
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "agent {spiffe_id} is not attested (it may have been evicted); attest again"
+                ))
+            })?;
+        if agent.banned {
+            return Err(Status::permission_denied(format!("agent {spiffe_id} is banned")));
+        }
+        if agent.x509_svid_serial != serial {
+            return Err(Status::permission_denied(format!(
+                "the SVID presented by agent {spiffe_id} is not its current one; attest again"
+            )));
+        }
+        Ok(agent)
+    }
+
+    fn agent_ttl(&self) -> Duration {
+        self.shared.config.agent_ttl.unwrap_or(self.shared.config.default_x509_svid_ttl)
+    }
+
+    /// Signs an SVID for the CSR's key with the active authority.
+    fn sign_x509(
+        &self,
+        spiffe_id: &SpiffeId,
+        csr: &[u8],
+        ttl: Duration,
+        dns_names: &[String],
+    ) -> Result<Vec<u8>, Status> {
+        let csr = twid_ca::parse_csr(csr)
+            .map_err(|error| Status::invalid_argument(format!("invalid CSR: {error}")))?;
+        let snapshot = self.shared.ca.snapshot();
+        let authority = snapshot
+            .active_x509()
+            .ok_or_else(|| internal(ServerError::NoActiveAuthority("X.509")))?;
+        let cert = authority
+            .sign_x509_svid(&twid_ca::X509SvidRequest {
+                spiffe_id,
+                public_key_spki_der: &csr.public_key_spki_der,
+                ttl,
+                dns_names,
+                now: SystemTime::now(),
+            })
+            .map_err(|error| internal(error.into()))?;
+        metrics::counter!(names::X509_SVIDS_SIGNED_TOTAL).increment(1);
+        Ok(cert.to_vec())
+    }
+
+    fn agent_svid(&self, spiffe_id: &SpiffeId, cert: Vec<u8>) -> AgentSvid {
+        AgentSvid {
+            cert_chain: vec![cert],
+            spiffe_id: spiffe_id.to_string(),
+            bundle: Some((*self.shared.bundle.load_full()).clone()),
+        }
+    }
+
+    async fn authorized(&self, agent: &AttestedAgent) -> Result<Vec<RegistrationEntry>, Status> {
+        self.shared
+            .entries
+            .authorized_for(&agent.spiffe_id, &agent.selectors, unix_now())
+            .await
+            .map_err(internal)
+    }
+}
+
+/// Reads the SPIFFE ID and the serial number (lowercase hex) of a certificate.
+fn leaf_identity(der: &[u8]) -> Result<(SpiffeId, String), Status> {
+    let spiffe_id = twid_spiffe::x509::check_leaf(der)
+        .map_err(|error| Status::unauthenticated(format!("invalid client SVID: {error}")))?;
+    if !spiffe_id.path().starts_with("/spire/agent/") {
+        return Err(Status::permission_denied(format!(
+            "{spiffe_id} is not an agent ID; only agents may call the node API"
+        )));
+    }
+    Ok((spiffe_id, serial_hex(der)?))
+}
+
+pub(crate) fn serial_hex(der: &[u8]) -> Result<String, Status> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|error| Status::unauthenticated(format!("invalid client certificate: {error}")))?;
+    Ok(hex_lower(cert.raw_serial()))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn cert_expiry(der: &[u8]) -> i64 {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert.validity().not_after.timestamp())
+        .unwrap_or(0)
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    #[tracing::instrument(name = "node_attestation", skip_all)]
+    async fn attest_agent(
+        &self,
+        request: Request<Streaming<AttestAgentRequest>>,
+    ) -> Result<Response<AttestStream>, Status> {
+        let mut stream = request.into_inner();
+        let first = stream
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("attestation stream closed before params"))?;
+        let Some(attest_agent_request::Step::Params(params)) = first.step else {
+            return Err(Status::invalid_argument("the first attestation message must carry params"));
+        };
+        let data = params
+            .data
+            .ok_or_else(|| Status::invalid_argument("attestation params lack attestation data"))?;
+        let result = match data.r#type.as_str() {
+            "join_token" => self.attest_join_token(&data.payload, &params.csr).await,
+            other => Err(Status::invalid_argument(format!(
+                "unsupported node attestor {other:?}; this server supports join_token"
+            ))),
+        };
+        let outcome = if result.is_ok() { "ok" } else { "rejected" };
+        metrics::counter!(names::NODE_ATTESTATIONS_TOTAL, "result" => outcome).increment(1);
+        let svid = result?;
+        let response = AttestAgentResponse {
+            step: Some(attest_agent_response::Step::Result(svid)),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(response)]))))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn renew_agent(
+        &self,
+        request: Request<RenewAgentRequest>,
+    ) -> Result<Response<RenewAgentResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let cert = self.sign_x509(&agent.spiffe_id, &request.get_ref().csr, self.agent_ttl(), &[])?;
+        let serial = serial_hex(&cert)?;
+        self.shared
+            .datastore
+            .update_agent_svid(&agent.spiffe_id, &serial, cert_expiry(&cert))
+            .await
+            .map_err(|error| internal(error.into()))?;
+        tracing::debug!(agent_id = %agent.spiffe_id, serial = %serial, "agent SVID renewed");
+        Ok(Response::new(RenewAgentResponse { svid: Some(self.agent_svid(&agent.spiffe_id, cert)) }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let entries = self.authorized(&agent).await?;
+        tracing::debug!(agent_id = %agent.spiffe_id, entries = entries.len(), "sync");
+        Ok(Response::new(SyncResponse {
+            entries: entries.iter().map(entry_to_pb).collect(),
+            bundle: Some((*self.shared.bundle.load_full()).clone()),
+            federated_bundles: Vec::new(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn batch_new_x509_svid(
+        &self,
+        request: Request<BatchNewX509SvidRequest>,
+    ) -> Result<Response<BatchNewX509SvidResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let authorized = self.authorized(&agent).await?;
+        let by_id: HashMap<&str, &RegistrationEntry> =
+            authorized.iter().map(|entry| (entry.id.as_str(), entry)).collect();
+        let default_ttl = self.shared.config.default_x509_svid_ttl;
+        let mut results = Vec::with_capacity(request.get_ref().params.len());
+        for params in &request.get_ref().params {
+            let Some(entry) = by_id.get(params.entry_id.as_str()) else {
+                results.push(X509SvidResult {
+                    entry_id: params.entry_id.clone(),
+                    error: format!(
+                        "entry {} does not exist or is not authorized for agent {}",
+                        params.entry_id, agent.spiffe_id
+                    ),
+                    ..X509SvidResult::default()
+                });
+                continue;
+            };
+            let ttl = ttl_or(entry.x509_svid_ttl, default_ttl);
+            let result = match self.sign_x509(&entry.spiffe_id, &params.csr, ttl, &entry.dns_names) {
+                Ok(cert) => X509SvidResult {
+                    entry_id: entry.id.clone(),
+                    expires_at: cert_expiry(&cert),
+                    cert_chain: vec![cert],
+                    error: String::new(),
+                },
+                Err(status) => X509SvidResult {
+                    entry_id: entry.id.clone(),
+                    error: status.message().to_owned(),
+                    ..X509SvidResult::default()
+                },
+            };
+            results.push(result);
+        }
+        Ok(Response::new(BatchNewX509SvidResponse { results }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn new_jwt_svid(
+        &self,
+        request: Request<NewJwtSvidRequest>,
+    ) -> Result<Response<NewJwtSvidResponse>, Status> {
+        let agent = self.authenticate(&request).await?;
+        let params = request.get_ref();
+        if params.audience.is_empty() || params.audience.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument("a JWT-SVID needs at least one non-empty audience"));
+        }
+        let authorized = self.authorized(&agent).await?;
+        let entry = authorized
+            .iter()
+            .find(|entry| entry.id == params.entry_id)
+            .ok_or_else(|| {
+                Status::permission_denied(format!(
+                    "entry {} does not exist or is not authorized for agent {}",
+                    params.entry_id, agent.spiffe_id
+                ))
+            })?;
+        let snapshot = self.shared.ca.snapshot();
+        let key = snapshot
+            .active_jwt()
+            .ok_or_else(|| internal(ServerError::NoActiveAuthority("JWT")))?;
+        let now = SystemTime::now();
+        let ttl = ttl_or(entry.jwt_svid_ttl, self.shared.config.default_jwt_svid_ttl);
+        let (token, expiry) = key
+            .sign_jwt_svid(&entry.spiffe_id, &params.audience, ttl, now, None)
+            .map_err(|error| internal(error.into()))?;
+        metrics::counter!(names::JWT_SVIDS_SIGNED_TOTAL).increment(1);
+        Ok(Response::new(NewJwtSvidResponse {
+            token,
+            spiffe_id: entry.spiffe_id.to_string(),
+            expires_at: unix_seconds(expiry),
+            issued_at: unix_seconds(now),
+        }))
+    }
+}
+
+fn ttl_or(seconds: i64, default: Duration) -> Duration {
+    u64::try_from(seconds)
+        .ok()
+        .filter(|&seconds| seconds > 0)
+        .map_or(default, Duration::from_secs)
+}
+
+impl NodeService {
+    /// Attests an agent with a join token: the token is consumed whether or not the rest
+    /// succeeds, except that it is restored when the server itself fails afterwards.
+    async fn attest_join_token(&self, payload: &[u8], csr: &[u8]) -> Result<AgentSvid, Status> {
+        let token = std::str::from_utf8(payload)
+            .map_err(|_| Status::invalid_argument("join token is not valid UTF-8"))?;
+        let datastore = &self.shared.datastore;
+        let stored = datastore
+            .take_join_token(token)
+            .await
+            .map_err(|error| internal(error.into()))?;
+        let Some(stored) = stored else {
+            tracing::warn!(reason = "unknown or used", "join token attestation rejected");
+            return Err(Status::permission_denied(
+                "join token does not exist or has already been used",
+            ));
+        };
+        let now = unix_now();
+        if stored.expires_at <= now {
+            tracing::warn!(reason = "expired", expired_at = stored.expires_at, "join token attestation rejected");
+            return Err(Status::permission_denied(format!(
+                "join token expired at {}; generate a new one",
+                stored.expires_at
+            )));
+        }
+        let trust_domain = &self.shared.config.trust_domain;
+        let agent_id = twid_types::agent_id_for_join_token(trust_domain, token)
+            .map_err(|error| Status::invalid_argument(format!("invalid join token: {error}")))?;
+        match self.issue_agent(&agent_id, csr).await {
+            Ok(svid) => {
+                tracing::info!(agent_id = %agent_id, "agent attested with a join token");
+                Ok(svid)
+            }
+            Err(status) => {
+                if status.code() == tonic::Code::Internal {
+                    let _ = datastore.create_join_token(token, stored.expires_at).await;
+                }
+                Err(status)
+            }
+        }
+    }
+
+    async fn issue_agent(&self, agent_id: &SpiffeId, csr: &[u8]) -> Result<AgentSvid, Status> {
+        let cert = self.sign_x509(agent_id, csr, self.agent_ttl(), &[])?;
+        let agent = AttestedAgent {
+            spiffe_id: agent_id.clone(),
+            attestation_type: "join_token".to_owned(),
+            x509_svid_serial: serial_hex(&cert)?,
+            x509_svid_expires_at: cert_expiry(&cert),
+            selectors: Vec::new(),
+            banned: false,
+            attested_at: unix_now(),
+        };
+        self.shared
+            .datastore
+            .create_attested_agent(&agent)
+            .await
+            .map_err(|error| match error {
+                twid_datastore::DatastoreError::AlreadyExists(_) => Status::permission_denied(
+                    format!("agent {agent_id} is already attested; a join token works once"),
+                ),
+                other => internal(other.into()),
+            })?;
+        Ok(self.agent_svid(agent_id, cert))
+    }
+}

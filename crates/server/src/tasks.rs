@@ -1,0 +1,117 @@
+//! Background work: CA rotation, server SVID renewal, bundle publication and pruning.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+use twid_proto::types as pb;
+use twid_spiffe::bundle::SpiffeBundle;
+
+use crate::{ServerError, Shared};
+
+/// How often the rotation task wakes: often enough for short test CA lifetimes, rarely
+/// enough to cost nothing with the 24-hour default.
+fn rotation_tick(ca_ttl: Duration) -> Duration {
+    (ca_ttl / 120).clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// Builds the trust domain's bundle from the current authorities, stores it, and makes it the
+/// bundle that syncs hand out.
+pub(crate) async fn publish_bundle(shared: &Shared) -> Result<(), ServerError> {
+    let snapshot = shared.ca.snapshot();
+    let trust_domain = shared.ca.trust_domain().clone();
+    let mut spiffe = SpiffeBundle::new(trust_domain.clone());
+    spiffe.x509_authorities = snapshot.x509_authorities();
+    let mut jwt_authorities = Vec::new();
+    for slot in &snapshot.jwt {
+        let key_id = slot.key.key_id().to_owned();
+        let public_key = slot.key.public_key_spki_der();
+        let authority = twid_spiffe::jwt::JwtAuthority::from_spki_der(&key_id, &public_key)
+            .map_err(|error| ServerError::Encode(error.to_string()))?;
+        spiffe.jwt_authorities.insert(key_id.clone(), authority);
+        jwt_authorities.push(pb::JwtAuthority {
+            key_id,
+            public_key,
+            expires_at: crate::convert::unix_seconds(slot.key.not_after()),
+        });
+    }
+    let json = spiffe.to_json();
+    let sequence = shared.datastore.set_bundle(&trust_domain, &json).await?;
+    shared.bundle.store(Arc::new(pb::Bundle {
+        trust_domain: trust_domain.name().to_owned(),
+        x509_authorities: spiffe.x509_authorities.iter().map(|cert| cert.to_vec()).collect(),
+        jwt_authorities,
+        refresh_hint: 0,
+        sequence_number: sequence,
+    }));
+    tracing::info!(%trust_domain, sequence, "bundle published");
+    Ok(())
+}
+
+/// Starts the rotation and pruning tasks.
+pub(crate) fn spawn_background(
+    shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let span = tracing::info_span!("ca_rotator");
+    tasks.spawn(rotation_loop(Arc::clone(shared), shutdown.clone()).instrument(span));
+    let span = tracing::info_span!("pruner");
+    tasks.spawn(prune_loop(Arc::clone(shared), shutdown.clone()).instrument(span));
+}
+
+async fn rotation_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(rotation_tick(shared.config.ca_ttl));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if let Err(error) = rotation_step(&shared).await {
+            tracing::error!(error = %error_chain(&error), "CA rotation step failed; retrying");
+        }
+    }
+}
+
+async fn rotation_step(shared: &Shared) -> Result<(), ServerError> {
+    let now = SystemTime::now();
+    if shared.ca.rotate(now).await? {
+        publish_bundle(shared).await?;
+    }
+    shared.identity.refresh(&shared.ca.snapshot(), now)
+}
+
+async fn prune_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = crate::convert::unix_now();
+        if let Err(error) = shared.datastore.prune_join_tokens(now).await {
+            tracing::warn!(error = %error, "failed to prune expired join tokens");
+        }
+        if let Err(error) = shared.datastore.prune_expired_entries(now).await {
+            tracing::warn!(error = %error, "failed to prune expired entries");
+        }
+    }
+}
+
+/// Formats an error with its sources on one line.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
