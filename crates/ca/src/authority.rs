@@ -50,7 +50,7 @@ impl X509Authority {
     /// Returns [`CaError::InvalidTtl`] for a TTL under one second, [`CaError::InvalidSerial`]
     /// for serial 0, [`CaError::InvalidSubject`] for an empty or invalid subject,
     /// [`CaError::TimeOutOfRange`] when `now + ttl` cannot be encoded, and
-    /// [`CaError::Signing`] when signing fails.
+    /// [`CaError::Signing`] or [`CaError::Random`] when the crypto library fails.
     pub fn self_signed(
         trust_domain: &TrustDomain,
         key: PrivateKey,
@@ -125,6 +125,7 @@ impl X509Authority {
             return Err(CaError::KeyMismatch);
         }
         check_ca_extensions(&parsed)?;
+
         let subject_name = parsed.subject().as_raw().to_vec();
         if parsed.subject().iter().next().is_none() {
             return Err(CaError::InvalidCertificate(
@@ -132,6 +133,7 @@ impl X509Authority {
                     .to_owned(),
             ));
         }
+
         let key_id = subject_key_id(&parsed)?
             .unwrap_or_else(|| key_identifier(key.public_key_bits()).to_vec());
         let trust_domain = ca_trust_domain(&parsed)?;

@@ -31,7 +31,7 @@ pub(crate) fn key_identifier(public_key_bits: &[u8]) -> [u8; KEY_ID_LEN] {
 pub(crate) fn random_serial() -> Result<[u8; 16], CaError> {
     let mut serial = [0u8; 16];
     loop {
-        aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Signing)?;
+        aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Random)?;
         if serial.iter().any(|&b| b != 0) {
             return Ok(serial);
         }
@@ -120,9 +120,9 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Result<SystemTime, CaError> {
 
 /// Returns a certificate's serial number as lowercase hex of the DER INTEGER content octets.
 ///
-/// The hex keeps the leading `00` octet DER adds when the first magnitude bit is set, so
-/// serial 0x80 gives `"0080"`; no other leading zeros occur. This is the form the node API
-/// stores for agent SVIDs.
+/// The hex keeps the leading `00` octet that DER adds when the first magnitude bit is set,
+/// so serial 0x80 gives `"0080"`. DER allows no other leading zeros. The node API stores
+/// agent SVID serials in this form.
 ///
 /// # Errors
 /// Returns [`CaError::InvalidCertificate`] when the DER is not one certificate.

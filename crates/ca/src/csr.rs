@@ -16,7 +16,7 @@ use crate::der::{DerWriter, TAG_SEQUENCE, signature_algorithm};
 use crate::public_key::check_public_key;
 use crate::{CaError, KeyType, PrivateKey};
 
-/// What the CA uses from a verified CSR.
+/// The parts of a verified CSR that the CA uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CsrInfo {
     /// The requested key as DER SubjectPublicKeyInfo, exactly as the CSR encodes it.

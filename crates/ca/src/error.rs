@@ -24,7 +24,7 @@ pub enum CaError {
     /// A file operation failed.
     #[error("failed to {operation} {path}: {source}")]
     Io {
-        /// What was being done, such as `read` or `rename`.
+        /// The failed step, such as `read` or `rename`.
         operation: &'static str,
         /// The file or directory involved.
         path: PathBuf,
@@ -47,7 +47,7 @@ pub enum CaError {
     InvalidKeyFile {
         /// The key file.
         path: PathBuf,
-        /// What is wrong with it.
+        /// The reason the file is invalid.
         reason: String,
     },
     /// A certificate signing request is malformed or its signature does not verify.
@@ -101,6 +101,9 @@ pub enum CaError {
     /// The crypto library failed to sign.
     #[error("signing failed")]
     Signing,
+    /// The system random number generator failed.
+    #[error("the system random number generator failed")]
+    Random,
     /// A JWT-SVID needs at least one audience.
     #[error("JWT-SVID audience is empty")]
     EmptyAudience,

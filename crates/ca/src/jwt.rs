@@ -36,12 +36,12 @@ impl JwtKey {
     /// key ID.
     ///
     /// # Errors
-    /// Returns [`CaError::InvalidTtl`] for a TTL under one second and
-    /// [`CaError::KeyGeneration`] when the crypto library fails.
+    /// Returns [`CaError::InvalidTtl`] for a TTL under one second, and
+    /// [`CaError::KeyGeneration`] or [`CaError::Random`] when the crypto library fails.
     pub fn generate(key_type: KeyType, now: SystemTime, ttl: Duration) -> Result<Self, CaError> {
         let ttl_seconds = whole_seconds(ttl)?;
         let mut random = [0u8; 24];
-        aws_lc_rs::rand::fill(&mut random).map_err(|_| CaError::KeyGeneration(key_type))?;
+        aws_lc_rs::rand::fill(&mut random).map_err(|_| CaError::Random)?;
         let key_id = URL_SAFE_NO_PAD.encode(random);
         let not_after = unix_seconds(now)
             .checked_add(ttl_seconds)

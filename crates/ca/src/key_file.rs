@@ -22,11 +22,12 @@ impl PrivateKey {
     ///
     /// # Errors
     /// Returns [`CaError::InsecureKeyFile`] when the file's mode grants group or others any
-    /// access (the check is `mode & 0o077 != 0`, stricter than read access alone),
-    /// [`CaError::InvalidKeyFile`] when it is not a regular file or holds no valid key, and
-    /// [`CaError::Io`] when it cannot be read.
+    /// access. The check is `mode & 0o077 != 0`, which is stricter than read access alone.
+    /// Returns [`CaError::InvalidKeyFile`] when the path is not a regular file or contains no
+    /// valid key, and [`CaError::Io`] when the file cannot be read.
     pub fn read_pem_file(path: &Path) -> Result<Self, CaError> {
         let file = File::open(path).map_err(|e| CaError::io("open", path, e))?;
+
         // The checks use the opened file, so a rename between check and read cannot swap it.
         let metadata = file.metadata().map_err(|e| CaError::io("stat", path, e))?;
         if !metadata.is_file() {
@@ -39,12 +40,14 @@ impl PrivateKey {
                 mode,
             });
         }
+
         if metadata.len() > MAX_KEY_FILE_BYTES {
             return Err(invalid_file(
                 path,
                 &format!("larger than {MAX_KEY_FILE_BYTES} bytes"),
             ));
         }
+
         // Reserving the full size up front keeps the buffer from reallocating, which would
         // leave unzeroized copies of the key behind.
         let capacity = usize::try_from(metadata.len()).unwrap_or(0) + 1;
@@ -52,6 +55,7 @@ impl PrivateKey {
         file.take(MAX_KEY_FILE_BYTES)
             .read_to_end(&mut pem)
             .map_err(|e| CaError::io("read", path, e))?;
+
         let der = decode_pkcs8_pem(&pem).map_err(|reason| invalid_file(path, reason))?;
         let key = Self::from_pkcs8_der(&der).map_err(|e| invalid_file(path, &e.to_string()))?;
         tracing::debug!(path = %path.display(), key_type = %key.key_type(), "read private key file");
@@ -212,8 +216,8 @@ mod tests {
 
     #[test]
     fn decode_rejects_two_keys_and_bad_base64() {
-        let one = PrivateKey::generate(KeyType::EcP256).unwrap().to_pem();
-        let two = format!("{}{}", one.as_str(), one.as_str());
+        let single = PrivateKey::generate(KeyType::EcP256).unwrap().to_pem();
+        let two = format!("{}{}", single.as_str(), single.as_str());
         assert!(
             decode_pkcs8_pem(two.as_bytes())
                 .unwrap_err()

@@ -31,7 +31,7 @@ const LEAF_COUNTRY: &[u8] = b"US";
 /// Upper bound of commonName in RFC 5280 appendix A.1, in characters.
 const MAX_COMMON_NAME_CHARS: usize = 64;
 
-/// What an X.509-SVID certifies.
+/// The identity, key, lifetime and DNS names of an X.509-SVID to sign.
 #[derive(Clone, Copy, Debug)]
 pub struct X509SvidRequest<'a> {
     /// The SVID's SPIFFE ID, which must have a path.
@@ -61,7 +61,8 @@ impl X509Authority {
     /// Returns [`CaError::InvalidTtl`] for a TTL under one second,
     /// [`CaError::IdWithoutPath`] or [`CaError::ForeignTrustDomain`] for an ID the CA may not
     /// certify, [`CaError::InvalidDnsName`], [`CaError::UnsupportedPublicKey`],
-    /// [`CaError::Expired`] when the CA has expired at `now`, and [`CaError::Signing`].
+    /// [`CaError::Expired`] when the CA has expired at `now`, and [`CaError::Signing`] or
+    /// [`CaError::Random`] when the crypto library fails.
     pub fn sign_x509_svid(
         &self,
         request: &X509SvidRequest<'_>,

@@ -30,3 +30,17 @@ pub use jwt::JwtKey;
 pub use key::{KeyType, PrivateKey};
 pub use leaf::X509SvidRequest;
 pub use subject::CaSubject;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The server shares authorities and keys between tasks behind `Arc`.
+    #[test]
+    fn signing_types_are_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<PrivateKey>();
+        assert_send_sync::<X509Authority>();
+        assert_send_sync::<JwtKey>();
+    }
+}

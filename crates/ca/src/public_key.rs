@@ -1,9 +1,10 @@
 //! The public keys this CA certifies: EC P-256 and P-384 keys as uncompressed points, and RSA
 //! keys of 2048 to 8192 bits, each in DER SubjectPublicKeyInfo form.
 //!
-//! The checks are structural: an EC point is not checked to lie on its curve. A CSR's key
-//! passes that check when its signature verifies, and a certificate for an invalid key is
-//! useless to anyone, because no private key matches it.
+//! Limit: the checks are structural, so an EC point is not checked to lie on its curve. A
+//! CSR's key passes that check when its signature verifies, and a certificate for an invalid
+//! key is useless to anyone, because no private key matches it. EC P-521 and Ed25519 keys
+//! are rejected although the SPIFFE standards allow them.
 
 use x509_parser::oid_registry::{
     OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,

@@ -163,7 +163,7 @@ fn audience_is_required() {
 }
 
 #[test]
-fn extra_claims_are_added_but_cannot_replace_registered_ones() {
+fn extra_claims_cannot_replace_registered() {
     let key = JwtKey::generate(KeyType::EcP256, now(), HOUR).unwrap();
     let mut extra = Map::new();
     extra.insert("iss".into(), json!("https://issuer.example.org"));
@@ -189,7 +189,7 @@ fn extra_claims_are_added_but_cannot_replace_registered_ones() {
 }
 
 #[test]
-fn key_ids_are_random_url_safe_and_checked() {
+fn key_ids_random_and_validated() {
     let a = JwtKey::generate(KeyType::EcP256, now(), HOUR).unwrap();
     let b = JwtKey::generate(KeyType::EcP256, now(), HOUR).unwrap();
     assert_eq!(a.key_id().len(), 32);

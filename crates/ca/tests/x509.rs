@@ -28,7 +28,7 @@ fn workload_id() -> SpiffeId {
     SpiffeId::new("spiffe://example.org/workload").unwrap()
 }
 
-/// A fixed signing time, so expected validity times are exact.
+/// Returns a fixed signing time, so expected validity times are exact.
 fn now() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_750_000_000)
 }
@@ -139,7 +139,8 @@ fn ca_certificate_has_required_fields() {
         let ku_ext = extension(&cert, "2.5.29.15");
         assert!(ku_ext.critical, "{key_type}: keyUsage not critical");
         let ku = cert.key_usage().unwrap().unwrap().value;
-        assert!(ku.key_cert_sign() && ku.crl_sign(), "{key_type}: {ku}");
+        assert!(ku.key_cert_sign(), "{key_type}: {ku}");
+        assert!(ku.crl_sign(), "{key_type}: {ku}");
         assert!(!ku.digital_signature(), "{key_type}: {ku}");
 
         let san = cert.subject_alternative_name().unwrap().unwrap().value;
@@ -249,11 +250,14 @@ fn leaf_has_x509_svid_fields() {
     assert!(ku.digital_signature(), "{ku}");
     assert!(ku.key_encipherment(), "{ku}");
     assert!(ku.key_agreement(), "{ku}");
-    assert!(!ku.key_cert_sign() && !ku.crl_sign(), "{ku}");
+    assert!(!ku.key_cert_sign(), "{ku}");
+    assert!(!ku.crl_sign(), "{ku}");
 
     let eku = cert.extended_key_usage().unwrap().unwrap().value;
-    assert!(eku.server_auth && eku.client_auth);
-    assert!(!eku.any && eku.other.is_empty());
+    assert!(eku.server_auth);
+    assert!(eku.client_auth);
+    assert!(!eku.any);
+    assert!(eku.other.is_empty());
 
     let san = cert.subject_alternative_name().unwrap().unwrap();
     assert!(!san.critical);
@@ -423,7 +427,7 @@ fn csr_requesting_ca_still_gets_leaf() {
     ];
     let csr = params.serialize_request(&subject_key).unwrap();
 
-    // The request really asks for cA=true, or this test proves nothing.
+    // The request really contains cA=true, or this test proves nothing.
     let (_, parsed_csr) =
         x509_parser::certification_request::X509CertificationRequest::from_der(csr.der()).unwrap();
     let requests_ca = parsed_csr
@@ -449,7 +453,8 @@ fn csr_requesting_ca_still_gets_leaf() {
         "leaf is a CA"
     );
     let ku = cert.key_usage().unwrap().unwrap().value;
-    assert!(!ku.key_cert_sign() && !ku.crl_sign(), "{ku}");
+    assert!(!ku.key_cert_sign(), "{ku}");
+    assert!(!ku.crl_sign(), "{ku}");
     let san = cert.subject_alternative_name().unwrap().unwrap().value;
     assert_eq!(
         san.general_names,
@@ -761,9 +766,9 @@ fn authority_from_parts_rejects_mismatches() {
 }
 
 #[test]
-fn authority_from_external_ca_keeps_issuer_bytes() {
+fn from_parts_keeps_external_issuer_bytes() {
     // rcgen writes the CA subject with a PrintableString common name, an encoding this crate
-    // never produces; leaves must copy it byte for byte to chain.
+    // never produces. Leaves must copy it byte for byte to chain.
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
     let rcgen_key = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(
         &rustls_pki_types::PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()),

@@ -1,0 +1,354 @@
+//! The start sequence, persistence, renewal, rotation and reconnection against the in-process
+//! node API server of [`crate::test_support`].
+
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use tokio::sync::watch;
+use twid_proto::types::{Entry, Selector};
+use twid_proto::workload::X509svidRequest;
+
+use super::*;
+use crate::settings::BundleFormat;
+use crate::settings::tests::test_settings;
+use crate::test_support::{FakeNode, with_header, workload_client};
+
+const LONG: Duration = Duration::from_secs(3600);
+
+fn own_euid() -> u32 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("Uid:"))
+        .expect("Uid line");
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|v| v.parse().ok())
+        .expect("numeric effective uid")
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    node: Arc<FakeNode>,
+    address: SocketAddr,
+    stop_server: watch::Sender<bool>,
+}
+
+impl Setup {
+    async fn new(tokens: &[&str], agent_ttl: Duration, svid_ttl: Duration) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let node = FakeNode::new(tokens, agent_ttl, svid_ttl);
+        let entry = Entry {
+            id: "e1".to_owned(),
+            spiffe_id: "spiffe://example.org/workload".to_owned(),
+            parent_id: "spiffe://example.org/spire/agent/join_token/any".to_owned(),
+            selectors: vec![Selector {
+                r#type: "unix".to_owned(),
+                value: format!("uid:{}", own_euid()),
+            }],
+            revision_number: 1,
+            created_at: 1,
+            ..Entry::default()
+        };
+        node.entries.lock().expect("entries").push(entry);
+        std::fs::write(dir.path().join("bundle.pem"), node.ca_pem()).expect("bundle file");
+        let (stop_server, stopped) = watch::channel(false);
+        let address = node
+            .serve("127.0.0.1:0".parse().expect("address"), stopped)
+            .await;
+        Self {
+            dir,
+            node,
+            address,
+            stop_server,
+        }
+    }
+
+    fn settings(&self, join_token: Option<&str>) -> AgentSettings {
+        let mut settings = test_settings(self.dir.path(), self.address.port());
+        settings.trust_bundle = Some((self.dir.path().join("bundle.pem"), BundleFormat::Pem));
+        settings.join_token = join_token.map(str::to_owned);
+        settings.sync_interval = Duration::from_millis(200);
+        settings
+    }
+
+    async fn start(&self, join_token: Option<&str>) -> Result<AgentHandle, AgentError> {
+        Agent::start_with(self.settings(join_token)).await
+    }
+
+    async fn restart_server(&mut self) {
+        let (stop_server, stopped) = watch::channel(false);
+        self.stop_server = stop_server;
+        self.node.serve(self.address, stopped).await;
+    }
+}
+
+/// Polls `condition` every 50 ms until it is true or `timeout` passes.
+async fn eventually(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    condition()
+}
+
+#[tokio::test]
+async fn attests_serves_and_restarts_without_token() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    let agent = setup.start(Some("good")).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    assert!(agent.health().is_ready());
+    assert_eq!(
+        agent.agent_id().as_str(),
+        "spiffe://example.org/spire/agent/join_token/good"
+    );
+    let key_mode = std::fs::metadata(setup.dir.path().join("data/agent_svid.key"))
+        .expect("stored key")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    let stored_bundle =
+        std::fs::read(setup.dir.path().join("data/bundle.der")).expect("stored bundle");
+    assert_eq!(stored_bundle, setup.node.ca_der());
+
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let first = stream.next().await.expect("message").expect("ok");
+    assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/workload");
+    assert_eq!(first.svids[0].bundle, setup.node.ca_der());
+    drop(stream);
+    let socket = agent.socket_path().to_owned();
+    agent.shutdown().await;
+    assert!(!socket.exists());
+
+    let again = setup
+        .start(None)
+        .await
+        .expect("restart needs no join token");
+    again
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync after restart");
+    assert_eq!(setup.node.state().attestations, 1);
+    again.shutdown().await;
+}
+
+#[tokio::test]
+async fn used_token_fails_start_with_server_message() {
+    let setup = Setup::new(&[], LONG, LONG).await;
+    let error = setup
+        .start(Some("spent"))
+        .await
+        .expect_err("attestation must fail");
+    let AgentError::Attestation { code, message } = &error else {
+        panic!("unexpected error: {error}");
+    };
+    assert_eq!(*code, tonic::Code::PermissionDenied);
+    assert!(message.contains("already been used"), "{message}");
+    assert!(!setup.dir.path().join("agent.sock").exists());
+    assert!(!setup.dir.path().join("data/agent_svid.der").exists());
+}
+
+#[tokio::test]
+async fn no_token_and_no_state_fails() {
+    let setup = Setup::new(&[], LONG, LONG).await;
+    let error = setup.start(None).await.expect_err("nothing to attest with");
+    assert!(matches!(error, AgentError::MissingJoinToken), "{error}");
+}
+
+#[tokio::test]
+async fn no_bootstrap_trust_fails() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    let mut settings = setup.settings(Some("good"));
+    settings.trust_bundle = None;
+    let error = Agent::start_with(settings)
+        .await
+        .expect_err("no way to trust the server");
+    assert!(matches!(error, AgentError::NoBootstrapTrust), "{error}");
+    assert_eq!(setup.node.state().attestations, 0);
+}
+
+#[tokio::test]
+async fn insecure_bootstrap_attests_without_bundle() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    let mut settings = setup.settings(Some("good"));
+    settings.trust_bundle = None;
+    settings.insecure_bootstrap = true;
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn evicted_agent_attests_again_only_with_new_token() {
+    let setup = Setup::new(&["first", "second"], LONG, LONG).await;
+    let agent = setup.start(Some("first")).await.expect("agent starts");
+    agent.shutdown().await;
+    setup.node.state().agents.clear();
+
+    let error = setup
+        .start(None)
+        .await
+        .expect_err("evicted agent without token");
+    assert!(matches!(error, AgentError::Rejected { .. }), "{error}");
+
+    let agent = setup
+        .start(Some("second"))
+        .await
+        .expect("attests again with the new token");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    assert_eq!(
+        agent.agent_id().as_str(),
+        "spiffe://example.org/spire/agent/join_token/second"
+    );
+    assert_eq!(setup.node.state().attestations, 2);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn renews_agent_svid_and_keeps_syncing() {
+    let setup = Setup::new(&["good"], Duration::from_secs(4), LONG).await;
+    let agent = setup.start(Some("good")).await.expect("agent starts");
+    let node = Arc::clone(&setup.node);
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().renewals >= 1).await,
+        "the agent SVID was not renewed"
+    );
+    let syncs_after_renewal = node.state().syncs;
+    // The server accepts only the renewed certificate from now on, so syncs succeed only if
+    // the agent reconnected with it.
+    assert!(
+        eventually(Duration::from_secs(5), || node.state().syncs
+            >= syncs_after_renewal + 3)
+        .await,
+        "syncing stopped after the renewal"
+    );
+    assert!(agent.health().is_ready());
+
+    let stored = std::fs::read(setup.dir.path().join("data/agent_svid.der")).expect("stored SVID");
+    let stored_serial = {
+        let (_, cert) = x509_parser::parse_x509_certificate(&stored).expect("certificate");
+        cert.raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    };
+    let current = node
+        .state()
+        .agents
+        .get(agent.agent_id().as_str())
+        .cloned()
+        .expect("agent record");
+    assert_eq!(stored_serial, current);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn rotates_workload_svid_at_half_life() {
+    let setup = Setup::new(&["good"], LONG, Duration::from_secs(4)).await;
+    let agent = setup.start(Some("good")).await.expect("agent starts");
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let first = stream.next().await.expect("message").expect("ok");
+    let second = tokio::time::timeout(Duration::from_secs(8), stream.next())
+        .await
+        .expect("a rotated SVID within 8s")
+        .expect("message")
+        .expect("ok");
+    assert_eq!(second.svids[0].spiffe_id, first.svids[0].spiffe_id);
+    assert_ne!(second.svids[0].x509_svid, first.svids[0].x509_svid);
+    assert_ne!(second.svids[0].x509_svid_key, first.svids[0].x509_svid_key);
+
+    // An open stream must not hold up the shutdown, and it ends with Unavailable.
+    let started = Instant::now();
+    agent.shutdown().await;
+    assert!(
+        started.elapsed() < SHUTDOWN_GRACE,
+        "{:?}",
+        started.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("stream ends");
+    let code = match ended {
+        Some(Err(status)) => Some(status.code()),
+        Some(Ok(_)) | None => None,
+    };
+    assert_eq!(code, Some(tonic::Code::Unavailable));
+}
+
+#[tokio::test]
+async fn foreign_stored_svid_is_rejected() {
+    let setup = Setup::new(&[], LONG, LONG).await;
+    let mut settings = setup.settings(None);
+    crate::state::create_private_dir(&settings.data_dir).expect("data dir");
+    crate::state::save(&settings.data_dir, &crate::state::tests::test_state()).expect("save");
+    settings.trust_domain = twid_spiffe::TrustDomain::new("other.test").expect("trust domain");
+    let error = Agent::start_with(settings)
+        .await
+        .expect_err("foreign stored SVID");
+    assert!(
+        error
+            .to_string()
+            .contains("not in the configured trust domain"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn serves_cache_while_server_is_down_and_recovers() {
+    let mut setup = Setup::new(&["good"], LONG, LONG).await;
+    let agent = setup.start(Some("good")).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    setup.stop_server.send(true).expect("server running");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens while the server is down")
+        .into_inner();
+    let cached = stream.next().await.expect("message").expect("ok");
+    assert_eq!(cached.svids[0].spiffe_id, "spiffe://example.org/workload");
+    assert!(agent.health().is_ready());
+
+    let syncs_before = setup.node.state().syncs;
+    setup.restart_server().await;
+    let node = Arc::clone(&setup.node);
+    // The backoff after about 1.5 s of failures is at most 4 s.
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().syncs
+            > syncs_before)
+        .await,
+        "the agent did not sync again after the server came back"
+    );
+    drop(stream);
+    agent.shutdown().await;
+}

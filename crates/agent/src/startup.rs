@@ -1,0 +1,224 @@
+//! The start sequence up to the first sync: the stored identity or a new attestation, the
+//! mutual TLS connection to the server, and the first sync round.
+
+use std::sync::Arc;
+
+use rustls::ClientConfig;
+use twid_proto::node::node_client::NodeClient;
+use twid_tls::{Authorizer, SvidSource};
+
+use crate::AgentError;
+use crate::bootstrap;
+use crate::cache::Cache;
+use crate::node::{self, ServerConnection};
+use crate::settings::AgentSettings;
+use crate::state::{self, AgentState};
+use crate::sync::{Syncer, unix_now};
+
+/// The source of the agent's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The data directory, from an earlier run.
+    Stored,
+    /// A join token attestation just now.
+    Attested,
+}
+
+/// Obtains the agent's identity and runs the first sync round.
+///
+/// Returns the syncer and the outcome of that round. Only a rejection of the agent is an
+/// error here, because the sync loop retries an unreachable server. When the server rejects a
+/// stored SVID (the agent was evicted, or its SVID was superseded), the agent attests again if
+/// `join_token` is set and fails with [`AgentError::Rejected`] otherwise.
+pub(crate) async fn establish(
+    settings: &AgentSettings,
+    cache: &Cache,
+    health: &twid_telemetry::Health,
+) -> Result<(Syncer, Result<(), AgentError>), AgentError> {
+    let (agent, origin) = load_or_attest(settings).await?;
+    let mut syncer = new_syncer(settings, agent, cache, health)?;
+    let first = syncer.sync_once().await;
+    let rejection = match first {
+        Err(error) if error.is_agent_rejected() => error,
+        other => return Ok((syncer, other)),
+    };
+    if origin == Origin::Attested {
+        return Err(rejection);
+    }
+    let message = match &rejection {
+        AgentError::Rpc { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    let Some(join_token) = settings.join_token.as_deref() else {
+        return Err(AgentError::Rejected { message });
+    };
+    tracing::warn!(
+        reason = %message,
+        "the server rejected the stored agent SVID; attesting again with join_token"
+    );
+    let stored_bundle = std::mem::take(&mut syncer.agent.bundle);
+    let agent = attest_with_token(settings, Some(stored_bundle), join_token).await?;
+    let mut syncer = new_syncer(settings, agent, cache, health)?;
+    let first = syncer.sync_once().await;
+    match first {
+        Err(error) if error.is_agent_rejected() => Err(error),
+        other => Ok((syncer, other)),
+    }
+}
+
+/// The agent state found in the data directory.
+enum Stored {
+    /// An SVID of the configured trust domain that has not expired, with a bundle.
+    Usable(AgentState),
+    /// An expired SVID; its bundle can still authenticate the server for a new attestation.
+    Expired { bundle: Vec<Vec<u8>> },
+}
+
+/// Re-uses a stored SVID that is still valid; otherwise attests with the join token.
+///
+/// Unusable stored state (unreadable, key not matching the SVID, another trust domain) is
+/// replaced by a new attestation when a join token is set, and an error otherwise.
+async fn load_or_attest(settings: &AgentSettings) -> Result<(AgentState, Origin), AgentError> {
+    let stored = state::load(&settings.data_dir).and_then(|stored| {
+        stored
+            .map(|stored| check_stored(settings, stored))
+            .transpose()
+    });
+    let stored_bundle = match stored {
+        Ok(Some(Stored::Usable(agent))) => return Ok((agent, Origin::Stored)),
+        Ok(Some(Stored::Expired { bundle })) => Some(bundle),
+        Ok(None) => None,
+        Err(error) if settings.join_token.is_some() => {
+            tracing::warn!(%error, "ignoring the unusable stored agent state; attesting again");
+            None
+        }
+        Err(error) => return Err(error),
+    };
+    let join_token = settings
+        .join_token
+        .as_deref()
+        .ok_or(AgentError::MissingJoinToken)?;
+    let agent = attest_with_token(settings, stored_bundle, join_token).await?;
+    Ok((agent, Origin::Attested))
+}
+
+fn check_stored(settings: &AgentSettings, mut stored: AgentState) -> Result<Stored, AgentError> {
+    let spiffe_id = stored.check()?;
+    if spiffe_id.trust_domain() != &settings.trust_domain {
+        return Err(AgentError::InvalidSvid(format!(
+            "the stored agent SVID {spiffe_id} is not in the configured trust domain {}",
+            settings.trust_domain
+        )));
+    }
+    let (_, not_after) = stored.validity()?;
+    if not_after <= unix_now() {
+        tracing::warn!(
+            spiffe_id = %spiffe_id,
+            expired_at = not_after,
+            "the stored agent SVID has expired; attesting again"
+        );
+        return Ok(Stored::Expired {
+            bundle: stored.bundle,
+        });
+    }
+    if stored.bundle.is_empty() {
+        stored.bundle = configured_bundle(settings)?.ok_or(AgentError::NoBootstrapTrust)?;
+    }
+    tracing::info!(
+        spiffe_id = %spiffe_id,
+        expires_at = not_after,
+        "re-using the stored agent SVID"
+    );
+    Ok(Stored::Usable(stored))
+}
+
+/// Attests with `join_token` over a connection that trusts `stored_bundle`, the configured
+/// bundle file, or (with insecure_bootstrap) any server, and stores the new identity.
+async fn attest_with_token(
+    settings: &AgentSettings,
+    stored_bundle: Option<Vec<Vec<u8>>>,
+    join_token: &str,
+) -> Result<AgentState, AgentError> {
+    // Limit: the attestation is tried once. An unreachable server makes the start fail, and
+    // the process supervisor is expected to restart the agent.
+    let tls = bootstrap_tls(settings, stored_bundle)?;
+    let channel =
+        twid_tls::connect_channel_lazy(&settings.server_address, settings.server_port, tls)?;
+    let key = state::generate_key()?;
+    let client = NodeClient::new(channel);
+    let attestation = bootstrap::attest(client, &settings.trust_domain, join_token, key);
+    let agent = match tokio::time::timeout(node::RPC_TIMEOUT, attestation).await {
+        Ok(result) => result?,
+        Err(_) => {
+            return Err(AgentError::Attestation {
+                code: tonic::Code::DeadlineExceeded,
+                message: format!(
+                    "the server at {}:{} did not answer within {}s",
+                    settings.server_address,
+                    settings.server_port,
+                    node::RPC_TIMEOUT.as_secs()
+                ),
+            });
+        }
+    };
+    state::save(&settings.data_dir, &agent)?;
+    Ok(agent)
+}
+
+/// Reads the configured trust bundle file, if there is one.
+fn configured_bundle(settings: &AgentSettings) -> Result<Option<Vec<Vec<u8>>>, AgentError> {
+    settings
+        .trust_bundle
+        .as_ref()
+        .map(|(path, format)| bootstrap::read_bundle_file(&settings.trust_domain, path, *format))
+        .transpose()
+}
+
+/// Chooses what to trust for an attestation: a stored bundle, the operator's bundle file, or
+/// (with a warning) nothing at all.
+fn bootstrap_tls(
+    settings: &AgentSettings,
+    stored_bundle: Option<Vec<Vec<u8>>>,
+) -> Result<Arc<ClientConfig>, AgentError> {
+    let server = Authorizer::Exact(twid_types::server_id(&settings.trust_domain));
+    let bundle = match stored_bundle.filter(|bundle| !bundle.is_empty()) {
+        Some(bundle) => Some(bundle),
+        None => configured_bundle(settings)?,
+    };
+    if let Some(bundle) = bundle {
+        let trust = bootstrap::trust_source(&settings.trust_domain, &bundle)?;
+        return Ok(twid_tls::client_config(None, trust, server)?);
+    }
+    if settings.insecure_bootstrap {
+        tracing::warn!(
+            "insecure_bootstrap is set: the server is not authenticated for this attestation"
+        );
+        return Ok(twid_tls::insecure_client_config(None, server)?);
+    }
+    Err(AgentError::NoBootstrapTrust)
+}
+
+/// Builds the mutual TLS connection and the syncer for `agent`.
+fn new_syncer(
+    settings: &AgentSettings,
+    agent: AgentState,
+    cache: &Cache,
+    health: &twid_telemetry::Health,
+) -> Result<Syncer, AgentError> {
+    let svid_source = SvidSource::new(agent.certificates(), agent.private_key_der())?;
+    let trust = bootstrap::trust_source(&settings.trust_domain, &agent.bundle)?;
+    let server = Authorizer::Exact(twid_types::server_id(&settings.trust_domain));
+    let tls = twid_tls::client_config(Some(svid_source.clone()), trust.clone(), server)?;
+    let connection = ServerConnection::new(&settings.server_address, settings.server_port, tls)?;
+    Ok(Syncer {
+        connection: Arc::new(connection),
+        cache: cache.clone(),
+        agent,
+        svid_source,
+        trust,
+        trust_domain: settings.trust_domain.clone(),
+        data_dir: settings.data_dir.clone(),
+        health: health.clone(),
+        failing_entries: std::collections::HashSet::new(),
+    })
+}

@@ -1,0 +1,264 @@
+//! Workload X.509-SVIDs: deciding which entries need a new SVID and signing them in batches
+//! with BatchNewX509Svid. Keys are generated here and never leave the agent except to the
+//! workload that owns them.
+//!
+//! An entry keeps its current SVID until a replacement is signed, so a failed signing (server
+//! unreachable, entry rejected) leaves workloads with the SVID they had until it expires.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use tonic::transport::Channel;
+use twid_proto::node::node_client::NodeClient;
+use twid_proto::node::{BatchNewX509SvidRequest, NewX509SvidParams, X509SvidResult};
+use twid_proto::types::Entry;
+use twid_spiffe::X509Svid;
+
+use crate::cache::{CachedEntry, CachedSvid, Snapshot};
+use crate::{AgentError, node, state};
+
+/// Entries per BatchNewX509Svid request.
+pub(crate) const BATCH_SIZE: usize = 500;
+
+/// The synced entries paired with their current SVIDs, and which of them need a new one.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    pub(crate) entries: Vec<CachedEntry>,
+    /// Indexes into `entries`.
+    pub(crate) due: Vec<usize>,
+}
+
+/// Pairs each synced entry with its SVID from `previous` when that SVID still names the
+/// entry's SPIFFE ID and has not expired at `now`. An entry is due for signing when it has no
+/// such SVID, when its SVID is past half its lifetime, or when the entry changed (its revision
+/// number differs), for example in its TTL or DNS names.
+pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, now: i64) -> Plan {
+    let old: HashMap<&str, &CachedEntry> = previous
+        .entries
+        .iter()
+        .map(|cached| (cached.entry.id.as_str(), cached))
+        .collect();
+    let mut due = Vec::new();
+    let entries = entries
+        .into_iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            let old = old.get(entry.id.as_str());
+            let svid = old
+                .filter(|cached| cached.entry.spiffe_id == entry.spiffe_id)
+                .and_then(|cached| cached.svid.clone())
+                .filter(|svid| !svid.is_expired(now));
+            let changed =
+                old.is_none_or(|cached| cached.entry.revision_number != entry.revision_number);
+            if changed || svid.as_ref().is_none_or(|svid| svid.needs_renewal(now)) {
+                due.push(index);
+            }
+            CachedEntry::new(entry, svid)
+        })
+        .collect();
+    Plan { entries, due }
+}
+
+/// The outcome of one signing round.
+#[derive(Debug, Default)]
+pub(crate) struct SignReport {
+    /// Entries that received a new SVID.
+    pub(crate) signed: usize,
+    /// `(entry ID, reason)` for entries the server did not sign.
+    pub(crate) failed: Vec<(String, String)>,
+    /// The call that failed as a whole; later batches were not sent.
+    pub(crate) error: Option<AgentError>,
+}
+
+/// Signs a new SVID for every due entry of `plan`, in batches, and stores each in place.
+pub(crate) async fn sign_due(client: &mut NodeClient<Channel>, plan: &mut Plan) -> SignReport {
+    let mut report = SignReport::default();
+    for batch in plan.due.chunks(BATCH_SIZE) {
+        if let Err(error) = sign_batch(client, &mut plan.entries, batch, &mut report).await {
+            report.error = Some(error);
+            break;
+        }
+    }
+    report
+}
+
+async fn sign_batch(
+    client: &mut NodeClient<Channel>,
+    entries: &mut [CachedEntry],
+    batch: &[usize],
+    report: &mut SignReport,
+) -> Result<(), AgentError> {
+    let mut keys = HashMap::with_capacity(batch.len());
+    let mut params = Vec::with_capacity(batch.len());
+    for &index in batch {
+        let key = state::generate_key()?;
+        let entry_id = entries[index].entry.id.clone();
+        params.push(NewX509SvidParams {
+            entry_id: entry_id.clone(),
+            csr: state::build_csr(&key)?,
+        });
+        keys.insert(entry_id, (index, key));
+    }
+    let response = node::call(
+        "BatchNewX509Svid",
+        client.batch_new_x509_svid(BatchNewX509SvidRequest { params }),
+    )
+    .await?;
+    for result in response.results {
+        let Some((index, key)) = keys.remove(&result.entry_id) else {
+            tracing::debug!(entry_id = %result.entry_id, "server returned an SVID for an entry not requested");
+            continue;
+        };
+        let entry_id = result.entry_id.clone();
+        match checked_svid(&entries[index].entry, result, &key) {
+            Ok(svid) => {
+                entries[index].svid = Some(Arc::new(svid));
+                report.signed += 1;
+            }
+            Err(reason) => report.failed.push((entry_id, reason)),
+        }
+    }
+    for (entry_id, _) in keys {
+        report
+            .failed
+            .push((entry_id, "the server returned no result".to_owned()));
+    }
+    Ok(())
+}
+
+/// Checks a signing result: no error, a chain that is an X.509-SVID for the entry's SPIFFE ID
+/// and whose leaf matches `key`.
+fn checked_svid(
+    entry: &Entry,
+    result: X509SvidResult,
+    key: &rcgen::KeyPair,
+) -> Result<CachedSvid, String> {
+    if !result.error.is_empty() {
+        return Err(result.error);
+    }
+    let leaf = result
+        .cert_chain
+        .first()
+        .ok_or_else(|| "the server returned an empty chain".to_owned())?;
+    let (not_before, not_after) = state::validity(leaf).map_err(|e| e.to_string())?;
+    let key_pkcs8 = key.serialize_der();
+    let chain: Vec<CertificateDer<'static>> = result
+        .cert_chain
+        .iter()
+        .map(|c| CertificateDer::from(c.clone()))
+        .collect();
+    let svid = X509Svid::from_parts(chain, PrivatePkcs8KeyDer::from(key_pkcs8.clone()))
+        .map_err(|e| format!("the server returned an invalid SVID: {e}"))?;
+    if svid.spiffe_id().as_str() != entry.spiffe_id {
+        return Err(format!(
+            "the server returned an SVID for {} instead of {}",
+            svid.spiffe_id(),
+            entry.spiffe_id
+        ));
+    }
+    Ok(CachedSvid {
+        chain: result.cert_chain,
+        key_pkcs8,
+        not_before,
+        not_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: &str, revision: i64) -> Entry {
+        Entry {
+            id: id.to_owned(),
+            spiffe_id: format!("spiffe://example.org/{id}"),
+            revision_number: revision,
+            ..Entry::default()
+        }
+    }
+
+    fn cached(id: &str, revision: i64, not_after: i64) -> CachedEntry {
+        let svid = CachedSvid {
+            chain: vec![vec![1]],
+            key_pkcs8: vec![2],
+            not_before: 0,
+            not_after,
+        };
+        CachedEntry::new(entry(id, revision), Some(Arc::new(svid)))
+    }
+
+    #[test]
+    fn plan_keeps_valid_svids_and_marks_due_entries() {
+        let mut renamed = cached("e", 1, 1000);
+        renamed.entry.spiffe_id = "spiffe://example.org/old-name".to_owned();
+        let previous = Snapshot {
+            entries: vec![
+                cached("a", 1, 1000),
+                cached("b", 1, 1000),
+                cached("c", 1, 100),
+                cached("f", 1, 50),
+                renamed,
+            ],
+            ..Snapshot::default()
+        };
+        let synced = vec![
+            entry("a", 1),
+            entry("b", 2),
+            entry("c", 1),
+            entry("d", 1),
+            entry("e", 1),
+            entry("f", 1),
+        ];
+        let plan = plan(&previous, synced, 60);
+        let has_svid: Vec<bool> = plan.entries.iter().map(|c| c.svid.is_some()).collect();
+        // a fresh; b changed but keeps its SVID until replaced; c past half-life but valid;
+        // d new; e's SPIFFE ID changed; f expired.
+        assert_eq!(has_svid, [true, true, true, false, false, false]);
+        assert_eq!(plan.due, [1, 2, 3, 4, 5]);
+    }
+
+    fn signed_result(entry: &Entry, key: &rcgen::KeyPair, spiffe_id: &str) -> X509SvidResult {
+        let ca = crate::test_support::TestCa::new("example.org");
+        X509SvidResult {
+            entry_id: entry.id.clone(),
+            cert_chain: vec![ca.leaf(key, spiffe_id)],
+            expires_at: 0,
+            error: String::new(),
+        }
+    }
+
+    #[test]
+    fn checked_svid_accepts_matching_result() {
+        let entry = entry("a", 1);
+        let key = state::generate_key().expect("key");
+        let result = signed_result(&entry, &key, &entry.spiffe_id);
+        let svid = checked_svid(&entry, result, &key).expect("valid SVID");
+        assert_eq!(svid.key_pkcs8, key.serialize_der());
+        assert!(svid.not_after > svid.not_before);
+    }
+
+    #[test]
+    fn checked_svid_rejects_mismatches() {
+        let entry = entry("a", 1);
+        let key = state::generate_key().expect("key");
+        let other_key = state::generate_key().expect("other key");
+
+        let wrong_id = signed_result(&entry, &key, "spiffe://example.org/other");
+        let error = checked_svid(&entry, wrong_id, &key).expect_err("wrong ID");
+        assert!(error.contains("instead of"), "{error}");
+
+        let wrong_key = signed_result(&entry, &other_key, &entry.spiffe_id);
+        assert!(checked_svid(&entry, wrong_key, &key).is_err());
+
+        let failed = X509SvidResult {
+            entry_id: entry.id.clone(),
+            error: "not authorized".to_owned(),
+            ..X509SvidResult::default()
+        };
+        assert_eq!(
+            checked_svid(&entry, failed, &key).expect_err("server error"),
+            "not authorized"
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! The sync loop: every interval, fetch the authorized entries and the bundles with Sync, sign
+//! missing or aging workload SVIDs, publish a new cache snapshot, and renew the agent's own
+//! SVID at half-life.
+//!
+//! While the server is unreachable the cache keeps its last snapshot, so workloads keep their
+//! SVIDs. Limit: an SVID that expires during the outage stays in the snapshot until the next
+//! successful sync drops or replaces it.
+//!
+//! The loop retries with exponential backoff from 1 s doubling up to 30 s. Each delay is
+//! shortened by up to 20% at random, so agents restarted together do not retry in step. Every
+//! failed attempt is logged once, at warn, with the error and the delay. If the server rejects
+//! the agent (PermissionDenied or Unauthenticated, which it returns for an evicted or banned
+//! agent), the loop stops for good, readiness turns false, and the agent keeps serving its
+//! cached SVIDs.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls_pki_types::CertificateDer;
+use tokio::sync::watch;
+use tracing::Instrument as _;
+use twid_proto::node::{RenewAgentRequest, SyncRequest};
+use twid_proto::types::Bundle;
+use twid_spiffe::TrustDomain;
+use twid_telemetry::Health;
+use twid_tls::{SvidSource, TrustSource};
+
+use crate::cache::{Cache, Snapshot, TrustDomainBundle, half_life, sort_entries};
+use crate::node::{self, ServerConnection};
+use crate::state::{self, AgentState};
+use crate::{AgentError, svid_manager};
+
+/// First retry delay after a failed sync.
+const BACKOFF_START: Duration = Duration::from_secs(1);
+/// Maximum retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Returns the current time in Unix seconds.
+pub(crate) fn unix_now() -> i64 {
+    let elapsed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Exponential backoff from [`BACKOFF_START`] doubling to [`BACKOFF_MAX`], with up to 20%
+/// random shortening.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new() -> Self {
+        Self {
+            next: BACKOFF_START,
+        }
+    }
+
+    /// Returns the delay before the next attempt and doubles the following one.
+    pub(crate) fn step(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        let base_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
+        let jitter_ms = rand::random_range(0..=base_ms / 5);
+        Duration::from_millis(base_ms - jitter_ms)
+    }
+}
+
+/// Consecutive failures of the sync loop.
+#[derive(Debug)]
+pub(crate) struct RetryState {
+    backoff: Backoff,
+    failures: u32,
+}
+
+impl RetryState {
+    pub(crate) fn new() -> Self {
+        Self {
+            backoff: Backoff::new(),
+            failures: 0,
+        }
+    }
+}
+
+/// Everything one sync round needs.
+pub(crate) struct Syncer {
+    pub(crate) connection: Arc<ServerConnection>,
+    pub(crate) cache: Cache,
+    pub(crate) agent: AgentState,
+    pub(crate) svid_source: SvidSource,
+    pub(crate) trust: TrustSource,
+    pub(crate) trust_domain: TrustDomain,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) health: Health,
+    /// Entry IDs whose signing failed in the previous round, so each failure is logged at
+    /// warn once and at debug while it repeats.
+    pub(crate) failing_entries: HashSet<String>,
+}
+
+impl Syncer {
+    /// Runs rounds until `shutdown` turns true or the server rejects the agent; the first
+    /// round starts after `delay`.
+    pub(crate) async fn run(
+        mut self,
+        interval: Duration,
+        mut delay: Duration,
+        mut retry: RetryState,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+            let result = self
+                .sync_once()
+                .instrument(tracing::debug_span!("agent_sync"))
+                .await;
+            match self.after_sync(result, &mut retry, interval) {
+                Some(next) => delay = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Logs the outcome of a round and returns the delay before the next one, or `None` when
+    /// the server rejected the agent and syncing must stop.
+    pub(crate) fn after_sync(
+        &mut self,
+        result: Result<(), AgentError>,
+        retry: &mut RetryState,
+        interval: Duration,
+    ) -> Option<Duration> {
+        let delay = match result {
+            Ok(()) => {
+                if retry.failures > 0 {
+                    tracing::info!(
+                        failed_attempts = retry.failures,
+                        "sync with the server recovered"
+                    );
+                }
+                *retry = RetryState::new();
+                interval
+            }
+            Err(error) if error.is_agent_rejected() => {
+                tracing::error!(
+                    %error,
+                    "the server rejected this agent; syncing stopped and cached SVIDs are \
+                     served until they expire"
+                );
+                self.health
+                    .set_not_ready(format!("the server rejected the agent: {error}"));
+                return None;
+            }
+            Err(error) => {
+                retry.failures += 1;
+                let delay = retry.backoff.step();
+                metrics::counter!(twid_telemetry::names::AGENT_SYNC_FAILURES_TOTAL).increment(1);
+                tracing::warn!(
+                    %error,
+                    attempt = retry.failures,
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "sync with the server failed; serving cached SVIDs"
+                );
+                delay
+            }
+        };
+        self.check_agent_expiry();
+        Some(delay)
+    }
+
+    /// Marks the agent not ready once its own SVID has expired: it cannot reach the server
+    /// again without attesting anew.
+    fn check_agent_expiry(&self) {
+        let Ok((_, not_after)) = self.agent.validity() else {
+            return;
+        };
+        if unix_now() >= not_after && self.health.is_ready() {
+            tracing::error!(
+                expired_at = not_after,
+                "the agent SVID has expired; restart the agent with a new join_token"
+            );
+            self.health.set_not_ready(format!(
+                "the agent SVID expired at {not_after} (Unix time); the agent must attest again"
+            ));
+        }
+    }
+
+    /// Performs one sync round.
+    pub(crate) async fn sync_once(&mut self) -> Result<(), AgentError> {
+        let mut client = self.connection.client();
+        let response = node::call("Sync", client.sync(SyncRequest {})).await?;
+        let now = unix_now();
+        let bundle = response.bundle.unwrap_or_default();
+        self.update_bundle(&bundle);
+        let federated = federated_bundles(&self.trust_domain, response.federated_bundles);
+
+        let previous = self.cache.current();
+        let mut plan = svid_manager::plan(&previous, response.entries, now);
+        let report = svid_manager::sign_due(&mut client, &mut plan).await;
+        self.log_signing_failures(&report.failed);
+        let mut entries = plan.entries;
+        sort_entries(&mut entries);
+        let entry_count = entries.len();
+        let published = self.cache.publish_if_changed(Snapshot {
+            generation: 0,
+            trust_domain_id: self.trust_domain.id_string(),
+            entries,
+            x509_authorities: self.agent.bundle.clone(),
+            jwt_authorities: bundle.jwt_authorities,
+            federated,
+        });
+        tracing::debug!(
+            entries = entry_count,
+            signed = report.signed,
+            failed = report.failed.len(),
+            published,
+            "sync round complete"
+        );
+        if !self.health.is_ready() && self.health.reason().is_none() {
+            tracing::info!(entries = entry_count, "first sync with the server complete");
+        }
+        self.health.set_ready(true);
+        if let Some(error) = report.error {
+            return Err(error);
+        }
+        self.renew_agent_if_due(now).await
+    }
+
+    fn log_signing_failures(&mut self, failed: &[(String, String)]) {
+        let mut now_failing = HashSet::with_capacity(failed.len());
+        for (entry_id, reason) in failed {
+            if self.failing_entries.contains(entry_id) {
+                tracing::debug!(entry_id = %entry_id, %reason, "the server still does not sign the entry's SVID");
+            } else {
+                tracing::warn!(entry_id = %entry_id, %reason, "the server did not sign the entry's SVID; retrying at every sync");
+            }
+            now_failing.insert(entry_id.clone());
+        }
+        self.failing_entries = now_failing;
+    }
+
+    /// Stores a changed local bundle on disk and in the TLS trust source. A bundle that is
+    /// empty or unusable is ignored, so the agent keeps trusting the bundle it has.
+    fn update_bundle(&mut self, bundle: &Bundle) {
+        if bundle.x509_authorities.is_empty() || bundle.x509_authorities == self.agent.bundle {
+            return;
+        }
+        let certs: Vec<CertificateDer<'_>> = bundle
+            .x509_authorities
+            .iter()
+            .map(|c| CertificateDer::from(c.as_slice()))
+            .collect();
+        if let Err(error) = self.trust.set_bundle(self.trust_domain.clone(), &certs) {
+            tracing::warn!(%error, "ignoring an invalid bundle from the server");
+            return;
+        }
+        self.agent.bundle = bundle.x509_authorities.clone();
+        tracing::info!(
+            authorities = self.agent.bundle.len(),
+            "trust bundle updated"
+        );
+        if let Err(error) = state::save_bundle(&self.data_dir, &self.agent.bundle) {
+            tracing::warn!(%error, "failed to store the updated trust bundle");
+        }
+    }
+
+    /// Renews the agent SVID with a new key once past half its lifetime, then reconnects so
+    /// that the server authenticates the new certificate.
+    async fn renew_agent_if_due(&mut self, now: i64) -> Result<(), AgentError> {
+        let (not_before, not_after) = self.agent.validity()?;
+        if now < half_life(not_before, not_after) {
+            return Ok(());
+        }
+        let key = state::generate_key()?;
+        let request = RenewAgentRequest {
+            csr: state::build_csr(&key)?,
+        };
+        let mut client = self.connection.client();
+        let response = node::call("RenewAgent", client.renew_agent(request)).await?;
+
+        let svid = response.svid.unwrap_or_default();
+        if let Some(bundle) = &svid.bundle {
+            // A CA rotated since the Sync of this round is in this bundle, not in ours yet.
+            self.update_bundle(bundle);
+        }
+        let renewed = AgentState {
+            key,
+            chain: svid.cert_chain,
+            bundle: self.agent.bundle.clone(),
+        };
+        let spiffe_id = renewed.verify(&self.trust_domain)?;
+        self.svid_source
+            .update(renewed.certificates(), renewed.private_key_der())?;
+        self.agent = renewed;
+        self.connection.reconnect()?;
+
+        // Limit: the server records the new SVID as current before the agent stores it. A crash
+        // or a failed write here leaves a stored SVID that the server rejects after a restart,
+        // so the agent then needs a new join token.
+        if let Err(error) = state::save(&self.data_dir, &self.agent) {
+            tracing::error!(
+                %error,
+                "failed to store the renewed agent SVID; after a restart the agent will need a \
+                 new join_token"
+            );
+        }
+        let (_, expires_at) = self.agent.validity()?;
+        tracing::info!(spiffe_id = %spiffe_id, expires_at, "agent SVID renewed");
+        Ok(())
+    }
+}
+
+/// Converts the federated bundles of a Sync response, keyed by trust domain name. Bundles
+/// without a valid trust domain, and one for the local trust domain, are dropped.
+fn federated_bundles(
+    local: &TrustDomain,
+    bundles: Vec<Bundle>,
+) -> BTreeMap<String, TrustDomainBundle> {
+    bundles
+        .into_iter()
+        .filter_map(|bundle| {
+            let trust_domain = match TrustDomain::new(&bundle.trust_domain) {
+                Ok(trust_domain) if &trust_domain != local => trust_domain,
+                Ok(_) => return None,
+                Err(error) => {
+                    tracing::debug!(trust_domain = %bundle.trust_domain, %error, "skipping federated bundle");
+                    return None;
+                }
+            };
+            let converted = TrustDomainBundle {
+                x509_authorities: bundle.x509_authorities,
+                jwt_authorities: bundle.jwt_authorities,
+            };
+            Some((trust_domain.name().to_owned(), converted))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_thirty_seconds() {
+        let mut backoff = Backoff::new();
+        let delays: Vec<u128> = (0..8).map(|_| backoff.step().as_millis()).collect();
+        let within = |delay: u128, base: u128| (base * 4 / 5..=base).contains(&delay);
+        assert!(within(delays[0], 1_000), "{delays:?}");
+        assert!(within(delays[1], 2_000), "{delays:?}");
+        assert!(within(delays[4], 16_000), "{delays:?}");
+        assert!(within(delays[5], 30_000), "{delays:?}");
+        assert!(within(delays[7], 30_000), "{delays:?}");
+    }
+
+    #[test]
+    fn federated_bundles_skip_local_and_invalid() {
+        let local = TrustDomain::new("example.org").expect("trust domain");
+        let bundle = |td: &str| Bundle {
+            trust_domain: td.to_owned(),
+            x509_authorities: vec![vec![1]],
+            ..Bundle::default()
+        };
+        let converted = federated_bundles(
+            &local,
+            vec![
+                bundle("example.org"),
+                bundle("spiffe://other.test"),
+                bundle("third.test"),
+                bundle("Not A Domain"),
+            ],
+        );
+        let names: Vec<&str> = converted.keys().map(String::as_str).collect();
+        assert_eq!(names, ["other.test", "third.test"]);
+    }
+}

@@ -1,0 +1,376 @@
+//! Test helpers: certificates that pass the X.509-SVID rules, a Workload API client, and an
+//! in-process node API server with the authentication rules of the real one.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, SerialNumber,
+};
+use rustls_pki_types::{CertificateDer, CertificateSigningRequestDer};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+use tonic::codegen::BoxStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status, Streaming};
+use twid_proto::node::node_server::{Node, NodeServer};
+use twid_proto::node::{
+    AgentSvid, AttestAgentRequest, AttestAgentResponse, BatchNewX509SvidRequest,
+    BatchNewX509SvidResponse, NewJwtSvidRequest, NewJwtSvidResponse, RenewAgentRequest,
+    RenewAgentResponse, SyncRequest, SyncResponse, X509SvidResult, attest_agent_request,
+    attest_agent_response,
+};
+use twid_proto::types::{Bundle, Entry};
+use twid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+use twid_spiffe::TrustDomain;
+use twid_tls::{Authorizer, ClientAuth, SvidSource, TrustSource};
+
+/// A self-signed CA of one trust domain.
+pub(crate) struct TestCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, DER.
+    pub(crate) der: Vec<u8>,
+}
+
+impl TestCa {
+    /// Creates a CA whose URI SAN is `spiffe://<trust_domain>`.
+    pub(crate) fn new(trust_domain: &str) -> Self {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::default();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let uri = format!("spiffe://{trust_domain}");
+        params.subject_alt_names = vec![SanType::URI(uri.as_str().try_into().expect("URI"))];
+        let der = params
+            .self_signed(&key)
+            .expect("CA certificate")
+            .der()
+            .to_vec();
+        Self {
+            issuer: Issuer::new(params, key),
+            der,
+        }
+    }
+
+    /// Signs an X.509-SVID leaf for `key` with the URI SAN `spiffe_id`.
+    pub(crate) fn leaf(&self, key: &KeyPair, spiffe_id: &str) -> Vec<u8> {
+        let params = leaf_params(spiffe_id, Duration::from_secs(3600));
+        params
+            .signed_by(key, &self.issuer)
+            .expect("leaf certificate")
+            .der()
+            .to_vec()
+    }
+
+    /// Signs an X.509-SVID leaf for the key of a DER CSR, valid for `ttl` from now.
+    fn sign_csr(&self, csr: &[u8], spiffe_id: &str, ttl: Duration) -> Result<Vec<u8>, Status> {
+        let der = CertificateSigningRequestDer::from(csr.to_vec());
+        let mut request = CertificateSigningRequestParams::from_der(&der)
+            .map_err(|e| Status::invalid_argument(format!("invalid CSR: {e}")))?;
+        request.params = leaf_params(spiffe_id, ttl);
+        let cert = request
+            .signed_by(&self.issuer)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        Ok(cert.der().to_vec())
+    }
+}
+
+fn leaf_params(spiffe_id: &str, ttl: Duration) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().expect("URI"))];
+    let serial: [u8; 16] = rand::random();
+    params.serial_number = Some(SerialNumber::from(serial.to_vec()));
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::seconds(1);
+    params.not_after = now + time::Duration::try_from(ttl).expect("TTL fits");
+    params
+}
+
+fn serial_hex(der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).expect("certificate");
+    cert.raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Connects a Workload API client to the Unix socket at `path`.
+pub(crate) async fn workload_client(path: PathBuf) -> SpiffeWorkloadApiClient<Channel> {
+    let channel = Endpoint::try_from("http://localhost")
+        .expect("static URI")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move { UnixStream::connect(path).await.map(TokioIo::new) }
+        }))
+        .await
+        .expect("connect to the Workload API socket");
+    SpiffeWorkloadApiClient::new(channel)
+}
+
+/// Wraps `message` in a request with the Workload API security header.
+pub(crate) fn with_header<T>(message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = "true".parse().expect("ASCII metadata");
+    request.metadata_mut().insert("workload.spiffe.io", value);
+    request
+}
+
+/// Call counts and agent records of a [`FakeNode`].
+#[derive(Debug, Default)]
+pub(crate) struct FakeState {
+    /// Join tokens not used yet.
+    pub(crate) tokens: HashSet<String>,
+    /// Agent SPIFFE ID to the serial (hex) of its current SVID.
+    pub(crate) agents: HashMap<String, String>,
+    pub(crate) attestations: usize,
+    pub(crate) syncs: usize,
+    pub(crate) renewals: usize,
+    pub(crate) signed_svids: usize,
+}
+
+/// An in-process node API server. Like the real server, it authenticates every call but
+/// AttestAgent by the serial number of the connection's client certificate, which must be the
+/// agent's current SVID.
+pub(crate) struct FakeNode {
+    ca: TestCa,
+    trust_domain: TrustDomain,
+    pub(crate) agent_ttl: Duration,
+    pub(crate) svid_ttl: Duration,
+    pub(crate) entries: Mutex<Vec<Entry>>,
+    state: Mutex<FakeState>,
+}
+
+impl FakeNode {
+    /// Creates a server for `example.org` that accepts `tokens` once each.
+    pub(crate) fn new(tokens: &[&str], agent_ttl: Duration, svid_ttl: Duration) -> Arc<Self> {
+        let state = FakeState {
+            tokens: tokens.iter().map(|t| (*t).to_owned()).collect(),
+            ..FakeState::default()
+        };
+        Arc::new(Self {
+            ca: TestCa::new("example.org"),
+            trust_domain: TrustDomain::new("example.org").expect("trust domain"),
+            agent_ttl,
+            svid_ttl,
+            entries: Mutex::new(Vec::new()),
+            state: Mutex::new(state),
+        })
+    }
+
+    /// Returns the CA certificate, DER.
+    pub(crate) fn ca_der(&self) -> &[u8] {
+        &self.ca.der
+    }
+
+    /// Returns the CA as PEM, as an operator's trust bundle file contains it.
+    pub(crate) fn ca_pem(&self) -> String {
+        let certs = vec![CertificateDer::from(self.ca.der.clone())];
+        twid_spiffe::X509Bundle::from_authorities(self.trust_domain.clone(), certs)
+            .expect("bundle")
+            .to_pem()
+    }
+
+    pub(crate) fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn bundle(&self) -> Bundle {
+        Bundle {
+            trust_domain: self.trust_domain.name().to_owned(),
+            x509_authorities: vec![self.ca.der.clone()],
+            ..Bundle::default()
+        }
+    }
+
+    /// Serves on 127.0.0.1 until `shutdown` turns true; returns the bound address.
+    pub(crate) async fn serve(
+        self: &Arc<Self>,
+        address: SocketAddr,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> SocketAddr {
+        let key = KeyPair::generate().expect("server key");
+        let leaf = self.ca.leaf(&key, "spiffe://example.org/spire/server");
+        let svid = SvidSource::new(
+            vec![CertificateDer::from(leaf)],
+            rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()),
+        )
+        .expect("server SVID");
+        let trust = TrustSource::new(HashMap::from([(
+            self.trust_domain.clone(),
+            vec![CertificateDer::from(self.ca.der.clone())],
+        )]))
+        .expect("trust");
+        let client_auth = ClientAuth::Optional(Authorizer::MemberOf(self.trust_domain.clone()));
+        let tls = twid_tls::server_config(svid, trust, client_auth).expect("TLS config");
+        let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
+        let bound = listener.local_addr().expect("address");
+        let incoming = twid_tls::TlsIncoming::new(listener, tls);
+        let service = NodeServer::new(FakeService(Arc::clone(self)));
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = shutdown.wait_for(|stop| *stop).await;
+                })
+                .await
+                .expect("fake node server");
+        });
+        bound
+    }
+
+    /// Returns the agent ID of the request's client certificate if it is a current SVID.
+    fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let leaf = request
+            .extensions()
+            .get::<twid_tls::TlsConnectInfo>()
+            .and_then(|info| info.peer_certificates.as_ref())
+            .and_then(|certs| certs.first().cloned())
+            .ok_or_else(|| Status::unauthenticated("no client certificate"))?;
+        let spiffe_id = twid_spiffe::check_leaf(&leaf)
+            .map_err(|e| Status::unauthenticated(e.to_string()))?
+            .to_string();
+        let serial = serial_hex(&leaf);
+        match self.state().agents.get(&spiffe_id) {
+            Some(current) if *current == serial => Ok(spiffe_id),
+            Some(_) => Err(Status::permission_denied(format!(
+                "the SVID presented by agent {spiffe_id} is not its current one"
+            ))),
+            None => Err(Status::permission_denied(format!(
+                "agent {spiffe_id} is not attested"
+            ))),
+        }
+    }
+}
+
+struct FakeService(Arc<FakeNode>);
+
+#[tonic::async_trait]
+impl Node for FakeService {
+    async fn attest_agent(
+        &self,
+        request: Request<Streaming<AttestAgentRequest>>,
+    ) -> Result<Response<BoxStream<AttestAgentResponse>>, Status> {
+        let node = &self.0;
+        let first = request
+            .into_inner()
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("no params"))?;
+        let Some(attest_agent_request::Step::Params(params)) = first.step else {
+            return Err(Status::invalid_argument("no params"));
+        };
+        let data = params.data.unwrap_or_default();
+        let token = String::from_utf8(data.payload).unwrap_or_default();
+        if !node.state().tokens.remove(&token) {
+            return Err(Status::permission_denied(
+                "join token does not exist or has already been used",
+            ));
+        }
+        let agent_id = format!("spiffe://example.org/spire/agent/join_token/{token}");
+        let cert = node.ca.sign_csr(&params.csr, &agent_id, node.agent_ttl)?;
+        {
+            let mut state = node.state();
+            state.attestations += 1;
+            state.agents.insert(agent_id.clone(), serial_hex(&cert));
+        }
+        let response = AttestAgentResponse {
+            step: Some(attest_agent_response::Step::Result(AgentSvid {
+                cert_chain: vec![cert],
+                spiffe_id: agent_id,
+                bundle: Some(node.bundle()),
+            })),
+        };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+            response,
+        )]))))
+    }
+
+    async fn renew_agent(
+        &self,
+        request: Request<RenewAgentRequest>,
+    ) -> Result<Response<RenewAgentResponse>, Status> {
+        let node = &self.0;
+        let agent_id = node.authenticate(&request)?;
+        let cert = node
+            .ca
+            .sign_csr(&request.get_ref().csr, &agent_id, node.agent_ttl)?;
+        {
+            let mut state = node.state();
+            state.renewals += 1;
+            state.agents.insert(agent_id.clone(), serial_hex(&cert));
+        }
+        Ok(Response::new(RenewAgentResponse {
+            svid: Some(AgentSvid {
+                cert_chain: vec![cert],
+                spiffe_id: agent_id,
+                bundle: Some(node.bundle()),
+            }),
+        }))
+    }
+
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+        let node = &self.0;
+        node.authenticate(&request)?;
+        node.state().syncs += 1;
+        let entries = node
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        Ok(Response::new(SyncResponse {
+            entries,
+            bundle: Some(node.bundle()),
+            federated_bundles: Vec::new(),
+        }))
+    }
+
+    async fn batch_new_x509_svid(
+        &self,
+        request: Request<BatchNewX509SvidRequest>,
+    ) -> Result<Response<BatchNewX509SvidResponse>, Status> {
+        let node = &self.0;
+        node.authenticate(&request)?;
+        let entries = node
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        let mut results = Vec::new();
+        for params in &request.get_ref().params {
+            let Some(entry) = entries.iter().find(|e| e.id == params.entry_id) else {
+                results.push(X509SvidResult {
+                    entry_id: params.entry_id.clone(),
+                    error: "not authorized".to_owned(),
+                    ..X509SvidResult::default()
+                });
+                continue;
+            };
+            let cert = node
+                .ca
+                .sign_csr(&params.csr, &entry.spiffe_id, node.svid_ttl)?;
+            node.state().signed_svids += 1;
+            results.push(X509SvidResult {
+                entry_id: entry.id.clone(),
+                cert_chain: vec![cert],
+                expires_at: 0,
+                error: String::new(),
+            });
+        }
+        Ok(Response::new(BatchNewX509SvidResponse { results }))
+    }
+
+    async fn new_jwt_svid(
+        &self,
+        request: Request<NewJwtSvidRequest>,
+    ) -> Result<Response<NewJwtSvidResponse>, Status> {
+        self.0.authenticate(&request)?;
+        Err(Status::unimplemented("the fake server signs no JWT-SVIDs"))
+    }
+}
