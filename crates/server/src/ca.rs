@@ -325,7 +325,9 @@ fn log_transitions(old: &CaSnapshot, x509: &[X509Slot], jwt: &[JwtSlot]) {
     }
 }
 
-fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+/// Creates `dir` and missing parents, and sets it to mode 0700 because it holds keys or the
+/// datastore.
+pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir).map_err(|source| ServerError::io(dir, source))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))

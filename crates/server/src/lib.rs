@@ -70,6 +70,7 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let now = SystemTime::now();
         let trust_domain = config.trust_domain.clone();
+        ca::create_private_dir(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
         let ca = CaManager::load_or_create(ca_settings(&config), datastore.clone(), now).await?;
         let server_id = twid_types::server_id(&trust_domain);

@@ -198,13 +198,13 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
 /// Binds a Unix socket with mode 0600 in a directory that only its owner can enter.
 ///
 /// A missing parent directory is created with mode 0700. An existing one must belong to the
-/// effective user and not be sticky (like `/tmp`); if group or others have any access, its
-/// mode is changed to 0700.
+/// effective user, not be sticky (like `/tmp`) and give group and others no access; it is
+/// never chmodded.
 ///
 /// # Errors
 ///
 /// Fails as [`bind`] does, or with `PermissionDenied` when the parent directory belongs to
-/// another user or is sticky.
+/// another user, is sticky or is open to group or others.
 pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
     if let Some(parent) = parent_dir(path) {
         ensure_private_dir(parent)?;
@@ -235,14 +235,17 @@ fn ensure_private_dir(dir: &Path) -> io::Result<()> {
         );
         return Err(io::Error::new(io::ErrorKind::PermissionDenied, message));
     }
+    // An existing directory is never chmodded: it may be a home directory or a checkout that
+    // holds other files, so widening or narrowing it is the operator's call.
     if metadata.mode() & 0o077 != 0 {
-        tracing::debug!(
-            path = %dir.display(),
-            mode = format_args!("{:o}", metadata.mode() & 0o7777),
-            "restricting socket directory to 0700"
+        let message = format!(
+            "directory {} is open to other users (mode {:o}); use a socket path in a directory \
+             only its owner can enter, for example {}",
+            dir.display(),
+            metadata.mode() & 0o7777,
+            dir.join("private/api.sock").display(),
         );
-        fs::set_permissions(dir, Permissions::from_mode(0o700))
-            .map_err(|err| with_path("failed to set the mode of", dir, err))?;
+        return Err(io::Error::new(io::ErrorKind::PermissionDenied, message));
     }
     Ok(())
 }

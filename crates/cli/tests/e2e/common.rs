@@ -112,7 +112,7 @@ impl ServerProcess {
     /// block) and starts the server.
     pub fn start(dir: &Path, extra: &str) -> Self {
         let port = free_port();
-        let socket = dir.join("server.sock");
+        let socket = dir.join("private/server.sock");
         let config = dir.join("server.conf");
         let text = format!(
             "server {{\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{port}\"\n  \

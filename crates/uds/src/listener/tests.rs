@@ -54,13 +54,15 @@ async fn bind_private_creates_0700_dir() {
 }
 
 #[tokio::test]
-async fn bind_private_restricts_open_dir() {
+async fn bind_private_rejects_open_dir() {
     let dir = tempfile::tempdir().expect("tempdir");
     let admin = dir.path().join("admin");
     fs::create_dir(&admin).expect("mkdir");
     fs::set_permissions(&admin, Permissions::from_mode(0o755)).expect("chmod");
-    let _listener = bind_private(&admin.join("api.sock")).expect("bind");
-    assert_eq!(mode_of(&admin), 0o700);
+    let err = bind_private(&admin.join("api.sock")).expect_err("must reject");
+    assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
+    assert!(err.to_string().contains("open to other users"), "{err}");
+    assert_eq!(mode_of(&admin), 0o755, "an existing directory must keep its mode");
 }
 
 #[tokio::test]
