@@ -2,7 +2,12 @@
 //! is needed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/workload.proto", "proto/types.proto", "proto/node.proto", "proto/admin.proto"];
+    let files = [
+        "proto/workload.proto",
+        "proto/types.proto",
+        "proto/node.proto",
+        "proto/admin.proto",
+    ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");
     }

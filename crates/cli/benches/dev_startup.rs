@@ -8,6 +8,9 @@
 //!
 //! Run with `cargo bench -p twid --bench dev_startup`. Results go to docs/benchmarks.md.
 
+// The shared end-to-end harness panics on set-up failures, which is what a benchmark wants too.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -25,7 +28,9 @@ mod common;
 const ROUNDS: usize = 15;
 
 fn main() -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let mut samples = Vec::with_capacity(ROUNDS);
     for _ in 0..ROUNDS {
         let dir = common::TempDir::new();
@@ -65,7 +70,10 @@ async fn wait_for_first_svid(socket: &Path) -> anyhow::Result<()> {
         if socket.exists() {
             let attempt = async {
                 let mut client = client::workload(socket).await?;
-                let mut stream = client.fetch_x509svid(X509svidRequest {}).await?.into_inner();
+                let mut stream = client
+                    .fetch_x509svid(X509svidRequest {})
+                    .await?
+                    .into_inner();
                 let first = stream.next().await.transpose()?;
                 anyhow::Ok(first.is_some_and(|response| !response.svids.is_empty()))
             };
@@ -73,7 +81,10 @@ async fn wait_for_first_svid(socket: &Path) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
-        anyhow::ensure!(Instant::now() < deadline, "no SVID within 30 s of starting twid dev");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "no SVID within 30 s of starting twid dev"
+        );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -10,6 +10,9 @@
 //!
 //! Run with `cargo bench -p twid --bench workload_api`. Results go to docs/benchmarks.md.
 
+// The shared end-to-end harness panics on set-up failures, which is what a benchmark wants too.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -36,10 +39,16 @@ fn main() -> anyhow::Result<()> {
     let dir = TempDir::new();
     let server = ServerProcess::start(dir.path(), "");
     let token = server.generate_token();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(register_workloads(&server.socket, &agent_id(&token)))?;
     let agent = AgentProcess::start(dir.path(), &server, &token);
-    let agent_pid = agent.child.as_ref().map(std::process::Child::id).unwrap_or_default();
+    let agent_pid = agent
+        .child
+        .as_ref()
+        .map(std::process::Child::id)
+        .unwrap_or_default();
 
     runtime.block_on(async {
         wait_for_svid(&agent.socket).await?;
@@ -49,8 +58,14 @@ fn main() -> anyhow::Result<()> {
         let fresh = first_response_latencies(&agent.socket, true).await?;
         let reused = first_response_latencies(&agent.socket, false).await?;
         println!("workloads registered: {WORKLOADS}");
-        report("FetchX509SVID first response, new connection per call", fresh);
-        report("FetchX509SVID first response, one reused connection", reused);
+        report(
+            "FetchX509SVID first response, new connection per call",
+            fresh,
+        );
+        report(
+            "FetchX509SVID first response, one reused connection",
+            reused,
+        );
 
         let baseline = rss_kib(agent_pid)?;
         let streams = open_streams(&agent.socket).await?;
@@ -77,10 +92,15 @@ async fn register_workloads(admin_socket: &Path, parent_id: &str) -> anyhow::Res
         let entry = Entry {
             spiffe_id: format!("spiffe://{TRUST_DOMAIN}/workload/{index}"),
             parent_id: parent_id.to_owned(),
-            selectors: vec![Selector { r#type: "unix".into(), value: format!("uid:{uid}") }],
+            selectors: vec![Selector {
+                r#type: "unix".into(),
+                value: format!("uid:{uid}"),
+            }],
             ..Entry::default()
         };
-        admin.create_entry(CreateEntryRequest { entry: Some(entry) }).await?;
+        admin
+            .create_entry(CreateEntryRequest { entry: Some(entry) })
+            .await?;
     }
     Ok(())
 }
@@ -90,14 +110,20 @@ async fn wait_for_svid(socket: &Path) -> anyhow::Result<()> {
     loop {
         let attempt = async {
             let mut client = client::workload(socket).await?;
-            let mut stream = client.fetch_x509svid(X509svidRequest {}).await?.into_inner();
+            let mut stream = client
+                .fetch_x509svid(X509svidRequest {})
+                .await?
+                .into_inner();
             let first = stream.next().await.transpose()?;
             anyhow::Ok(first.is_some_and(|response| !response.svids.is_empty()))
         };
         if attempt.await.unwrap_or(false) {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "the agent served no SVID within 60 s");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the agent served no SVID within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -107,8 +133,15 @@ async fn first_response_latencies(socket: &Path, fresh: bool) -> anyhow::Result<
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
     for round in 0..LATENCY_SAMPLES + 100 {
         let start = Instant::now();
-        let mut client = if fresh { client::workload(socket).await? } else { reused.clone() };
-        let mut stream = client.fetch_x509svid(X509svidRequest {}).await?.into_inner();
+        let mut client = if fresh {
+            client::workload(socket).await?
+        } else {
+            reused.clone()
+        };
+        let mut stream = client
+            .fetch_x509svid(X509svidRequest {})
+            .await?
+            .into_inner();
         let response = stream.next().await.transpose()?;
         let elapsed = start.elapsed();
         anyhow::ensure!(
@@ -131,7 +164,10 @@ async fn open_streams(
     let mut streams = Vec::with_capacity(STREAMS);
     for _ in 0..STREAMS {
         let mut client = client::workload(socket).await?;
-        let mut stream = client.fetch_x509svid(X509svidRequest {}).await?.into_inner();
+        let mut stream = client
+            .fetch_x509svid(X509svidRequest {})
+            .await?
+            .into_inner();
         stream.next().await.transpose()?;
         streams.push(stream);
     }

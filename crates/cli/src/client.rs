@@ -12,15 +12,15 @@ use twid_proto::admin::admin_client::AdminClient;
 use twid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
 /// The admin socket of a server started with its default configuration.
-pub const DEFAULT_SERVER_SOCKET: &str = "/tmp/twid-server/private/api.sock";
+pub(crate) const DEFAULT_SERVER_SOCKET: &str = "/tmp/twid-server/private/api.sock";
 
 /// The Workload API socket of an agent started with its default configuration.
-pub const DEFAULT_AGENT_SOCKET: &str = "/tmp/twid-agent/public/api.sock";
+pub(crate) const DEFAULT_AGENT_SOCKET: &str = "/tmp/twid-agent/public/api.sock";
 
 /// Opens a gRPC channel to a Unix socket.
 ///
 /// The URI host is never used for routing; tonic sends it as `:authority`.
-pub async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
+pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
     let socket = path.to_path_buf();
     let connector = tower::service_fn(move |_| {
         let socket = socket.clone();
@@ -42,36 +42,40 @@ pub async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
 }
 
 /// Connects to a server's admin API.
-pub async fn admin(path: &Path) -> anyhow::Result<AdminClient<Channel>> {
+pub(crate) async fn admin(path: &Path) -> anyhow::Result<AdminClient<Channel>> {
     Ok(AdminClient::new(unix_channel(path).await?))
 }
 
 /// Adds the `workload.spiffe.io: true` header that the Workload API requires on every call.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct WorkloadHeader;
+pub(crate) struct WorkloadHeader;
 
 impl Interceptor for WorkloadHeader {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        request
-            .metadata_mut()
-            .insert(twid_proto::WORKLOAD_API_HEADER, MetadataValue::from_static("true"));
+        request.metadata_mut().insert(
+            twid_proto::WORKLOAD_API_HEADER,
+            MetadataValue::from_static("true"),
+        );
         Ok(request)
     }
 }
 
 /// A Workload API client that sends the required header.
-pub type WorkloadClient = SpiffeWorkloadApiClient<
+pub(crate) type WorkloadClient = SpiffeWorkloadApiClient<
     tonic::service::interceptor::InterceptedService<Channel, WorkloadHeader>,
 >;
 
 /// Connects to an agent's Workload API.
-pub async fn workload(path: &Path) -> anyhow::Result<WorkloadClient> {
+pub(crate) async fn workload(path: &Path) -> anyhow::Result<WorkloadClient> {
     let channel = unix_channel(path).await?;
-    Ok(SpiffeWorkloadApiClient::with_interceptor(channel, WorkloadHeader))
+    Ok(SpiffeWorkloadApiClient::with_interceptor(
+        channel,
+        WorkloadHeader,
+    ))
 }
 
 /// Resolves the Workload API socket: the flag, else `SPIFFE_ENDPOINT_SOCKET`, else the default.
-pub fn workload_socket(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+pub(crate) fn workload_socket(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
         return Ok(path);
     }

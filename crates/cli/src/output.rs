@@ -9,7 +9,7 @@ use twid_proto::types::{Entry, Selector};
 
 /// Output format of commands that print records.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum OutputFormat {
+pub(crate) enum OutputFormat {
     /// Human-readable text.
     #[default]
     Pretty,
@@ -19,7 +19,7 @@ pub enum OutputFormat {
 
 /// Formats an error and its causes on one line, skipping causes whose text the previous
 /// message already contains.
-pub fn error_chain(error: &anyhow::Error) -> String {
+pub(crate) fn error_chain(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();
@@ -35,12 +35,12 @@ pub fn error_chain(error: &anyhow::Error) -> String {
 
 /// Turns a gRPC status into an error that shows only its message, which our servers write
 /// for people.
-pub fn status_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
 /// Formats Unix seconds as RFC 3339, or `never` for 0.
-pub fn timestamp(seconds: i64) -> String {
+pub(crate) fn timestamp(seconds: i64) -> String {
     if seconds == 0 {
         return "never".to_owned();
     }
@@ -55,7 +55,7 @@ fn selector_text(selector: &Selector) -> String {
 }
 
 /// Formats an entry as SPIRE's `entry show` does.
-pub fn entry_text(entry: &Entry) -> String {
+pub(crate) fn entry_text(entry: &Entry) -> String {
     let mut text = String::new();
     let _ = writeln!(text, "Entry ID         : {}", entry.id);
     let _ = writeln!(text, "SPIFFE ID        : {}", entry.spiffe_id);
@@ -94,7 +94,7 @@ fn ttl_text(seconds: i64) -> String {
 }
 
 /// Converts an entry to the JSON layout of `--output json`.
-pub fn entry_json(entry: &Entry) -> serde_json::Value {
+pub(crate) fn entry_json(entry: &Entry) -> serde_json::Value {
     serde_json::json!({
         "id": entry.id,
         "spiffe_id": entry.spiffe_id,
@@ -116,14 +116,21 @@ pub fn entry_json(entry: &Entry) -> serde_json::Value {
 }
 
 /// Prints entries in the chosen format.
-pub fn print_entries(entries: &[Entry], format: OutputFormat) -> anyhow::Result<()> {
+pub(crate) fn print_entries(entries: &[Entry], format: OutputFormat) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => {
             let list: Vec<_> = entries.iter().map(entry_json).collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "entries": list }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "entries": list }))?
+            );
         }
         OutputFormat::Pretty => {
-            println!("Found {} entr{}", entries.len(), if entries.len() == 1 { "y" } else { "ies" });
+            println!(
+                "Found {} entr{}",
+                entries.len(),
+                if entries.len() == 1 { "y" } else { "ies" }
+            );
             for entry in entries {
                 println!("{}", entry_text(entry));
             }

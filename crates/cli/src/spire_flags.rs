@@ -32,7 +32,7 @@ const SPIRE_FLAGS: &[(&str, &str)] = &[
 
 /// Rewrites every known SPIRE-style flag in `args` to its twid spelling; other arguments pass
 /// through unchanged.
-pub fn translate(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+pub(crate) fn translate(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     args.into_iter().map(translate_one).collect()
 }
 
@@ -70,13 +70,30 @@ mod tests {
     #[test]
     fn rewrites_spire_spellings() {
         assert_eq!(
-            run(&["twid", "entry", "create", "-spiffeID", "spiffe://td/a", "-socketPath=/s"]),
-            ["twid", "entry", "create", "--spiffe-id", "spiffe://td/a", "--socket-path=/s"]
+            run(&[
+                "twid",
+                "entry",
+                "create",
+                "-spiffeID",
+                "spiffe://td/a",
+                "-socketPath=/s"
+            ]),
+            [
+                "twid",
+                "entry",
+                "create",
+                "--spiffe-id",
+                "spiffe://td/a",
+                "--socket-path=/s"
+            ]
         );
     }
 
     #[test]
     fn leaves_other_arguments_alone() {
-        assert_eq!(run(&["twid", "-h", "--spiffe-id", "-x"]), ["twid", "-h", "--spiffe-id", "-x"]);
+        assert_eq!(
+            run(&["twid", "-h", "--spiffe-id", "-x"]),
+            ["twid", "-h", "--spiffe-id", "-x"]
+        );
     }
 }

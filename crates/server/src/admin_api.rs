@@ -16,9 +16,9 @@ use twid_proto::admin::admin_server::{Admin, AdminServer};
 use twid_proto::admin::{
     BanAgentRequest, BanAgentResponse, CountEntriesRequest, CountEntriesResponse,
     CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteEntryRequest,
-    DeleteEntryResponse, EvictAgentRequest, EvictAgentResponse, GetAgentRequest,
-    GetBundleRequest, GetEntryRequest, ListAgentsRequest, ListAgentsResponse,
-    ListEntriesRequest, ListEntriesResponse, UpdateEntryRequest,
+    DeleteEntryResponse, EvictAgentRequest, EvictAgentResponse, GetAgentRequest, GetBundleRequest,
+    GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListEntriesRequest,
+    ListEntriesResponse, UpdateEntryRequest,
 };
 use twid_proto::types as pb;
 use twid_spiffe::SpiffeId;
@@ -35,15 +35,20 @@ pub(crate) async fn serve(
     let path = shared.config.socket_path.clone();
     let listener =
         twid_uds::bind_private(&path).map_err(|source| ServerError::io(&path, source))?;
-    let service = AdminServer::new(AdminService { shared: Arc::clone(shared) })
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024);
+    let service = AdminServer::new(AdminService {
+        shared: Arc::clone(shared),
+    })
+    .max_decoding_message_size(64 * 1024 * 1024)
+    .max_encoding_message_size(64 * 1024 * 1024);
     let shutdown = shutdown.clone();
     tasks.spawn(
         async move {
             let result = tonic::transport::Server::builder()
                 .add_service(service)
-                .serve_with_incoming_shutdown(twid_uds::incoming(listener), shutdown.cancelled_owned())
+                .serve_with_incoming_shutdown(
+                    twid_uds::incoming(listener),
+                    shutdown.cancelled_owned(),
+                )
                 .await;
             if let Err(error) = result {
                 tracing::error!(error = %error, "admin API stopped");
@@ -81,7 +86,10 @@ fn parse_agent_id(text: &str) -> Result<SpiffeId, Status> {
 #[tonic::async_trait]
 impl Admin for AdminService {
     #[tracing::instrument(skip_all)]
-    async fn create_entry(&self, request: Request<CreateEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+    async fn create_entry(
+        &self,
+        request: Request<CreateEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
         let entry = request
             .into_inner()
             .entry
@@ -97,7 +105,10 @@ impl Admin for AdminService {
         Ok(Response::new(entry_to_pb(&created)))
     }
 
-    async fn get_entry(&self, request: Request<GetEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+    async fn get_entry(
+        &self,
+        request: Request<GetEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
         let id = request.into_inner().id;
         let entry = self
             .shared
@@ -115,8 +126,12 @@ impl Admin for AdminService {
     ) -> Result<Response<ListEntriesResponse>, Status> {
         let request = request.into_inner();
         let filter = EntryFilter {
-            spiffe_id: non_empty(&request.spiffe_id).map(parse_entry_id).transpose()?,
-            parent_id: non_empty(&request.parent_id).map(parse_entry_id).transpose()?,
+            spiffe_id: non_empty(&request.spiffe_id)
+                .map(parse_entry_id)
+                .transpose()?,
+            parent_id: non_empty(&request.parent_id)
+                .map(parse_entry_id)
+                .transpose()?,
             selectors: request
                 .selectors
                 .iter()
@@ -129,11 +144,16 @@ impl Admin for AdminService {
             .list_entries(&filter)
             .await
             .map_err(datastore_status)?;
-        Ok(Response::new(ListEntriesResponse { entries: entries.iter().map(entry_to_pb).collect() }))
+        Ok(Response::new(ListEntriesResponse {
+            entries: entries.iter().map(entry_to_pb).collect(),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn update_entry(&self, request: Request<UpdateEntryRequest>) -> Result<Response<pb::Entry>, Status> {
+    async fn update_entry(
+        &self,
+        request: Request<UpdateEntryRequest>,
+    ) -> Result<Response<pb::Entry>, Status> {
         let entry = request
             .into_inner()
             .entry
@@ -157,7 +177,11 @@ impl Admin for AdminService {
         request: Request<DeleteEntryRequest>,
     ) -> Result<Response<DeleteEntryResponse>, Status> {
         let id = request.into_inner().id;
-        self.shared.datastore.delete_entry(&id).await.map_err(datastore_status)?;
+        self.shared
+            .datastore
+            .delete_entry(&id)
+            .await
+            .map_err(datastore_status)?;
         Ok(Response::new(DeleteEntryResponse {}))
     }
 
@@ -165,7 +189,12 @@ impl Admin for AdminService {
         &self,
         _request: Request<CountEntriesRequest>,
     ) -> Result<Response<CountEntriesResponse>, Status> {
-        let count = self.shared.datastore.count_entries().await.map_err(datastore_status)?;
+        let count = self
+            .shared
+            .datastore
+            .count_entries()
+            .await
+            .map_err(datastore_status)?;
         let count = i64::try_from(count).unwrap_or(i64::MAX);
         Ok(Response::new(CountEntriesResponse { count }))
     }
@@ -183,13 +212,15 @@ impl Admin for AdminService {
             )));
         }
         let trust_domain = &self.shared.config.trust_domain;
-        let alias = non_empty(&request.spiffe_id).map(parse_entry_id).transpose()?;
-        if let Some(alias) = &alias {
-            if !alias.is_member_of(trust_domain) {
-                return Err(Status::invalid_argument(format!(
-                    "alias {alias} is outside the server's trust domain {trust_domain}"
-                )));
-            }
+        let alias = non_empty(&request.spiffe_id)
+            .map(parse_entry_id)
+            .transpose()?;
+        if let Some(alias) = &alias
+            && !alias.is_member_of(trust_domain)
+        {
+            return Err(Status::invalid_argument(format!(
+                "alias {alias} is outside the server's trust domain {trust_domain}"
+            )));
         }
         let token = twid_attestation::node::join_token::generate_token();
         let expires_at = unix_now().saturating_add(request.ttl);
@@ -216,7 +247,10 @@ impl Admin for AdminService {
         Ok(Response::new(CreateJoinTokenResponse { token, expires_at }))
     }
 
-    async fn get_bundle(&self, _request: Request<GetBundleRequest>) -> Result<Response<pb::Bundle>, Status> {
+    async fn get_bundle(
+        &self,
+        _request: Request<GetBundleRequest>,
+    ) -> Result<Response<pb::Bundle>, Status> {
         Ok(Response::new((*self.shared.bundle.load_full()).clone()))
     }
 
@@ -224,11 +258,21 @@ impl Admin for AdminService {
         &self,
         _request: Request<ListAgentsRequest>,
     ) -> Result<Response<ListAgentsResponse>, Status> {
-        let agents = self.shared.datastore.list_attested_agents().await.map_err(datastore_status)?;
-        Ok(Response::new(ListAgentsResponse { agents: agents.iter().map(agent_to_pb).collect() }))
+        let agents = self
+            .shared
+            .datastore
+            .list_attested_agents()
+            .await
+            .map_err(datastore_status)?;
+        Ok(Response::new(ListAgentsResponse {
+            agents: agents.iter().map(agent_to_pb).collect(),
+        }))
     }
 
-    async fn get_agent(&self, request: Request<GetAgentRequest>) -> Result<Response<pb::Agent>, Status> {
+    async fn get_agent(
+        &self,
+        request: Request<GetAgentRequest>,
+    ) -> Result<Response<pb::Agent>, Status> {
         let id = parse_agent_id(&request.into_inner().spiffe_id)?;
         let agent = self
             .shared
@@ -246,15 +290,26 @@ impl Admin for AdminService {
         request: Request<EvictAgentRequest>,
     ) -> Result<Response<EvictAgentResponse>, Status> {
         let id = parse_agent_id(&request.into_inner().spiffe_id)?;
-        self.shared.datastore.delete_attested_agent(&id).await.map_err(datastore_status)?;
+        self.shared
+            .datastore
+            .delete_attested_agent(&id)
+            .await
+            .map_err(datastore_status)?;
         tracing::info!(agent_id = %id, "agent evicted");
         Ok(Response::new(EvictAgentResponse {}))
     }
 
     #[tracing::instrument(skip_all)]
-    async fn ban_agent(&self, request: Request<BanAgentRequest>) -> Result<Response<BanAgentResponse>, Status> {
+    async fn ban_agent(
+        &self,
+        request: Request<BanAgentRequest>,
+    ) -> Result<Response<BanAgentResponse>, Status> {
         let id = parse_agent_id(&request.into_inner().spiffe_id)?;
-        self.shared.datastore.set_agent_banned(&id, true).await.map_err(datastore_status)?;
+        self.shared
+            .datastore
+            .set_agent_banned(&id, true)
+            .await
+            .map_err(datastore_status)?;
         tracing::info!(agent_id = %id, "agent banned");
         Ok(Response::new(BanAgentResponse {}))
     }

@@ -135,7 +135,11 @@ impl CaManager {
         let manager = Self {
             settings,
             datastore,
-            snapshot: ArcSwap::from_pointee(CaSnapshot { x509, jwt, generation: 0 }),
+            snapshot: ArcSwap::from_pointee(CaSnapshot {
+                x509,
+                jwt,
+                generation: 0,
+            }),
             rotate_lock: Mutex::new(()),
         };
         manager.rotate(now).await?;
@@ -172,7 +176,11 @@ impl CaManager {
         Ok(true)
     }
 
-    fn next_x509_slots(&self, current: &CaSnapshot, now: SystemTime) -> Result<Vec<X509Slot>, ServerError> {
+    fn next_x509_slots(
+        &self,
+        current: &CaSnapshot,
+        now: SystemTime,
+    ) -> Result<Vec<X509Slot>, ServerError> {
         let mut slots: Vec<X509Slot> = current
             .x509
             .iter()
@@ -183,8 +191,12 @@ impl CaManager {
                 state: slot.state,
             })
             .collect();
-        let active = slots.iter().position(|slot| slot.state == SlotState::Active);
-        let prepared = slots.iter().position(|slot| slot.state == SlotState::Prepared);
+        let active = slots
+            .iter()
+            .position(|slot| slot.state == SlotState::Active);
+        let prepared = slots
+            .iter()
+            .position(|slot| slot.state == SlotState::Prepared);
         match (active, prepared) {
             (None, Some(next)) => slots[next].state = SlotState::Active,
             (None, None) => slots.push(self.new_x509_slot(now, SlotState::Active)?),
@@ -202,15 +214,26 @@ impl CaManager {
         Ok(slots)
     }
 
-    fn next_jwt_slots(&self, current: &CaSnapshot, now: SystemTime) -> Result<Vec<JwtSlot>, ServerError> {
+    fn next_jwt_slots(
+        &self,
+        current: &CaSnapshot,
+        now: SystemTime,
+    ) -> Result<Vec<JwtSlot>, ServerError> {
         let mut slots: Vec<JwtSlot> = current
             .jwt
             .iter()
             .filter(|slot| slot.key.not_after() > now)
-            .map(|slot| JwtSlot { key: Arc::clone(&slot.key), state: slot.state })
+            .map(|slot| JwtSlot {
+                key: Arc::clone(&slot.key),
+                state: slot.state,
+            })
             .collect();
-        let active = slots.iter().position(|slot| slot.state == SlotState::Active);
-        let prepared = slots.iter().position(|slot| slot.state == SlotState::Prepared);
+        let active = slots
+            .iter()
+            .position(|slot| slot.state == SlotState::Active);
+        let prepared = slots
+            .iter()
+            .position(|slot| slot.state == SlotState::Prepared);
         match (active, prepared) {
             (None, Some(next)) => slots[next].state = SlotState::Active,
             (None, None) => slots.push(self.new_jwt_slot(now, SlotState::Active)?),
@@ -243,7 +266,11 @@ impl CaManager {
             self.settings.ca_ttl,
             None,
         )?;
-        Ok(X509Slot { id, authority: Arc::new(authority), state })
+        Ok(X509Slot {
+            id,
+            authority: Arc::new(authority),
+            state,
+        })
     }
 
     fn new_jwt_slot(&self, now: SystemTime, state: SlotState) -> Result<JwtSlot, ServerError> {
@@ -252,7 +279,10 @@ impl CaManager {
             key.private_key()
                 .write_pem_file(&dir.join(format!("jwt-{}.pem", key.key_id())))?;
         }
-        Ok(JwtSlot { key: Arc::new(key), state })
+        Ok(JwtSlot {
+            key: Arc::new(key),
+            state,
+        })
     }
 
     async fn persist(&self, x509: &[X509Slot], jwt: &[JwtSlot]) -> Result<(), ServerError> {
@@ -277,21 +307,34 @@ impl CaManager {
             .collect();
         let x509_json = serde_json::to_vec(&stored_x509).map_err(ServerError::encode)?;
         let jwt_json = serde_json::to_vec(&stored_jwt).map_err(ServerError::encode)?;
-        self.datastore.put_ca_state(X509_STATE_KEY, &x509_json).await?;
-        self.datastore.put_ca_state(JWT_STATE_KEY, &jwt_json).await?;
+        self.datastore
+            .put_ca_state(X509_STATE_KEY, &x509_json)
+            .await?;
+        self.datastore
+            .put_ca_state(JWT_STATE_KEY, &jwt_json)
+            .await?;
         Ok(())
     }
 }
 
 /// Returns how far `now` is through `[not_before, not_after]`, from 0.0 to 1.0.
 fn lifetime_fraction(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> f64 {
-    let total = not_after.duration_since(not_before).unwrap_or_default().as_secs_f64();
-    let elapsed = now.duration_since(not_before).unwrap_or_default().as_secs_f64();
+    let total = not_after
+        .duration_since(not_before)
+        .unwrap_or_default()
+        .as_secs_f64();
+    let elapsed = now
+        .duration_since(not_before)
+        .unwrap_or_default()
+        .as_secs_f64();
     if total <= 0.0 { 1.0 } else { elapsed / total }
 }
 
 fn same_x509(a: &[X509Slot], b: &[X509Slot]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.id == y.id && x.state == y.state)
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.id == y.id && x.state == y.state)
 }
 
 fn same_jwt(a: &[JwtSlot], b: &[JwtSlot]) -> bool {
@@ -334,7 +377,10 @@ pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerErro
         .map_err(|source| ServerError::io(dir, source))
 }
 
-async fn load_x509(settings: &CaSettings, datastore: &Datastore) -> Result<Vec<X509Slot>, ServerError> {
+async fn load_x509(
+    settings: &CaSettings,
+    datastore: &Datastore,
+) -> Result<Vec<X509Slot>, ServerError> {
     let Some(dir) = &settings.keys_dir else {
         return Ok(Vec::new());
     };
@@ -350,12 +396,19 @@ async fn load_x509(settings: &CaSettings, datastore: &Datastore) -> Result<Vec<X
             .map_err(|error| ServerError::Corrupt(format!("stored CA certificate: {error}")))?;
         let key = PrivateKey::read_pem_file(&dir.join(format!("x509-ca-{}.pem", item.id)))?;
         let authority = X509Authority::from_parts(CertificateDer::from(cert), key)?;
-        slots.push(X509Slot { id: item.id, authority: Arc::new(authority), state: item.state });
+        slots.push(X509Slot {
+            id: item.id,
+            authority: Arc::new(authority),
+            state: item.state,
+        });
     }
     Ok(slots)
 }
 
-async fn load_jwt(settings: &CaSettings, datastore: &Datastore) -> Result<Vec<JwtSlot>, ServerError> {
+async fn load_jwt(
+    settings: &CaSettings,
+    datastore: &Datastore,
+) -> Result<Vec<JwtSlot>, ServerError> {
     let Some(dir) = &settings.keys_dir else {
         return Ok(Vec::new());
     };
@@ -370,7 +423,10 @@ async fn load_jwt(settings: &CaSettings, datastore: &Datastore) -> Result<Vec<Jw
         let not_after = SystemTime::UNIX_EPOCH
             + Duration::from_secs(u64::try_from(item.not_after).unwrap_or_default());
         let key = JwtKey::from_parts(item.key_id, key, not_after)?;
-        slots.push(JwtSlot { key: Arc::new(key), state: item.state });
+        slots.push(JwtSlot {
+            key: Arc::new(key),
+            state: item.state,
+        });
     }
     Ok(slots)
 }

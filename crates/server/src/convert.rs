@@ -33,7 +33,10 @@ pub(crate) fn selector_from_pb(selector: &pb::Selector) -> Result<Selector, Stat
             format!("{}:{}", selector.r#type, selector.value)
         )));
     }
-    Ok(Selector::new(selector.r#type.clone(), selector.value.clone()))
+    Ok(Selector::new(
+        selector.r#type.clone(),
+        selector.value.clone(),
+    ))
 }
 
 pub(crate) fn entry_to_pb(entry: &RegistrationEntry) -> pb::Entry {

@@ -56,8 +56,13 @@ impl EntryCache {
         now: i64,
     ) -> Result<Vec<RegistrationEntry>, ServerError> {
         let entries = self.all().await?;
-        let authorized =
-            twid_types::authorized_entries(agent_id, agent_selectors, &entries, &self.server_id, now);
+        let authorized = twid_types::authorized_entries(
+            agent_id,
+            agent_selectors,
+            &entries,
+            &self.server_id,
+            now,
+        );
         Ok(authorized.into_iter().cloned().collect())
     }
 }

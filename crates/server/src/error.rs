@@ -52,7 +52,10 @@ pub enum ServerError {
 
 impl ServerError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 
     pub(crate) fn encode(error: serde_json::Error) -> Self {

@@ -40,7 +40,10 @@ impl ServerIdentity {
     /// Re-issues the server SVID when the authorities changed or it passed half its lifetime,
     /// and publishes the current X.509 authorities to the TLS layer.
     pub(crate) fn refresh(&self, ca: &CaSnapshot, now: SystemTime) -> Result<(), ServerError> {
-        let mut current = self.current.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let due = match current.as_ref() {
             None => true,
             Some(svid) => {
@@ -51,7 +54,8 @@ impl ServerIdentity {
         if !due {
             return Ok(());
         }
-        self.trust.set(self.spiffe_id.trust_domain().clone(), ca.x509_authorities());
+        self.trust
+            .set(self.spiffe_id.trust_domain().clone(), ca.x509_authorities());
         let authority = ca
             .active_x509()
             .ok_or(ServerError::NoActiveAuthority("X.509"))?;
@@ -65,7 +69,11 @@ impl ServerIdentity {
         })?;
         let expires = twid_ca::not_after(&cert)?;
         self.svid.set(vec![cert], key.pkcs8_der().to_vec())?;
-        *current = Some(Current { ca_generation: ca.generation, issued: now, expires });
+        *current = Some(Current {
+            ca_generation: ca.generation,
+            issued: now,
+            expires,
+        });
         tracing::debug!(spiffe_id = %self.spiffe_id, ?expires, "server SVID issued");
         Ok(())
     }

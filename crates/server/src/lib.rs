@@ -27,7 +27,6 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 use twid_config::ServerConfig;
 use twid_datastore::Datastore;
-use twid_spiffe::SpiffeId;
 use twid_telemetry::Health;
 
 pub use error::ServerError;
@@ -43,7 +42,6 @@ pub(crate) struct Shared {
     pub(crate) ca: CaManager,
     pub(crate) entries: EntryCache,
     pub(crate) identity: ServerIdentity,
-    pub(crate) server_id: SpiffeId,
     pub(crate) health: Health,
     /// The trust domain's bundle as syncs hand it out; replaced on every rotation.
     pub(crate) bundle: ArcSwap<twid_proto::types::Bundle>,
@@ -78,12 +76,11 @@ impl Server {
         identity.refresh(&ca.snapshot(), now)?;
         let health = Health::new();
         let shared = Arc::new(Shared {
-            entries: EntryCache::new(datastore.clone(), server_id.clone()),
+            entries: EntryCache::new(datastore.clone(), server_id),
             config,
             datastore,
             ca,
             identity,
-            server_id,
             health: health.clone(),
             bundle: ArcSwap::from_pointee(twid_proto::types::Bundle::default()),
         });
@@ -102,7 +99,13 @@ impl Server {
             admin_socket = %admin_socket.display(),
             "server started"
         );
-        Ok(ServerHandle { node_api_address, admin_socket, shutdown, tasks, health })
+        Ok(ServerHandle {
+            node_api_address,
+            admin_socket,
+            shutdown,
+            tasks,
+            health,
+        })
     }
 }
 
@@ -128,7 +131,10 @@ impl ServerHandle {
         self.health.set_ready(false);
         self.shutdown.cancel();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
             tracing::warn!("server tasks did not stop within 5s; aborting them");
             self.tasks.abort_all();
         }

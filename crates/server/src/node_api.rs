@@ -40,21 +40,25 @@ pub(crate) async fn serve(
     let address = SocketAddr::new(config.bind_address, config.bind_port);
     let listener = tokio::net::TcpListener::bind(address)
         .await
-        .map_err(|source| ServerError::Bind { address: address.to_string(), source })?;
-    let bound = listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind { address: address.to_string(), source })?;
+        .map_err(|source| ServerError::Bind {
+            address: address.to_string(),
+            source,
+        })?;
+    let bound = listener.local_addr().map_err(|source| ServerError::Bind {
+        address: address.to_string(),
+        source,
+    })?;
     let tls = twid_tls::server_config(
         shared.identity.svid.clone(),
         shared.identity.trust.clone(),
-        twid_tls::ClientAuth::Optional(twid_tls::Authorizer::MemberOf(
-            config.trust_domain.clone(),
-        )),
+        twid_tls::ClientAuth::Optional(twid_tls::Authorizer::MemberOf(config.trust_domain.clone())),
     )?;
     let incoming = twid_tls::TlsIncoming::new(listener, tls);
-    let service = NodeServer::new(NodeService { shared: Arc::clone(shared) })
-        .max_decoding_message_size(64 * 1024 * 1024)
-        .max_encoding_message_size(64 * 1024 * 1024);
+    let service = NodeServer::new(NodeService {
+        shared: Arc::clone(shared),
+    })
+    .max_decoding_message_size(64 * 1024 * 1024)
+    .max_encoding_message_size(64 * 1024 * 1024);
     let shutdown = shutdown.clone();
     tasks.spawn(
         async move {
@@ -110,7 +114,9 @@ impl NodeService {
                 ))
             })?;
         if agent.banned {
-            return Err(Status::permission_denied(format!("agent {spiffe_id} is banned")));
+            return Err(Status::permission_denied(format!(
+                "agent {spiffe_id} is banned"
+            )));
         }
         if agent.x509_svid_serial != serial {
             return Err(Status::permission_denied(format!(
@@ -121,7 +127,10 @@ impl NodeService {
     }
 
     fn agent_ttl(&self) -> Duration {
-        self.shared.config.agent_ttl.unwrap_or(self.shared.config.default_x509_svid_ttl)
+        self.shared
+            .config
+            .agent_ttl
+            .unwrap_or(self.shared.config.default_x509_svid_ttl)
     }
 
     /// Signs an SVID for the CSR's key with the active authority.
@@ -209,7 +218,9 @@ impl Node for NodeService {
             .await?
             .ok_or_else(|| Status::invalid_argument("attestation stream closed before params"))?;
         let Some(attest_agent_request::Step::Params(params)) = first.step else {
-            return Err(Status::invalid_argument("the first attestation message must carry params"));
+            return Err(Status::invalid_argument(
+                "the first attestation message must carry params",
+            ));
         };
         let data = params
             .data
@@ -226,7 +237,9 @@ impl Node for NodeService {
         let response = AttestAgentResponse {
             step: Some(attest_agent_response::Step::Result(svid)),
         };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(response)]))))
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(
+            response,
+        )]))))
     }
 
     #[tracing::instrument(skip_all)]
@@ -235,7 +248,12 @@ impl Node for NodeService {
         request: Request<RenewAgentRequest>,
     ) -> Result<Response<RenewAgentResponse>, Status> {
         let agent = self.authenticate(&request).await?;
-        let cert = self.sign_x509(&agent.spiffe_id, &request.get_ref().csr, self.agent_ttl(), &[])?;
+        let cert = self.sign_x509(
+            &agent.spiffe_id,
+            &request.get_ref().csr,
+            self.agent_ttl(),
+            &[],
+        )?;
         let serial = serial_hex(&cert)?;
         self.shared
             .datastore
@@ -243,7 +261,9 @@ impl Node for NodeService {
             .await
             .map_err(|error| internal(error.into()))?;
         tracing::debug!(agent_id = %agent.spiffe_id, serial = %serial, "agent SVID renewed");
-        Ok(Response::new(RenewAgentResponse { svid: Some(self.agent_svid(&agent.spiffe_id, cert)) }))
+        Ok(Response::new(RenewAgentResponse {
+            svid: Some(self.agent_svid(&agent.spiffe_id, cert)),
+        }))
     }
 
     #[tracing::instrument(skip_all)]
@@ -265,8 +285,10 @@ impl Node for NodeService {
     ) -> Result<Response<BatchNewX509SvidResponse>, Status> {
         let agent = self.authenticate(&request).await?;
         let authorized = self.authorized(&agent).await?;
-        let by_id: HashMap<&str, &RegistrationEntry> =
-            authorized.iter().map(|entry| (entry.id.as_str(), entry)).collect();
+        let by_id: HashMap<&str, &RegistrationEntry> = authorized
+            .iter()
+            .map(|entry| (entry.id.as_str(), entry))
+            .collect();
         let default_ttl = self.shared.config.default_x509_svid_ttl;
         let mut results = Vec::with_capacity(request.get_ref().params.len());
         for params in &request.get_ref().params {
@@ -282,7 +304,8 @@ impl Node for NodeService {
                 continue;
             };
             let ttl = ttl_or(entry.x509_svid_ttl, default_ttl);
-            let result = match self.sign_x509(&entry.spiffe_id, &params.csr, ttl, &entry.dns_names) {
+            let result = match self.sign_x509(&entry.spiffe_id, &params.csr, ttl, &entry.dns_names)
+            {
                 Ok(cert) => X509SvidResult {
                     entry_id: entry.id.clone(),
                     expires_at: cert_expiry(&cert),
@@ -308,7 +331,9 @@ impl Node for NodeService {
         let agent = self.authenticate(&request).await?;
         let params = request.get_ref();
         if params.audience.is_empty() || params.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument("a JWT-SVID needs at least one non-empty audience"));
+            return Err(Status::invalid_argument(
+                "a JWT-SVID needs at least one non-empty audience",
+            ));
         }
         let authorized = self.authorized(&agent).await?;
         let entry = authorized
@@ -358,14 +383,21 @@ impl NodeService {
             .await
             .map_err(|error| internal(error.into()))?;
         let Some(stored) = stored else {
-            tracing::warn!(reason = "unknown or used", "join token attestation rejected");
+            tracing::warn!(
+                reason = "unknown or used",
+                "join token attestation rejected"
+            );
             return Err(Status::permission_denied(
                 "join token does not exist or has already been used",
             ));
         };
         let now = unix_now();
         if stored.expires_at <= now {
-            tracing::warn!(reason = "expired", expired_at = stored.expires_at, "join token attestation rejected");
+            tracing::warn!(
+                reason = "expired",
+                expired_at = stored.expires_at,
+                "join token attestation rejected"
+            );
             return Err(Status::permission_denied(format!(
                 "join token expired at {}; generate a new one",
                 stored.expires_at

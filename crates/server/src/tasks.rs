@@ -41,7 +41,11 @@ pub(crate) async fn publish_bundle(shared: &Shared) -> Result<(), ServerError> {
     let sequence = shared.datastore.set_bundle(&trust_domain, &json).await?;
     shared.bundle.store(Arc::new(pb::Bundle {
         trust_domain: trust_domain.name().to_owned(),
-        x509_authorities: spiffe.x509_authorities.iter().map(|cert| cert.to_vec()).collect(),
+        x509_authorities: spiffe
+            .x509_authorities
+            .iter()
+            .map(|cert| cert.to_vec())
+            .collect(),
         jwt_authorities,
         refresh_hint: 0,
         sequence_number: sequence,

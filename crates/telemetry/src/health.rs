@@ -116,7 +116,9 @@ pub async fn serve_health(
         .route(live_path, get(live))
         .route(ready_path, get(ready))
         .with_state(health);
-    Ok(tokio::spawn(async move { axum::serve(listener, app).await }))
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
 }
 
 async fn live(State(health): State<Health>) -> (StatusCode, Json<Value>) {
@@ -191,7 +193,10 @@ mod tests {
         let (addr, task) = start(&health).await;
         let (status, body) = get_path(addr, "/ready").await;
         assert_eq!(status, 503);
-        assert!(body.contains(r#""reason":"datastore unreachable""#), "{body}");
+        assert!(
+            body.contains(r#""reason":"datastore unreachable""#),
+            "{body}"
+        );
         task.abort();
     }
 

@@ -96,7 +96,9 @@ pub async fn serve_prometheus(
     let app = Router::new()
         .route("/metrics", get(render_metrics))
         .with_state(handle);
-    Ok(tokio::spawn(async move { axum::serve(listener, app).await }))
+    Ok(tokio::spawn(
+        async move { axum::serve(listener, app).await },
+    ))
 }
 
 /// Renders the current metrics, first folding buffered histogram samples into their buckets.

@@ -18,7 +18,9 @@ pub(crate) async fn get_path(addr: SocketAddr, path: &str) -> (u16, String) {
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("response has a header end");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .expect("response has a header end");
     let status = head.split(' ').nth(1).expect("status line has a code");
     (status.parse().unwrap(), body.to_owned())
 }

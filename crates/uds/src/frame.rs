@@ -406,7 +406,9 @@ fn open_block(head: FrameHead, payload: &[u8]) -> Result<OpenBlock, RewriteError
     }
     let mut priority = None;
     if head.flags & FLAG_PRIORITY != 0 {
-        let fields = payload.get(start..start + PRIORITY_LEN).ok_or_else(invalid)?;
+        let fields = payload
+            .get(start..start + PRIORITY_LEN)
+            .ok_or_else(invalid)?;
         priority = Some(fields.try_into().map_err(|_| invalid())?);
         start += PRIORITY_LEN;
     }

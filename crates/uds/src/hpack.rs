@@ -157,7 +157,10 @@ mod tests {
             (b"content-type", b""),
         ];
         let decoded = round_trip(&fields);
-        let expected: Vec<_> = fields.iter().map(|(n, v)| (n.to_vec(), v.to_vec())).collect();
+        let expected: Vec<_> = fields
+            .iter()
+            .map(|(n, v)| (n.to_vec(), v.to_vec()))
+            .collect();
         assert_eq!(decoded, expected);
     }
 

@@ -25,7 +25,5 @@ pub use frame::{
     FrameRewriter, MAX_DYNAMIC_TABLE_SIZE, MAX_HEADER_BLOCK_SIZE, REPLACEMENT_AUTHORITY,
     RewriteError,
 };
-pub use listener::{
-    PeerCredentials, UdsConnectInfo, UdsConnection, bind, bind_private, incoming,
-};
+pub use listener::{PeerCredentials, UdsConnectInfo, UdsConnection, bind, bind_private, incoming};
 pub use stream::AuthorityRepair;

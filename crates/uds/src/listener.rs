@@ -156,8 +156,10 @@ async fn accept_one(listener: &UnixListener) -> io::Result<UdsConnection> {
 
 fn is_per_connection_error(err: &io::Error) -> bool {
     use io::ErrorKind::{ConnectionAborted, ConnectionReset, Interrupted, WouldBlock};
-    matches!(err.kind(), ConnectionAborted | ConnectionReset | Interrupted | WouldBlock)
-        || err.raw_os_error() == Some(libc::EPROTO)
+    matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) || err.raw_os_error() == Some(libc::EPROTO)
         || is_resource_exhaustion(err)
 }
 
@@ -258,7 +260,10 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
         Err(err) => return Err(with_path("failed to read", path, err)),
     };
     if !metadata.file_type().is_socket() {
-        let message = format!("{} exists and is not a socket, not removing it", path.display());
+        let message = format!(
+            "{} exists and is not a socket, not removing it",
+            path.display()
+        );
         return Err(io::Error::new(io::ErrorKind::AlreadyExists, message));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
@@ -270,7 +275,8 @@ fn remove_stale_socket(path: &Path) -> io::Result<()> {
 }
 
 fn parent_dir(path: &Path) -> Option<&Path> {
-    path.parent().filter(|parent| !parent.as_os_str().is_empty())
+    path.parent()
+        .filter(|parent| !parent.as_os_str().is_empty())
 }
 
 fn with_path(action: &str, path: &Path, err: io::Error) -> io::Error {

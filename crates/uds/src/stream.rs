@@ -173,7 +173,9 @@ mod tests {
     const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
     fn data_frame(payload: &[u8]) -> Vec<u8> {
-        let len = u32::try_from(payload.len()).expect("small payload").to_be_bytes();
+        let len = u32::try_from(payload.len())
+            .expect("small payload")
+            .to_be_bytes();
         let mut frame = vec![len[1], len[2], len[3], 0x0, 0x0, 0, 0, 0, 1];
         frame.extend_from_slice(payload);
         frame
@@ -233,10 +235,16 @@ mod tests {
 
         let mut repaired = AuthorityRepair::new(server);
         let mut output = Vec::new();
-        let err = repaired.read_to_end(&mut output).await.expect_err("must fail");
+        let err = repaired
+            .read_to_end(&mut output)
+            .await
+            .expect_err("must fail");
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
         let mut more = [0; 8];
-        let again = repaired.read(&mut more).await.expect_err("must keep failing");
+        let again = repaired
+            .read(&mut more)
+            .await
+            .expect_err("must keep failing");
         assert_eq!(again.kind(), io::ErrorKind::InvalidData);
     }
 

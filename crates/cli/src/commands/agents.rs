@@ -9,7 +9,7 @@ use crate::client;
 use crate::output::{self, OutputFormat};
 
 #[derive(Debug, Subcommand)]
-pub enum AgentCommand {
+pub(crate) enum AgentCommand {
     /// Run the agent.
     Run(super::run::RunArgs),
     /// List attested agents.
@@ -23,7 +23,7 @@ pub enum AgentCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct AgentIdArgs {
+pub(crate) struct AgentIdArgs {
     /// The agent's SPIFFE ID.
     #[arg(long)]
     spiffe_id: String,
@@ -31,7 +31,7 @@ pub struct AgentIdArgs {
     common: CommonArgs,
 }
 
-pub async fn run(command: AgentCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: AgentCommand) -> anyhow::Result<()> {
     match command {
         AgentCommand::Run(args) => super::run::agent(args).await,
         AgentCommand::List(common) => list(common).await,
@@ -57,7 +57,10 @@ fn agent_json(agent: &Agent) -> serde_json::Value {
 fn print_agent(agent: &Agent) {
     println!("SPIFFE ID         : {}", agent.spiffe_id);
     println!("Attestation type  : {}", agent.attestation_type);
-    println!("Expiration time   : {}", output::timestamp(agent.x509_svid_expires_at));
+    println!(
+        "Expiration time   : {}",
+        output::timestamp(agent.x509_svid_expires_at)
+    );
     println!("Serial number     : {}", agent.x509_svid_serial);
     println!("Banned            : {}", agent.banned);
     for selector in &agent.selectors {
@@ -83,10 +86,17 @@ async fn list(common: CommonArgs) -> anyhow::Result<()> {
     match common.output {
         OutputFormat::Json => {
             let list: Vec<_> = agents.iter().map(agent_json).collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "agents": list }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "agents": list }))?
+            );
         }
         OutputFormat::Pretty => {
-            println!("Found {} attested agent{}:\n", agents.len(), if agents.len() == 1 { "" } else { "s" });
+            println!(
+                "Found {} attested agent{}:\n",
+                agents.len(),
+                if agents.len() == 1 { "" } else { "s" }
+            );
             agents.iter().for_each(print_agent);
         }
     }
@@ -97,7 +107,9 @@ async fn show(args: AgentIdArgs) -> anyhow::Result<()> {
     check_id(&args.spiffe_id)?;
     let mut admin = client::admin(&args.common.socket_path).await?;
     let agent = admin
-        .get_agent(GetAgentRequest { spiffe_id: args.spiffe_id })
+        .get_agent(GetAgentRequest {
+            spiffe_id: args.spiffe_id,
+        })
         .await
         .map_err(output::status_error)?
         .into_inner();
@@ -112,7 +124,9 @@ async fn evict(args: AgentIdArgs) -> anyhow::Result<()> {
     check_id(&args.spiffe_id)?;
     let mut admin = client::admin(&args.common.socket_path).await?;
     admin
-        .evict_agent(EvictAgentRequest { spiffe_id: args.spiffe_id.clone() })
+        .evict_agent(EvictAgentRequest {
+            spiffe_id: args.spiffe_id.clone(),
+        })
         .await
         .map_err(output::status_error)?;
     println!("Agent evicted: {}", args.spiffe_id);
@@ -123,7 +137,9 @@ async fn ban(args: AgentIdArgs) -> anyhow::Result<()> {
     check_id(&args.spiffe_id)?;
     let mut admin = client::admin(&args.common.socket_path).await?;
     admin
-        .ban_agent(BanAgentRequest { spiffe_id: args.spiffe_id.clone() })
+        .ban_agent(BanAgentRequest {
+            spiffe_id: args.spiffe_id.clone(),
+        })
         .await
         .map_err(output::status_error)?;
     println!("Agent banned: {}", args.spiffe_id);

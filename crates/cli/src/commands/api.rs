@@ -15,7 +15,7 @@ use crate::client;
 use crate::output::{self, OutputFormat};
 
 #[derive(Debug, Subcommand)]
-pub enum ApiCommand {
+pub(crate) enum ApiCommand {
     /// Fetch SVIDs from the Workload API.
     #[command(subcommand)]
     Fetch(FetchCommand),
@@ -25,7 +25,7 @@ pub enum ApiCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum FetchCommand {
+pub(crate) enum FetchCommand {
     /// Fetch the caller's X.509-SVIDs and bundles.
     X509(FetchX509Args),
     /// Fetch JWT-SVIDs for an audience.
@@ -33,13 +33,13 @@ pub enum FetchCommand {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum ValidateCommand {
+pub(crate) enum ValidateCommand {
     /// Validate a JWT-SVID for an audience.
     Jwt(ValidateJwtArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct SocketArgs {
+pub(crate) struct SocketArgs {
     /// Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, else the agent's default socket).
     #[arg(long)]
     socket_path: Option<PathBuf>,
@@ -52,7 +52,7 @@ pub struct SocketArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct FetchX509Args {
+pub(crate) struct FetchX509Args {
     /// Write svid.N.pem, svid.N.key and bundle.N.pem for each SVID into this directory.
     #[arg(long)]
     write: Option<PathBuf>,
@@ -61,7 +61,7 @@ pub struct FetchX509Args {
 }
 
 #[derive(Debug, Args)]
-pub struct FetchJwtArgs {
+pub(crate) struct FetchJwtArgs {
     /// Audience of the token; repeat for several.
     #[arg(long = "audience", required = true)]
     audience: Vec<String>,
@@ -73,7 +73,7 @@ pub struct FetchJwtArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct ValidateJwtArgs {
+pub(crate) struct ValidateJwtArgs {
     /// The audience the token must name.
     #[arg(long)]
     audience: String,
@@ -84,7 +84,7 @@ pub struct ValidateJwtArgs {
     socket: SocketArgs,
 }
 
-pub async fn run(command: ApiCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: ApiCommand) -> anyhow::Result<()> {
     match command {
         ApiCommand::Fetch(FetchCommand::X509(args)) => fetch_x509(args).await,
         ApiCommand::Fetch(FetchCommand::Jwt(args)) => fetch_jwt(args).await,
@@ -140,7 +140,10 @@ fn to_pem(label: &str, der: &[u8]) -> String {
 
 fn certs_pem(concatenated: &[u8]) -> anyhow::Result<String> {
     let certs = split_der_certificates(concatenated)?;
-    Ok(certs.iter().map(|cert| to_pem("CERTIFICATE", cert)).collect())
+    Ok(certs
+        .iter()
+        .map(|cert| to_pem("CERTIFICATE", cert))
+        .collect())
 }
 
 /// Writes a file readable only by its owner, replacing any previous file atomically.
@@ -163,10 +166,16 @@ fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
 fn write_x509(dir: &Path, response: &X509svidResponse) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
     for (index, svid) in response.svids.iter().enumerate() {
-        std::fs::write(dir.join(format!("svid.{index}.pem")), certs_pem(&svid.x509_svid)?)?;
+        std::fs::write(
+            dir.join(format!("svid.{index}.pem")),
+            certs_pem(&svid.x509_svid)?,
+        )?;
         let key = to_pem("PRIVATE KEY", &svid.x509_svid_key);
         write_private(&dir.join(format!("svid.{index}.key")), key.as_bytes())?;
-        std::fs::write(dir.join(format!("bundle.{index}.pem")), certs_pem(&svid.bundle)?)?;
+        std::fs::write(
+            dir.join(format!("bundle.{index}.pem")),
+            certs_pem(&svid.bundle)?,
+        )?;
         for (td_index, bundle) in response.federated_bundles.values().enumerate() {
             let name = format!("federated_bundle.{index}.{td_index}.pem");
             std::fs::write(dir.join(name), certs_pem(bundle)?)?;
@@ -193,7 +202,10 @@ fn print_x509_text(
     written_to: Option<&Path>,
 ) -> anyhow::Result<()> {
     let count = response.svids.len();
-    println!("Received {count} svid{} after {elapsed:?}\n", if count == 1 { "" } else { "s" });
+    println!(
+        "Received {count} svid{} after {elapsed:?}\n",
+        if count == 1 { "" } else { "s" }
+    );
     for svid in &response.svids {
         let (not_before, not_after) = leaf_validity(svid)?;
         println!("SPIFFE ID:        {}", svid.spiffe_id);
@@ -206,7 +218,10 @@ fn print_x509_text(
         println!("Bundle CAs:       {cas}\n");
     }
     if let Some(dir) = written_to {
-        println!("Wrote svid.N.pem, svid.N.key and bundle.N.pem to {}", dir.display());
+        println!(
+            "Wrote svid.N.pem, svid.N.key and bundle.N.pem to {}",
+            dir.display()
+        );
     }
     Ok(())
 }
@@ -224,7 +239,10 @@ fn print_x509_json(response: &X509svidResponse) -> anyhow::Result<()> {
             "bundle_pem": certs_pem(&svid.bundle)?,
         }));
     }
-    println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "svids": svids }))?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({ "svids": svids }))?
+    );
     Ok(())
 }
 
@@ -245,11 +263,16 @@ async fn fetch_jwt(args: FetchJwtArgs) -> anyhow::Result<()> {
             let svids: Vec<_> = response
                 .svids
                 .iter()
-                .map(|svid| serde_json::json!({
-                    "spiffe_id": svid.spiffe_id, "svid": svid.svid, "hint": svid.hint,
-                }))
+                .map(|svid| {
+                    serde_json::json!({
+                        "spiffe_id": svid.spiffe_id, "svid": svid.svid, "hint": svid.hint,
+                    })
+                })
                 .collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "svids": svids }))?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "svids": svids }))?
+            );
         }
         OutputFormat::Pretty => {
             for svid in &response.svids {
@@ -263,7 +286,10 @@ async fn fetch_jwt(args: FetchJwtArgs) -> anyhow::Result<()> {
 async fn validate_jwt(args: ValidateJwtArgs) -> anyhow::Result<()> {
     let path = client::workload_socket(args.socket.socket_path.clone())?;
     let mut workload = client::workload(&path).await?;
-    let request = ValidateJwtsvidRequest { audience: args.audience, svid: args.svid };
+    let request = ValidateJwtsvidRequest {
+        audience: args.audience,
+        svid: args.svid,
+    };
     let response = tokio::time::timeout(args.socket.timeout, workload.validate_jwtsvid(request))
         .await
         .context("no answer from the Workload API in time")?
@@ -309,4 +335,3 @@ fn prost_value_to_json(value: prost_types::Value) -> serde_json::Value {
         }
     }
 }
-

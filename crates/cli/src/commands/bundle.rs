@@ -13,13 +13,13 @@ use crate::client::{self, DEFAULT_SERVER_SOCKET};
 use crate::output;
 
 #[derive(Debug, Subcommand)]
-pub enum BundleCommand {
+pub(crate) enum BundleCommand {
     /// Print the trust domain's bundle.
     Show(ShowArgs),
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
-pub enum BundleFormat {
+pub(crate) enum BundleFormat {
     /// The X.509 authorities as PEM certificates.
     #[default]
     Pem,
@@ -28,7 +28,7 @@ pub enum BundleFormat {
 }
 
 #[derive(Debug, Args)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     format: BundleFormat,
@@ -37,7 +37,7 @@ pub struct ShowArgs {
     socket_path: PathBuf,
 }
 
-pub async fn run(command: BundleCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: BundleCommand) -> anyhow::Result<()> {
     let BundleCommand::Show(args) = command;
     let mut admin = client::admin(&args.socket_path).await?;
     let bundle = admin

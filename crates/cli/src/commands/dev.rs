@@ -12,7 +12,7 @@ use twid_spiffe::TrustDomain;
 use crate::client;
 
 #[derive(Debug, Args)]
-pub struct DevArgs {
+pub(crate) struct DevArgs {
     /// Directory for the database, keys and sockets; created if missing.
     #[arg(long, default_value = ".twid-dev")]
     data_dir: PathBuf,
@@ -24,10 +24,11 @@ pub struct DevArgs {
     log_level: String,
 }
 
-pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     let trust_domain = TrustDomain::new(&args.trust_domain)
         .with_context(|| format!("invalid --trust-domain {:?}", args.trust_domain))?;
-    twid_telemetry::init_logging(&args.log_level, twid_telemetry::LogFormat::Text)?;
+    let _log_guard =
+        twid_telemetry::init_logging(&args.log_level, twid_telemetry::LogFormat::Text)?;
     let data_dir = prepare_data_dir(&args.data_dir)?;
 
     let server_config = twid_config::ServerConfig::new_dev(trust_domain.clone(), &data_dir);
@@ -92,10 +93,16 @@ fn agent_has_identity(agent_dir: &Path) -> bool {
 
 /// Creates a join token for the embedded agent and an entry for the invoking user's uid,
 /// parented to the agent that will attest with that token.
-async fn register_dev_agent(admin_socket: &Path, trust_domain: &TrustDomain) -> anyhow::Result<String> {
+async fn register_dev_agent(
+    admin_socket: &Path,
+    trust_domain: &TrustDomain,
+) -> anyhow::Result<String> {
     let mut admin = client::admin(admin_socket).await?;
     let token = admin
-        .create_join_token(CreateJoinTokenRequest { ttl: 600, spiffe_id: String::new() })
+        .create_join_token(CreateJoinTokenRequest {
+            ttl: 600,
+            spiffe_id: String::new(),
+        })
         .await
         .map_err(crate::output::status_error)?
         .into_inner()
@@ -104,7 +111,10 @@ async fn register_dev_agent(admin_socket: &Path, trust_domain: &TrustDomain) -> 
     let entry = Entry {
         spiffe_id: format!("spiffe://{trust_domain}/uid/{uid}"),
         parent_id: format!("spiffe://{trust_domain}/spire/agent/join_token/{token}"),
-        selectors: vec![Selector { r#type: "unix".to_owned(), value: format!("uid:{uid}") }],
+        selectors: vec![Selector {
+            r#type: "unix".to_owned(),
+            value: format!("uid:{uid}"),
+        }],
         ..Entry::default()
     };
     admin
@@ -126,7 +136,9 @@ async fn write_bundle(admin_socket: &Path, data_dir: &Path) -> anyhow::Result<Pa
         .into_iter()
         .map(rustls_pki_types::CertificateDer::from)
         .collect();
-    let pem = twid_spiffe::X509Bundle::from_authorities(TrustDomain::new(&bundle.trust_domain)?, certs)?.to_pem();
+    let pem =
+        twid_spiffe::X509Bundle::from_authorities(TrustDomain::new(&bundle.trust_domain)?, certs)?
+            .to_pem();
     let path = data_dir.join("bundle.pem");
     std::fs::write(&path, pem).with_context(|| format!("failed to write {}", path.display()))?;
     Ok(path)
@@ -143,9 +155,15 @@ fn print_next_steps(trust_domain: &TrustDomain, workload_socket: &Path, admin_so
     println!("  Registered spiffe://{trust_domain}/uid/{uid} for workloads with unix:uid:{uid}");
     println!();
     println!("Try, in another shell:");
-    println!("  export SPIFFE_ENDPOINT_SOCKET=unix://{}", workload_socket.display());
+    println!(
+        "  export SPIFFE_ENDPOINT_SOCKET=unix://{}",
+        workload_socket.display()
+    );
     println!("  {twid} api fetch x509");
     println!("  {twid} api fetch jwt --audience example");
-    println!("  {twid} entry show --socket-path {}", admin_socket.display());
+    println!(
+        "  {twid} entry show --socket-path {}",
+        admin_socket.display()
+    );
     println!("Stop with Ctrl-C.");
 }

@@ -14,7 +14,7 @@ use crate::client::{self, DEFAULT_SERVER_SOCKET};
 use crate::output::{self, OutputFormat};
 
 #[derive(Debug, Subcommand)]
-pub enum EntryCommand {
+pub(crate) enum EntryCommand {
     /// Create a registration entry.
     Create(EntryFields),
     /// Show entries, all of them or those matching the filters.
@@ -28,7 +28,7 @@ pub enum EntryCommand {
 }
 
 #[derive(Debug, Args)]
-pub struct CommonArgs {
+pub(crate) struct CommonArgs {
     /// Path of the server's admin API socket.
     #[arg(long, default_value = DEFAULT_SERVER_SOCKET)]
     pub socket_path: PathBuf,
@@ -38,7 +38,7 @@ pub struct CommonArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct EntryFields {
+pub(crate) struct EntryFields {
     /// The SPIFFE ID that workloads matching this entry receive.
     #[arg(long)]
     spiffe_id: String,
@@ -77,7 +77,7 @@ pub struct EntryFields {
 }
 
 #[derive(Debug, Args)]
-pub struct ShowArgs {
+pub(crate) struct ShowArgs {
     /// Show only the entry with this ID.
     #[arg(long)]
     entry_id: Option<String>,
@@ -95,7 +95,7 @@ pub struct ShowArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct UpdateArgs {
+pub(crate) struct UpdateArgs {
     /// ID of the entry to replace.
     #[arg(long)]
     entry_id: String,
@@ -104,7 +104,7 @@ pub struct UpdateArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct DeleteArgs {
+pub(crate) struct DeleteArgs {
     /// ID of the entry to delete.
     #[arg(long)]
     entry_id: String,
@@ -112,7 +112,7 @@ pub struct DeleteArgs {
     common: CommonArgs,
 }
 
-pub async fn run(command: EntryCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: EntryCommand) -> anyhow::Result<()> {
     match command {
         EntryCommand::Create(fields) => create(fields).await,
         EntryCommand::Show(args) => show(args).await,
@@ -128,7 +128,10 @@ fn parse_selectors(texts: &[String]) -> anyhow::Result<Vec<Selector>> {
         .iter()
         .map(|text| {
             let selector = twid_types::Selector::parse(text)?;
-            Ok(Selector { r#type: selector.kind, value: selector.value })
+            Ok(Selector {
+                r#type: selector.kind,
+                value: selector.value,
+            })
         })
         .collect()
 }
@@ -169,7 +172,10 @@ async fn create(fields: EntryFields) -> anyhow::Result<()> {
         .map_err(output::status_error)?
         .into_inner();
     match fields.common.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&output::entry_json(&created))?),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&output::entry_json(&created))?
+        ),
         OutputFormat::Pretty => println!("{}", output::entry_text(&created)),
     }
     Ok(())
@@ -209,7 +215,10 @@ async fn update(args: UpdateArgs) -> anyhow::Result<()> {
         .map_err(output::status_error)?
         .into_inner();
     match args.fields.common.output {
-        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&output::entry_json(&updated))?),
+        OutputFormat::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&output::entry_json(&updated))?
+        ),
         OutputFormat::Pretty => println!("{}", output::entry_text(&updated)),
     }
     Ok(())
@@ -218,7 +227,9 @@ async fn update(args: UpdateArgs) -> anyhow::Result<()> {
 async fn delete(args: DeleteArgs) -> anyhow::Result<()> {
     let mut admin = client::admin(&args.common.socket_path).await?;
     admin
-        .delete_entry(DeleteEntryRequest { id: args.entry_id.clone() })
+        .delete_entry(DeleteEntryRequest {
+            id: args.entry_id.clone(),
+        })
         .await
         .map_err(output::status_error)?;
     match args.common.output {

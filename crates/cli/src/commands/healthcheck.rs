@@ -9,7 +9,7 @@ use twid_proto::workload::X509BundlesRequest;
 use crate::client::{self, DEFAULT_SERVER_SOCKET};
 
 #[derive(Debug, Args)]
-pub struct HealthcheckArgs {
+pub(crate) struct HealthcheckArgs {
     /// Check an agent's Workload API instead of a server's admin API.
     #[arg(long)]
     agent: bool,
@@ -22,7 +22,7 @@ pub struct HealthcheckArgs {
     shallow: bool,
 }
 
-pub async fn run(args: HealthcheckArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: HealthcheckArgs) -> anyhow::Result<()> {
     if args.agent {
         let path = client::workload_socket(args.socket_path)?;
         let mut workload = client::workload(&path).await?;
@@ -34,7 +34,9 @@ pub async fn run(args: HealthcheckArgs) -> anyhow::Result<()> {
             Err(status) => anyhow::bail!("agent is unhealthy: {}", status.message()),
         }
     } else {
-        let path = args.socket_path.unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_SOCKET));
+        let path = args
+            .socket_path
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_SOCKET));
         let mut admin = client::admin(&path).await?;
         admin
             .count_entries(CountEntriesRequest {})
@@ -42,7 +44,10 @@ pub async fn run(args: HealthcheckArgs) -> anyhow::Result<()> {
             .map_err(|status| anyhow::anyhow!("server is unhealthy: {}", status.message()))?;
     }
     if !args.shallow {
-        println!("{} is healthy.", if args.agent { "Agent" } else { "Server" });
+        println!(
+            "{} is healthy.",
+            if args.agent { "Agent" } else { "Server" }
+        );
     }
     Ok(())
 }

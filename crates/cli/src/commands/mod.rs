@@ -1,19 +1,19 @@
 //! One module per top-level command.
 
-pub mod agents;
-pub mod api;
-pub mod bundle;
-pub mod dev;
-pub mod entry;
-pub mod healthcheck;
-pub mod run;
-pub mod token;
+pub(crate) mod agents;
+pub(crate) mod api;
+pub(crate) mod bundle;
+pub(crate) mod dev;
+pub(crate) mod entry;
+pub(crate) mod healthcheck;
+pub(crate) mod run;
+pub(crate) mod token;
 
 use std::time::Duration;
 
 /// Parses a TTL flag: a Go-style duration (`10m`, `1h30m`) or a bare number of seconds, as
 /// SPIRE's integer `-ttl` flags take.
-pub fn parse_ttl(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(text: &str) -> Result<Duration, String> {
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }

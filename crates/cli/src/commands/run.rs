@@ -6,13 +6,13 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 
 #[derive(Debug, Subcommand)]
-pub enum ServerCommand {
+pub(crate) enum ServerCommand {
     /// Run the server.
     Run(RunArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct RunArgs {
+pub(crate) struct RunArgs {
     /// Path of the HCL configuration file.
     #[arg(long)]
     config: PathBuf,
@@ -22,7 +22,7 @@ pub struct RunArgs {
 }
 
 /// Waits for SIGINT or SIGTERM.
-pub async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -37,10 +37,11 @@ pub async fn shutdown_signal() {
     }
 }
 
-pub async fn server(command: ServerCommand) -> anyhow::Result<()> {
+pub(crate) async fn server(command: ServerCommand) -> anyhow::Result<()> {
     let ServerCommand::Run(args) = command;
     let config = twid_config::ServerConfig::load_with_options(&args.config, args.expand_env)?;
-    twid_telemetry::init_logging(config.log_level.as_str(), config.log_format.into())?;
+    let _log_guard =
+        twid_telemetry::init_logging(config.log_level.as_str(), config.log_format.into())?;
     let server = twid_server::Server::start(config)
         .await
         .context("server failed to start")?;
@@ -50,9 +51,10 @@ pub async fn server(command: ServerCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-pub async fn agent(args: RunArgs) -> anyhow::Result<()> {
+pub(crate) async fn agent(args: RunArgs) -> anyhow::Result<()> {
     let config = twid_config::AgentConfig::load_with_options(&args.config, args.expand_env)?;
-    twid_telemetry::init_logging(config.log_level.as_str(), config.log_format.into())?;
+    let _log_guard =
+        twid_telemetry::init_logging(config.log_level.as_str(), config.log_format.into())?;
     let agent = twid_agent::Agent::start(config, twid_agent::AgentOptions::default())
         .await
         .context("agent failed to start")?;

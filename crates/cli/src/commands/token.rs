@@ -10,13 +10,13 @@ use crate::client;
 use crate::output::{self, OutputFormat};
 
 #[derive(Debug, Subcommand)]
-pub enum TokenCommand {
+pub(crate) enum TokenCommand {
     /// Generate a join token; an agent can attest with it once, before it expires.
     Generate(GenerateArgs),
 }
 
 #[derive(Debug, Args)]
-pub struct GenerateArgs {
+pub(crate) struct GenerateArgs {
     /// Make this SPIFFE ID an alias of the agent that attests with the token, so that
     /// workload entries can name it as their parent.
     #[arg(long)]
@@ -28,7 +28,7 @@ pub struct GenerateArgs {
     common: CommonArgs,
 }
 
-pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
+pub(crate) async fn run(command: TokenCommand) -> anyhow::Result<()> {
     let TokenCommand::Generate(args) = command;
     if let Some(id) = &args.spiffe_id {
         twid_spiffe::SpiffeId::new(id)

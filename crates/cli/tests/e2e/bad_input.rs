@@ -8,21 +8,39 @@ use crate::common::*;
 fn assert_one_error_line(output: &std::process::Output, needles: &[&str]) {
     assert!(!output.status.success(), "the command succeeded");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|line| !line.trim().is_empty()).collect();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
     for needle in needles {
-        assert!(lines[0].contains(needle), "error line {:?} lacks {needle:?}", lines[0]);
+        assert!(
+            lines[0].contains(needle),
+            "error line {:?} lacks {needle:?}",
+            lines[0]
+        );
     }
 }
 
 fn count(server: &ServerProcess) -> String {
-    run_ok(&["entry", "count", "--socket-path", server.socket_arg(), "--output", "json"])
+    run_ok(&[
+        "entry",
+        "count",
+        "--socket-path",
+        server.socket_arg(),
+        "--output",
+        "json",
+    ])
 }
 
 #[test]
 fn malformed_config_names_file_and_line() {
     let dir = TempDir::new();
-    let path = write_file(dir.path(), "broken.conf", "server {\n  trust_domain = \"example.org\"\n  bind_port = \n}\n");
+    let path = write_file(
+        dir.path(),
+        "broken.conf",
+        "server {\n  trust_domain = \"example.org\"\n  bind_port = \n}\n",
+    );
     let output = run(&["server", "run", "--config", &path]);
     assert_one_error_line(&output, &["broken.conf", ":3"]);
 }
@@ -30,7 +48,11 @@ fn malformed_config_names_file_and_line() {
 #[test]
 fn unknown_config_key_names_the_key() {
     let dir = TempDir::new();
-    let path = write_file(dir.path(), "typo.conf", "server {\n  trust_domian = \"example.org\"\n}\n");
+    let path = write_file(
+        dir.path(),
+        "typo.conf",
+        "server {\n  trust_domian = \"example.org\"\n}\n",
+    );
     let output = run(&["server", "run", "--config", &path]);
     assert_one_error_line(&output, &["typo.conf:2", "trust_domian", "unknown"]);
 }
@@ -44,11 +66,61 @@ fn entry_create_rejects_bad_values_without_side_effects() {
     let parent = "spiffe://example.org/spire/agent/join_token/x";
 
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--spiffe-id", "spiffe://example.org/a b", "--parent-id", parent, "--selector", "unix:uid:1"], &["spiffe://example.org/a b"]),
-        (&["--spiffe-id", "spiffe://example.org/a", "--parent-id", parent, "--selector", "uid1000"], &["uid1000"]),
-        (&["--spiffe-id", "spiffe://example.org/a", "--parent-id", parent, "--selector", "unix:"], &["unix:"]),
-        (&["--spiffe-id", "spiffe://example.org/a", "--parent-id", parent, "--selector", ":uid:1"], &[":uid:1"]),
-        (&["--spiffe-id", "spiffe://other.org/a", "--parent-id", parent, "--selector", "unix:uid:1"], &["spiffe://other.org/a", "example.org"]),
+        (
+            &[
+                "--spiffe-id",
+                "spiffe://example.org/a b",
+                "--parent-id",
+                parent,
+                "--selector",
+                "unix:uid:1",
+            ],
+            &["spiffe://example.org/a b"],
+        ),
+        (
+            &[
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--parent-id",
+                parent,
+                "--selector",
+                "uid1000",
+            ],
+            &["uid1000"],
+        ),
+        (
+            &[
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--parent-id",
+                parent,
+                "--selector",
+                "unix:",
+            ],
+            &["unix:"],
+        ),
+        (
+            &[
+                "--spiffe-id",
+                "spiffe://example.org/a",
+                "--parent-id",
+                parent,
+                "--selector",
+                ":uid:1",
+            ],
+            &[":uid:1"],
+        ),
+        (
+            &[
+                "--spiffe-id",
+                "spiffe://other.org/a",
+                "--parent-id",
+                parent,
+                "--selector",
+                "unix:uid:1",
+            ],
+            &["spiffe://other.org/a", "example.org"],
+        ),
     ];
     for (args, needles) in cases {
         let mut full = vec!["entry", "create", "--socket-path", socket];
@@ -77,10 +149,20 @@ fn join_tokens_are_single_use_and_expire() {
     let reuse_dir = dir.path().join("reuse");
     std::fs::create_dir(&reuse_dir).unwrap();
     let output = start_agent_expecting_failure(&reuse_dir, &server, &token);
-    assert!(output.contains("already been used"), "agent output: {output}");
+    assert!(
+        output.contains("already been used"),
+        "agent output: {output}"
+    );
 
     // An expired token.
-    let expired = run_ok(&["token", "generate", "--ttl", "1", "--socket-path", server.socket_arg()]);
+    let expired = run_ok(&[
+        "token",
+        "generate",
+        "--ttl",
+        "1",
+        "--socket-path",
+        server.socket_arg(),
+    ]);
     let expired = expired.trim().strip_prefix("Token: ").unwrap().to_owned();
     std::thread::sleep(Duration::from_millis(2100));
     let expired_dir = dir.path().join("expired");
@@ -88,16 +170,34 @@ fn join_tokens_are_single_use_and_expire() {
     let output = start_agent_expecting_failure(&expired_dir, &server, &expired);
     assert!(output.contains("expired"), "agent output: {output}");
 
-    let agents = run_ok(&["agent", "list", "--socket-path", server.socket_arg(), "--output", "json"]);
+    let agents = run_ok(&[
+        "agent",
+        "list",
+        "--socket-path",
+        server.socket_arg(),
+        "--output",
+        "json",
+    ]);
     let agents: serde_json::Value = serde_json::from_str(&agents).unwrap();
-    assert_eq!(agents["agents"].as_array().unwrap().len(), 1, "a rejected agent was recorded");
+    assert_eq!(
+        agents["agents"].as_array().unwrap().len(),
+        1,
+        "a rejected agent was recorded"
+    );
     let log = server.log();
     assert!(!log.contains(&expired), "the server logged a join token");
-    assert!(log.contains("join token attestation rejected"), "the server did not log the attempt");
+    assert!(
+        log.contains("join token attestation rejected"),
+        "the server did not log the attempt"
+    );
 }
 
 /// Runs an agent that must exit with an error and returns its stderr.
-fn start_agent_expecting_failure(dir: &std::path::Path, server: &ServerProcess, token: &str) -> String {
+fn start_agent_expecting_failure(
+    dir: &std::path::Path,
+    server: &ServerProcess,
+    token: &str,
+) -> String {
     let bundle = dir.join("bootstrap.pem");
     server.write_bundle(&bundle);
     let config = format!(
@@ -110,7 +210,13 @@ fn start_agent_expecting_failure(dir: &std::path::Path, server: &ServerProcess, 
         bundle.display(),
     );
     let path = write_file(dir, "agent.conf", &config);
-    let output = twid().args(["agent", "run", "--config", &path]).output().unwrap();
-    assert!(!output.status.success(), "the agent started with a bad token");
+    let output = twid()
+        .args(["agent", "run", "--config", &path])
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "the agent started with a bad token"
+    );
     String::from_utf8_lossy(&output.stderr).into_owned()
 }

@@ -6,44 +6,47 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const TRUST_DOMAIN: &str = "example.org";
+pub(crate) const TRUST_DOMAIN: &str = "example.org";
 
 /// Returns a command that runs the `twid` binary under test.
-pub fn twid() -> Command {
+pub(crate) fn twid() -> Command {
     Command::new(env!("CARGO_BIN_EXE_twid"))
 }
 
 /// Returns the repository root.
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// Returns the Python interpreter of the test venv, or `None` (with a skip line) when the
 /// venv is missing.
-pub fn python() -> Option<PathBuf> {
+pub(crate) fn python() -> Option<PathBuf> {
     let path = std::env::var_os("TWID_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join(".venv/bin/python"));
     if path.exists() {
         Some(path)
     } else {
-        println!("python venv not found at {}, skipping (run scripts/test.sh)", path.display());
+        println!(
+            "python venv not found at {}, skipping (run scripts/test.sh)",
+            path.display()
+        );
         None
     }
 }
 
 /// Returns whether the tests run as root, which tests that switch uids need.
-pub fn is_root() -> bool {
+pub(crate) fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
 /// A temporary directory with a short path, because Unix socket paths are limited to 107
 /// bytes. Directories are world-traversable so that workloads under other uids can reach the
 /// agent socket inside.
-pub struct TempDir(PathBuf);
+pub(crate) struct TempDir(PathBuf);
 
 impl TempDir {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let base = std::env::temp_dir();
         let dir = tempfile::Builder::new()
             .prefix("twid-")
@@ -54,7 +57,7 @@ impl TempDir {
         Self(dir)
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.0
     }
 }
@@ -66,12 +69,16 @@ impl Drop for TempDir {
 }
 
 /// Returns a TCP port that was free a moment ago on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+pub(crate) fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `check` every 50 ms until it returns true or `timeout` passes.
-pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+pub(crate) fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         if check() {
@@ -83,12 +90,12 @@ pub fn wait_until(timeout: Duration, what: &str, mut check: impl FnMut() -> bool
 }
 
 /// Runs a twid command and returns its output.
-pub fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     twid().args(args).output().expect("twid should run")
 }
 
 /// Runs a twid command that must succeed and returns its stdout.
-pub fn run_ok(args: &[&str]) -> String {
+pub(crate) fn run_ok(args: &[&str]) -> String {
     let output = run(args);
     assert!(
         output.status.success(),
@@ -99,7 +106,7 @@ pub fn run_ok(args: &[&str]) -> String {
 }
 
 /// A running `twid server run` process.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     pub child: Option<Child>,
     pub dir: PathBuf,
     pub port: u16,
@@ -110,7 +117,7 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Writes a server configuration into `dir` (with `extra` appended inside the `server`
     /// block) and starts the server.
-    pub fn start(dir: &Path, extra: &str) -> Self {
+    pub(crate) fn start(dir: &Path, extra: &str) -> Self {
         let port = free_port();
         let socket = dir.join("private/server.sock");
         let config = dir.join("server.conf");
@@ -122,13 +129,19 @@ impl ServerProcess {
             socket = socket.display(),
         );
         std::fs::write(&config, text).unwrap();
-        let mut server = Self { child: None, dir: dir.to_path_buf(), port, socket, config };
+        let mut server = Self {
+            child: None,
+            dir: dir.to_path_buf(),
+            port,
+            socket,
+            config,
+        };
         server.spawn();
         server
     }
 
     /// Starts (or restarts) the process with the same configuration.
-    pub fn spawn(&mut self) {
+    pub(crate) fn spawn(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -144,18 +157,23 @@ impl ServerProcess {
         self.child = Some(child);
         let socket = self.socket.clone();
         wait_until(Duration::from_secs(30), "the server admin socket", || {
-            run(&["healthcheck", "--shallow", "--socket-path", socket.to_str().unwrap()])
-                .status
-                .success()
+            run(&[
+                "healthcheck",
+                "--shallow",
+                "--socket-path",
+                socket.to_str().unwrap(),
+            ])
+            .status
+            .success()
         });
     }
 
-    pub fn socket_arg(&self) -> &str {
+    pub(crate) fn socket_arg(&self) -> &str {
         self.socket.to_str().unwrap()
     }
 
     /// Kills the process with SIGKILL, as a crash would.
-    pub fn kill9(&mut self) {
+    pub(crate) fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.kill().unwrap();
             child.wait().unwrap();
@@ -163,27 +181,43 @@ impl ServerProcess {
     }
 
     /// Stops the process with SIGTERM and waits for it.
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
             terminate(&mut child);
         }
     }
 
-    pub fn generate_token(&self) -> String {
+    pub(crate) fn generate_token(&self) -> String {
         let out = run_ok(&["token", "generate", "--socket-path", self.socket_arg()]);
-        out.trim().strip_prefix("Token: ").expect("token line").to_owned()
+        out.trim()
+            .strip_prefix("Token: ")
+            .expect("token line")
+            .to_owned()
     }
 
     /// Writes the bundle as PEM for agents to bootstrap from.
-    pub fn write_bundle(&self, path: &Path) {
+    pub(crate) fn write_bundle(&self, path: &Path) {
         let pem = run_ok(&["bundle", "show", "--socket-path", self.socket_arg()]);
         std::fs::write(path, pem).unwrap();
     }
 
-    pub fn create_entry(&self, spiffe_id: &str, parent_id: &str, selectors: &[&str]) -> String {
+    pub(crate) fn create_entry(
+        &self,
+        spiffe_id: &str,
+        parent_id: &str,
+        selectors: &[&str],
+    ) -> String {
         let mut args = vec![
-            "entry", "create", "--spiffe-id", spiffe_id, "--parent-id", parent_id,
-            "--socket-path", self.socket_arg(), "--output", "json",
+            "entry",
+            "create",
+            "--spiffe-id",
+            spiffe_id,
+            "--parent-id",
+            parent_id,
+            "--socket-path",
+            self.socket_arg(),
+            "--output",
+            "json",
         ];
         for selector in selectors {
             args.extend(["--selector", selector]);
@@ -193,7 +227,7 @@ impl ServerProcess {
         json["id"].as_str().unwrap().to_owned()
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 }
@@ -219,7 +253,7 @@ fn terminate(child: &mut Child) {
 }
 
 /// A running `twid agent run` process.
-pub struct AgentProcess {
+pub(crate) struct AgentProcess {
     pub child: Option<Child>,
     pub socket: PathBuf,
     pub dir: PathBuf,
@@ -227,7 +261,7 @@ pub struct AgentProcess {
 
 impl AgentProcess {
     /// Writes an agent configuration and starts the agent; returns once its socket answers.
-    pub fn start(dir: &Path, server: &ServerProcess, token: &str) -> Self {
+    pub(crate) fn start(dir: &Path, server: &ServerProcess, token: &str) -> Self {
         let socket = dir.join("agent.sock");
         let bundle = dir.join("bootstrap.pem");
         server.write_bundle(&bundle);
@@ -253,28 +287,28 @@ impl AgentProcess {
             .stderr(log)
             .spawn()
             .expect("agent should start");
-        let agent = Self { child: Some(child), socket, dir: dir.to_path_buf() };
+        let agent = Self {
+            child: Some(child),
+            socket,
+            dir: dir.to_path_buf(),
+        };
         let socket = agent.socket.clone();
-        wait_until(Duration::from_secs(30), "the agent socket", || socket.exists());
+        wait_until(Duration::from_secs(30), "the agent socket", || {
+            socket.exists()
+        });
         agent
     }
 
-    pub fn socket_arg(&self) -> &str {
+    pub(crate) fn socket_arg(&self) -> &str {
         self.socket.to_str().unwrap()
     }
 
-    pub fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("unix://{}", self.socket.display())
     }
 
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
-    }
-
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&mut child);
-        }
     }
 }
 
@@ -288,12 +322,12 @@ impl Drop for AgentProcess {
 }
 
 /// Returns the agent's join-token SPIFFE ID.
-pub fn agent_id(token: &str) -> String {
+pub(crate) fn agent_id(token: &str) -> String {
     format!("spiffe://{TRUST_DOMAIN}/spire/agent/join_token/{token}")
 }
 
 /// Writes `contents` to a file and returns its path as a string.
-pub fn write_file(dir: &Path, name: &str, contents: &str) -> String {
+pub(crate) fn write_file(dir: &Path, name: &str, contents: &str) -> String {
     let path = dir.join(name);
     let mut file = std::fs::File::create(&path).unwrap();
     file.write_all(contents.as_bytes()).unwrap();

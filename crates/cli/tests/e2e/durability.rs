@@ -29,7 +29,10 @@ fn entry(index: usize) -> Entry {
     Entry {
         spiffe_id: format!("spiffe://example.org/crash/{index}"),
         parent_id: "spiffe://example.org/spire/agent/join_token/not-yet-attested".to_owned(),
-        selectors: vec![Selector { r#type: "unix".into(), value: format!("uid:{index}") }],
+        selectors: vec![Selector {
+            r#type: "unix".into(),
+            value: format!("uid:{index}"),
+        }],
         ..Entry::default()
     }
 }
@@ -48,11 +51,16 @@ fn acknowledged_entries_survive_kill9() {
             let acknowledged = Arc::clone(&acknowledged);
             workers.push(tokio::spawn(async move {
                 for index in (worker..500).step_by(4) {
-                    let request = CreateEntryRequest { entry: Some(entry(index)) };
+                    let request = CreateEntryRequest {
+                        entry: Some(entry(index)),
+                    };
                     match client.create_entry(request).await {
                         Ok(reply) => {
                             let created = reply.into_inner();
-                            acknowledged.lock().unwrap().push((created.id, created.spiffe_id));
+                            acknowledged
+                                .lock()
+                                .unwrap()
+                                .push((created.id, created.spiffe_id));
                         }
                         Err(_) => return,
                     }
@@ -70,11 +78,19 @@ fn acknowledged_entries_survive_kill9() {
     });
 
     let acknowledged = acknowledged.lock().unwrap().clone();
-    assert!(acknowledged.len() >= 100 && acknowledged.len() < 500, "kill came too late");
+    assert!(
+        acknowledged.len() >= 100 && acknowledged.len() < 500,
+        "kill came too late"
+    );
     server.spawn();
     let stored = runtime.block_on(async {
         let mut client = admin(&server.socket).await;
-        client.list_entries(ListEntriesRequest::default()).await.unwrap().into_inner().entries
+        client
+            .list_entries(ListEntriesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .entries
     });
     for (id, spiffe_id) in &acknowledged {
         let found = stored.iter().find(|entry| &entry.id == id);
@@ -90,9 +106,25 @@ fn agent_serves_cached_svids_while_server_is_down() {
     let mut server = ServerProcess::start(dir.path(), "");
     let token = server.generate_token();
     let selector = format!("unix:uid:{}", nix::unistd::geteuid().as_raw());
-    server.create_entry("spiffe://example.org/first", &agent_id(&token), &[&selector]);
+    server.create_entry(
+        "spiffe://example.org/first",
+        &agent_id(&token),
+        &[&selector],
+    );
     let agent = AgentProcess::start(dir.path(), &server, &token);
-    let fetch = || run(&["api", "fetch", "x509", "--output", "json", "--socket-path", agent.socket_arg(), "--timeout", "15s"]);
+    let fetch = || {
+        run(&[
+            "api",
+            "fetch",
+            "x509",
+            "--output",
+            "json",
+            "--socket-path",
+            agent.socket_arg(),
+            "--timeout",
+            "15s",
+        ])
+    };
     let count_svids = |output: &std::process::Output| -> usize {
         if !output.status.success() {
             return 0;
@@ -104,11 +136,21 @@ fn agent_serves_cached_svids_while_server_is_down() {
 
     server.stop();
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(count_svids(&fetch()), 1, "the agent stopped serving while the server is down");
+    assert_eq!(
+        count_svids(&fetch()),
+        1,
+        "the agent stopped serving while the server is down"
+    );
 
     server.spawn();
-    server.create_entry("spiffe://example.org/second", &agent_id(&token), &[&selector]);
-    wait_until(Duration::from_secs(120), "the agent to sync the new entry", || {
-        count_svids(&fetch()) == 2
-    });
+    server.create_entry(
+        "spiffe://example.org/second",
+        &agent_id(&token),
+        &[&selector],
+    );
+    wait_until(
+        Duration::from_secs(120),
+        "the agent to sync the new entry",
+        || count_svids(&fetch()) == 2,
+    );
 }

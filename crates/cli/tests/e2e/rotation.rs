@@ -23,10 +23,17 @@ fn bundle_set(der: &[u8]) -> X509BundleSet {
 fn svids_verify_across_two_ca_rotations() {
     let dir = TempDir::new();
     // Prepare at 30 s, activate at 50 s: two activations within about 100 s.
-    let server = ServerProcess::start(dir.path(), "  ca_ttl = \"60s\"\n  default_x509_svid_ttl = \"20s\"");
+    let server = ServerProcess::start(
+        dir.path(),
+        "  ca_ttl = \"60s\"\n  default_x509_svid_ttl = \"20s\"",
+    );
     let token = server.generate_token();
     let selector = format!("unix:uid:{}", nix::unistd::geteuid().as_raw());
-    server.create_entry("spiffe://example.org/rotating", &agent_id(&token), &[&selector]);
+    server.create_entry(
+        "spiffe://example.org/rotating",
+        &agent_id(&token),
+        &[&selector],
+    );
     let agent = AgentProcess::start(dir.path(), &server, &token);
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
@@ -43,11 +50,18 @@ fn svids_verify_across_two_ca_rotations() {
             }))
             .await
             .unwrap();
-        let mut client = SpiffeWorkloadApiClient::with_interceptor(channel, |mut request: tonic::Request<()>| {
-            request.metadata_mut().insert("workload.spiffe.io", "true".parse().unwrap());
-            Ok(request)
-        });
-        let mut stream = client.fetch_x509svid(X509svidRequest {}).await.unwrap().into_inner();
+        let mut client =
+            SpiffeWorkloadApiClient::with_interceptor(channel, |mut request: tonic::Request<()>| {
+                request
+                    .metadata_mut()
+                    .insert("workload.spiffe.io", "true".parse().unwrap());
+                Ok(request)
+            });
+        let mut stream = client
+            .fetch_x509svid(X509svidRequest {})
+            .await
+            .unwrap()
+            .into_inner();
         let mut held: Option<(Vec<CertificateDer<'static>>, Vec<u8>)> = None;
         let mut seen_cas: Vec<Vec<u8>> = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(115);
@@ -69,10 +83,18 @@ fn svids_verify_across_two_ca_rotations() {
             }
             if let Some((chain, bundle)) = &held {
                 let result = verify_x509_svid(chain, &bundle_set(bundle), SystemTime::now());
-                assert!(result.is_ok(), "held SVID failed to verify: {result:?}\nserver log:\n{}", server.log());
+                assert!(
+                    result.is_ok(),
+                    "held SVID failed to verify: {result:?}\nserver log:\n{}",
+                    server.log()
+                );
             }
         }
         seen_cas
     });
-    assert!(seen_cas.len() >= 3, "expected two rotations, saw {} CA certificates", seen_cas.len());
+    assert!(
+        seen_cas.len() >= 3,
+        "expected two rotations, saw {} CA certificates",
+        seen_cas.len()
+    );
 }

@@ -24,7 +24,11 @@ fn pyspiffe_gets_svids_that_openssl_and_pyjwt_accept() {
     let server = ServerProcess::start(dir.path(), "");
     let token = server.generate_token();
     let selector = format!("unix:uid:{}", own_uid());
-    server.create_entry("spiffe://example.org/workload/py", &agent_id(&token), &[&selector]);
+    server.create_entry(
+        "spiffe://example.org/workload/py",
+        &agent_id(&token),
+        &[&selector],
+    );
     let agent = AgentProcess::start(dir.path(), &server, &token);
 
     let out = dir.path().join("py");
@@ -44,10 +48,16 @@ fn pyspiffe_gets_svids_that_openssl_and_pyjwt_accept() {
     );
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
-    assert_eq!(summary["x509_spiffe_id"], "spiffe://example.org/workload/py");
+    assert_eq!(
+        summary["x509_spiffe_id"],
+        "spiffe://example.org/workload/py"
+    );
     assert_eq!(summary["jwt_spiffe_id"], "spiffe://example.org/workload/py");
     assert_eq!(summary["pyjwt_sub"], "spiffe://example.org/workload/py");
-    assert_eq!(summary["validated_spiffe_id"], "spiffe://example.org/workload/py");
+    assert_eq!(
+        summary["validated_spiffe_id"],
+        "spiffe://example.org/workload/py"
+    );
     assert_eq!(summary["jwks_has_private_members"], false);
 
     let path = |name: &str| out.join(name).to_str().unwrap().to_owned();
@@ -62,7 +72,10 @@ fn pyspiffe_gets_svids_that_openssl_and_pyjwt_accept() {
     let foreign = twid_test_ca("foreign.test");
     let foreign_pem = write_file(dir.path(), "foreign.pem", &foreign);
     let rejected = openssl_verify(&foreign_pem, &path("chain.pem"), &path("leaf.pem"));
-    assert!(!rejected.status.success(), "openssl accepted the SVID against a foreign CA");
+    assert!(
+        !rejected.status.success(),
+        "openssl accepted the SVID against a foreign CA"
+    );
 }
 
 /// Returns the PEM certificate of a fresh self-signed CA for `trust_domain`.
@@ -78,7 +91,9 @@ fn twid_test_ca(trust_domain: &str) -> String {
         None,
     )
     .unwrap();
-    twid_spiffe::X509Bundle::from_authorities(td, vec![ca.cert_der().clone()]).unwrap().to_pem()
+    twid_spiffe::X509Bundle::from_authorities(td, vec![ca.cert_der().clone()])
+        .unwrap()
+        .to_pem()
 }
 
 #[test]
@@ -97,7 +112,15 @@ fn workloads_get_only_their_own_identity() {
 
     let fetch_as = |uid: u32| {
         twid()
-            .args(["api", "fetch", "x509", "--output", "json", "--timeout", "15s"])
+            .args([
+                "api",
+                "fetch",
+                "x509",
+                "--output",
+                "json",
+                "--timeout",
+                "15s",
+            ])
             .args(["--socket-path", agent.socket_arg()])
             .uid(uid)
             .gid(65534)
@@ -125,7 +148,10 @@ fn workloads_get_only_their_own_identity() {
     let stranger = fetch_as(64003);
     assert!(!stranger.status.success());
     let stderr = String::from_utf8_lossy(&stranger.stderr);
-    assert!(stderr.contains("no identity issued"), "unexpected error: {stderr}");
+    assert!(
+        stderr.contains("no identity issued"),
+        "unexpected error: {stderr}"
+    );
 }
 
 #[test]
@@ -187,13 +213,21 @@ fn workloads_complete_mtls_with_their_svids() {
     let out = dir.path().join("svids");
     let out_arg = out.to_str().unwrap();
     wait_until(Duration::from_secs(20), "two SVIDs", || {
-        let output = run(&["api", "fetch", "x509", "--socket-path", agent.socket_arg(), "--write", out_arg]);
+        let output = run(&[
+            "api",
+            "fetch",
+            "x509",
+            "--socket-path",
+            agent.socket_arg(),
+            "--write",
+            out_arg,
+        ]);
         output.status.success() && out.join("svid.1.pem").exists()
     });
     mtls::check_handshakes(&out);
 }
 
-pub mod mtls {
+pub(crate) mod mtls {
     //! rustls handshakes between two workloads that use SVIDs written by `twid api fetch`.
 
     use std::path::Path;
@@ -206,7 +240,11 @@ pub mod mtls {
         let certs = std::fs::read(dir.join(format!("svid.{index}.pem"))).unwrap();
         let key = std::fs::read(dir.join(format!("svid.{index}.key"))).unwrap();
         let svid = twid_spiffe::X509Svid::parse_pem(&certs, &key).unwrap();
-        (svid.chain().to_vec(), svid.private_key_der().secret_pkcs8_der().to_vec(), svid.spiffe_id().clone())
+        (
+            svid.chain().to_vec(),
+            svid.private_key_der().secret_pkcs8_der().to_vec(),
+            svid.spiffe_id().clone(),
+        )
     }
 
     fn trust(dir: &Path) -> TrustSource {
@@ -237,7 +275,8 @@ pub mod mtls {
         )
         .unwrap();
         let client_config =
-            twid_tls::client_config(Some(client_svid), trust, Authorizer::Exact(server_id)).unwrap();
+            twid_tls::client_config(Some(client_svid), trust, Authorizer::Exact(server_id))
+                .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let acceptor = tokio_rustls::TlsAcceptor::from(server_config);
@@ -269,13 +308,18 @@ pub mod mtls {
         client_ok && server_ok
     }
 
-    pub fn check_handshakes(dir: &Path) {
+    pub(crate) fn check_handshakes(dir: &Path) {
         let (chain0, key0, id0) = load(dir, 0);
         let (chain1, key1, _id1) = load(dir, 1);
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let trust = trust(dir);
         assert!(
-            runtime.block_on(handshake((chain0.clone(), key0.clone()), (chain1, key1), trust.clone(), id0.clone())),
+            runtime.block_on(handshake(
+                (chain0.clone(), key0.clone()),
+                (chain1, key1),
+                trust.clone(),
+                id0.clone()
+            )),
             "mTLS between two workloads of the trust domain failed"
         );
 
@@ -284,8 +328,12 @@ pub mod mtls {
         let ca_key = twid_ca::PrivateKey::generate(twid_ca::KeyType::EcP256).unwrap();
         let now = std::time::SystemTime::now();
         let ca = twid_ca::X509Authority::self_signed(
-            &td, ca_key, &twid_ca::CaSubject::default(), now,
-            std::time::Duration::from_secs(3600), None,
+            &td,
+            ca_key,
+            &twid_ca::CaSubject::default(),
+            now,
+            std::time::Duration::from_secs(3600),
+            None,
         )
         .unwrap();
         let leaf_key = twid_ca::PrivateKey::generate(twid_ca::KeyType::EcP256).unwrap();

@@ -39,7 +39,11 @@ fn rewrite(input: &[u8]) -> Result<Vec<u8>, RewriteError> {
 }
 
 fn parse_frames(bytes: &[u8]) -> Vec<Frame> {
-    assert_eq!(&bytes[..PREFACE.len()], PREFACE, "output must start with the preface");
+    assert_eq!(
+        &bytes[..PREFACE.len()],
+        PREFACE,
+        "output must start with the preface"
+    );
     let mut rest = &bytes[PREFACE.len()..];
     let mut frames = Vec::new();
     while !rest.is_empty() {
@@ -95,10 +99,18 @@ fn rewrites_percent_encoded_authority() {
     assert_eq!(frames[0].flags, FLAG_END_HEADERS);
     assert_eq!(frames[0].stream_id, 1);
 
-    let decoded = Decoder::new().decode(&frames[0].payload).expect("must decode");
+    let decoded = Decoder::new()
+        .decode(&frames[0].payload)
+        .expect("must decode");
     assert_eq!(authority_of(&decoded), b"localhost");
-    let others: Fields = decoded.into_iter().filter(|(n, _)| n != b":authority").collect();
-    let expected: Fields = fields.into_iter().filter(|(n, _)| n != b":authority").collect();
+    let others: Fields = decoded
+        .into_iter()
+        .filter(|(n, _)| n != b":authority")
+        .collect();
+    let expected: Fields = fields
+        .into_iter()
+        .filter(|(n, _)| n != b":authority")
+        .collect();
     assert_eq!(others, expected);
 }
 
@@ -115,7 +127,9 @@ fn joins_headers_and_continuation() {
     let frames = parse_frames(&rewrite(&input).expect("rewrite must succeed"));
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0].flags, FLAG_END_STREAM | FLAG_END_HEADERS);
-    let decoded = Decoder::new().decode(&frames[0].payload).expect("must decode");
+    let decoded = Decoder::new()
+        .decode(&frames[0].payload)
+        .expect("must decode");
     assert_eq!(authority_of(&decoded), b"localhost");
 }
 
@@ -146,7 +160,10 @@ fn follows_dynamic_table_across_requests() {
     let first = encode(&mut client, &fields);
     let second = encode(&mut client, &fields);
     // Field names absent from the static table (`te`, `workload.spiffe.io`) are indexed.
-    assert!(second.contains(&(0x80 | 62)), "second block must use the dynamic table");
+    assert!(
+        second.contains(&(0x80 | 62)),
+        "second block must use the dynamic table"
+    );
     assert!(second.len() < first.len());
     let input = with_preface(&[
         frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &first),
@@ -169,7 +186,9 @@ fn follows_table_size_update() {
     block.extend(encode(&mut Encoder::new(), &request_fields("%2Fa")));
     let input = with_preface(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block)]);
     let frames = parse_frames(&rewrite(&input).expect("rewrite must succeed"));
-    let decoded = Decoder::new().decode(&frames[0].payload).expect("must decode");
+    let decoded = Decoder::new()
+        .decode(&frames[0].payload)
+        .expect("must decode");
     assert_eq!(authority_of(&decoded), b"localhost");
 }
 
@@ -188,26 +207,51 @@ fn rejects_malformed_hpack() {
     // Index 70 refers to an empty dynamic table.
     let input = with_preface(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0x80 | 70])]);
     let err = rewrite(&input).expect_err("must reject");
-    assert!(matches!(err, RewriteError::Hpack { stream_id: 1, .. }), "{err}");
+    assert!(
+        matches!(err, RewriteError::Hpack { stream_id: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn rejects_truncated_string() {
-    let input = with_preface(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[0x00, 0x05, b'a'])]);
+    let input = with_preface(&[frame(
+        TYPE_HEADERS,
+        FLAG_END_HEADERS,
+        1,
+        &[0x00, 0x05, b'a'],
+    )]);
     assert!(matches!(rewrite(&input), Err(RewriteError::Hpack { .. })));
 }
 
 #[test]
 fn rejects_padding_longer_than_payload() {
-    let input = with_preface(&[frame(TYPE_HEADERS, FLAG_PADDED | FLAG_END_HEADERS, 1, &[9, 1])]);
+    let input = with_preface(&[frame(
+        TYPE_HEADERS,
+        FLAG_PADDED | FLAG_END_HEADERS,
+        1,
+        &[9, 1],
+    )]);
     let err = rewrite(&input).expect_err("must reject");
-    assert!(matches!(err, RewriteError::InvalidHeadersPayload { .. }), "{err}");
+    assert!(
+        matches!(err, RewriteError::InvalidHeadersPayload { .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn rejects_invalid_preface() {
     let err = rewrite(b"GET / HTTP/1.1\r\n").expect_err("must reject");
-    assert!(matches!(err, RewriteError::InvalidPreface { offset: 0, byte: b'G' }), "{err}");
+    assert!(
+        matches!(
+            err,
+            RewriteError::InvalidPreface {
+                offset: 0,
+                byte: b'G'
+            }
+        ),
+        "{err}"
+    );
 }
 
 #[test]
@@ -218,14 +262,20 @@ fn rejects_interrupted_block() {
         frame(0x0, 0, 1, b"data"),
     ]);
     let err = rewrite(&input).expect_err("must reject");
-    assert!(matches!(err, RewriteError::InterruptedHeaderBlock { .. }), "{err}");
+    assert!(
+        matches!(err, RewriteError::InterruptedHeaderBlock { .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn rejects_continuation_without_headers() {
     let input = with_preface(&[frame(TYPE_CONTINUATION, FLAG_END_HEADERS, 1, &[0x82])]);
     let err = rewrite(&input).expect_err("must reject");
-    assert!(matches!(err, RewriteError::UnexpectedContinuation { stream_id: 1 }), "{err}");
+    assert!(
+        matches!(err, RewriteError::UnexpectedContinuation { stream_id: 1 }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -239,7 +289,10 @@ fn rejects_oversized_block_before_buffering() {
     };
     write_frame_head(head, &mut input);
     let err = rewrite(&input).expect_err("must reject");
-    assert!(matches!(err, RewriteError::HeaderBlockTooLarge { stream_id: 1 }), "{err}");
+    assert!(
+        matches!(err, RewriteError::HeaderBlockTooLarge { stream_id: 1 }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -251,7 +304,10 @@ fn rejects_block_that_expands_past_limit() {
     block.extend(std::iter::repeat_n(0x80 | 62, 300));
     let input = with_preface(&[frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &block)]);
     let err = rewrite(&input).expect_err("must reject");
-    assert!(matches!(err, RewriteError::HeaderBlockTooLarge { .. }), "{err}");
+    assert!(
+        matches!(err, RewriteError::HeaderBlockTooLarge { .. }),
+        "{err}"
+    );
 }
 
 #[test]
@@ -321,7 +377,9 @@ fn byte_at_a_time_matches_whole_input() {
     let mut rewriter = FrameRewriter::new();
     let mut pieces = Vec::new();
     for byte in &input {
-        rewriter.push(&[*byte], &mut pieces).expect("rewrite must succeed");
+        rewriter
+            .push(&[*byte], &mut pieces)
+            .expect("rewrite must succeed");
     }
     assert_eq!(pieces, whole);
 }
@@ -331,7 +389,9 @@ fn forward_len_covers_data_payload() {
     let mut rewriter = FrameRewriter::new();
     let mut out = Vec::new();
     let input = with_preface(&[frame(0x0, 0, 1, &[])]);
-    rewriter.push(&input, &mut out).expect("rewrite must succeed");
+    rewriter
+        .push(&input, &mut out)
+        .expect("rewrite must succeed");
     assert_eq!(rewriter.forward_len(), 0);
 
     let mut head = Vec::new();
@@ -344,7 +404,9 @@ fn forward_len_covers_data_payload() {
         },
         &mut head,
     );
-    rewriter.push(&head, &mut out).expect("rewrite must succeed");
+    rewriter
+        .push(&head, &mut out)
+        .expect("rewrite must succeed");
     assert_eq!(rewriter.forward_len(), 100);
     rewriter.skip_forwarded(60);
     assert_eq!(rewriter.forward_len(), 40);

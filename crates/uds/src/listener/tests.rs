@@ -10,7 +10,12 @@ async fn bind_creates_parent_and_sets_mode() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("nested/agent.sock");
     let _listener = bind(&path, 0o777).expect("bind");
-    assert!(fs::symlink_metadata(&path).expect("metadata").file_type().is_socket());
+    assert!(
+        fs::symlink_metadata(&path)
+            .expect("metadata")
+            .file_type()
+            .is_socket()
+    );
     assert_eq!(mode_of(&path), 0o777);
 }
 
@@ -62,7 +67,11 @@ async fn bind_private_rejects_open_dir() {
     let err = bind_private(&admin.join("api.sock")).expect_err("must reject");
     assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
     assert!(err.to_string().contains("open to other users"), "{err}");
-    assert_eq!(mode_of(&admin), 0o755, "an existing directory must keep its mode");
+    assert_eq!(
+        mode_of(&admin),
+        0o755,
+        "an existing directory must keep its mode"
+    );
 }
 
 #[tokio::test]
@@ -73,7 +82,10 @@ async fn bind_private_rejects_sticky_dir() {
     fs::set_permissions(&shared, Permissions::from_mode(0o1777)).expect("chmod");
     let err = bind_private(&shared.join("api.sock")).expect_err("must reject");
     assert_eq!(err.kind(), io::ErrorKind::PermissionDenied);
-    assert_eq!(fs::metadata(&shared).expect("metadata").mode() & 0o7777, 0o1777);
+    assert_eq!(
+        fs::metadata(&shared).expect("metadata").mode() & 0o7777,
+        0o1777
+    );
 }
 
 #[tokio::test]
@@ -83,7 +95,11 @@ async fn incoming_reports_peer_credentials() {
     let mut connections = Box::pin(incoming(bind(&path, 0o700).expect("bind")));
     let _client = UnixStream::connect(&path).await.expect("connect");
 
-    let connection = connections.next().await.expect("stream ended").expect("accept");
+    let connection = connections
+        .next()
+        .await
+        .expect("stream ended")
+        .expect("accept");
     let info = connection.connect_info();
     assert_eq!(info.peer.uid, nix::unistd::geteuid().as_raw());
     assert_eq!(info.peer.gid, nix::unistd::getegid().as_raw());
