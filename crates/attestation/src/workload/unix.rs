@@ -18,9 +18,12 @@
 
 mod procfs;
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use aws_lc_rs::digest;
 use nix::unistd::{Gid, Group, Uid, User};
@@ -47,16 +50,50 @@ pub struct UnixAttestorOptions {
     pub workload_size_limit: i64,
 }
 
+/// Maximum number of executable digests kept; the cache is emptied when it is full.
+const DIGEST_CACHE_CAPACITY: usize = 4096;
+
+/// The identity of an executable file's contents as `fstat` reports it. A file that is
+/// rewritten in place gets a new ctime, which no user can set, and a replaced file gets a new
+/// inode, so equal keys mean equal contents.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileKey {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        Self {
+            dev: metadata.dev(),
+            ino: metadata.ino(),
+            size: metadata.size(),
+            mtime: (metadata.mtime(), metadata.mtime_nsec()),
+            ctime: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+}
+
 /// The `unix` workload attestor. See the [module documentation](self) for its selectors.
+///
+/// SHA-256 digests of executables are cached by [`FileKey`], so a workload that calls the
+/// Workload API often costs one `fstat` instead of reading its whole executable each time.
 #[derive(Clone, Debug)]
 pub struct UnixAttestor {
     options: UnixAttestorOptions,
+    digests: Arc<Mutex<HashMap<FileKey, String>>>,
 }
 
 impl UnixAttestor {
     /// Creates an attestor that reads processes from `/proc`.
     pub fn new(options: UnixAttestorOptions) -> Self {
-        Self { options }
+        Self {
+            options,
+            digests: Arc::default(),
+        }
     }
 
     fn proc_path(&self, pid: i32, file: &str) -> PathBuf {
@@ -128,11 +165,85 @@ impl UnixAttestor {
             push("path", &path.display());
             // A negative limit disables hashing; `try_from` fails exactly for those.
             if let Ok(limit) = u64::try_from(self.options.workload_size_limit) {
-                let hash = sha256_of_executable(pid, exe, limit)?;
+                let hash = self.sha256_of_executable(pid, exe, limit)?;
                 push("sha256", &hash);
             }
         }
         Ok(selectors)
+    }
+
+    /// Hashes the executable through `/proc/<pid>/exe`, which opens the file the process runs
+    /// even when its path was deleted or replaced on disk.
+    fn sha256_of_executable(
+        &self,
+        pid: i32,
+        exe: PathBuf,
+        limit: u64,
+    ) -> Result<String, AttestationError> {
+        let read_error = |path: &PathBuf, source| AttestationError::Read {
+            pid,
+            path: path.clone(),
+            source,
+        };
+        let mut file = File::open(&exe).map_err(|source| read_error(&exe, source))?;
+        let metadata = file.metadata().map_err(|source| read_error(&exe, source))?;
+        let too_large = |size| AttestationError::WorkloadTooLarge {
+            pid,
+            path: exe.clone(),
+            size,
+            limit,
+        };
+        if limit > 0 && metadata.len() > limit {
+            return Err(too_large(metadata.len()));
+        }
+        let key = FileKey::of(&metadata);
+        if let Some(hash) = self.cached_digest(&key) {
+            return Ok(hash);
+        }
+
+        let mut context = digest::Context::new(&digest::SHA256);
+        let mut buffer = vec![0; HASH_CHUNK_SIZE];
+        let mut total: u64 = 0;
+        loop {
+            let count = match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(count) => count,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => return Err(read_error(&exe, source)),
+            };
+            context.update(&buffer[..count]);
+            total += count as u64;
+            // The file may have grown since the size check.
+            if limit > 0 && total > limit {
+                return Err(too_large(total));
+            }
+        }
+        let hash = hex::encode(context.finish());
+        // Only a file that did not change while it was read is cached under its key.
+        let after = file.metadata().map_err(|source| read_error(&exe, source))?;
+        if FileKey::of(&after) == key {
+            self.store_digest(key, hash.clone());
+        }
+        Ok(hash)
+    }
+
+    fn cached_digest(&self, key: &FileKey) -> Option<String> {
+        let digests = self
+            .digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        digests.get(key).cloned()
+    }
+
+    fn store_digest(&self, key: FileKey, hash: String) {
+        let mut digests = self
+            .digests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if digests.len() >= DIGEST_CACHE_CAPACITY {
+            digests.clear();
+        }
+        digests.insert(key, hash);
     }
 }
 
@@ -200,51 +311,6 @@ fn read_proc_file(pid: i32, path: &Path) -> Result<String, AttestationError> {
     })
 }
 
-/// Hashes the executable through `/proc/<pid>/exe`, which opens the file the process runs
-/// even when its path was deleted or replaced on disk.
-fn sha256_of_executable(pid: i32, exe: PathBuf, limit: u64) -> Result<String, AttestationError> {
-    let read_error = |path: &PathBuf, source| AttestationError::Read {
-        pid,
-        path: path.clone(),
-        source,
-    };
-    let mut file = File::open(&exe).map_err(|source| read_error(&exe, source))?;
-    let too_large = |size| AttestationError::WorkloadTooLarge {
-        pid,
-        path: exe.clone(),
-        size,
-        limit,
-    };
-    if limit > 0 {
-        let size = file
-            .metadata()
-            .map_err(|source| read_error(&exe, source))?
-            .len();
-        if size > limit {
-            return Err(too_large(size));
-        }
-    }
-
-    let mut context = digest::Context::new(&digest::SHA256);
-    let mut buffer = vec![0; HASH_CHUNK_SIZE];
-    let mut total: u64 = 0;
-    loop {
-        let count = match file.read(&mut buffer) {
-            Ok(0) => break,
-            Ok(count) => count,
-            Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-            Err(source) => return Err(read_error(&exe, source)),
-        };
-        context.update(&buffer[..count]);
-        total += count as u64;
-        // The file may have grown since the size check.
-        if limit > 0 && total > limit {
-            return Err(too_large(total));
-        }
-    }
-    Ok(hex::encode(context.finish()))
-}
-
 /// Returns the user name of `uid`, or `None` when the user database has no entry or the
 /// lookup fails (SPIRE then omits the selector too).
 fn user_name(uid: u32) -> Option<String> {
@@ -271,6 +337,32 @@ fn group_name(gid: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sha256_hex(data: &[u8]) -> String {
+        hex::encode(digest::digest(&digest::SHA256, data))
+    }
+
+    #[test]
+    fn digest_cache_follows_file_changes() {
+        let dir = std::env::temp_dir().join(format!("twid-digest-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("program");
+        let attestor = UnixAttestor::new(UnixAttestorOptions::default());
+
+        std::fs::write(&path, b"first contents").unwrap();
+        let first = attestor.sha256_of_executable(1, path.clone(), 0).unwrap();
+        assert_eq!(first, sha256_hex(b"first contents"));
+        let cached = attestor.sha256_of_executable(1, path.clone(), 0).unwrap();
+        assert_eq!(cached, first);
+
+        // Same length, rewritten in place: the ctime changes, so the cache must not answer.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, b"other contents").unwrap();
+        let second = attestor.sha256_of_executable(1, path.clone(), 0).unwrap();
+        assert_eq!(second, sha256_hex(b"other contents"));
+
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn same_start_time_passes() {
