@@ -143,6 +143,7 @@ impl CaManager {
             rotate_lock: Mutex::new(()),
         };
         manager.rotate(now).await?;
+        record_active_expiry(&manager.snapshot());
         Ok(manager)
     }
 
@@ -173,6 +174,7 @@ impl CaManager {
             generation: current.generation + 1,
         }));
         metrics::counter!(twid_telemetry::names::CA_ROTATIONS_TOTAL).increment(1);
+        record_active_expiry(&self.snapshot());
         Ok(true)
     }
 
@@ -318,6 +320,17 @@ impl CaManager {
 }
 
 /// Returns how far `now` is through `[not_before, not_after]`, from 0.0 to 1.0.
+/// Publishes when the active X.509 authority expires, so that alerts can fire if rotation
+/// stalls.
+fn record_active_expiry(snapshot: &CaSnapshot) {
+    if let Some(authority) = snapshot.active_x509() {
+        let expires_at = crate::convert::unix_seconds(authority.not_after());
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!(twid_telemetry::names::CA_AUTHORITY_EXPIRES_AT_SECONDS)
+            .set(expires_at as f64);
+    }
+}
+
 fn lifetime_fraction(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> f64 {
     let total = not_after
         .duration_since(not_before)

@@ -68,6 +68,11 @@ impl Server {
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let now = SystemTime::now();
         let trust_domain = config.trust_domain.clone();
+        if config.telemetry.prometheus.is_some() {
+            // Install the recorder before the CA loads, so the metrics it records at start-up
+            // are not lost.
+            twid_telemetry::install_metrics_recorder();
+        }
         ca::create_private_dir(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
         let ca = CaManager::load_or_create(ca_settings(&config), datastore.clone(), now).await?;

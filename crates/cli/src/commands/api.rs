@@ -326,6 +326,13 @@ fn prost_value_to_json(value: prost_types::Value) -> serde_json::Value {
     use prost_types::value::Kind;
     match value.kind {
         None | Some(Kind::NullValue(_)) => serde_json::Value::Null,
+        // protobuf's Struct stores every number as a double; print whole numbers such as
+        // `exp` and `iat` without a fraction, as they appear in the token.
+        Some(Kind::NumberValue(number))
+            if number.fract() == 0.0 && number.abs() < 9_007_199_254_740_992.0 =>
+        {
+            serde_json::json!(number as i64)
+        }
         Some(Kind::NumberValue(number)) => serde_json::json!(number),
         Some(Kind::StringValue(text)) => serde_json::Value::String(text),
         Some(Kind::BoolValue(flag)) => serde_json::Value::Bool(flag),

@@ -118,13 +118,18 @@ impl ServerProcess {
     /// Writes a server configuration into `dir` (with `extra` appended inside the `server`
     /// block) and starts the server.
     pub(crate) fn start(dir: &Path, extra: &str) -> Self {
+        Self::start_with_blocks(dir, extra, "")
+    }
+
+    /// Like [`ServerProcess::start`], with `blocks` appended after the `server` block.
+    pub(crate) fn start_with_blocks(dir: &Path, extra: &str, blocks: &str) -> Self {
         let port = free_port();
         let socket = dir.join("private/server.sock");
         let config = dir.join("server.conf");
         let text = format!(
             "server {{\n  bind_address = \"127.0.0.1\"\n  bind_port = \"{port}\"\n  \
              trust_domain = \"{TRUST_DOMAIN}\"\n  data_dir = \"{data}\"\n  \
-             socket_path = \"{socket}\"\n  log_level = \"DEBUG\"\n{extra}\n}}\n",
+             socket_path = \"{socket}\"\n  log_level = \"DEBUG\"\n{extra}\n}}\n{blocks}\n",
             data = dir.join("server-data").display(),
             socket = socket.display(),
         );

@@ -7,5 +7,6 @@
 mod bad_input;
 mod common;
 mod durability;
+mod operations;
 mod rotation;
 mod workload;
