@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Runs the whole test suite on a fresh machine: installs the pinned Python peers into .venv,
+# makes sure a PostgreSQL server answers on 127.0.0.1:5432 (starting a throwaway cluster when
+# none does), then builds once and runs every Rust test, which drive the Python peers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { printf '==> %s\n' "$*"; }
+
+setup_python() {
+  local stamp=.venv/.requirements.sha256
+  local want
+  want=$(sha256sum tests/python/requirements.txt | cut -d' ' -f1)
+  if [ -x .venv/bin/python ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    return
+  fi
+  log "installing Python test peers into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet -r tests/python/requirements.txt
+  echo "$want" > "$stamp"
+}
+
+postgres_answers() {
+  (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null
+}
+
+setup_postgres() {
+  if postgres_answers; then
+    return
+  fi
+  log "no PostgreSQL on 127.0.0.1:5432; starting a throwaway cluster"
+  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+  fi
+  local bin
+  bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
+  local data="$root/.pgtest"
+  rm -rf "$data" && mkdir -p "$data"
+  local run_as=()
+  if [ "$(id -u)" = 0 ]; then
+    id postgres >/dev/null 2>&1 || useradd --system --no-create-home postgres
+    chown postgres "$data"
+    run_as=(runuser -u postgres --)
+  fi
+  "${run_as[@]}" "$bin/initdb" -D "$data" -U postgres --auth=trust >/dev/null
+  "${run_as[@]}" "$bin/pg_ctl" -D "$data" -l "$data/log" \
+    -o "-c listen_addresses=127.0.0.1 -c port=5432 -k /tmp" -w start >/dev/null
+}
+
+setup_python
+setup_postgres
+log "building"
+cargo build --workspace --all-targets --locked
+log "running tests"
+cargo test --workspace --locked
