@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: installs the pinned Python peers into .venv,
-# makes sure a PostgreSQL server answers on 127.0.0.1:5432 (starting a throwaway cluster when
-# none does), then builds once and runs every Rust test, which drive the Python peers.
+# makes sure a PostgreSQL server accepts connections on 127.0.0.1:5432 (starting a throwaway
+# cluster when none does), then builds once and runs every Rust test, which drive the Python peers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)

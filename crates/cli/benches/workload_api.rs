@@ -83,7 +83,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates one entry for this process's uid and `WORKLOADS - 1` for uids nobody uses.
+/// Creates one entry for this process's uid and `WORKLOADS - 1` for unused uids.
 async fn register_workloads(admin_socket: &Path, parent_id: &str) -> anyhow::Result<()> {
     let mut admin = client::admin(admin_socket).await?;
     let own_uid = nix::unistd::getuid().as_raw();
@@ -200,7 +200,7 @@ fn rss_kib(pid: u32) -> anyhow::Result<u32> {
     Ok(kib)
 }
 
-/// Each open stream holds a socket in this process, so 1,000 streams need more than the usual
+/// Each open stream keeps a socket open in this process, so 1,000 streams need more than the usual
 /// soft limit of 1,024 descriptors.
 fn raise_open_file_limit() -> anyhow::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};

@@ -47,7 +47,7 @@ enum Command {
     /// Call the SPIFFE Workload API as a workload would.
     #[command(subcommand)]
     Api(api::ApiCommand),
-    /// Check that a server (or, with --agent, an agent) is up and answering.
+    /// Check that a server (or, with --agent, an agent) is up and responding.
     Healthcheck(healthcheck::HealthcheckArgs),
 }
 

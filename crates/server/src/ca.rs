@@ -2,7 +2,7 @@
 //! rotation, their persistence, and the bundle built from them.
 //!
 //! Each authority is in one of three states. A *prepared* authority is published in the bundle
-//! but signs nothing yet; the *active* one signs; an *old* one signs nothing but stays in the
+//! but signs nothing yet. The *active* one signs. An *old* one signs nothing but stays in the
 //! bundle until it expires. The schedule (prepare at half the active authority's lifetime,
 //! activate at five sixths) means that agents have fetched a new key long before anything they
 //! receive is signed with it, and that every SVID still valid verifies against the bundle.
@@ -107,7 +107,7 @@ pub(crate) struct CaSettings {
     pub(crate) jwt_key_type: KeyType,
     pub(crate) ca_ttl: Duration,
     pub(crate) subject: CaSubject,
-    /// Where private keys are written; `None` keeps them in memory only.
+    /// Directory for private key files; `None` keeps keys in memory only.
     pub(crate) keys_dir: Option<PathBuf>,
 }
 
@@ -381,7 +381,7 @@ fn log_transitions(old: &CaSnapshot, x509: &[X509Slot], jwt: &[JwtSlot]) {
     }
 }
 
-/// Creates `dir` and missing parents, and sets it to mode 0700 because it holds keys or the
+/// Creates `dir` and missing parents, and sets it to mode 0700 because it contains keys or the
 /// datastore.
 pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
     use std::os::unix::fs::PermissionsExt as _;

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-/// Why the server failed to start or to complete an operation.
+/// Failure to start the server or to complete an operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
@@ -18,7 +18,7 @@ pub enum ServerError {
     /// A metrics or health listener failed.
     #[error("telemetry listener failed")]
     Telemetry(#[from] twid_telemetry::TelemetryError),
-    /// The configuration holds a value the server cannot use.
+    /// The configuration contains a value the server cannot use.
     #[error("configuration error")]
     Config(#[from] twid_config::ConfigError),
     /// A file or socket operation failed.

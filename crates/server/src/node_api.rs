@@ -82,7 +82,7 @@ struct NodeService {
 
 type AttestStream = Pin<Box<dyn Stream<Item = Result<AttestAgentResponse, Status>> + Send>>;
 
-/// Turns an internal failure into a status that tells the peer nothing about internals.
+/// Turns an internal failure into a status that reveals no internals to the peer.
 fn internal(error: ServerError) -> Status {
     tracing::error!(error = %crate::tasks::error_chain(&error), "node API request failed");
     Status::internal("internal server error; see the server log")

@@ -11,7 +11,7 @@ use twid_spiffe::bundle::SpiffeBundle;
 
 use crate::{ServerError, Shared};
 
-/// How often the rotation task wakes: often enough for short test CA lifetimes, rarely
+/// Returns how often the rotation task wakes: often enough for short test CA lifetimes, rarely
 /// enough to cost nothing with the 24-hour default.
 fn rotation_tick(ca_ttl: Duration) -> Duration {
     (ca_ttl / 120).clamp(Duration::from_secs(1), Duration::from_secs(30))

@@ -43,7 +43,7 @@ pub(crate) struct SocketArgs {
     /// Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, else the agent's default socket).
     #[arg(long)]
     socket_path: Option<PathBuf>,
-    /// How long to wait for the first answer, in seconds or as a duration.
+    /// How long to wait for the first response, in seconds or as a duration.
     #[arg(long, default_value = "5s", value_parser = super::parse_ttl)]
     timeout: Duration,
     /// Output format.
@@ -292,7 +292,7 @@ async fn validate_jwt(args: ValidateJwtArgs) -> anyhow::Result<()> {
     };
     let response = tokio::time::timeout(args.socket.timeout, workload.validate_jwtsvid(request))
         .await
-        .context("no answer from the Workload API in time")?
+        .context("timed out waiting for a response from the Workload API")?
         .map_err(|status| anyhow::anyhow!("JWT-SVID is not valid: {}", status.message()))?
         .into_inner();
     let claims = response.claims.map(struct_to_json).unwrap_or_default();

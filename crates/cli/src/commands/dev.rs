@@ -75,7 +75,7 @@ fn prepare_data_dir(dir: &Path) -> anyhow::Result<PathBuf> {
     let dir = dir
         .canonicalize()
         .with_context(|| format!("failed to resolve {}", dir.display()))?;
-    // sun_path holds 108 bytes including the terminating NUL.
+    // sun_path has room for 108 bytes including the terminating NUL.
     let longest = dir.join("server.sock").as_os_str().len();
     if longest > 107 {
         anyhow::bail!(

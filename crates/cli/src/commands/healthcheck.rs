@@ -1,4 +1,4 @@
-//! `twid healthcheck`: exits 0 when the server (or the agent) answers on its socket.
+//! `twid healthcheck`: exits 0 when the server (or the agent) responds on its socket.
 
 use std::path::PathBuf;
 

@@ -265,7 +265,7 @@ pub(crate) struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Writes an agent configuration and starts the agent; returns once its socket answers.
+    /// Writes an agent configuration and starts the agent; returns once its socket exists.
     pub(crate) fn start(dir: &Path, server: &ServerProcess, token: &str) -> Self {
         let socket = dir.join("agent.sock");
         let bundle = dir.join("bootstrap.pem");

@@ -47,8 +47,8 @@ fn health_metrics_and_json_logs() {
         &agent_id(&token),
         &[&selector],
     );
-    // Until an agent uses it, the token is a credential, so nothing may log it; once used,
-    // it is part of the agent's SPIFFE ID, which SPIRE and twid log like any other ID.
+    // Until an agent uses it, the token is a credential, so nothing may log it. Once used, it
+    // is part of the agent's SPIFFE ID, which SPIRE and twid log like any other ID.
     assert!(
         !server.log().contains(&token),
         "the server logged an unused join token"

@@ -1,4 +1,4 @@
-//! CA rotation seen from a workload: across two rotations, the SVID a workload holds always
+//! CA rotation seen from a workload: across two rotations, the SVID a workload has always
 //! verifies against the bundle it was last sent.
 
 use std::time::{Duration, Instant, SystemTime};
