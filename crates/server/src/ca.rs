@@ -381,13 +381,28 @@ fn log_transitions(old: &CaSnapshot, x509: &[X509Slot], jwt: &[JwtSlot]) {
     }
 }
 
-/// Creates `dir` and missing parents, and sets it to mode 0700 because it contains keys or the
-/// datastore.
+/// Creates `dir` and missing parents with mode 0700, because it contains keys or the datastore.
 pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    std::fs::create_dir_all(dir).map_err(|source| ServerError::io(dir, source))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(|source| ServerError::io(dir, source))
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| ServerError::io(dir, source))?;
+    // An existing directory keeps its mode: it may be shared on purpose, and the files in it
+    // are created 0600 anyway.
+    let mode = std::fs::metadata(dir)
+        .map_err(|source| ServerError::io(dir, source))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format_args!("{:o}", mode & 0o7777),
+            "directory with keys or the datastore is open to other users; consider chmod 700"
+        );
+    }
+    Ok(())
 }
 
 async fn load_x509(
