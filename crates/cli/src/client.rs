@@ -29,16 +29,19 @@ pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
+    // A socket the caller may not open fails with EACCES, which needs a different fix than a
+    // socket nobody listens on, so the hint depends on the error.
+    let hint = match std::fs::metadata(path) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
+            "permission denied on the socket or its directory; run as the owner or as root"
+        }
+        Err(_) => "no socket there: is the process running, and is this the right --socket-path?",
+        Ok(_) => "is the process running, and is this the right --socket-path?",
+    };
     Endpoint::try_from("http://localhost")?
         .connect_with_connector(connector)
         .await
-        .with_context(|| {
-            format!(
-                "failed to connect to {}: is the process running, and is this the right \
-                 --socket-path?",
-                path.display()
-            )
-        })
+        .with_context(|| format!("failed to connect to {}: {hint}", path.display()))
 }
 
 /// Connects to a server's admin API.

@@ -331,7 +331,7 @@ fn record_active_expiry(snapshot: &CaSnapshot) {
     }
 }
 
-fn lifetime_fraction(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> f64 {
+pub(crate) fn lifetime_fraction(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> f64 {
     let total = not_after
         .duration_since(not_before)
         .unwrap_or_default()
@@ -364,7 +364,7 @@ fn log_transitions(old: &CaSnapshot, x509: &[X509Slot], jwt: &[JwtSlot]) {
             tracing::info!(
                 authority_id = %slot.id,
                 state = ?slot.state,
-                not_after = ?slot.authority.not_after(),
+                not_after = crate::convert::unix_seconds(slot.authority.not_after()),
                 "X.509 authority changed state"
             );
         }

@@ -70,8 +70,11 @@ fn build_filter(level: &str, rust_log: Option<String>) -> Result<EnvFilter, Tele
 }
 
 fn install(filter: EnvFilter, format: LogFormat) {
+    use std::io::IsTerminal as _;
+    // Colour codes only help a terminal; in files and log collectors they are noise.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     // `try_init` fails only when a global subscriber already exists (a test harness or an
     // embedding program installed one); keeping that subscriber is the intended outcome.

@@ -17,15 +17,27 @@ pub(crate) struct HealthcheckArgs {
     /// Workload API socket).
     #[arg(long)]
     socket_path: Option<PathBuf>,
-    /// Print nothing on success.
+    /// Perform a less stringent check: the socket accepts a gRPC connection, without a request
+    /// that needs the datastore (server) or the first sync (agent).
     #[arg(long)]
     shallow: bool,
+    /// Print each step of the check.
+    #[arg(long)]
+    verbose: bool,
 }
 
 pub(crate) async fn run(args: HealthcheckArgs) -> anyhow::Result<()> {
+    let kind = if args.agent { "Agent" } else { "Server" };
     if args.agent {
         let path = client::workload_socket(args.socket_path)?;
         let mut workload = client::workload(&path).await?;
+        if args.verbose {
+            println!("Connected to the Workload API at {}.", path.display());
+        }
+        if args.shallow {
+            println!("{kind} is healthy.");
+            return Ok(());
+        }
         // A caller without an identity gets PermissionDenied, which still proves the agent
         // is serving; only transport failures and Unavailable mean it is not healthy.
         match workload.fetch_x509_bundles(X509BundlesRequest {}).await {
@@ -38,16 +50,21 @@ pub(crate) async fn run(args: HealthcheckArgs) -> anyhow::Result<()> {
             .socket_path
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SERVER_SOCKET));
         let mut admin = client::admin(&path).await?;
+        if args.verbose {
+            println!("Connected to the admin API at {}.", path.display());
+        }
+        if args.shallow {
+            println!("{kind} is healthy.");
+            return Ok(());
+        }
         admin
             .count_entries(CountEntriesRequest {})
             .await
             .map_err(|status| anyhow::anyhow!("server is unhealthy: {}", status.message()))?;
     }
-    if !args.shallow {
-        println!(
-            "{} is healthy.",
-            if args.agent { "Agent" } else { "Server" }
-        );
+    if args.verbose {
+        println!("{kind} responded to a request that reads its state.");
     }
+    println!("{kind} is healthy.");
     Ok(())
 }

@@ -55,9 +55,10 @@ pub(crate) async fn agent(args: RunArgs) -> anyhow::Result<()> {
     let config = twid_config::AgentConfig::load_with_options(&args.config, args.expand_env)?;
     let _log_guard =
         twid_telemetry::init_logging(config.log_level.as_str(), config.log_format.into())?;
+    let server = format!("{}:{}", config.server_address, config.server_port);
     let agent = twid_agent::Agent::start(config, twid_agent::AgentOptions::default())
         .await
-        .context("agent failed to start")?;
+        .with_context(|| format!("agent failed to start (server {server})"))?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     agent.shutdown().await;
