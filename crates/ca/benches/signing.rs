@@ -5,6 +5,9 @@
 //! public key on every call, as the server must for each new CSR.
 //! `parse_csr_and_sign_x509_svid` is that server path; compare it with the sum of the two.
 //! `rcgen_leaf_reference` signs an equivalent leaf with rcgen for comparison.
+//! `sign_jwt_svid` and `validate_jwt_svid` are the JWT-SVID paths. Compare them with
+//! `es256_sign` and `es256_verify`, the raw fixed-width ECDSA P-256 operations they wrap,
+//! measured in the same run. Both verify cases parse the public key on every call.
 
 // A benchmark setup failure should abort the run.
 #![allow(clippy::unwrap_used)]
@@ -14,14 +17,14 @@ use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{
-    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, KeyPair as _,
-    UnparsedPublicKey,
+    ECDSA_P256_SHA256_ASN1, ECDSA_P256_SHA256_ASN1_SIGNING, ECDSA_P256_SHA256_FIXED,
+    ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, UnparsedPublicKey,
 };
 use criterion::{Criterion, criterion_group, criterion_main};
 use twid_ca::{
     CaSubject, JwtKey, KeyType, PrivateKey, X509Authority, X509SvidRequest, build_csr, parse_csr,
 };
-use twid_spiffe::{SpiffeId, TrustDomain};
+use twid_spiffe::{JwtAuthority, JwtBundle, JwtBundleSet, JwtSvid, SpiffeId, TrustDomain};
 
 const HOUR: Duration = Duration::from_secs(3600);
 
@@ -149,6 +152,24 @@ fn rcgen_reference(c: &mut Criterion) {
 }
 
 fn jwt(c: &mut Criterion) {
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    // About the length of a JWT-SVID signing input with one audience.
+    let message = [0x5a_u8; 200];
+    c.bench_function("es256_sign", |b| {
+        b.iter(|| pair.sign(&rng, black_box(&message)).unwrap())
+    });
+    let signature = pair.sign(&rng, &message).unwrap();
+    let public_key = pair.public_key().as_ref().to_vec();
+    c.bench_function("es256_verify", |b| {
+        b.iter(|| {
+            UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, black_box(&public_key))
+                .verify(black_box(&message), signature.as_ref())
+                .unwrap()
+        })
+    });
+
     let now = SystemTime::now();
     let key = JwtKey::generate(KeyType::EcP256, now, 24 * HOUR).unwrap();
     let subject = SpiffeId::new("spiffe://example.org/workload").unwrap();
@@ -158,6 +179,18 @@ fn jwt(c: &mut Criterion) {
             key.sign_jwt_svid(black_box(&subject), &audience, HOUR, now, None)
                 .unwrap()
         })
+    });
+
+    let (token, _) = key
+        .sign_jwt_svid(&subject, &audience, HOUR, now, None)
+        .unwrap();
+    let mut bundle = JwtBundle::new(TrustDomain::new("example.org").unwrap());
+    bundle.add_authority(
+        JwtAuthority::from_spki_der(key.key_id(), &key.public_key_spki_der()).unwrap(),
+    );
+    let bundles: JwtBundleSet = [bundle].into_iter().collect();
+    c.bench_function("validate_jwt_svid", |b| {
+        b.iter(|| JwtSvid::parse_and_validate(black_box(&token), &bundles, &["db"], now).unwrap())
     });
 }
 

@@ -7,6 +7,7 @@
 mod bad_input;
 mod common;
 mod durability;
+mod jwt_agreement;
 mod operations;
 mod rotation;
 mod workload;
