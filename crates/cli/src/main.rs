@@ -15,7 +15,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{agents, api, bundle, dev, entry, healthcheck, run, token};
+use commands::{agents, api, aws, bundle, dev, entry, healthcheck, oidc_provider, run, token};
 
 /// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
 #[derive(Debug, Parser)]
@@ -47,13 +47,19 @@ enum Command {
     /// Call the SPIFFE Workload API as a workload would.
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Get AWS credentials with a JWT-SVID, and print IAM trust policies for it.
+    #[command(subcommand)]
+    Aws(aws::AwsCommand),
     /// Check that a server (or, with --agent, an agent) is up and responding.
     Healthcheck(healthcheck::HealthcheckArgs),
+    /// Serve OIDC discovery and the trust domain's JWT keys from a server or agent socket.
+    OidcProvider(oidc_provider::OidcProviderArgs),
 }
 
 fn main() -> ExitCode {
     let args = spire_flags::translate(std::env::args_os());
     let cli = Cli::parse_from(args);
+    exit_quietly_on_closed_stdout();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -73,6 +79,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Makes `twid ... | head` end quietly. Rust ignores SIGPIPE, so `println!` panics when the
+/// reader has gone; this turns that one panic into the exit status a shell expects (128 +
+/// SIGPIPE) instead of a backtrace.
+fn exit_quietly_on_closed_stdout() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(141);
+        }
+        default_hook(info);
+    }));
+}
+
 async fn run_command(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Server(command) => run::server(command).await,
@@ -82,6 +107,8 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Token(command) => token::run(command).await,
         Command::Bundle(command) => bundle::run(command).await,
         Command::Api(command) => api::run(command).await,
+        Command::Aws(command) => aws::run(command).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
+        Command::OidcProvider(args) => oidc_provider::run(args).await,
     }
 }

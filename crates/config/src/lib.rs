@@ -16,6 +16,7 @@ mod document;
 mod duration;
 mod env;
 mod error;
+mod issuers;
 mod plugins;
 mod server;
 mod values;
@@ -26,6 +27,7 @@ pub use agent::{AgentConfig, TrustBundleFormat, UnixAttestorConfig};
 pub use common::{HealthChecks, LogFormat, LogLevel, ParseValueError, Prometheus, Telemetry};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
+pub use issuers::{JwtIssuerConfig, OidcDiscoveryConfig};
 pub use server::{CaSubject, KeyManager, KeyType, ServerConfig};
 
 /// Reads a configuration file, expanding environment variables when asked to.

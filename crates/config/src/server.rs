@@ -12,6 +12,7 @@ use twid_spiffe::TrustDomain;
 
 use crate::common::{self, HealthChecks, LogFormat, LogLevel, ParseValueError, Telemetry};
 use crate::document::{Schema, Section, Source};
+use crate::issuers::{self, JwtIssuerConfig, OidcDiscoveryConfig};
 use crate::plugins::{self, Plugin};
 use crate::{ConfigError, read_file, values};
 
@@ -66,6 +67,12 @@ pub struct ServerConfig {
     pub datastore: DatastoreConfig,
     /// The `KeyManager` plugin. Default `disk` at `<data_dir>/keys`.
     pub key_manager: KeyManager,
+    /// The server's public base URL, the default `endpoints.oidc_discovery.issuer`.
+    pub public_url: Option<String>,
+    /// The `jwt_issuer "<name>"` blocks in file order.
+    pub jwt_issuers: Vec<JwtIssuerConfig>,
+    /// The `endpoints.oidc_discovery` block, `None` when absent.
+    pub oidc_discovery: Option<OidcDiscoveryConfig>,
 }
 
 /// Key algorithm of a CA or JWT signing key, spelled as in SPIRE (`ec-p256`).
@@ -176,10 +183,18 @@ const SERVER_KEYS: &[&str] = &[
     "agent_ttl",
     "socket_path",
     "ca_subject",
+    "public_url",
 ];
 
 const FILE: Schema = Schema {
-    keys: &["server", "plugins", "health_checks", "telemetry"],
+    keys: &[
+        "server",
+        "plugins",
+        "health_checks",
+        "telemetry",
+        "jwt_issuer",
+        "endpoints",
+    ],
     hints: &[(
         "agent",
         "this block belongs in an agent configuration; load this file as an agent configuration",
@@ -203,7 +218,10 @@ const SERVER: Schema = Schema {
         ("audit_log_enabled", ""),
         ("experimental", ""),
         ("federation", ""),
-        ("jwt_issuer", ""),
+        (
+            "jwt_issuer",
+            "write a top-level jwt_issuer \"<name>\" { issuer = ... } block instead",
+        ),
         ("log_source_location", ""),
         ("ratelimit", ""),
         ("profiling_enabled", ""),
@@ -311,6 +329,9 @@ impl ServerConfig {
         let duration = |key| server.optional(key, values::positive_duration);
         let plugins = plugins::collect(&root, &PLUGIN_TYPES)?;
         check_plugins(&plugins)?;
+        let public_url = server.optional("public_url", issuers::issuer_url)?;
+        let jwt_issuers = issuers::jwt_issuers(&root)?;
+        let oidc_discovery = issuers::oidc_discovery(&root, public_url.as_deref(), &jwt_issuers)?;
         Ok(Self {
             source: None,
             bind_address: server
@@ -336,6 +357,9 @@ impl ServerConfig {
             telemetry: common::telemetry(&root)?,
             datastore: datastore(&plugins, &data_dir)?,
             key_manager: key_manager(&plugins, &data_dir)?,
+            public_url,
+            jwt_issuers,
+            oidc_discovery,
             trust_domain,
             data_dir,
         })
@@ -365,6 +389,9 @@ impl ServerConfig {
             telemetry: Telemetry::default(),
             datastore: default_datastore(data_dir),
             key_manager: default_key_manager(data_dir),
+            public_url: None,
+            jwt_issuers: Vec::new(),
+            oidc_discovery: None,
         }
     }
 }
@@ -526,6 +553,9 @@ impl fmt::Debug for ServerConfig {
             .field("database_type", &self.datastore.database_type)
             .field("connection_string", &connection_string)
             .field("key_manager", &self.key_manager)
+            .field("public_url", &self.public_url)
+            .field("jwt_issuers", &self.jwt_issuers)
+            .field("oidc_discovery", &self.oidc_discovery)
             .finish()
     }
 }

@@ -331,7 +331,11 @@ fn record_active_expiry(snapshot: &CaSnapshot) {
     }
 }
 
-pub(crate) fn lifetime_fraction(not_before: SystemTime, not_after: SystemTime, now: SystemTime) -> f64 {
+pub(crate) fn lifetime_fraction(
+    not_before: SystemTime,
+    not_after: SystemTime,
+    now: SystemTime,
+) -> f64 {
     let total = not_after
         .duration_since(not_before)
         .unwrap_or_default()

@@ -45,6 +45,20 @@ pub enum ServerError {
     /// State could not be encoded for storage.
     #[error("failed to encode state: {0}")]
     Encode(String),
+    /// A `jwt_issuer` key file cannot be read or contains no supported key.
+    #[error("jwt_issuer {issuer:?}: cannot use key_file {}", path.display())]
+    IssuerKey {
+        /// The issuer's block label.
+        issuer: String,
+        /// The key file.
+        path: PathBuf,
+        /// The underlying failure.
+        #[source]
+        source: twid_ca::CaError,
+    },
+    /// The OIDC discovery endpoint could not be started.
+    #[error("OIDC discovery endpoint failed to start")]
+    Oidc(#[from] twid_oidc::OidcError),
     /// No active authority exists, which the CA manager never allows after start.
     #[error("no active {0} authority")]
     NoActiveAuthority(&'static str),

@@ -13,6 +13,7 @@ mod convert;
 mod entries;
 mod error;
 mod identity;
+mod issuers;
 mod node_api;
 mod tasks;
 
@@ -30,10 +31,12 @@ use twid_datastore::Datastore;
 use twid_telemetry::Health;
 
 pub use error::ServerError;
+pub use issuers::OidcKeys;
 
 use crate::ca::{CaManager, CaSettings};
 use crate::entries::EntryCache;
 use crate::identity::ServerIdentity;
+use crate::issuers::{IssuerKeySource, IssuerRegistry, IssuerSettings, KeyStore};
 
 /// State shared by the APIs and the background tasks.
 pub(crate) struct Shared {
@@ -45,6 +48,10 @@ pub(crate) struct Shared {
     pub(crate) health: Health,
     /// The trust domain's bundle as syncs hand it out; replaced on every rotation.
     pub(crate) bundle: ArcSwap<twid_proto::types::Bundle>,
+    /// The `jwt_issuer` blocks with their keys.
+    pub(crate) issuers: Arc<IssuerRegistry>,
+    /// Serializes bundle publication, so that an older key set never overwrites a newer one.
+    pub(crate) publish_lock: tokio::sync::Mutex<()>,
 }
 
 /// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
@@ -54,6 +61,8 @@ pub struct ServerHandle {
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
     health: Health,
+    oidc_keys: OidcKeys,
+    oidc: Option<twid_oidc::OidcHandle>,
 }
 
 /// Entry point of the server.
@@ -73,9 +82,11 @@ impl Server {
             // are not lost.
             twid_telemetry::install_metrics_recorder();
         }
+        issuers::check_key_files(&config.jwt_issuers)?;
         ca::create_private_dir(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
         let ca = CaManager::load_or_create(ca_settings(&config), datastore.clone(), now).await?;
+        let issuers = Arc::new(load_issuers(&config, &datastore, now).await?);
         let server_id = twid_types::server_id(&trust_domain);
         let identity = ServerIdentity::new(server_id.clone(), config.default_x509_svid_ttl);
         identity.refresh(&ca.snapshot(), now)?;
@@ -88,6 +99,8 @@ impl Server {
             identity,
             health: health.clone(),
             bundle: ArcSwap::from_pointee(twid_proto::types::Bundle::default()),
+            issuers: Arc::clone(&issuers),
+            publish_lock: tokio::sync::Mutex::new(()),
         });
         tasks::publish_bundle(&shared).await?;
 
@@ -97,6 +110,8 @@ impl Server {
         let admin_socket = admin_api::serve(&shared, &shutdown, &mut tasks).await?;
         tasks::spawn_background(&shared, &shutdown, &mut tasks);
         twid_telemetry_listeners(&shared, &shutdown, &mut tasks).await?;
+        let oidc_keys = OidcKeys::new(issuers);
+        let oidc = start_oidc_discovery(&shared.config, &oidc_keys, &health).await?;
         health.set_ready(true);
         tracing::info!(
             trust_domain = %shared.config.trust_domain,
@@ -110,6 +125,8 @@ impl Server {
             shutdown,
             tasks,
             health,
+            oidc_keys,
+            oidc,
         })
     }
 }
@@ -130,10 +147,23 @@ impl ServerHandle {
         &self.health
     }
 
+    /// Returns the public keys of the configured JWT issuers.
+    pub fn oidc_keys(&self) -> &OidcKeys {
+        &self.oidc_keys
+    }
+
+    /// Returns the address of the OIDC discovery endpoint, `None` when it is not enabled.
+    pub fn oidc_address(&self) -> Option<SocketAddr> {
+        self.oidc.as_ref().map(twid_oidc::OidcHandle::local_addr)
+    }
+
     /// Stops accepting requests, lets in-flight ones finish for up to five seconds, and stops
     /// the background tasks.
     pub async fn shutdown(mut self) {
         self.health.set_ready(false);
+        if let Some(oidc) = self.oidc.take() {
+            oidc.shutdown().await;
+        }
         self.shutdown.cancel();
         let drain = async { while self.tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(Duration::from_secs(5), drain)
@@ -151,6 +181,23 @@ impl ServerHandle {
 async fn open_datastore(config: &ServerConfig) -> Result<Datastore, ServerError> {
     let datastore = Datastore::open(&config.datastore).await?;
     Ok(datastore)
+}
+
+async fn load_issuers(
+    config: &ServerConfig,
+    datastore: &Datastore,
+    now: SystemTime,
+) -> Result<IssuerRegistry, ServerError> {
+    let settings = IssuerSettings {
+        default_token_ttl: config.default_jwt_svid_ttl,
+        key_type: key_type(config.jwt_key_type),
+        key_ttl: config.ca_ttl,
+    };
+    let store = config.key_manager.keys_path().map(|dir| KeyStore {
+        keys_dir: dir.to_owned(),
+        datastore: datastore.clone(),
+    });
+    IssuerRegistry::load(&config.jwt_issuers, settings, store, now).await
 }
 
 fn ca_settings(config: &ServerConfig) -> CaSettings {
@@ -177,6 +224,44 @@ fn key_type(configured: twid_config::KeyType) -> twid_ca::KeyType {
         twid_config::KeyType::Rsa2048 => twid_ca::KeyType::Rsa2048,
         twid_config::KeyType::Rsa4096 => twid_ca::KeyType::Rsa4096,
     }
+}
+
+/// Starts the OIDC discovery endpoint when `endpoints.oidc_discovery` enables it.
+async fn start_oidc_discovery(
+    config: &ServerConfig,
+    keys: &OidcKeys,
+    health: &Health,
+) -> Result<Option<twid_oidc::OidcHandle>, ServerError> {
+    let Some(oidc) = config.oidc_discovery.as_ref().filter(|oidc| oidc.enabled) else {
+        return Ok(None);
+    };
+    let tls = oidc.tls_cert_file.clone().zip(oidc.tls_key_file.clone());
+    let source = IssuerKeySource {
+        keys: keys.clone(),
+        issuer: oidc.issuer.clone(),
+    };
+    let oidc_config = twid_oidc::OidcConfig {
+        bind: SocketAddr::new(oidc.bind_address, oidc.bind_port),
+        issuer: oidc.issuer.clone(),
+        tls,
+        cors_origins: oidc.cors_origins.clone(),
+    };
+    let handle = twid_oidc::serve(oidc_config, Arc::new(source), health.clone()).await?;
+    if oidc.tls_cert_file.is_none() {
+        tracing::warn!(
+            address = %handle.local_addr(),
+            issuer = %oidc.issuer,
+            "OIDC discovery endpoint serves plain HTTP; put a TLS-terminating proxy in front, \
+             AWS requires HTTPS"
+        );
+    }
+    tracing::info!(
+        address = %handle.local_addr(),
+        issuer = %oidc.issuer,
+        tls = oidc.tls_cert_file.is_some(),
+        "OIDC discovery endpoint started"
+    );
+    Ok(Some(handle))
 }
 
 async fn twid_telemetry_listeners(

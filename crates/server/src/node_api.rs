@@ -345,15 +345,26 @@ impl Node for NodeService {
                     params.entry_id, agent.spiffe_id
                 ))
             })?;
-        let snapshot = self.shared.ca.snapshot();
-        let key = snapshot
-            .active_jwt()
-            .ok_or_else(|| internal(ServerError::NoActiveAuthority("JWT")))?;
         let now = SystemTime::now();
-        let ttl = ttl_or(entry.jwt_svid_ttl, self.shared.config.default_jwt_svid_ttl);
-        let (token, expiry) = key
-            .sign_jwt_svid(&entry.spiffe_id, &params.audience, ttl, now, None)
-            .map_err(|error| internal(error.into()))?;
+        let issuer = self
+            .shared
+            .issuers
+            .for_audience(&params.audience)
+            .map_err(Status::invalid_argument)?;
+        let (token, expiry) = if let Some(issuer) = issuer {
+            tracing::debug!(issuer = %issuer.config.name, spiffe_id = %entry.spiffe_id, "signing JWT-SVID with a named issuer");
+            issuer
+                .sign(&entry.spiffe_id, &params.audience, now)
+                .map_err(|error| internal(error.into()))?
+        } else {
+            let snapshot = self.shared.ca.snapshot();
+            let key = snapshot
+                .active_jwt()
+                .ok_or_else(|| internal(ServerError::NoActiveAuthority("JWT")))?;
+            let ttl = ttl_or(entry.jwt_svid_ttl, self.shared.config.default_jwt_svid_ttl);
+            key.sign_jwt_svid(&entry.spiffe_id, &params.audience, ttl, now, None)
+                .map_err(|error| internal(error.into()))?
+        };
         metrics::counter!(names::JWT_SVIDS_SIGNED_TOTAL).increment(1);
         Ok(Response::new(NewJwtSvidResponse {
             token,

@@ -20,6 +20,7 @@ fn rotation_tick(ca_ttl: Duration) -> Duration {
 /// Builds the trust domain's bundle from the current authorities, stores it, and makes it the
 /// bundle that syncs hand out.
 pub(crate) async fn publish_bundle(shared: &Shared) -> Result<(), ServerError> {
+    let _guard = shared.publish_lock.lock().await;
     let snapshot = shared.ca.snapshot();
     let trust_domain = shared.ca.trust_domain().clone();
     let mut spiffe = SpiffeBundle::new(trust_domain.clone());
@@ -35,6 +36,20 @@ pub(crate) async fn publish_bundle(shared: &Shared) -> Result<(), ServerError> {
             key_id,
             public_key,
             expires_at: crate::convert::unix_seconds(slot.key.not_after()),
+        });
+    }
+    // Issuer keys verify only tokens whose `sub` is in this trust domain, like the default
+    // keys, because the agent validates every JWT-SVID against the bundle its `sub` names.
+    for (authority, key) in shared.issuers.bundle_authorities() {
+        let key_id = key.key_id().to_owned();
+        if spiffe.jwt_authorities.contains_key(&key_id) {
+            continue;
+        }
+        spiffe.jwt_authorities.insert(key_id.clone(), authority);
+        jwt_authorities.push(pb::JwtAuthority {
+            key_id,
+            public_key: key.public_key_spki_der(),
+            expires_at: crate::convert::unix_seconds(key.not_after()),
         });
     }
     let json = spiffe.to_json();
@@ -64,6 +79,31 @@ pub(crate) fn spawn_background(
     tasks.spawn(rotation_loop(Arc::clone(shared), shutdown.clone()).instrument(span));
     let span = tracing::info_span!("pruner");
     tasks.spawn(prune_loop(Arc::clone(shared), shutdown.clone()).instrument(span));
+    let span = tracing::info_span!("jwt_issuers");
+    tasks.spawn(issuer_loop(Arc::clone(shared), shutdown.clone()).instrument(span));
+}
+
+/// How often issuer key files are checked for changes; a `stat` per issuer is cheap.
+const ISSUER_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
+async fn issuer_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(ISSUER_POLL_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        if !shared.issuers.refresh(SystemTime::now()) {
+            continue;
+        }
+        if let Err(error) = shared.issuers.persist().await {
+            tracing::error!(error = %error_chain(&error), "failed to store JWT issuer key states");
+        }
+        if let Err(error) = publish_bundle(&shared).await {
+            tracing::error!(error = %error_chain(&error), "bundle publication after JWT issuer key change failed");
+        }
+    }
 }
 
 async fn rotation_loop(shared: Arc<Shared>, shutdown: CancellationToken) {

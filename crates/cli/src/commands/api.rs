@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use rustls_pki_types::CertificateDer;
 use twid_proto::workload::{
-    JwtsvidRequest, ValidateJwtsvidRequest, X509svid, X509svidRequest, X509svidResponse,
+    JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest, X509svid, X509svidRequest,
+    X509svidResponse,
 };
 use twid_spiffe::x509::split_der_certificates;
 
@@ -62,12 +63,19 @@ pub(crate) struct FetchX509Args {
 
 #[derive(Debug, Args)]
 pub(crate) struct FetchJwtArgs {
-    /// Audience of the token; repeat for several.
-    #[arg(long = "audience", required = true)]
+    /// Audience of the token; repeat or separate with commas for several.
+    #[arg(long = "audience", required = true, value_delimiter = ',')]
     audience: Vec<String>,
     /// Fetch only this identity of the caller.
     #[arg(long)]
     spiffe_id: Option<String>,
+    /// Write the token of the first JWT-SVID to this file (mode 0600, replaced atomically),
+    /// as AWS_WEB_IDENTITY_TOKEN_FILE expects.
+    #[arg(long)]
+    write_token: Option<PathBuf>,
+    /// Keep running and rewrite the token file at half of each token's lifetime.
+    #[arg(long, requires = "write_token")]
+    watch: bool,
     #[command(flatten)]
     socket: SocketArgs,
 }
@@ -150,7 +158,16 @@ fn certs_pem(concatenated: &[u8]) -> anyhow::Result<String> {
 fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let temp = path.with_extension("tmp");
+    // A hidden sibling in the same directory, so that the rename is atomic and never
+    // replaces another file.
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} is not a file path", path.display()))?;
+    let temp = path.with_file_name(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -219,7 +236,7 @@ fn print_x509_text(
     }
     if let Some(dir) = written_to {
         println!(
-            "Wrote svid.N.pem, svid.N.key and bundle.N.pem to {}",
+            "Wrote svid.<i>.pem, svid.<i>.key and bundle.<i>.pem for each SVID <i> (from 0) to {}",
             dir.display()
         );
     }
@@ -246,18 +263,27 @@ fn print_x509_json(response: &X509svidResponse) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fetch_jwt(args: FetchJwtArgs) -> anyhow::Result<()> {
+async fn request_jwt(args: &FetchJwtArgs) -> anyhow::Result<JwtsvidResponse> {
     let path = client::workload_socket(args.socket.socket_path.clone())?;
     let mut workload = client::workload(&path).await?;
     let request = JwtsvidRequest {
         audience: args.audience.clone(),
-        spiffe_id: args.spiffe_id.unwrap_or_default(),
+        spiffe_id: args.spiffe_id.clone().unwrap_or_default(),
     };
-    let response = tokio::time::timeout(args.socket.timeout, workload.fetch_jwtsvid(request))
-        .await
-        .context("no JWT-SVID received in time")?
-        .map_err(output::status_error)?
-        .into_inner();
+    Ok(
+        tokio::time::timeout(args.socket.timeout, workload.fetch_jwtsvid(request))
+            .await
+            .context("no JWT-SVID received in time")?
+            .map_err(output::status_error)?
+            .into_inner(),
+    )
+}
+
+async fn fetch_jwt(args: FetchJwtArgs) -> anyhow::Result<()> {
+    if let Some(file) = &args.write_token {
+        return write_token(&args, file).await;
+    }
+    let response = request_jwt(&args).await?;
     match args.socket.output {
         OutputFormat::Json => {
             let svids: Vec<_> = response
@@ -281,6 +307,67 @@ async fn fetch_jwt(args: FetchJwtArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The shortest wait between two refreshes of the token file.
+const MIN_REFRESH: Duration = Duration::from_secs(1);
+
+/// The wait before retrying a failed refresh.
+const RETRY_REFRESH: Duration = Duration::from_secs(5);
+
+/// Writes the token file once, or with `--watch` keeps rewriting it at half of each token's
+/// lifetime until SIGTERM or SIGINT.
+async fn write_token(args: &FetchJwtArgs, file: &Path) -> anyhow::Result<()> {
+    let mut wait = write_token_once(args, file).await?;
+    if !args.watch {
+        return Ok(());
+    }
+    let shutdown = super::run::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            () = tokio::time::sleep(wait) => {}
+        }
+        wait = match write_token_once(args, file).await {
+            Ok(next) => next,
+            Err(error) => {
+                // The old token stays in place; it may still be valid for a while.
+                eprintln!(
+                    "error: failed to refresh {}: {}; retrying in {RETRY_REFRESH:?}",
+                    file.display(),
+                    output::error_chain(&error)
+                );
+                RETRY_REFRESH
+            }
+        };
+    }
+}
+
+/// Fetches a JWT-SVID, writes its token to `file`, and returns the wait until the refresh:
+/// half the remaining lifetime, at least [`MIN_REFRESH`].
+async fn write_token_once(args: &FetchJwtArgs, file: &Path) -> anyhow::Result<Duration> {
+    let response = request_jwt(args).await?;
+    let svid = response
+        .svids
+        .first()
+        .context("the Workload API returned no JWT-SVID")?;
+    let parsed = twid_spiffe::jwt::JwtSvid::parse_insecure(&svid.svid)
+        .context("the Workload API returned an invalid JWT-SVID")?;
+    write_private(file, svid.svid.as_bytes())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs());
+    let remaining = u64::try_from(parsed.expiry)
+        .unwrap_or(0)
+        .saturating_sub(now);
+    println!(
+        "Wrote the JWT-SVID of {} to {} (expires at {})",
+        svid.spiffe_id,
+        file.display(),
+        output::timestamp(parsed.expiry)
+    );
+    Ok(Duration::from_secs(remaining / 2).max(MIN_REFRESH))
 }
 
 async fn validate_jwt(args: ValidateJwtArgs) -> anyhow::Result<()> {

@@ -2,10 +2,12 @@
 
 pub(crate) mod agents;
 pub(crate) mod api;
+pub(crate) mod aws;
 pub(crate) mod bundle;
 pub(crate) mod dev;
 pub(crate) mod entry;
 pub(crate) mod healthcheck;
+pub(crate) mod oidc_provider;
 pub(crate) mod run;
 pub(crate) mod token;
 

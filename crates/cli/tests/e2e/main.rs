@@ -4,10 +4,14 @@
 // Harness helpers panic on set-up failures so that a test fails at the step that broke.
 #![allow(clippy::unwrap_used)]
 
+mod aws;
 mod bad_input;
 mod common;
 mod durability;
+mod issuers;
 mod jwt_agreement;
+mod oidc_provider;
 mod operations;
 mod rotation;
+mod sts_standin;
 mod workload;
