@@ -231,6 +231,8 @@ impl Admin for AdminService {
             // produce, so workload entries can name the alias as their parent.
             let selector = twid_types::Selector::new("spiffe_id", agent_id.to_string());
             let new = twid_types::NewEntry::new(alias, agent_id.clone(), vec![selector]);
+            new.validate(trust_domain)
+                .map_err(|error| Status::invalid_argument(error.to_string()))?;
             self.shared
                 .datastore
                 .create_entry(&new, unix_now())

@@ -387,23 +387,45 @@ fn log_transitions(old: &CaSnapshot, x509: &[X509Slot], jwt: &[JwtSlot]) {
 
 /// Creates `dir` and missing parents with mode 0700, because it contains keys or the datastore.
 pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
+    let refuse = |message: String| {
+        ServerError::io(
+            dir,
+            std::io::Error::new(std::io::ErrorKind::PermissionDenied, message),
+        )
+    };
+    if let Ok(metadata) = std::fs::metadata(dir)
+        && !metadata.is_dir()
+    {
+        return Err(refuse("it exists but is not a directory".to_owned()));
+    }
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
         .map_err(|source| ServerError::io(dir, source))?;
-    // An existing directory keeps its mode: it may be shared on purpose, and the files in it
-    // are created 0600 anyway.
-    let mode = std::fs::metadata(dir)
-        .map_err(|source| ServerError::io(dir, source))?
-        .permissions()
-        .mode();
+    let metadata = std::fs::metadata(dir).map_err(|source| ServerError::io(dir, source))?;
+    let mode = metadata.mode() & 0o7777;
+    // Whoever can write here can swap the CA keys or the datastore, so only the server's own
+    // user may. An existing directory's mode is otherwise left alone; files in it are 0600.
+    let euid = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != euid {
+        return Err(refuse(format!(
+            "it belongs to uid {}, not to the server's uid {euid}; chown it or choose another \
+             directory",
+            metadata.uid()
+        )));
+    }
+    if mode & 0o022 != 0 {
+        return Err(refuse(format!(
+            "other users can write to it (mode {mode:o}); run chmod go-w on it"
+        )));
+    }
     if mode & 0o077 != 0 {
         tracing::warn!(
             path = %dir.display(),
-            mode = format_args!("{:o}", mode & 0o7777),
-            "directory with keys or the datastore is open to other users; consider chmod 700"
+            mode = format_args!("{mode:o}"),
+            "directory with keys or the datastore is readable by other users; consider chmod 700"
         );
     }
     Ok(())

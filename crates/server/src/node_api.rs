@@ -388,6 +388,10 @@ impl NodeService {
     async fn attest_join_token(&self, payload: &[u8], csr: &[u8]) -> Result<AgentSvid, Status> {
         let token = std::str::from_utf8(payload)
             .map_err(|_| Status::invalid_argument("join token is not valid UTF-8"))?;
+        // Check the CSR before using up the single-use token, so a malformed request does not
+        // cost the operator a new token.
+        twid_ca::parse_csr(csr)
+            .map_err(|error| Status::invalid_argument(format!("invalid CSR: {error}")))?;
         let datastore = &self.shared.datastore;
         let stored = datastore
             .take_join_token(token)

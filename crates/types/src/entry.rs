@@ -12,6 +12,13 @@ use crate::Selector;
 /// The maximum length of an entry hint in bytes.
 pub const MAX_HINT_LEN: usize = 1024;
 
+/// Maximum number of selectors, and of DNS names, on one entry. Entries travel to agents in
+/// every sync, so unbounded lists would let one entry push a sync over the message size limit.
+pub const MAX_LIST_LEN: usize = 64;
+
+/// Maximum length in bytes of one selector in its `type:value` form.
+pub const MAX_SELECTOR_LEN: usize = 1024;
+
 /// A stored registration entry: which SPIFFE ID a workload (or downstream node) matching the
 /// selectors gets, under which parent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,6 +111,23 @@ pub enum EntryError {
     /// The SPIFFE ID is a bare trust domain ID.
     #[error("spiffe id {0} has no path; give the workload a path such as {0}/workload")]
     EmptyPath(SpiffeId),
+    /// The SPIFFE ID is in the `/spire` namespace, which holds server and agent IDs.
+    #[error(
+        "spiffe id {0} is in the reserved /spire namespace of server and agent IDs; choose \
+         another path"
+    )]
+    ReservedSpiffeId(SpiffeId),
+    /// A selector is longer than [`MAX_SELECTOR_LEN`]; the value is its first 64 characters.
+    #[error("selector {0:?}... is longer than {max} bytes", max = MAX_SELECTOR_LEN)]
+    SelectorTooLong(String),
+    /// A list field has more than [`MAX_LIST_LEN`] items.
+    #[error("entry has {count} {field}; at most {max} are allowed", max = MAX_LIST_LEN)]
+    TooMany {
+        /// The field name.
+        field: &'static str,
+        /// How many were given.
+        count: usize,
+    },
     /// The SPIFFE ID equals the parent ID.
     #[error("spiffe id {0} is also the parent id; an entry cannot be its own parent")]
     OwnParent(SpiffeId),
@@ -179,8 +203,20 @@ impl NewEntry {
         self.validate_selectors()?;
         validate_ttl("x509_svid_ttl", self.x509_svid_ttl)?;
         validate_ttl("jwt_svid_ttl", self.jwt_svid_ttl)?;
+        if self.dns_names.len() > MAX_LIST_LEN {
+            return Err(EntryError::TooMany {
+                field: "dns names",
+                count: self.dns_names.len(),
+            });
+        }
         for name in &self.dns_names {
             validate_dns_name(name)?;
+        }
+        if self.federates_with.len() > MAX_LIST_LEN {
+            return Err(EntryError::TooMany {
+                field: "federated trust domains",
+                count: self.federates_with.len(),
+            });
         }
         if self.hint.len() > MAX_HINT_LEN {
             return Err(EntryError::HintTooLong(self.hint.len()));
@@ -206,6 +242,13 @@ impl NewEntry {
         if self.spiffe_id.path().is_empty() {
             return Err(EntryError::EmptyPath(self.spiffe_id.clone()));
         }
+        // As in SPIRE, only the server names IDs under /spire. An entry for the server's own
+        // ID would let a workload impersonate the server to agents, and one under
+        // /spire/agent would let it pose as an agent.
+        let path = self.spiffe_id.path();
+        if path == "/spire" || path.starts_with("/spire/") {
+            return Err(EntryError::ReservedSpiffeId(self.spiffe_id.clone()));
+        }
         if !self.parent_id.is_member_of(server_td) {
             return Err(EntryError::ForeignParentId {
                 id: self.parent_id.clone(),
@@ -222,6 +265,20 @@ impl NewEntry {
     fn validate_selectors(&self) -> Result<(), EntryError> {
         if self.selectors.is_empty() {
             return Err(EntryError::NoSelectors(self.spiffe_id.clone()));
+        }
+        if self.selectors.len() > MAX_LIST_LEN {
+            return Err(EntryError::TooMany {
+                field: "selectors",
+                count: self.selectors.len(),
+            });
+        }
+        if let Some(long) = self
+            .selectors
+            .iter()
+            .find(|s| s.kind.len() + 1 + s.value.len() > MAX_SELECTOR_LEN)
+        {
+            let start: String = long.to_string().chars().take(64).collect();
+            return Err(EntryError::SelectorTooLong(start));
         }
         // A ':' in the type would make the `type:value` text form parse back differently.
         let bad = self

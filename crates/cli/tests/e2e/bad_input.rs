@@ -121,12 +121,36 @@ fn entry_create_rejects_bad_values_without_side_effects() {
             ],
             &["spiffe://other.org/a", "example.org"],
         ),
+        (
+            &[
+                "--spiffe-id",
+                "spiffe://example.org/spire/server",
+                "--parent-id",
+                parent,
+                "--selector",
+                "unix:uid:1",
+            ],
+            &["spiffe://example.org/spire/server", "reserved"],
+        ),
     ];
     for (args, needles) in cases {
         let mut full = vec!["entry", "create", "--socket-path", socket];
         full.extend_from_slice(args);
         assert_one_error_line(&run(&full), needles);
     }
+    // An alias in the agents' namespace would hand a new agent another agent's entries.
+    let alias = run(&[
+        "token",
+        "generate",
+        "--socket-path",
+        socket,
+        "--spiffe-id",
+        "spiffe://example.org/spire/agent/join_token/existing",
+    ]);
+    assert_one_error_line(
+        &alias,
+        &["spiffe://example.org/spire/agent/join_token/existing"],
+    );
     assert_eq!(count(&server), before, "a rejected entry left state behind");
 
     // As in SPIRE, a parent that has not attested yet is fine.

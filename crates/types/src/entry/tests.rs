@@ -178,3 +178,43 @@ fn serde_round_trip() {
     let back: RegistrationEntry = serde_json::from_str(&json).expect("deserialize");
     assert_eq!(back, entry);
 }
+
+#[test]
+fn rejects_reserved_spiffe_ids() {
+    for reserved in [
+        "spiffe://example.org/spire/server",
+        "spiffe://example.org/spire/agent/join_token/abc",
+        "spiffe://example.org/spire",
+    ] {
+        let mut entry = valid();
+        entry.spiffe_id = id(reserved);
+        entry.parent_id = id("spiffe://example.org/spire/agent/join_token/other");
+        assert_eq!(
+            error_of(&entry),
+            EntryError::ReservedSpiffeId(id(reserved)),
+            "{reserved}"
+        );
+    }
+    let mut similar = valid();
+    similar.spiffe_id = id("spiffe://example.org/spire-web");
+    assert_eq!(similar.validate(&td()), Ok(()));
+}
+
+#[test]
+fn rejects_oversized_lists_and_selectors() {
+    let mut entry = valid();
+    entry.selectors = (0..=MAX_LIST_LEN).map(|i| sel(&format!("unix:uid:{i}"))).collect();
+    assert!(matches!(error_of(&entry), EntryError::TooMany { field: "selectors", .. }));
+
+    let mut entry = valid();
+    entry.selectors = vec![sel(&format!("unix:{}", "x".repeat(MAX_SELECTOR_LEN)))];
+    assert!(matches!(error_of(&entry), EntryError::SelectorTooLong(_)));
+
+    let mut entry = valid();
+    entry.selectors = vec![sel(&format!("unix:{}", "x".repeat(MAX_SELECTOR_LEN - 5)))];
+    assert_eq!(entry.validate(&td()), Ok(()), "a selector of exactly the limit is valid");
+
+    let mut entry = valid();
+    entry.dns_names = (0..=MAX_LIST_LEN).map(|i| format!("h{i}.example.org")).collect();
+    assert!(matches!(error_of(&entry), EntryError::TooMany { field: "dns names", .. }));
+}
