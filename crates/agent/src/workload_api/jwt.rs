@@ -47,10 +47,32 @@ pub(crate) struct JwtSvids {
     tokens: Mutex<HashMap<TokenKey, IssuedJwt>>,
 }
 
-/// Rejects a FetchJWTSVID request without an audience, before the caller is attested.
+/// Maximum number of audiences in one FetchJWTSVID request.
+const MAX_AUDIENCES: usize = 32;
+
+/// Maximum length in bytes of one requested audience.
+const MAX_AUDIENCE_LEN: usize = 512;
+
+/// Maximum number of cached tokens; the cache is emptied when it is full, because every
+/// distinct audience list a caller sends would otherwise stay in memory until it expires.
+const MAX_CACHED_TOKENS: usize = 4096;
+
+/// Rejects a FetchJWTSVID request without an audience, or with more or longer audiences than
+/// a token should carry, before the caller is attested.
 pub(crate) fn check_fetch_request(request: &JwtsvidRequest) -> Result<(), Status> {
     if request.audience.is_empty() || request.audience.iter().any(String::is_empty) {
         return Err(Status::invalid_argument("audience must be specified"));
+    }
+    if request.audience.len() > MAX_AUDIENCES {
+        return Err(Status::invalid_argument(format!(
+            "{} audiences requested; at most {MAX_AUDIENCES} are allowed",
+            request.audience.len()
+        )));
+    }
+    if request.audience.iter().any(|a| a.len() > MAX_AUDIENCE_LEN) {
+        return Err(Status::invalid_argument(format!(
+            "an audience is longer than {MAX_AUDIENCE_LEN} bytes"
+        )));
     }
     Ok(())
 }
@@ -119,6 +141,9 @@ impl JwtSvids {
         let token = issued.token.clone();
         let mut tokens = self.lock();
         tokens.retain(|_, t| t.expires_at > now);
+        if tokens.len() >= MAX_CACHED_TOKENS {
+            tokens.clear();
+        }
         tokens.insert(key, issued);
         Ok(token)
     }
@@ -198,4 +223,30 @@ fn to_value(value: serde_json::Value) -> prost_types::Value {
         Value::Object(map) => Kind::StructValue(to_struct(map)),
     };
     prost_types::Value { kind: Some(kind) }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use super::*;
+
+    fn request(audience: Vec<String>) -> JwtsvidRequest {
+        JwtsvidRequest {
+            audience,
+            spiffe_id: String::new(),
+        }
+    }
+
+    #[test]
+    fn fetch_request_limits_audiences() {
+        let ok = request(vec!["a".repeat(MAX_AUDIENCE_LEN); MAX_AUDIENCES]);
+        assert!(check_fetch_request(&ok).is_ok());
+
+        let too_many = request(vec!["a".to_owned(); MAX_AUDIENCES + 1]);
+        let status = check_fetch_request(&too_many).expect_err("too many audiences");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+
+        let too_long = request(vec!["a".repeat(MAX_AUDIENCE_LEN + 1)]);
+        let status = check_fetch_request(&too_long).expect_err("audience too long");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    }
 }
