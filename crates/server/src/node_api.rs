@@ -62,7 +62,11 @@ pub(crate) async fn serve(
     let shutdown = shutdown.clone();
     tasks.spawn(
         async move {
+            // HTTP/2 pings close connections whose peer stopped answering, including TLS
+            // clients that never speak HTTP/2, so idle connections cannot pile up.
             let result = tonic::transport::Server::builder()
+                .http2_keepalive_interval(Some(Duration::from_secs(30)))
+                .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(service)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await;
