@@ -39,6 +39,16 @@ pub enum DatastoreError {
         #[source]
         source: std::io::Error,
     },
+    /// The SQLite file exists but cannot be opened as a database (corrupt, truncated or not
+    /// a database at all).
+    #[error("cannot open SQLite database {path}: {source}; restore it from a backup or move it away")]
+    Open {
+        /// The database file path.
+        path: std::path::PathBuf,
+        /// The driver's error.
+        #[source]
+        source: sqlx::Error,
+    },
     /// The configuration cannot be used, for example a non-UTF-8 path.
     #[error("invalid datastore configuration: {0}")]
     InvalidConfig(String),

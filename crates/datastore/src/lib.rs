@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
 use twid_spiffe::{SpiffeId, TrustDomain};
 
 pub use bundles::StoredBundle;
@@ -84,6 +84,21 @@ impl Datastore {
     pub async fn open_sqlite(path: &Path) -> Result<Self, DatastoreError> {
         let url = sqlite::prepare_file(path)?;
         sqlx::any::install_default_drivers();
+        // One direct connection first: a pool would retry a corrupt file until its acquire
+        // timeout and then report only "pool timed out", without the file or the cause.
+        let open_error = |source| DatastoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut probe = AnyConnection::connect(&url).await.map_err(open_error)?;
+        sqlite::configure_connection(&mut probe)
+            .await
+            .map_err(open_error)?;
+        sqlx::query("SELECT count(*) FROM sqlite_master")
+            .execute(&mut probe)
+            .await
+            .map_err(open_error)?;
+        probe.close().await.map_err(open_error)?;
         let pool = AnyPoolOptions::new()
             .max_connections(1)
             .after_connect(|conn, _| Box::pin(sqlite::configure_connection(conn)))

@@ -1304,3 +1304,19 @@ async fn sqlite_missing_directory_fails() {
         Ok(_) => panic!("opened a database in a missing directory"),
     }
 }
+
+#[tokio::test]
+async fn sqlite_corrupt_file_names_the_file() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let path = dir.path().join("twid.db");
+    std::fs::write(&path, vec![0x5a; 8192]).expect("write garbage");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    // Before the probe connection, the pool retried until its acquire timeout and reported
+    // a Backend error that named neither the file nor the cause.
+    match Datastore::open_sqlite(&path).await {
+        Err(DatastoreError::Open { path: reported, .. }) => assert_eq!(reported, path),
+        Err(other) => panic!("wrong error for a corrupt file: {other}"),
+        Ok(_) => panic!("opened a corrupt file as a database"),
+    }
+}
