@@ -2,7 +2,8 @@
 //!
 //! Each TLS handshake runs in its own task, so a client that stalls or fails its handshake
 //! delays no other client. Failed handshakes are logged at debug level and dropped, and the
-//! stream never ends on its own.
+//! stream never ends on its own. At most [`MAX_CONNECTIONS`] connections, handshaking or
+//! established, are open at once, because each takes a slot until it is dropped.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -18,11 +19,13 @@ use rustls::ServerConfig;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::Stream;
+use tokio_util::sync::PollSemaphore;
 use tonic::transport::server::Connected;
 use twid_spiffe::SpiffeId;
 
@@ -34,6 +37,13 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default number of handshakes that may run at once. Past it, no further TCP connection
 /// is accepted until one finishes, so pending clients wait in the listen backlog.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
+
+/// The default number of connections, handshaking or established, that may be open at once.
+/// Past it, no further TCP connection is accepted until one closes, so new clients wait in the
+/// listen backlog. This bounds the file descriptors and memory that clients without a
+/// certificate (allowed for agent attestation) can hold, because established connections
+/// have no idle timeout at this layer.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 /// The pause after an accept error other than a failed single connection, such as running out
 /// of file descriptors, so the listener is not retried in a busy loop.
@@ -63,6 +73,8 @@ impl TlsConnectInfo {
 pub struct TlsConnection {
     stream: TlsStream<TcpStream>,
     info: TlsConnectInfo,
+    /// The connection's [`MAX_CONNECTIONS`] slot, freed when the connection is dropped.
+    _slot: OwnedSemaphorePermit,
 }
 
 impl TlsConnection {
@@ -138,6 +150,12 @@ pub struct TlsIncoming {
     max_pending: usize,
     handshakes: JoinSet<Option<TlsConnection>>,
     accept_backoff: Option<Pin<Box<Sleep>>>,
+    max_connections: usize,
+    /// One permit per open connection; the permit moves into the handshake task and then
+    /// into the [`TlsConnection`].
+    connection_slots: PollSemaphore,
+    /// A slot taken for the next accepted connection.
+    next_slot: Option<OwnedSemaphorePermit>,
 }
 
 impl fmt::Debug for TlsIncoming {
@@ -147,13 +165,18 @@ impl fmt::Debug for TlsIncoming {
             .field("handshake_timeout", &self.handshake_timeout)
             .field("max_pending", &self.max_pending)
             .field("pending", &self.handshakes.len())
+            .field("max_connections", &self.max_connections)
+            .field(
+                "free_connection_slots",
+                &self.connection_slots.available_permits(),
+            )
             .finish_non_exhaustive()
     }
 }
 
 impl TlsIncoming {
     /// Wraps `listener`, running the server handshake with `config` on each connection, with
-    /// [`HANDSHAKE_TIMEOUT`] and [`MAX_PENDING_HANDSHAKES`].
+    /// [`HANDSHAKE_TIMEOUT`], [`MAX_PENDING_HANDSHAKES`] and [`MAX_CONNECTIONS`].
     pub fn new(listener: TcpListener, config: Arc<ServerConfig>) -> Self {
         Self {
             listener,
@@ -162,6 +185,9 @@ impl TlsIncoming {
             max_pending: MAX_PENDING_HANDSHAKES,
             handshakes: JoinSet::new(),
             accept_backoff: None,
+            max_connections: MAX_CONNECTIONS,
+            connection_slots: PollSemaphore::new(Arc::new(Semaphore::new(MAX_CONNECTIONS))),
+            next_slot: None,
         }
     }
 
@@ -179,6 +205,16 @@ impl TlsIncoming {
         self
     }
 
+    /// Sets how many connections, handshaking or established, may be open at once (at least
+    /// one). Call it before the stream is first polled.
+    #[must_use]
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.clamp(1, Semaphore::MAX_PERMITS);
+        self.connection_slots = PollSemaphore::new(Arc::new(Semaphore::new(self.max_connections)));
+        self.next_slot = None;
+        self
+    }
+
     /// Returns the address the listener is bound to.
     ///
     /// # Errors
@@ -188,8 +224,8 @@ impl TlsIncoming {
     }
 
     /// Accepts every TCP connection that is ready and starts its handshake. Returns with the
-    /// listener registered for wake-up, or with the backoff timer or the handshake limit
-    /// holding further accepts back.
+    /// listener registered for wake-up, or with the backoff timer, the handshake limit or the
+    /// connection limit holding further accepts back.
     fn accept_ready(&mut self, cx: &mut Context<'_>) {
         loop {
             if let Some(backoff) = self.accept_backoff.as_mut() {
@@ -202,13 +238,29 @@ impl TlsIncoming {
             if self.handshakes.len() >= self.max_pending {
                 return;
             }
+            // The semaphore wakes this stream when a connection closes and frees a slot.
+            let slot = match self.next_slot.take() {
+                Some(slot) => slot,
+                None => match self.connection_slots.poll_acquire(cx) {
+                    Poll::Ready(Some(slot)) => slot,
+                    // The semaphore is never closed.
+                    Poll::Ready(None) | Poll::Pending => return,
+                },
+            };
             match self.listener.poll_accept(cx) {
-                Poll::Pending => return,
-                Poll::Ready(Ok((tcp, remote_addr))) => self.start_handshake(tcp, remote_addr),
+                Poll::Pending => {
+                    self.next_slot = Some(slot);
+                    return;
+                }
+                Poll::Ready(Ok((tcp, remote_addr))) => {
+                    self.start_handshake(tcp, remote_addr, slot);
+                }
                 Poll::Ready(Err(error)) if is_connection_error(&error) => {
+                    self.next_slot = Some(slot);
                     tracing::debug!(%error, "failed to accept a TCP connection");
                 }
                 Poll::Ready(Err(error)) => {
+                    self.next_slot = Some(slot);
                     tracing::warn!(
                         %error,
                         backoff_ms = ACCEPT_ERROR_BACKOFF.as_millis(),
@@ -220,14 +272,19 @@ impl TlsIncoming {
         }
     }
 
-    fn start_handshake(&mut self, tcp: TcpStream, remote_addr: SocketAddr) {
+    fn start_handshake(
+        &mut self,
+        tcp: TcpStream,
+        remote_addr: SocketAddr,
+        slot: OwnedSemaphorePermit,
+    ) {
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%remote_addr, %error, "failed to set TCP_NODELAY");
         }
         let acceptor = self.acceptor.clone();
         let timeout = self.handshake_timeout;
         self.handshakes
-            .spawn(handshake(acceptor, tcp, remote_addr, timeout));
+            .spawn(handshake(acceptor, tcp, remote_addr, timeout, slot));
     }
 }
 
@@ -248,6 +305,7 @@ async fn handshake(
     tcp: TcpStream,
     remote_addr: SocketAddr,
     timeout: Duration,
+    slot: OwnedSemaphorePermit,
 ) -> Option<TlsConnection> {
     let stream = match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => stream,
@@ -279,7 +337,11 @@ async fn handshake(
         peer_spiffe_id = ?info.peer_spiffe_id().as_ref().map(SpiffeId::as_str),
         "TLS handshake completed"
     );
-    Some(TlsConnection { stream, info })
+    Some(TlsConnection {
+        stream,
+        info,
+        _slot: slot,
+    })
 }
 
 impl Stream for TlsIncoming {

@@ -20,7 +20,8 @@ mod verify;
 pub use client::{client_config, insecure_client_config};
 pub use connect::{CONNECT_TIMEOUT, connect_channel, connect_channel_lazy};
 pub use incoming::{
-    HANDSHAKE_TIMEOUT, MAX_PENDING_HANDSHAKES, TlsConnectInfo, TlsConnection, TlsIncoming,
+    HANDSHAKE_TIMEOUT, MAX_CONNECTIONS, MAX_PENDING_HANDSHAKES, TlsConnectInfo, TlsConnection,
+    TlsIncoming,
 };
 pub use server::{ClientAuth, server_config};
 pub use source::{SvidSource, TrustSource};

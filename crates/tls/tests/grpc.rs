@@ -349,3 +349,40 @@ async fn pending_handshake_limit_queues_clients() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn connection_limit_holds_back_new_clients() {
+    let a = TestCa::new("a.test");
+    let config = server_config(
+        a.server_svid().source(),
+        trust(&[&a]),
+        ClientAuth::Optional(Authorizer::Any),
+    )
+    .unwrap();
+    let server = serve(config, |incoming| incoming.with_max_connections(1)).await;
+
+    // A client without a certificate, as agents attest, keeps the only slot while open.
+    let anonymous = client_config(None, trust(&[&a]), Authorizer::Exact(a.id("/server"))).unwrap();
+    let first = channel(&server, anonymous).await.unwrap();
+    let seen = peer_seen(first.clone()).await.unwrap();
+    assert_eq!(seen.spiffe_id, "");
+
+    let config = client_for(&a, a.svid("/alice").source());
+    let blocked = tokio::time::timeout(
+        Duration::from_millis(500),
+        connect_channel("127.0.0.1", server.port(), config.clone()),
+    )
+    .await;
+    assert!(
+        blocked.is_err(),
+        "a second connection was served while the first held the only slot"
+    );
+
+    drop(first);
+    let second = tokio::time::timeout(STEP, channel(&server, config))
+        .await
+        .expect("the slot was not freed when the first client disconnected")
+        .unwrap();
+    let seen = peer_seen(second).await.unwrap();
+    assert_eq!(seen.spiffe_id, a.id("/alice").as_str());
+}

@@ -17,9 +17,13 @@ use loona_hpack::decoder::DecoderError;
 use crate::hpack::encode_field;
 
 /// Maximum size of a header block, received or re-encoded, in bytes.
-// Limit: gRPC clients send a few KiB of metadata, and h2's default maximum header list
-// size is 16 MiB; a block over 1 MiB closes the connection here.
-pub const MAX_HEADER_BLOCK_SIZE: usize = 1 << 20;
+///
+/// The rewriter buffers a whole block per connection, so this bounds the memory a local
+/// client can pin per connection. A larger block fails the connection with
+/// [`RewriteError::HeaderBlockTooLarge`].
+// Limit: gRPC clients send a few KiB of metadata and commonly cap it at 8 to 16 KiB, so a
+// legitimate client stays far below 64 KiB; h2's own 16 MiB header list limit never applies.
+pub const MAX_HEADER_BLOCK_SIZE: usize = 64 * 1024;
 
 /// Maximum dynamic table size a client may select with a table size update, in bytes.
 // Limit: h2 (as tonic configures it) never advertises SETTINGS_HEADER_TABLE_SIZE, so clients
@@ -155,6 +159,7 @@ pub struct FrameRewriter {
     payload: Vec<u8>,
     block: Option<OpenBlock>,
     decoder: Decoder<'static>,
+    header_block_seen: bool,
 }
 
 impl Default for FrameRewriter {
@@ -184,6 +189,7 @@ impl FrameRewriter {
             payload: Vec::new(),
             block: None,
             decoder,
+            header_block_seen: false,
         }
     }
 
@@ -239,6 +245,11 @@ impl FrameRewriter {
                 State::Forward { remaining }
             };
         }
+    }
+
+    /// Returns whether a complete header block has been rewritten.
+    pub(crate) fn header_block_seen(&self) -> bool {
+        self.header_block_seen
     }
 
     fn read_preface(
@@ -388,6 +399,7 @@ impl FrameRewriter {
         }
         tracing::trace!(stream_id, len = encoded.len(), "rewrote header block");
         write_header_frames(block, &encoded, out);
+        self.header_block_seen = true;
         Ok(())
     }
 }

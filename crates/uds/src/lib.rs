@@ -13,6 +13,12 @@
 //!   `tonic::transport::Server::serve_with_incoming`; handlers read the caller's
 //!   [`PeerCredentials`] from the request extensions as [`UdsConnectInfo`].
 //! - [`FrameRewriter`] is the pure byte-stream rewriter, also the fuzz target's entry point.
+//!
+//! Limits against local clients: [`bind`] and [`bind_private`] reject socket paths below a
+//! directory that another user could rename or replace, [`incoming`] keeps at most
+//! [`MAX_CONNECTIONS`] connections open, a header block may not exceed
+//! [`MAX_HEADER_BLOCK_SIZE`], and a connection without a complete request header block within
+//! [`FIRST_HEADERS_TIMEOUT`] is closed.
 
 #![forbid(unsafe_code)]
 
@@ -25,5 +31,7 @@ pub use frame::{
     FrameRewriter, MAX_DYNAMIC_TABLE_SIZE, MAX_HEADER_BLOCK_SIZE, REPLACEMENT_AUTHORITY,
     RewriteError,
 };
-pub use listener::{PeerCredentials, UdsConnectInfo, UdsConnection, bind, bind_private, incoming};
-pub use stream::AuthorityRepair;
+pub use listener::{
+    MAX_CONNECTIONS, PeerCredentials, UdsConnectInfo, UdsConnection, bind, bind_private, incoming,
+};
+pub use stream::{AuthorityRepair, FIRST_HEADERS_TIMEOUT};

@@ -4,17 +4,19 @@
 //! Every accepted connection is wrapped in [`AuthorityRepair`] and carries the kernel's view
 //! of the peer (SO_PEERCRED), read once at accept time.
 
-use std::fs::{self, DirBuilder, Permissions};
+use std::fs::{self, Permissions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::Stream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::Connected;
 
 use crate::stream::AuthorityRepair;
@@ -47,6 +49,8 @@ pub struct UdsConnectInfo {
 pub struct UdsConnection {
     io: AuthorityRepair<UnixStream>,
     info: UdsConnectInfo,
+    /// The [`MAX_CONNECTIONS`] slot of a connection from [`incoming`], freed on drop.
+    slot: Option<OwnedSemaphorePermit>,
 }
 
 impl UdsConnection {
@@ -65,6 +69,7 @@ impl UdsConnection {
         Ok(Self {
             io: AuthorityRepair::new(stream),
             info: UdsConnectInfo { peer },
+            slot: None,
         })
     }
 
@@ -122,35 +127,121 @@ impl AsyncWrite for UdsConnection {
     }
 }
 
+/// Maximum number of connections [`incoming`] keeps open at once.
+///
+/// Each accepted connection takes one slot until it is dropped. At the limit, [`incoming`]
+/// stops accepting, so further clients wait in the listen backlog (once it is full, `connect`
+/// blocks or fails with `EAGAIN`) instead of using up the process's file descriptors and memory.
+// Limit: the Workload API benchmark keeps 1,000 connections open at once, and 4096 leaves room
+// above that. At 64 KiB of buffered header block each, the rewriters then buffer at most
+// 256 MiB of header blocks in total.
+pub const MAX_CONNECTIONS: usize = 4096;
+
+/// Minimum time between two warnings about failing accepts.
+const ACCEPT_WARNING_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Accepts connections from `listener` for `Server::serve_with_incoming`.
 ///
-/// Failures that concern one connection (aborted before accept, peer credentials unreadable,
-/// out of file descriptors or memory) are logged at debug and skipped. Any other accept error
-/// is yielded, which makes tonic stop serving.
+/// At most [`MAX_CONNECTIONS`] accepted connections are open at once; accepting resumes when
+/// one is dropped. Failures that concern one connection (aborted before accept, peer
+/// credentials unreadable) are logged at debug and skipped. Running out of file descriptors or
+/// memory is logged at warn, at most once per second, and accepting pauses briefly. Any other
+/// accept error is yielded, which makes tonic stop serving.
 pub fn incoming(listener: UnixListener) -> impl Stream<Item = io::Result<UdsConnection>> {
-    futures::stream::unfold(listener, |listener| async move {
-        let item = accept_one(&listener).await;
-        Some((item, listener))
+    incoming_with_limit(listener, MAX_CONNECTIONS)
+}
+
+fn incoming_with_limit(
+    listener: UnixListener,
+    max_connections: usize,
+) -> impl Stream<Item = io::Result<UdsConnection>> {
+    let acceptor = Acceptor {
+        listener,
+        slots: Arc::new(Semaphore::new(max_connections)),
+        warnings: WarningLimiter::new(ACCEPT_WARNING_INTERVAL),
+    };
+    futures::stream::unfold(acceptor, |mut acceptor| async move {
+        let item = acceptor.accept_one().await;
+        Some((item, acceptor))
     })
 }
 
-async fn accept_one(listener: &UnixListener) -> io::Result<UdsConnection> {
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _addr)) => stream,
-            Err(err) if is_per_connection_error(&err) => {
-                tracing::debug!(error = %err, "accept failed, continuing");
-                if is_resource_exhaustion(&err) {
+struct Acceptor {
+    listener: UnixListener,
+    /// One permit per open connection, moved into the [`UdsConnection`].
+    slots: Arc<Semaphore>,
+    warnings: WarningLimiter,
+}
+
+impl Acceptor {
+    async fn accept_one(&mut self) -> io::Result<UdsConnection> {
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .map_err(|_closed| io::Error::other("connection limit semaphore closed"))?;
+        loop {
+            let stream = match self.listener.accept().await {
+                Ok((stream, _addr)) => stream,
+                Err(err) if is_resource_exhaustion(&err) => {
+                    if let Some(suppressed) = self.warnings.check(Instant::now()) {
+                        tracing::warn!(
+                            error = %err,
+                            suppressed,
+                            backoff_ms = RESOURCE_BACKOFF.as_millis(),
+                            "accept failed for lack of resources; retrying after a pause",
+                        );
+                    }
                     tokio::time::sleep(RESOURCE_BACKOFF).await;
+                    continue;
                 }
-                continue;
+                Err(err) if is_per_connection_error(&err) => {
+                    tracing::debug!(error = %err, "accept failed, continuing");
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            match UdsConnection::new(stream) {
+                Ok(mut connection) => {
+                    connection.slot = Some(slot);
+                    return Ok(connection);
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "reading peer credentials failed, dropping");
+                }
             }
-            Err(err) => return Err(err),
-        };
-        match UdsConnection::new(stream) {
-            Ok(connection) => return Ok(connection),
-            Err(err) => tracing::debug!(error = %err, "reading peer credentials failed, dropping"),
         }
+    }
+}
+
+/// Lets a repeated warning through at most once per interval and counts the ones held back.
+#[derive(Debug)]
+struct WarningLimiter {
+    interval: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarningLimiter {
+    fn new(interval: Duration) -> Self {
+        Self {
+            interval,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// Returns the number of warnings suppressed since the last one when a warning may be
+    /// logged at `now`, or `None` (and counts it) when it must be suppressed.
+    fn check(&mut self, now: Instant) -> Option<u64> {
+        let due = self
+            .last
+            .is_none_or(|last| now.saturating_duration_since(last) >= self.interval);
+        if !due {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -172,22 +263,50 @@ fn is_resource_exhaustion(err: &io::Error) -> bool {
 
 /// Binds a Unix socket at `path` and sets the socket file's mode to `mode`.
 ///
-/// Creates the parent directory (with the process umask) when it is missing, and removes a
-/// stale socket file left by a process that is gone. Must be called inside a Tokio runtime.
+/// Before binding, checks every directory from the socket's parent up to `/`, including the
+/// real paths of symbolic links on the way: each must belong to the effective user or root,
+/// and one that group or others can write to must have the sticky bit. Missing directories are
+/// created with mode 0755. A stale socket file left by a process that is gone is removed; a
+/// symbolic link at `path` itself is never followed. Must be called inside a Tokio runtime.
 ///
 /// # Errors
 ///
-/// Fails when `path` exists and is not a socket, when a process still accepts connections on
-/// it (`AddrInUse`), or when creating, binding or chmod fails; the message names the path.
+/// Fails with `PermissionDenied` naming the directory, its owner and mode when a directory
+/// above the socket fails the check. Fails when `path` exists and is not a socket, when a
+/// process still accepts connections on it (`AddrInUse`), or when creating, binding or chmod
+/// fails; the message names the path.
 pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    if let Some(parent) = parent_dir(path)
-        && !parent.exists()
-    {
-        DirBuilder::new()
-            .recursive(true)
-            .create(parent)
-            .map_err(|err| with_path("failed to create directory", parent, err))?;
+    let path =
+        std::path::absolute(path).map_err(|err| with_path("failed to resolve", path, err))?;
+    if let Some(parent) = parent_dir(&path) {
+        dirs::prepare_dir(parent, &path, dirs::SHARED_DIR_MODE)?;
     }
+    bind_socket(&path, mode)
+}
+
+/// Binds a Unix socket with mode 0600 in a directory that only its owner can enter.
+///
+/// The directories above the socket are checked as in [`bind`]. A missing parent directory,
+/// and any missing directory above it, is created with mode 0700. An existing parent must
+/// belong to the effective user, not be sticky (like `/tmp`) and give group and others no
+/// access; it is never chmodded.
+///
+/// # Errors
+///
+/// Fails as [`bind`] does, or with `PermissionDenied` when the parent directory belongs to
+/// another user, is sticky or is open to group or others.
+pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
+    let path =
+        std::path::absolute(path).map_err(|err| with_path("failed to resolve", path, err))?;
+    if let Some(parent) = parent_dir(&path) {
+        dirs::prepare_dir(parent, &path, dirs::PRIVATE_DIR_MODE)?;
+        dirs::ensure_private_dir(parent)?;
+    }
+    bind_socket(&path, 0o600)
+}
+
+/// Binds at `path`, whose directories are already checked, and sets the socket's mode.
+fn bind_socket(path: &Path, mode: u32) -> io::Result<UnixListener> {
     remove_stale_socket(path)?;
     let listener =
         UnixListener::bind(path).map_err(|err| with_path("failed to bind", path, err))?;
@@ -195,61 +314,6 @@ pub fn bind(path: &Path, mode: u32) -> io::Result<UnixListener> {
         .map_err(|err| with_path("failed to set the mode of", path, err))?;
     tracing::debug!(path = %path.display(), mode = format_args!("{mode:o}"), "bound unix socket");
     Ok(listener)
-}
-
-/// Binds a Unix socket with mode 0600 in a directory that only its owner can enter.
-///
-/// A missing parent directory is created with mode 0700. An existing one must belong to the
-/// effective user, not be sticky (like `/tmp`) and give group and others no access; it is
-/// never chmodded.
-///
-/// # Errors
-///
-/// Fails as [`bind`] does, or with `PermissionDenied` when the parent directory belongs to
-/// another user, is sticky or is open to group or others.
-pub fn bind_private(path: &Path) -> io::Result<UnixListener> {
-    if let Some(parent) = parent_dir(path) {
-        ensure_private_dir(parent)?;
-    }
-    bind(path, 0o600)
-}
-
-fn ensure_private_dir(dir: &Path) -> io::Result<()> {
-    let metadata = match fs::metadata(dir) {
-        Ok(metadata) => metadata,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => {
-            // Directories created on the way get 0700 too; they hold nothing else.
-            return DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(|err| with_path("failed to create directory", dir, err));
-        }
-        Err(err) => return Err(with_path("failed to read", dir, err)),
-    };
-    let euid = nix::unistd::geteuid().as_raw();
-    if metadata.uid() != euid || metadata.mode() & 0o1000 != 0 {
-        let message = format!(
-            "directory {} must belong to uid {euid} and not be shared (owner uid {}, mode {:o})",
-            dir.display(),
-            metadata.uid(),
-            metadata.mode() & 0o7777,
-        );
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, message));
-    }
-    // An existing directory is never chmodded: it may be a home directory or a checkout that
-    // holds other files, so widening or narrowing it is the operator's call.
-    if metadata.mode() & 0o077 != 0 {
-        let message = format!(
-            "directory {} is open to other users (mode {:o}); use a socket path in a directory \
-             only its owner can enter, for example {}",
-            dir.display(),
-            metadata.mode() & 0o7777,
-            dir.join("private/api.sock").display(),
-        );
-        return Err(io::Error::new(io::ErrorKind::PermissionDenied, message));
-    }
-    Ok(())
 }
 
 /// Removes a socket file that no process accepts connections on any more.
@@ -282,6 +346,8 @@ fn parent_dir(path: &Path) -> Option<&Path> {
 fn with_path(action: &str, path: &Path, err: io::Error) -> io::Error {
     io::Error::new(err.kind(), format!("{action} {}: {err}", path.display()))
 }
+
+mod dirs;
 
 #[cfg(test)]
 mod tests;

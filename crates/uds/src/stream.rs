@@ -1,15 +1,28 @@
 //! [`AuthorityRepair`]: an I/O wrapper that runs the client's bytes through [`FrameRewriter`].
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 use crate::frame::FrameRewriter;
 
 /// Size of the scratch buffer for bytes that go through the rewriter.
 const SCRATCH_SIZE: usize = 16 * 1024;
+
+/// Time a client has, from the moment its connection is wrapped, to send the complete header
+/// block of its first request.
+///
+/// Past it, reads fail with [`io::ErrorKind::TimedOut`] and the HTTP/2 server closes the
+/// connection, so a client that opens connections and sends nothing, or only the preface and
+/// control frames, cannot hold them open.
+// Limit: a client that connects ahead of its first call and stays silent for 10 s loses the
+// connection too; gRPC clients reconnect on their next call.
+pub const FIRST_HEADERS_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server-side connection whose client-to-server HTTP/2 stream gets `:authority: localhost`.
 ///
@@ -17,6 +30,8 @@ const SCRATCH_SIZE: usize = 16 * 1024;
 /// header blocks are read straight into the caller's buffer, and header blocks are re-encoded.
 /// Writes (server to client) go to the inner stream unchanged. After a rewrite error every
 /// read fails with [`io::ErrorKind::InvalidData`], so the HTTP/2 server closes the connection.
+/// Without a complete header block within [`FIRST_HEADERS_TIMEOUT`] of [`new`](Self::new),
+/// every read fails with [`io::ErrorKind::TimedOut`] instead.
 #[derive(Debug)]
 pub struct AuthorityRepair<S> {
     inner: S,
@@ -25,12 +40,20 @@ pub struct AuthorityRepair<S> {
     /// Rewritten bytes not yet returned to the reader, from `pending_pos` on.
     pending: Vec<u8>,
     pending_pos: usize,
-    failure: Option<String>,
+    failure: Option<(io::ErrorKind, String)>,
+    /// When the first header block is due; `None` once it arrived.
+    first_headers_deadline: Option<Instant>,
+    /// Timer for `first_headers_deadline`, created on the first read, inside the runtime.
+    first_headers_timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S> AuthorityRepair<S> {
     /// Wraps the server side of a freshly accepted connection.
     pub fn new(inner: S) -> Self {
+        Self::with_first_headers_timeout(inner, FIRST_HEADERS_TIMEOUT)
+    }
+
+    pub(crate) fn with_first_headers_timeout(inner: S, timeout: Duration) -> Self {
         Self {
             inner,
             rewriter: FrameRewriter::new(),
@@ -38,6 +61,8 @@ impl<S> AuthorityRepair<S> {
             pending: Vec::new(),
             pending_pos: 0,
             failure: None,
+            first_headers_deadline: Some(Instant::now() + timeout),
+            first_headers_timer: None,
         }
     }
 
@@ -63,8 +88,33 @@ impl<S> AuthorityRepair<S> {
     }
 
     fn failed(&self) -> io::Error {
-        let message = self.failure.clone().unwrap_or_default();
-        io::Error::new(io::ErrorKind::InvalidData, message)
+        match &self.failure {
+            Some((kind, message)) => io::Error::new(*kind, message.clone()),
+            None => io::Error::from(io::ErrorKind::InvalidData),
+        }
+    }
+
+    /// Fails the connection once the first header block is overdue. While it is outstanding,
+    /// registers `cx` with the timer, so an idle connection is woken to fail.
+    fn check_first_headers(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        let Some(deadline) = self.first_headers_deadline else {
+            return Ok(());
+        };
+        if self.rewriter.header_block_seen() {
+            self.first_headers_deadline = None;
+            self.first_headers_timer = None;
+            return Ok(());
+        }
+        let timer = self
+            .first_headers_timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_pending() {
+            return Ok(());
+        }
+        let message = "timed out waiting for the first HTTP/2 request header block";
+        tracing::debug!("closing HTTP/2 connection: {message}");
+        self.failure = Some((io::ErrorKind::TimedOut, message.to_owned()));
+        Err(self.failed())
     }
 }
 
@@ -97,7 +147,7 @@ impl<S: AsyncRead + Unpin> AuthorityRepair<S> {
         }
         if let Err(err) = self.rewriter.push(input, &mut self.pending) {
             tracing::debug!(error = %err, "closing HTTP/2 connection after rewrite error");
-            self.failure = Some(err.to_string());
+            self.failure = Some((io::ErrorKind::InvalidData, err.to_string()));
             return Poll::Ready(Err(self.failed()));
         }
         Poll::Ready(Ok(true))
@@ -114,6 +164,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for AuthorityRepair<S> {
         if this.failure.is_some() {
             return Poll::Ready(Err(this.failed()));
         }
+        this.check_first_headers(cx)?;
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -246,6 +297,84 @@ mod tests {
             .await
             .expect_err("must keep failing");
         assert_eq!(again.kind(), io::ErrorKind::InvalidData);
+    }
+
+    fn request_headers(stream_id: u8) -> Vec<u8> {
+        let block = [0x83, 0x86, 0x84, 0x41, 1, b'a'];
+        let len = u8::try_from(block.len()).expect("small block");
+        let mut frame = vec![0, 0, len, 0x1, 0x4, 0, 0, 0, stream_id];
+        frame.extend_from_slice(&block);
+        frame
+    }
+
+    #[tokio::test]
+    async fn silent_client_times_out() {
+        let (mut client, server) = duplex(1024);
+        // Preface and a SETTINGS frame, but never a request.
+        let mut input = PREFACE.to_vec();
+        input.extend([0, 0, 0, 0x4, 0, 0, 0, 0, 0]);
+        client.write_all(&input).await.expect("write");
+
+        let timeout = Duration::from_millis(200);
+        let mut repaired = AuthorityRepair::with_first_headers_timeout(server, timeout);
+        let started = std::time::Instant::now();
+        let mut output = Vec::new();
+        let err = tokio::time::timeout(Duration::from_secs(5), repaired.read_to_end(&mut output))
+            .await
+            .expect("the read must fail before the test's own timeout")
+            .expect_err("must time out");
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= timeout);
+        assert_eq!(output, input, "bytes before the deadline still pass");
+        let again = repaired
+            .read(&mut [0; 8])
+            .await
+            .expect_err("must keep failing");
+        assert_eq!(again.kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn client_with_request_outlives_timeout() {
+        let (mut client, server) = duplex(1024);
+        let mut first = PREFACE.to_vec();
+        first.extend(request_headers(1));
+        client.write_all(&first).await.expect("write");
+
+        let timeout = Duration::from_millis(100);
+        let mut repaired = AuthorityRepair::with_first_headers_timeout(server, timeout);
+        let mut expected = Vec::new();
+        FrameRewriter::new()
+            .push(&first, &mut expected)
+            .expect("valid request");
+        let mut output = vec![0; expected.len()];
+        repaired.read_exact(&mut output).await.expect("read");
+        assert_eq!(output, expected);
+
+        tokio::time::sleep(timeout * 3).await;
+        let later = data_frame(b"late");
+        client.write_all(&later).await.expect("write");
+        let mut received = vec![0; later.len()];
+        repaired
+            .read_exact(&mut received)
+            .await
+            .expect("a connection past its first request must not time out");
+        assert_eq!(received, later);
+    }
+
+    #[tokio::test]
+    async fn default_first_headers_timeout_is_armed() {
+        let (_client, server) = duplex(64);
+        let mut repaired = AuthorityRepair::new(server);
+        let mut buf = [0; 8];
+        let pending = tokio::time::timeout(Duration::from_millis(50), repaired.read(&mut buf));
+        assert!(
+            pending.await.is_err(),
+            "a silent client is not cut off early"
+        );
+        let deadline = repaired.first_headers_deadline.expect("deadline armed");
+        let remaining = deadline - Instant::now();
+        assert!(remaining > FIRST_HEADERS_TIMEOUT - Duration::from_secs(1));
+        assert!(remaining <= FIRST_HEADERS_TIMEOUT);
     }
 
     #[tokio::test]

@@ -310,6 +310,52 @@ fn rejects_block_that_expands_past_limit() {
     );
 }
 
+/// Builds a request whose header block carries `value_len` bytes of metadata, in HEADERS
+/// plus CONTINUATION frames of at most `MAX_OUTPUT_PAYLOAD` bytes each.
+fn request_with_metadata(value_len: usize) -> (Vec<u8>, usize) {
+    let mut fields = request_fields("%2Fa");
+    fields.push((b"x-large".to_vec(), vec![b'z'; value_len]));
+    let block = encode(&mut Encoder::new(), &fields);
+    let chunks: Vec<&[u8]> = block.chunks(MAX_OUTPUT_PAYLOAD).collect();
+    let last = chunks.len() - 1;
+    let frames: Vec<Vec<u8>> = chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let frame_type = if i == 0 {
+                TYPE_HEADERS
+            } else {
+                TYPE_CONTINUATION
+            };
+            let flags = if i == last { FLAG_END_HEADERS } else { 0 };
+            frame(frame_type, flags, 3, chunk)
+        })
+        .collect();
+    (with_preface(&frames), block.len())
+}
+
+#[test]
+fn rejects_block_over_64_kib() {
+    let (input, block_len) = request_with_metadata(70_000);
+    assert!(block_len > 64 * 1024);
+    assert!(block_len < 1 << 20);
+    let err = rewrite(&input).expect_err("must reject");
+    assert!(
+        matches!(err, RewriteError::HeaderBlockTooLarge { stream_id: 3 }),
+        "{err}"
+    );
+}
+
+#[test]
+fn accepts_block_just_under_64_kib() {
+    let (input, block_len) = request_with_metadata(60_000);
+    assert!(block_len <= MAX_HEADER_BLOCK_SIZE);
+    let frames = parse_frames(&rewrite(&input).expect("rewrite must succeed"));
+    let joined: Vec<u8> = frames.iter().flat_map(|f| f.payload.clone()).collect();
+    let decoded = Decoder::new().decode(&joined).expect("must decode");
+    assert_eq!(authority_of(&decoded), b"localhost");
+}
+
 #[test]
 fn splits_large_block_into_continuations() {
     let value = vec![b'z'; 40_000];
