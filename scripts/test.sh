@@ -48,8 +48,22 @@ setup_postgres() {
     -o "-c listen_addresses=127.0.0.1 -c port=5432 -k /tmp" -w start >/dev/null
 }
 
+# nginx is the unmodified TLS server that the twid helper test feeds with SVID files. The test
+# starts its own nginx on 127.0.0.1 with its own configuration; on a host with systemd the
+# package also starts the distribution's nginx service, which the test does not use.
+setup_nginx() {
+  if [ -x /usr/sbin/nginx ]; then
+    return
+  fi
+  log "installing nginx for the helper test"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }; then
+    log "could not install nginx (this needs root); the nginx test will skip"
+  fi
+}
+
 setup_python
 setup_postgres
+setup_nginx
 log "building"
 cargo build --workspace --all-targets --locked
 log "running tests"

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use twid_attestation::workload::WorkloadAttestor;
@@ -17,7 +18,7 @@ use crate::cache::Cache;
 use crate::node::NodeJwtIssuer;
 use crate::settings::AgentSettings;
 use crate::sync::RetryState;
-use crate::workload_api::WorkloadApi;
+use crate::workload_api::{SecretDiscovery, WorkloadApi};
 use crate::{AgentError, listener, startup};
 
 /// How long [`AgentHandle::shutdown`] waits for each task before aborting it.
@@ -216,6 +217,13 @@ impl Agent {
             tasks.push(tokio::spawn(run));
         }
 
+        let sds = SecretDiscovery::new(
+            cache.clone(),
+            Arc::clone(&attestor),
+            settings.sds.clone(),
+            settings.first_sync_timeout,
+        )
+        .with_shutdown(shutdown_rx.clone());
         let api = WorkloadApi::new(
             cache.clone(),
             attestor,
@@ -223,7 +231,7 @@ impl Agent {
             settings.first_sync_timeout,
         )
         .with_shutdown(shutdown_rx.clone());
-        tasks.push(tokio::spawn(serve(api, incoming, shutdown_rx)));
+        tasks.push(tokio::spawn(serve(api, sds, incoming, shutdown_rx)));
         tracing::info!(
             agent_id = %agent_id,
             socket = %settings.socket_path.display(),
@@ -244,13 +252,16 @@ impl Agent {
     }
 }
 
+/// Serves the Workload API and SDS on one socket; gRPC routes by service name.
 async fn serve(
     api: WorkloadApi,
+    sds: SecretDiscovery,
     incoming: listener::Incoming,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let result = tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(api))
+        .add_service(SecretDiscoveryServiceServer::new(sds))
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })

@@ -51,6 +51,7 @@ pub(crate) struct AgentSettings {
     pub(crate) health: Option<HealthListener>,
     pub(crate) prometheus: Option<SocketAddr>,
     pub(crate) unix_attestor: UnixAttestorOptions,
+    pub(crate) sds: twid_config::SdsConfig,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -70,6 +71,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("health", &self.health)
             .field("prometheus", &self.prometheus)
             .field("unix_attestor", &self.unix_attestor)
+            .field("sds", &self.sds)
             .finish()
     }
 }
@@ -119,6 +121,7 @@ impl AgentSettings {
                 discover_workload_path: config.unix_attestor.discover_workload_path,
                 workload_size_limit: config.unix_attestor.workload_size_limit,
             },
+            sds: config.sds,
         };
         settings.validate()?;
         Ok(settings)
@@ -176,6 +179,7 @@ pub(crate) mod tests {
             health: None,
             prometheus: None,
             unix_attestor: UnixAttestorOptions::default(),
+            sds: twid_config::SdsConfig::default(),
         }
     }
 

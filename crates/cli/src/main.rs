@@ -15,7 +15,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{agents, api, aws, bundle, dev, entry, healthcheck, oidc_provider, run, token};
+use commands::{
+    agents, api, aws, bundle, dev, entry, healthcheck, helper, oidc_provider, run, token,
+};
 
 /// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
 #[derive(Debug, Parser)]
@@ -54,6 +56,8 @@ enum Command {
     Healthcheck(healthcheck::HealthcheckArgs),
     /// Serve OIDC discovery and the trust domain's JWT keys from a server or agent socket.
     OidcProvider(oidc_provider::OidcProviderArgs),
+    /// Keep a workload's SVID, key and bundle in files and signal the program that reads them.
+    Helper(helper::HelperArgs),
 }
 
 fn main() -> ExitCode {
@@ -110,5 +114,6 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Aws(command) => aws::run(command).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::OidcProvider(args) => oidc_provider::run(args).await,
+        Command::Helper(args) => helper::run(args).await,
     }
 }

@@ -28,6 +28,7 @@ const SPIRE_FLAGS: &[(&str, &str)] = &[
     ("svid", "svid"),
     ("format", "format"),
     ("shallow", "shallow"),
+    ("daemon-mode", "daemon-mode"),
 ];
 
 /// Rewrites every known SPIRE-style flag in `args` to its twid spelling; other arguments pass

@@ -56,6 +56,34 @@ pub struct AgentConfig {
     pub unix_attestor: UnixAttestorConfig,
     /// How often the agent fetches its entries from the server. Default 5s.
     pub sync_interval: Duration,
+    /// The `sds` block: resource names and bundle format of the Envoy SDS service.
+    pub sds: SdsConfig,
+}
+
+/// Settings of the Envoy SDS v3 service on the Workload API socket, with the key names and
+/// defaults of SPIRE's agent `sds` block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdsConfig {
+    /// Resource name of the caller's first X.509-SVID. Default `default`.
+    pub default_svid_name: String,
+    /// Resource name of the local trust domain's bundle. Default `ROOTCA`.
+    pub default_bundle_name: String,
+    /// Resource name of all bundles, federated ones included. Default `ALL`.
+    pub default_all_bundles_name: String,
+    /// Send bundles as `trusted_ca` instead of Envoy's SPIFFE certificate validator
+    /// configuration. Default false.
+    pub disable_spiffe_cert_validation: bool,
+}
+
+impl Default for SdsConfig {
+    fn default() -> Self {
+        Self {
+            default_svid_name: "default".to_owned(),
+            default_bundle_name: "ROOTCA".to_owned(),
+            default_all_bundles_name: "ALL".to_owned(),
+            disable_spiffe_cert_validation: false,
+        }
+    }
 }
 
 /// Settings of the unix workload attestor, with SPIRE's meanings.
@@ -122,6 +150,7 @@ const AGENT_KEYS: &[&str] = &[
     "log_level",
     "log_format",
     "experimental",
+    "sds",
 ];
 
 const FILE: Schema = Schema {
@@ -156,7 +185,6 @@ const AGENT: Schema = Schema {
         ("profiling_port", ""),
         ("profiling_freq", ""),
         ("profiling_names", ""),
-        ("sds", ""),
         ("workload_x509_svid_key_type", ""),
         ("x509_svid_cache_max_size", ""),
         ("jwt_svid_cache_max_size", ""),
@@ -186,6 +214,17 @@ const PLUGIN_TYPES: Schema = Schema {
         "DataStore",
         "the datastore is a server plugin; move this block to the server configuration",
     )],
+    nested: None,
+};
+
+const SDS: Schema = Schema {
+    keys: &[
+        "default_svid_name",
+        "default_bundle_name",
+        "default_all_bundles_name",
+        "disable_spiffe_cert_validation",
+    ],
+    hints: &[],
     nested: None,
 };
 
@@ -281,6 +320,7 @@ impl AgentConfig {
             telemetry: common::telemetry(&root)?,
             unix_attestor,
             sync_interval: sync_interval(&agent)?,
+            sds: sds(&agent)?,
         })
     }
 
@@ -310,6 +350,7 @@ impl AgentConfig {
             telemetry: Telemetry::default(),
             unix_attestor: UnixAttestorConfig::default(),
             sync_interval: DEFAULT_SYNC_INTERVAL,
+            sds: SdsConfig::default(),
         }
     }
 }
@@ -366,6 +407,42 @@ fn sync_interval(agent: &Section<'_>) -> Result<Duration, ConfigError> {
     Ok(experimental
         .optional("sync_interval", values::positive_duration)?
         .unwrap_or(DEFAULT_SYNC_INTERVAL))
+}
+
+/// Reads the optional `sds` block. The three names must differ, because each selects a
+/// different kind of resource.
+fn sds(agent: &Section<'_>) -> Result<SdsConfig, ConfigError> {
+    let mut config = SdsConfig::default();
+    let Some(block) = agent.section("sds")? else {
+        return Ok(config);
+    };
+    block.check_keys(&SDS)?;
+    if let Some(name) = block.optional("default_svid_name", values::non_empty_string)? {
+        config.default_svid_name = name;
+    }
+    if let Some(name) = block.optional("default_bundle_name", values::non_empty_string)? {
+        config.default_bundle_name = name;
+    }
+    if let Some(name) = block.optional("default_all_bundles_name", values::non_empty_string)? {
+        config.default_all_bundles_name = name;
+    }
+    if let Some(disable) = block.optional("disable_spiffe_cert_validation", values::boolean)? {
+        config.disable_spiffe_cert_validation = disable;
+    }
+    let names = [
+        ("default_svid_name", &config.default_svid_name),
+        ("default_bundle_name", &config.default_bundle_name),
+        ("default_all_bundles_name", &config.default_all_bundles_name),
+    ];
+    for (index, (key, name)) in names.iter().enumerate() {
+        if let Some((other, _)) = names[..index].iter().find(|(_, earlier)| earlier == name) {
+            return Err(block.invalid_value(
+                key,
+                format!("{name:?} is also the value of {other}; give each SDS name its own value"),
+            ));
+        }
+    }
+    Ok(config)
 }
 
 /// Validates the agent's plugin blocks and returns the unix attestor settings.
@@ -460,6 +537,7 @@ impl fmt::Debug for AgentConfig {
             .field("telemetry", &self.telemetry)
             .field("unix_attestor", &self.unix_attestor)
             .field("sync_interval", &self.sync_interval)
+            .field("sds", &self.sds)
             .finish()
     }
 }

@@ -1,4 +1,4 @@
-//! Configuration files of the twid server and agent.
+//! Configuration files of the twid server and agent, and of `twid helper`.
 //!
 //! The files are HCL and use SPIRE's key names and block layout wherever the setting means the
 //! same, so a SPIRE operator can read them and many SPIRE files load unchanged. Anything twid
@@ -6,7 +6,8 @@
 //! rather than silently ignored. Every error names the file and line, and usually the key and
 //! value: `server.conf:3: bind_port = "abc": invalid port, expected an integer 1-65535`.
 //!
-//! `docs/configuration.md` lists every key with its default.
+//! `docs/configuration.md` lists every server and agent key with its default, and
+//! `docs/helper.md` every helper key (spiffe-helper's names).
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ mod document;
 mod duration;
 mod env;
 mod error;
+mod helper;
 mod issuers;
 mod plugins;
 mod server;
@@ -23,10 +25,11 @@ mod values;
 
 use std::path::Path;
 
-pub use agent::{AgentConfig, TrustBundleFormat, UnixAttestorConfig};
+pub use agent::{AgentConfig, SdsConfig, TrustBundleFormat, UnixAttestorConfig};
 pub use common::{HealthChecks, LogFormat, LogLevel, ParseValueError, Prometheus, Telemetry};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
+pub use helper::{HelperConfig, HelperFileFormat, JwtSvidFile};
 pub use issuers::{JwtIssuerConfig, OidcDiscoveryConfig};
 pub use server::{CaSubject, KeyManager, KeyType, ServerConfig};
 

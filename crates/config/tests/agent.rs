@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use twid_config::{
-    AgentConfig, HealthChecks, LogFormat, LogLevel, TrustBundleFormat, UnixAttestorConfig,
+    AgentConfig, HealthChecks, LogFormat, LogLevel, SdsConfig, TrustBundleFormat,
+    UnixAttestorConfig,
 };
 use twid_spiffe::TrustDomain;
 
@@ -390,4 +391,49 @@ fn load_sets_source() {
     let config = AgentConfig::load(&path).unwrap();
     assert_eq!(config.source.as_deref(), Some(path.as_path()));
     assert_eq!(config.server_port, 8081);
+}
+
+fn with_sds(block: &str) -> String {
+    MINIMAL.replace(
+        "    insecure_bootstrap = true\n",
+        &format!("    insecure_bootstrap = true\n    sds {{\n{block}\n    }}\n"),
+    )
+}
+
+#[test]
+fn sds_block_defaults_match_spire() {
+    let config = parse(MINIMAL);
+    assert_eq!(config.sds, SdsConfig::default());
+    assert_eq!(config.sds.default_svid_name, "default");
+    assert_eq!(config.sds.default_bundle_name, "ROOTCA");
+    assert_eq!(config.sds.default_all_bundles_name, "ALL");
+    assert!(!config.sds.disable_spiffe_cert_validation);
+}
+
+#[test]
+fn sds_block_sets_every_key() {
+    let config = parse(&with_sds(
+        r#"        default_svid_name = "svid"
+        default_bundle_name = "bundle"
+        default_all_bundles_name = "bundles"
+        disable_spiffe_cert_validation = true"#,
+    ));
+    assert_eq!(config.sds.default_svid_name, "svid");
+    assert_eq!(config.sds.default_bundle_name, "bundle");
+    assert_eq!(config.sds.default_all_bundles_name, "bundles");
+    assert!(config.sds.disable_spiffe_cert_validation);
+}
+
+#[test]
+fn sds_block_rejects_bad_values() {
+    let duplicate = parse_error(&with_sds(r#"        default_all_bundles_name = "ROOTCA""#));
+    assert!(
+        duplicate.contains("default_all_bundles_name"),
+        "{duplicate}"
+    );
+    assert!(duplicate.contains("default_bundle_name"), "{duplicate}");
+    let empty = parse_error(&with_sds(r#"        default_svid_name = """#));
+    assert!(empty.contains("default_svid_name"), "{empty}");
+    let unknown = parse_error(&with_sds(r#"        svid_name = "x""#));
+    assert!(unknown.contains("svid_name"), "{unknown}");
 }

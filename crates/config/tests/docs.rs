@@ -141,6 +141,11 @@ fn key_tables_cover_every_key() {
         "discover_workload_path",
         "workload_size_limit",
         "directory",
+        "sds",
+        "default_svid_name",
+        "default_bundle_name",
+        "default_all_bundles_name",
+        "disable_spiffe_cert_validation",
         // shared
         "listener_enabled",
         "live_path",

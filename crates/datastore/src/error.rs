@@ -41,7 +41,9 @@ pub enum DatastoreError {
     },
     /// The SQLite file exists but cannot be opened as a database (corrupt, truncated or not
     /// a database at all).
-    #[error("cannot open SQLite database {path}: {source}; restore it from a backup or move it away")]
+    #[error(
+        "cannot open SQLite database {path}: {source}; restore it from a backup or move it away"
+    )]
     Open {
         /// The database file path.
         path: std::path::PathBuf,

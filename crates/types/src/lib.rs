@@ -10,5 +10,7 @@ mod selector;
 
 pub use agent::AttestedAgent;
 pub use authorize::{agent_id_for_join_token, authorized_entries, server_id};
-pub use entry::{EntryError, MAX_HINT_LEN, MAX_LIST_LEN, MAX_SELECTOR_LEN, NewEntry, RegistrationEntry};
+pub use entry::{
+    EntryError, MAX_HINT_LEN, MAX_LIST_LEN, MAX_SELECTOR_LEN, NewEntry, RegistrationEntry,
+};
 pub use selector::{Selector, SelectorError, selectors_match};

@@ -11,6 +11,7 @@
 mod caller;
 mod jwt;
 mod responses;
+mod sds;
 #[cfg(test)]
 mod tests;
 
@@ -33,6 +34,7 @@ use crate::cache::{Cache, Snapshot};
 use caller::Identity;
 pub(crate) use jwt::{IssuedJwt, JwtIssuer};
 use responses::X509View;
+pub(crate) use sds::SecretDiscovery;
 
 /// The Workload API service state shared by all connections.
 pub(crate) struct WorkloadApi {
@@ -76,20 +78,13 @@ impl WorkloadApi {
 
     /// Attests the caller and waits for the first sync.
     async fn caller<T>(&self, request: &Request<T>) -> Result<Caller, Status> {
-        let peer = caller::peer_credentials(request)?;
-        let identity = caller::attest(&self.attestor, peer).await?;
-        let mut updates = self.cache.subscribe();
-        let wait = updates.wait_for(|snapshot| snapshot.generation > 0);
-        match tokio::time::timeout(self.first_sync_timeout, wait).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) | Err(_) => {
-                return Err(Status::unavailable(
-                    "the agent has not synced with its server yet; retry later",
-                ));
-            }
-        }
-        updates.mark_changed();
-        Ok(Caller { identity, updates })
+        attested_caller(
+            &self.cache,
+            &self.attestor,
+            self.first_sync_timeout,
+            request,
+        )
+        .await
     }
 
     /// Opens a stream after checking that the caller has at least one identity now, so the
@@ -132,6 +127,30 @@ impl WorkloadApi {
         let snapshot = caller.updates.borrow().clone();
         jwt::validate(&snapshot, &caller.identity, request.get_ref())
     }
+}
+
+/// Attests the caller of `request` and waits up to `first_sync_timeout` for the first sync,
+/// so every caller sees a synced cache; Unavailable after the timeout.
+async fn attested_caller<T>(
+    cache: &Cache,
+    attestor: &Arc<dyn WorkloadAttestor>,
+    first_sync_timeout: Duration,
+    request: &Request<T>,
+) -> Result<Caller, Status> {
+    let peer = caller::peer_credentials(request)?;
+    let identity = caller::attest(attestor, peer).await?;
+    let mut updates = cache.subscribe();
+    let wait = updates.wait_for(|snapshot| snapshot.generation > 0);
+    match tokio::time::timeout(first_sync_timeout, wait).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => {
+            return Err(Status::unavailable(
+                "the agent has not synced with its server yet; retry later",
+            ));
+        }
+    }
+    updates.mark_changed();
+    Ok(Caller { identity, updates })
 }
 
 /// Builds the PermissionDenied status for a caller that matches no entry.

@@ -134,7 +134,7 @@ async fn fetch_x509(args: FetchX509Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn to_pem(label: &str, der: &[u8]) -> String {
+pub(crate) fn to_pem(label: &str, der: &[u8]) -> String {
     use base64::Engine as _;
     let body = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = format!("-----BEGIN {label}-----\n");

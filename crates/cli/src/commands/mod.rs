@@ -7,6 +7,7 @@ pub(crate) mod bundle;
 pub(crate) mod dev;
 pub(crate) mod entry;
 pub(crate) mod healthcheck;
+pub(crate) mod helper;
 pub(crate) mod oidc_provider;
 pub(crate) mod run;
 pub(crate) mod token;

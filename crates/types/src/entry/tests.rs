@@ -203,8 +203,16 @@ fn rejects_reserved_spiffe_ids() {
 #[test]
 fn rejects_oversized_lists_and_selectors() {
     let mut entry = valid();
-    entry.selectors = (0..=MAX_LIST_LEN).map(|i| sel(&format!("unix:uid:{i}"))).collect();
-    assert!(matches!(error_of(&entry), EntryError::TooMany { field: "selectors", .. }));
+    entry.selectors = (0..=MAX_LIST_LEN)
+        .map(|i| sel(&format!("unix:uid:{i}")))
+        .collect();
+    assert!(matches!(
+        error_of(&entry),
+        EntryError::TooMany {
+            field: "selectors",
+            ..
+        }
+    ));
 
     let mut entry = valid();
     entry.selectors = vec![sel(&format!("unix:{}", "x".repeat(MAX_SELECTOR_LEN)))];
@@ -212,9 +220,21 @@ fn rejects_oversized_lists_and_selectors() {
 
     let mut entry = valid();
     entry.selectors = vec![sel(&format!("unix:{}", "x".repeat(MAX_SELECTOR_LEN - 5)))];
-    assert_eq!(entry.validate(&td()), Ok(()), "a selector of exactly the limit is valid");
+    assert_eq!(
+        entry.validate(&td()),
+        Ok(()),
+        "a selector of exactly the limit is valid"
+    );
 
     let mut entry = valid();
-    entry.dns_names = (0..=MAX_LIST_LEN).map(|i| format!("h{i}.example.org")).collect();
-    assert!(matches!(error_of(&entry), EntryError::TooMany { field: "dns names", .. }));
+    entry.dns_names = (0..=MAX_LIST_LEN)
+        .map(|i| format!("h{i}.example.org"))
+        .collect();
+    assert!(matches!(
+        error_of(&entry),
+        EntryError::TooMany {
+            field: "dns names",
+            ..
+        }
+    ));
 }
