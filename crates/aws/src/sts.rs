@@ -86,7 +86,7 @@ pub enum StsError {
         status: u16,
         /// The request ID, or `unknown`.
         request_id: String,
-        /// What is wrong with it.
+        /// Description of the problem.
         reason: String,
     },
 }

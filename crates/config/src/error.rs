@@ -50,7 +50,7 @@ pub enum ConfigError {
         file: String,
         /// One-based line of the reference.
         line: usize,
-        /// What is wrong with the reference.
+        /// Description of the problem with the reference.
         reason: String,
     },
 
@@ -65,7 +65,7 @@ pub enum ConfigError {
         key: String,
         /// The value as written in the file, or `<redacted>` for secrets.
         value: String,
-        /// What is wrong and what is expected.
+        /// Description of the problem and of the expected value.
         reason: String,
     },
 
@@ -137,7 +137,7 @@ pub enum ConfigError {
         plugin_type: String,
         /// The plugin name, such as `k8s_psat`.
         name: String,
-        /// Which plugins of this type twid supports.
+        /// Plugins of this type that twid supports.
         reason: String,
     },
 
@@ -148,7 +148,7 @@ pub enum ConfigError {
         file: String,
         /// One-based line of the block or key concerned.
         line: usize,
-        /// What is wrong and how to fix it.
+        /// Description of the problem and of the fix.
         message: String,
     },
 
@@ -157,7 +157,7 @@ pub enum ConfigError {
     InvalidDuration {
         /// The text as given.
         input: String,
-        /// What is wrong and what is expected.
+        /// Description of the problem and of the expected value.
         reason: String,
     },
 
@@ -166,7 +166,7 @@ pub enum ConfigError {
     InvalidAddress {
         /// The address as given.
         address: String,
-        /// What is wrong and what is expected.
+        /// Description of the problem and of the expected value.
         reason: String,
     },
 }

@@ -395,7 +395,7 @@ impl Notifier {
     /// already in place and the next update tries again.
     ///
     /// NOTE: a signal that reaches `cmd` before it has installed its handler gets the default
-    /// action, which for SIGHUP ends the process; it is then started again on the next update.
+    /// action, which for SIGHUP ends the process. It is then started again on the next update.
     fn after_update(&mut self) {
         if self.command.is_some() {
             let running_pid = self.running_child_pid();

@@ -31,7 +31,7 @@ pub(crate) fn certificate_public_key(cert: &CertificateDer<'_>) -> Option<Public
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum X509SvidError {
-    /// The chain input holds no certificate.
+    /// The chain input contains no certificate.
     #[error("no certificates found")]
     NoCertificates,
     /// The concatenated DER cannot be split.
@@ -45,7 +45,7 @@ pub enum X509SvidError {
     MalformedCertificate {
         /// Position in the chain, 0 being the leaf.
         index: usize,
-        /// What the parser reported.
+        /// Message from the parser.
         reason: String,
     },
     /// The key input holds no PKCS#8 `PRIVATE KEY` block.
@@ -120,10 +120,10 @@ pub enum X509SvidError {
     /// The private key does not belong to the leaf public key.
     #[error("private key does not match the leaf certificate public key")]
     KeyMismatch,
-    /// The set holds no bundle for the SVID's trust domain.
+    /// The set contains no bundle for the SVID's trust domain.
     #[error("no bundle for trust domain {0}")]
     NoBundle(TrustDomain),
-    /// The trust domain's bundle holds no CA certificate to anchor a chain.
+    /// The trust domain's bundle contains no CA certificate to anchor a chain.
     #[error("bundle for trust domain {0} has no CA certificate")]
     NoAuthorities(TrustDomain),
     /// A certificate in the chain has expired at the validation time.

@@ -6,7 +6,7 @@
 //! the response never depends on when Envoy connected. StreamSecrets follows the xDS
 //! state-of-the-world protocol: every response carries a version and a nonce. A request that
 //! repeats the last nonce with the same resource names is an ACK and gets nothing. A request
-//! with `error_detail` is a NACK, logged at warn and not answered, and a request with a stale
+//! with `error_detail` is a NACK, logged at warn and given no response, and a request with a stale
 //! nonce is ignored. After every cache change each stream gets a new response if, and only
 //! if, the resources it requested changed. Calls are counted in the Workload API call metrics
 //! with the methods `StreamSecrets` and `FetchSecrets`.
@@ -119,7 +119,7 @@ impl StreamState {
     }
 }
 
-/// What a stream does with one incoming request.
+/// Action a stream takes on one incoming request.
 #[derive(Debug, PartialEq, Eq)]
 enum Incoming {
     /// Build and send the requested resources.
