@@ -86,7 +86,7 @@ pub(crate) async fn run(args: HelperArgs) -> anyhow::Result<()> {
 
 /// Writes every file once and returns; `cmd` and the signal are not used.
 async fn write_once(config: &HelperConfig, socket: &Path, timeout: Duration) -> anyhow::Result<()> {
-    let fetch = async {
+    let attempt = || async {
         let mut workload = client::workload(socket).await?;
         let response = open_x509_stream(&mut workload)
             .await?
@@ -98,9 +98,24 @@ async fn write_once(config: &HelperConfig, socket: &Path, timeout: Duration) -> 
         write_jwt_files(config, &mut workload, &spiffe_id).await?;
         anyhow::Ok(())
     };
-    tokio::time::timeout(timeout, fetch)
-        .await
-        .with_context(|| format!("no SVID received within {timeout:?}"))?
+    // An init container often starts before the agent's socket exists or before its entry
+    // reaches the agent (the next sync), so failures are retried until the timeout.
+    let deadline = Instant::now() + timeout;
+    let mut delay = Duration::from_millis(250);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let error = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => anyhow::anyhow!("no SVID received within {timeout:?}"),
+        };
+        if Instant::now() + delay >= deadline {
+            return Err(error.context(format!("no SVID written within {timeout:?}")));
+        }
+        tracing::info!(error = %output::error_chain(&error), retry_in = ?delay, "no SVID yet; retrying");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
 }
 
 async fn open_x509_stream(

@@ -310,6 +310,40 @@ fn helper_daemon_mode_false_writes_once() {
 }
 
 #[test]
+fn helper_daemon_mode_false_waits_for_socket() {
+    let deployment = Deployment::start("");
+    let cert_dir = deployment.cert_dir();
+    let work = deployment.dir.path();
+    // The socket path appears only after the helper started, as in an init container that
+    // races the agent.
+    let late_socket = work.join("late.sock");
+    let config = write_file(
+        work,
+        "late.conf",
+        &format!(
+            "agent_address = \"{socket}\"\ncert_dir = \"{certs}\"\ndaemon_mode = false\n",
+            socket = late_socket.display(),
+            certs = cert_dir.display(),
+        ),
+    );
+    let child = twid()
+        .args(["helper", "--config", &config, "--timeout", "30s"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    std::os::unix::fs::symlink(&deployment.agent.socket, &late_socket).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "helper did not wait for the socket: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    read_checked_svid(&cert_dir);
+}
+
+#[test]
 fn helper_writes_der_files() {
     let deployment = Deployment::start("");
     let cert_dir = deployment.cert_dir();
