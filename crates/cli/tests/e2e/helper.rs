@@ -328,8 +328,8 @@ fn helper_daemon_mode_false_waits_for_socket() {
     );
     let child = twid()
         .args(["helper", "--config", &config, "--timeout", "30s"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(1));
