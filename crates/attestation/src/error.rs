@@ -55,7 +55,7 @@ pub enum AttestationError {
         pid: i32,
         /// The file that could not be parsed.
         path: PathBuf,
-        /// What is wrong with its content.
+        /// Description of the problem with its content.
         reason: String,
     },
     /// The process start time changed while the attestor read it, so the pid now belongs to

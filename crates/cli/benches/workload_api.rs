@@ -200,8 +200,8 @@ fn rss_kib(pid: u32) -> anyhow::Result<u32> {
     Ok(kib)
 }
 
-/// Each open stream keeps a socket open in this process, so 1,000 streams need more than the usual
-/// soft limit of 1,024 descriptors.
+/// Raises the open-file limit to the hard limit, because each open stream keeps a socket open
+/// in this process and 1,000 streams need more than the usual soft limit of 1,024.
 fn raise_open_file_limit() -> anyhow::Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;

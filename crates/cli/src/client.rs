@@ -30,7 +30,7 @@ pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
         }
     });
     // A socket the caller may not open fails with EACCES, which needs a different fix than a
-    // socket nobody listens on, so the hint depends on the error.
+    // socket without a listener, so the hint depends on the error.
     let hint = match std::fs::metadata(path) {
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
             "permission denied on the socket or its directory; run as the owner or as root"

@@ -146,7 +146,7 @@ impl Default for CaSubject {
     }
 }
 
-/// Where the server keeps its CA and JWT signing keys.
+/// Storage for the server's CA and JWT signing keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeyManager {
     /// Private key files in `keys_path`, which survive restarts.

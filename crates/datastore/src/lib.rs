@@ -43,7 +43,7 @@ pub enum DatabaseType {
     Postgres,
 }
 
-/// Where the datastore lives.
+/// Location and kind of the datastore.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct DatastoreConfig {
     /// The backend.
@@ -167,8 +167,9 @@ fn from_json<T: serde::de::DeserializeOwned>(
     column: &str,
     text: &str,
 ) -> Result<T, DatastoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| DatastoreError::Corrupt(format!("{column} holds invalid JSON {text:?}: {e}")))
+    serde_json::from_str(text).map_err(|e| {
+        DatastoreError::Corrupt(format!("{column} contains invalid JSON {text:?}: {e}"))
+    })
 }
 
 /// Reads a flag column, which is BOOLEAN on PostgreSQL and INTEGER 0/1 on SQLite.

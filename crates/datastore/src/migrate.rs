@@ -23,7 +23,7 @@ const MIGRATIONS: &[Migration] = &[Migration {
     postgres: include_str!("../migrations/postgres/0001_init.sql"),
 }];
 
-/// Returns the newest schema version this binary knows.
+/// Returns the newest schema version this binary supports.
 pub(crate) fn latest_version() -> i64 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-/// Why the discovery listener could not start.
+/// Failure to start the discovery listener.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
     /// The issuer is not a URL the endpoint can publish.
@@ -11,7 +11,7 @@ pub enum OidcError {
     InvalidIssuer {
         /// The configured issuer.
         issuer: String,
-        /// What is wrong with it.
+        /// Description of the problem.
         reason: String,
     },
     /// The key source signs for another issuer than the configured one.

@@ -406,7 +406,7 @@ pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerErro
         .map_err(|source| ServerError::io(dir, source))?;
     let metadata = std::fs::metadata(dir).map_err(|source| ServerError::io(dir, source))?;
     let mode = metadata.mode() & 0o7777;
-    // Whoever can write here can swap the CA keys or the datastore, so only the server's own
+    // Any user who can write here can swap the CA keys or the datastore, so only the server's own
     // user may. An existing directory's mode is otherwise left alone; files in it are 0600.
     let euid = nix::unistd::geteuid().as_raw();
     if metadata.uid() != euid {

@@ -62,7 +62,7 @@ pub(crate) async fn serve(
     let shutdown = shutdown.clone();
     tasks.spawn(
         async move {
-            // HTTP/2 pings close connections whose peer stopped answering, including TLS
+            // HTTP/2 pings close connections whose peer stopped responding, including TLS
             // clients that never speak HTTP/2, so idle connections cannot pile up.
             let result = tonic::transport::Server::builder()
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))

@@ -37,7 +37,7 @@ pub enum SpiffeBundleError {
     MalformedX509Authority {
         /// Position in `keys`.
         index: usize,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
     /// A `jwt-svid` element is rejected.

@@ -32,7 +32,7 @@ pub enum EndpointError {
     InvalidTcpAddress(String),
 }
 
-/// Where the Workload API listens.
+/// Address the Workload API listens on.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum EndpointAddress {
     /// A Unix domain socket path (absolute).

@@ -145,7 +145,7 @@ impl PublicKeyInfo {
 
     /// Derives the public key of an unencrypted PKCS#8 private key.
     ///
-    /// Returns `None` when the DER is malformed or holds a key type other than EC
+    /// Returns `None` when the DER is malformed or contains a key type other than EC
     /// P-256/P-384/P-521 or RSA.
     pub(crate) fn from_pkcs8(der: &[u8]) -> Option<Self> {
         let curves = [

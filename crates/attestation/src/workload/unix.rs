@@ -355,7 +355,7 @@ mod tests {
         let cached = attestor.sha256_of_executable(1, path.clone(), 0).unwrap();
         assert_eq!(cached, first);
 
-        // Same length, rewritten in place: the ctime changes, so the cache must not answer.
+        // Same length, rewritten in place: the ctime changes, so the cache must not be used.
         std::thread::sleep(std::time::Duration::from_millis(20));
         std::fs::write(&path, b"other contents").unwrap();
         let second = attestor.sha256_of_executable(1, path.clone(), 0).unwrap();

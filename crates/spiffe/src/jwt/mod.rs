@@ -102,7 +102,7 @@ pub enum JwtError {
     InvalidJson {
         /// `header` or `claims`.
         segment: &'static str,
-        /// What the JSON parser reported.
+        /// Message from the JSON parser.
         reason: String,
     },
     /// `alg` is missing.
@@ -194,7 +194,7 @@ pub enum JwtError {
     MalformedJwk {
         /// The key's `kid`, empty if absent.
         key_id: String,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
     /// A JWK has a key type other than EC or RSA.

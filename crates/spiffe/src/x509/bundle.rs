@@ -32,7 +32,7 @@ pub enum X509BundleError {
     MalformedCertificate {
         /// Position in the input.
         index: usize,
-        /// What the parser reported.
+        /// Message from the parser.
         reason: String,
     },
 }
@@ -129,7 +129,7 @@ impl X509Bundle {
         }
     }
 
-    /// Returns whether the bundle holds a byte-identical certificate.
+    /// Returns whether the bundle contains a byte-identical certificate.
     pub fn contains(&self, cert: &CertificateDer<'_>) -> bool {
         self.authorities.iter().any(|a| a.as_ref() == cert.as_ref())
     }

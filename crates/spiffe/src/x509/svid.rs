@@ -171,7 +171,7 @@ pub fn concat_der(certs: &[CertificateDer<'_>]) -> Vec<u8> {
         .collect()
 }
 
-/// What [`check_chain`] learns from a valid chain.
+/// Facts [`check_chain`] extracts from a valid chain.
 pub(super) struct CheckedChain {
     pub(super) spiffe_id: SpiffeId,
     pub(super) not_after: SystemTime,
