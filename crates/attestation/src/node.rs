@@ -1,3 +1,4 @@
 //! Node attestation.
 
+pub mod evidence;
 pub mod join_token;

@@ -12,6 +12,7 @@
 pub mod binding;
 pub mod claims;
 pub mod dcap;
+pub mod envelope;
 mod error;
 pub mod ias;
 pub mod nitro;
@@ -21,5 +22,6 @@ pub mod snp;
 pub mod tpm;
 
 pub use claims::{Claims, Kind, TcbStatus, Verified};
+pub use envelope::Envelope;
 pub use error::{Reason, VerifyError};
 pub use roots::TrustAnchors;

@@ -1,0 +1,1 @@
+//! Placeholder; replaced by the dcap test evidence generator.

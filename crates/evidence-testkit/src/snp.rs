@@ -1,0 +1,1 @@
+//! Placeholder; replaced by the snp test evidence generator.
