@@ -14,6 +14,7 @@ mod bundles;
 mod ca_state;
 mod entries;
 mod error;
+mod issuance_log;
 mod join_tokens;
 mod migrate;
 mod sqlite;
@@ -29,6 +30,9 @@ use twid_spiffe::{SpiffeId, TrustDomain};
 pub use bundles::StoredBundle;
 pub use entries::EntryFilter;
 pub use error::DatastoreError;
+pub use issuance_log::{
+    IssuanceLogAppend, IssuanceLogCheckpoint, IssuanceLogHead, IssuanceLogRecord,
+};
 pub use join_tokens::JoinToken;
 
 /// The SQL backend.

@@ -17,11 +17,18 @@ struct Migration {
 }
 
 /// Every migration, in ascending version order. Append only: a shipped migration never changes.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
-    postgres: include_str!("../migrations/postgres/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sqlite: include_str!("../migrations/sqlite/0001_init.sql"),
+        postgres: include_str!("../migrations/postgres/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        sqlite: include_str!("../migrations/sqlite/0002_issuance_log.sql"),
+        postgres: include_str!("../migrations/postgres/0002_issuance_log.sql"),
+    },
+];
 
 /// Returns the newest schema version this binary supports.
 pub(crate) fn latest_version() -> i64 {

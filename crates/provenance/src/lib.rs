@@ -1,0 +1,279 @@
+//! A tamper-evident log of every credential the server issues and every request it rejects,
+//! stored in the server's datastore (SQLite or PostgreSQL).
+//!
+//! Each record is chained to the one before it by a SHA-256 hash, so editing, deleting,
+//! reordering or inserting a record breaks the chain at that point, and
+//! [`IssuanceLog::verify`] reports where and how. A database administrator can still rewrite
+//! the whole chain from some point on and recompute every hash. Checkpoints catch that: every
+//! [`LogOptions::checkpoint_every`] records, and on [`IssuanceLog::checkpoint`], the log signs
+//! a record's `(seq, hash)` with a key the database does not hold.
+//!
+//! # Record hash
+//!
+//! The record at position `seq` (0, 1, 2, ...) stores `prev_hash`, the hash of the record at
+//! `seq - 1` (32 zero bytes for seq 0), and
+//!
+//! ```text
+//! hash = SHA-256( "twid-provenance issuance-log record v1" || 0x00
+//!                 || seq as u64 big-endian
+//!                 || prev_hash (32 bytes)
+//!                 || record encoding )
+//! ```
+//!
+//! The record encoding concatenates these fields in this order. A string or byte string is
+//! its length as u64 big-endian followed by its bytes (strings in UTF-8). An optional field
+//! is the byte `0x00` when absent, or `0x01` followed by the value. So every field has one
+//! encoding, and no two records share an encoding.
+//!
+//! 1. kind, a string: `x509`, `jwt`, `wit` or `refusal`
+//! 2. serial, optional string: the X.509 serial number in lowercase hex
+//! 3. jti, optional string
+//! 4. SPIFFE ID, optional string
+//! 5. registration entry ID, optional string
+//! 6. agent SPIFFE ID, optional string
+//! 7. selectors: their count as u64 big-endian, then for each the type and the value as
+//!    strings
+//! 8. key fingerprint, optional byte string: SHA-256 of the subject public key's
+//!    SubjectPublicKeyInfo DER
+//! 9. evidence digest, optional byte string: SHA-256 of the attestation evidence
+//! 10. attestation result, optional string: canonical JSON with object keys sorted by their
+//!     UTF-8 bytes and no whitespace. The hash covers the stored text, so a verifier hashes
+//!     it as stored and never re-serializes it.
+//! 11. policy version, optional string
+//! 12. refusal reason, optional string
+//! 13. time: milliseconds since the unix epoch as i64 big-endian (two's complement)
+//!
+//! [`record_hash`] computes this hash from a stored row.
+//!
+//! # Checkpoints
+//!
+//! A checkpoint signs
+//! `"twid-provenance issuance-log checkpoint v1" || 0x00 || seq as u64 big-endian || hash`
+//! with Ed25519 or with ECDSA P-256 and SHA-256 (an ASN.1 DER signature). A checkpoint due
+//! every [`LogOptions::checkpoint_every`] records is written in the same transaction as its
+//! record, by whichever process appends that record, if that process has a signing key.
+//!
+//! Limits: a chain and its checkpoints cannot reveal that records were removed from the end
+//! if the administrator also removes the checkpoints past the new end and rewinds the head
+//! row. Comparing a checkpoint kept outside the database with the stored record (see
+//! [`IssuanceLog::list`]) closes that gap. Without the public key, [`IssuanceLog::verify`]
+//! compares checkpoint hashes but not signatures, so a checkpoint row rewritten to match a
+//! rewritten chain passes.
+//!
+//! # Concurrency
+//!
+//! One chain spans every server replica that shares a PostgreSQL database: each append
+//! transaction locks the head row with `SELECT ... FOR UPDATE`, so appends from several
+//! processes take turns. SQLite has one writer at a time. Within a process, an appender task
+//! batches concurrent [`IssuanceLog::append`] calls into one transaction (group commit).
+
+#![forbid(unsafe_code)]
+
+mod appender;
+mod checkpoint;
+mod encoding;
+mod error;
+mod record;
+mod verify;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use tokio::sync::{mpsc, oneshot};
+use twid_datastore::Datastore;
+
+pub use checkpoint::{Checkpoint, CheckpointAlgorithm, PublicKey, SigningKey};
+pub use encoding::{GENESIS_HASH, record_hash};
+pub use error::LogError;
+pub use record::{NewRecord, Record, RecordKind, RecordPosition, evidence_digest, key_fingerprint};
+pub use verify::{Alteration, AlterationKind, VerifyReport};
+
+use crate::appender::{Appender, MAX_BATCH, Pending};
+use crate::record::{from_row, normalize_serial, to_row};
+
+/// Records that may wait for the appender before [`IssuanceLog::append`] waits for room.
+const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
+
+/// Settings for [`IssuanceLog::new`].
+#[derive(Debug)]
+pub struct LogOptions {
+    /// Sign a checkpoint for every record whose `seq + 1` is a multiple of this. 0 turns
+    /// periodic checkpoints off. Ignored without a signing key.
+    pub checkpoint_every: u64,
+    /// The checkpoint signing key, or `None` to write no checkpoints.
+    pub signing_key: Option<SigningKey>,
+}
+
+impl Default for LogOptions {
+    /// Checkpoints every 1000 records, with no signing key.
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 1000,
+            signing_key: None,
+        }
+    }
+}
+
+/// The issuance log. Clones share one appender task, which stops when the last clone is
+/// dropped and the queue is empty.
+#[derive(Debug, Clone)]
+pub struct IssuanceLog {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: Datastore,
+    signing_key: Option<Arc<SigningKey>>,
+    queue: mpsc::Sender<Pending>,
+}
+
+impl IssuanceLog {
+    /// Opens the log stored in `store` and starts its appender task.
+    ///
+    /// # Panics
+    /// Panics when called outside a Tokio runtime.
+    pub fn new(store: Datastore, options: LogOptions) -> Self {
+        let signing_key = options.signing_key.map(Arc::new);
+        let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
+        let appender = Appender {
+            store: store.clone(),
+            signing_key: signing_key.clone(),
+            checkpoint_every: options.checkpoint_every,
+        };
+        tokio::spawn(appender.run(receiver));
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                signing_key,
+                queue,
+            }),
+        }
+    }
+
+    /// Appends `record` and returns its position once the transaction that stores it has
+    /// committed. Concurrent calls share one transaction.
+    ///
+    /// If the returned future is dropped after the record was queued, the record may still
+    /// be stored.
+    ///
+    /// # Errors
+    /// Returns [`LogError::InvalidRecord`] if the record breaks a rule of [`NewRecord`], or
+    /// the datastore failure, in which case the record was not stored unless the connection
+    /// broke during the commit.
+    pub async fn append(&self, record: NewRecord) -> Result<RecordPosition, LogError> {
+        let row = to_row(record)?;
+        let (reply, outcome) = oneshot::channel();
+        self.inner
+            .queue
+            .send(Pending { row, reply })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        outcome.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Signs the newest record's `(seq, hash)` now and returns the checkpoint, or `None` for
+    /// an empty log. If that record already has a checkpoint, returns the stored one.
+    ///
+    /// # Errors
+    /// Returns [`LogError::NoSigningKey`] without a signing key, or the datastore failure.
+    pub async fn checkpoint(&self) -> Result<Option<Checkpoint>, LogError> {
+        let key = self
+            .inner
+            .signing_key
+            .as_ref()
+            .ok_or(LogError::NoSigningKey)?;
+        let store = &self.inner.store;
+        let head = store.issuance_log_head().await?;
+        if head.next_seq <= 0 {
+            return Ok(None);
+        }
+
+        let seq = head.next_seq - 1;
+        let corrupt = |reason: &str| LogError::Corrupt {
+            seq,
+            reason: format!("the issuance_log_head row {reason}"),
+        };
+        let hash = record::hash_array(&head.head_hash)
+            .ok_or_else(|| corrupt("has a hash that is not 32 bytes"))?;
+        let unsigned_seq = u64::try_from(seq).map_err(|_| corrupt("has a negative seq"))?;
+        let signed = key.sign(unsigned_seq, &hash, SystemTime::now())?;
+
+        if store.insert_issuance_log_checkpoint(&signed).await? {
+            tracing::info!(seq, "issuance log checkpoint signed on request");
+            return Checkpoint::from_stored(signed).map(Some);
+        }
+        // A checkpoint for this seq exists already, made periodically or by another request.
+        let stored = store.issuance_log_checkpoints(seq, 1).await?;
+        match stored.into_iter().find(|checkpoint| checkpoint.seq == seq) {
+            Some(existing) => Checkpoint::from_stored(existing).map(Some),
+            None => Err(LogError::Corrupt {
+                seq,
+                reason: "the checkpoint table rejected a checkpoint for this seq but returns none"
+                    .into(),
+            }),
+        }
+    }
+
+    /// Returns the newest record with this X.509 serial number (hex, any case), or `None`.
+    ///
+    /// # Errors
+    /// Returns [`LogError::InvalidRecord`] for a serial that is not hex, the datastore
+    /// failure, or [`LogError::Corrupt`].
+    pub async fn find_by_serial(&self, serial: &str) -> Result<Option<Record>, LogError> {
+        let serial = normalize_serial(serial)?;
+        let row = self
+            .inner
+            .store
+            .find_issuance_log_by_serial(&serial)
+            .await?;
+        row.map(from_row).transpose()
+    }
+
+    /// Returns the newest record with this JWT ID, or `None`.
+    ///
+    /// # Errors
+    /// Returns the datastore failure or [`LogError::Corrupt`].
+    pub async fn find_by_jti(&self, jti: &str) -> Result<Option<Record>, LogError> {
+        let row = self.inner.store.find_issuance_log_by_jti(jti).await?;
+        row.map(from_row).transpose()
+    }
+
+    /// Returns up to `limit` records from `from_seq` on, in seq order. The records are read
+    /// as stored and not verified.
+    ///
+    /// # Errors
+    /// Returns the datastore failure or [`LogError::Corrupt`].
+    pub async fn list(&self, from_seq: u64, limit: u32) -> Result<Vec<Record>, LogError> {
+        let Ok(from_seq) = i64::try_from(from_seq) else {
+            return Ok(Vec::new());
+        };
+        let rows = self
+            .inner
+            .store
+            .issuance_log_records(from_seq, limit)
+            .await?;
+        rows.into_iter().map(from_row).collect()
+    }
+
+    /// Reads the whole log in seq order, page by page, and checks every record's hash and
+    /// link, every checkpoint's hash, and with `checkpoint_key` every checkpoint's signature.
+    /// Returns the first alteration, or the number of intact records.
+    ///
+    /// Appends may continue meanwhile: the records up to the head read at the start are
+    /// verified.
+    ///
+    /// NOTE: every checkpoint is checked against the one `checkpoint_key`, so after a change
+    /// of signing key the checkpoints signed with the earlier key fail as
+    /// [`AlterationKind::BadCheckpointSignature`].
+    ///
+    /// # Errors
+    /// Returns the datastore failure. Tampering is reported in the [`VerifyReport`], not as an
+    /// error.
+    pub async fn verify(
+        &self,
+        checkpoint_key: Option<&PublicKey>,
+    ) -> Result<VerifyReport, LogError> {
+        verify::verify(&self.inner.store, checkpoint_key).await
+    }
+}

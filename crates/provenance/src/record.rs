@@ -1,0 +1,408 @@
+//! Log records: what callers append and what they read back, and the conversion to and from
+//! stored rows.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::Value;
+use twid_datastore::IssuanceLogRecord;
+use twid_spiffe::SpiffeId;
+use twid_types::Selector;
+
+use crate::encoding::{canonical_json, sha256};
+use crate::error::LogError;
+
+/// The event a record documents.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordKind {
+    /// An X.509-SVID was issued.
+    X509,
+    /// A JWT-SVID was issued.
+    Jwt,
+    /// A workload identity token (WIT) was issued.
+    Wit,
+    /// A credential request was rejected.
+    Refusal,
+}
+
+impl RecordKind {
+    /// Returns the stored name: `x509`, `jwt`, `wit` or `refusal`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::X509 => "x509",
+            Self::Jwt => "jwt",
+            Self::Wit => "wit",
+            Self::Refusal => "refusal",
+        }
+    }
+}
+
+impl fmt::Display for RecordKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for RecordKind {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "x509" => Ok(Self::X509),
+            "jwt" => Ok(Self::Jwt),
+            "wit" => Ok(Self::Wit),
+            "refusal" => Ok(Self::Refusal),
+            other => Err(format!(
+                "unknown record kind {other:?}; expected x509, jwt, wit or refusal"
+            )),
+        }
+    }
+}
+
+/// The contents of one issuance or rejection.
+///
+/// [`IssuanceLog::append`](crate::IssuanceLog::append) enforces: an [`X509`](RecordKind::X509)
+/// record has a `serial`, a [`Jwt`](RecordKind::Jwt) or [`Wit`](RecordKind::Wit) record has a
+/// `jti`, a [`Refusal`](RecordKind::Refusal) record has a `refusal_reason` and no other kind
+/// has one, and a serial contains only hex digits. Text fields are stored as given, except the
+/// serial, which is stored in lowercase.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    /// The event the record documents.
+    pub kind: RecordKind,
+    /// The X.509 serial number in hex, without separators.
+    pub serial: Option<String>,
+    /// The `jti` claim of a JWT-SVID or WIT.
+    pub jti: Option<String>,
+    /// The SPIFFE ID issued, or requested in a rejected request.
+    pub spiffe_id: Option<SpiffeId>,
+    /// The registration entry ID.
+    pub entry_id: Option<String>,
+    /// The SPIFFE ID of the agent that requested the credential.
+    pub agent_id: Option<SpiffeId>,
+    /// The selectors that matched the entry, in the order given.
+    pub selectors: Vec<Selector>,
+    /// SHA-256 of the subject public key's SubjectPublicKeyInfo DER, see [`key_fingerprint`].
+    pub key_fingerprint: Option<[u8; 32]>,
+    /// SHA-256 of the attestation evidence, see [`evidence_digest`].
+    pub evidence_digest: Option<[u8; 32]>,
+    /// The attestation result. It is stored as canonical JSON, so object keys come back
+    /// sorted.
+    pub attestation_result: Option<Value>,
+    /// The version of the policy that allowed or rejected the request.
+    pub policy_version: Option<String>,
+    /// The reason the request was rejected.
+    pub refusal_reason: Option<String>,
+    /// When the credential was issued or the request rejected. Stored to the millisecond.
+    pub time: SystemTime,
+}
+
+impl NewRecord {
+    /// Builds a record of `kind` at the current time with every optional field empty.
+    pub fn new(kind: RecordKind) -> Self {
+        Self {
+            kind,
+            serial: None,
+            jti: None,
+            spiffe_id: None,
+            entry_id: None,
+            agent_id: None,
+            selectors: Vec::new(),
+            key_fingerprint: None,
+            evidence_digest: None,
+            attestation_result: None,
+            policy_version: None,
+            refusal_reason: None,
+            time: SystemTime::now(),
+        }
+    }
+
+    /// Builds an X.509-SVID issuance record at the current time.
+    pub fn x509(serial_hex: impl Into<String>, spiffe_id: SpiffeId) -> Self {
+        Self {
+            serial: Some(serial_hex.into()),
+            spiffe_id: Some(spiffe_id),
+            ..Self::new(RecordKind::X509)
+        }
+    }
+
+    /// Builds a JWT-SVID issuance record at the current time.
+    pub fn jwt(jti: impl Into<String>, spiffe_id: SpiffeId) -> Self {
+        Self {
+            jti: Some(jti.into()),
+            spiffe_id: Some(spiffe_id),
+            ..Self::new(RecordKind::Jwt)
+        }
+    }
+
+    /// Builds a WIT issuance record at the current time.
+    pub fn wit(jti: impl Into<String>, spiffe_id: SpiffeId) -> Self {
+        Self {
+            jti: Some(jti.into()),
+            spiffe_id: Some(spiffe_id),
+            ..Self::new(RecordKind::Wit)
+        }
+    }
+
+    /// Builds a rejection record at the current time.
+    pub fn refusal(reason: impl Into<String>) -> Self {
+        Self {
+            refusal_reason: Some(reason.into()),
+            ..Self::new(RecordKind::Refusal)
+        }
+    }
+}
+
+/// The position of an appended record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RecordPosition {
+    /// The record's seq: 0 for the first record, then consecutive.
+    pub seq: u64,
+    /// The record's chain hash.
+    pub hash: [u8; 32],
+}
+
+/// A stored record with its chain position.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// The record's seq.
+    pub seq: u64,
+    /// The hash of the record before it, or 32 zero bytes for seq 0.
+    pub prev_hash: [u8; 32],
+    /// The record's chain hash.
+    pub hash: [u8; 32],
+    /// The contents as appended, with the serial in lowercase, object keys of the attestation
+    /// result sorted and the time cut to milliseconds.
+    pub content: NewRecord,
+}
+
+/// Returns the key fingerprint the log stores: the SHA-256 of a SubjectPublicKeyInfo DER.
+pub fn key_fingerprint(spki_der: &[u8]) -> [u8; 32] {
+    sha256(spki_der)
+}
+
+/// Returns the evidence digest the log stores: the SHA-256 of the evidence bytes.
+pub fn evidence_digest(evidence: &[u8]) -> [u8; 32] {
+    sha256(evidence)
+}
+
+/// Returns `serial` in lowercase after checking that it is non-empty hex.
+pub(crate) fn normalize_serial(serial: &str) -> Result<String, LogError> {
+    if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(LogError::InvalidRecord(format!(
+            "serial {serial:?} is not a hex number; pass the certificate serial as hex digits \
+             without separators"
+        )));
+    }
+    Ok(serial.to_ascii_lowercase())
+}
+
+/// Checks `record` and converts it to a row whose `seq`, `prev_hash` and `hash` the appender
+/// fills in.
+pub(crate) fn to_row(record: NewRecord) -> Result<IssuanceLogRecord, LogError> {
+    let invalid = |message: &str| Err(LogError::InvalidRecord(message.to_owned()));
+    let needs_present = |field: &Option<String>| field.as_deref().is_some_and(|v| !v.is_empty());
+    match record.kind {
+        RecordKind::X509 if !needs_present(&record.serial) => {
+            return invalid("an x509 record needs a serial");
+        }
+        RecordKind::Jwt | RecordKind::Wit if !needs_present(&record.jti) => {
+            return invalid("a jwt or wit record needs a jti");
+        }
+        RecordKind::Refusal if !needs_present(&record.refusal_reason) => {
+            return invalid("a refusal record needs a refusal_reason");
+        }
+        RecordKind::X509 | RecordKind::Jwt | RecordKind::Wit if record.refusal_reason.is_some() => {
+            return invalid("only a refusal record may have a refusal_reason");
+        }
+        _ => {}
+    }
+    let serial = record.serial.as_deref().map(normalize_serial).transpose()?;
+    let time_unix_ms = unix_ms(record.time).ok_or_else(|| {
+        LogError::InvalidRecord("time is out of range for milliseconds in an i64".into())
+    })?;
+    let selectors = serde_json::to_string(&record.selectors)
+        .map_err(|e| LogError::InvalidRecord(format!("selectors cannot be serialized: {e}")))?;
+    Ok(IssuanceLogRecord {
+        seq: 0,
+        prev_hash: Vec::new(),
+        hash: Vec::new(),
+        kind: record.kind.as_str().to_owned(),
+        serial,
+        jti: record.jti,
+        spiffe_id: record.spiffe_id.map(|id| id.to_string()),
+        entry_id: record.entry_id,
+        agent_id: record.agent_id.map(|id| id.to_string()),
+        selectors,
+        key_fingerprint: record.key_fingerprint.map(|f| f.to_vec()),
+        evidence_digest: record.evidence_digest.map(|d| d.to_vec()),
+        attestation_result: record.attestation_result.as_ref().map(canonical_json),
+        policy_version: record.policy_version,
+        refusal_reason: record.refusal_reason,
+        time_unix_ms,
+    })
+}
+
+/// Decodes a stored row.
+pub(crate) fn from_row(row: IssuanceLogRecord) -> Result<Record, LogError> {
+    let stored_seq = row.seq;
+    let corrupt = |reason: String| LogError::Corrupt {
+        seq: stored_seq,
+        reason,
+    };
+
+    let seq = u64::try_from(row.seq).map_err(|_| corrupt("the seq is negative".into()))?;
+    let prev_hash = parse_digest(Some(&row.prev_hash), "prev_hash")
+        .map_err(corrupt)?
+        .unwrap_or_default();
+    let hash = parse_digest(Some(&row.hash), "hash")
+        .map_err(corrupt)?
+        .unwrap_or_default();
+
+    let kind = row.kind.parse::<RecordKind>().map_err(corrupt)?;
+    let spiffe_id = parse_id(row.spiffe_id.as_deref(), "spiffe_id").map_err(corrupt)?;
+    let agent_id = parse_id(row.agent_id.as_deref(), "agent_id").map_err(corrupt)?;
+    let selectors: Vec<Selector> = serde_json::from_str(&row.selectors)
+        .map_err(|e| corrupt(format!("selectors is not a selector list: {e}")))?;
+    let key_fingerprint =
+        parse_digest(row.key_fingerprint.as_deref(), "key_fingerprint").map_err(corrupt)?;
+    let evidence_digest =
+        parse_digest(row.evidence_digest.as_deref(), "evidence_digest").map_err(corrupt)?;
+    let attestation_result = row
+        .attestation_result
+        .as_deref()
+        .map(serde_json::from_str::<Value>)
+        .transpose()
+        .map_err(|e| corrupt(format!("attestation_result is not JSON: {e}")))?;
+    let time = system_time_from_unix_ms(row.time_unix_ms)
+        .ok_or_else(|| corrupt("the time is out of range".into()))?;
+
+    Ok(Record {
+        seq,
+        prev_hash,
+        hash,
+        content: NewRecord {
+            kind,
+            serial: row.serial,
+            jti: row.jti,
+            spiffe_id,
+            entry_id: row.entry_id,
+            agent_id,
+            selectors,
+            key_fingerprint,
+            evidence_digest,
+            attestation_result,
+            policy_version: row.policy_version,
+            refusal_reason: row.refusal_reason,
+            time,
+        },
+    })
+}
+
+/// Converts an optional stored SHA-256 value to an array, naming `column` if it is not 32
+/// bytes long.
+fn parse_digest(bytes: Option<&[u8]>, column: &str) -> Result<Option<[u8; 32]>, String> {
+    bytes
+        .map(|bytes| {
+            hash_array(bytes).ok_or_else(|| format!("{column} is {} bytes, not 32", bytes.len()))
+        })
+        .transpose()
+}
+
+fn parse_id(text: Option<&str>, column: &str) -> Result<Option<SpiffeId>, String> {
+    text.map(|text| {
+        SpiffeId::new(text)
+            .map_err(|e| format!("{column} contains invalid SPIFFE ID {text:?}: {e}"))
+    })
+    .transpose()
+}
+
+/// Returns `bytes` as a 32-byte array, or `None` for another length.
+pub(crate) fn hash_array(bytes: &[u8]) -> Option<[u8; 32]> {
+    bytes.try_into().ok()
+}
+
+/// Returns `time` in milliseconds since the unix epoch, negative before it, or `None` if that
+/// does not fit an i64.
+pub(crate) fn unix_ms(time: SystemTime) -> Option<i64> {
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).ok(),
+        Err(before) => i64::try_from(before.duration().as_millis())
+            .ok()
+            .map(|ms| -ms),
+    }
+}
+
+/// Converts milliseconds since the unix epoch back to a time.
+pub(crate) fn system_time_from_unix_ms(ms: i64) -> Option<SystemTime> {
+    let offset = Duration::from_millis(ms.unsigned_abs());
+    if ms >= 0 {
+        UNIX_EPOCH.checked_add(offset)
+    } else {
+        UNIX_EPOCH.checked_sub(offset)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(text: &str) -> SpiffeId {
+        SpiffeId::new(text).expect("valid SPIFFE ID")
+    }
+
+    #[test]
+    fn kind_rules_are_enforced() {
+        let mut missing_serial = NewRecord::x509("", id("spiffe://example.org/w"));
+        assert!(to_row(missing_serial.clone()).is_err());
+        missing_serial.serial = None;
+        assert!(to_row(missing_serial).is_err());
+
+        let mut jwt = NewRecord::jwt("id-1", id("spiffe://example.org/w"));
+        jwt.jti = None;
+        assert!(to_row(jwt).is_err());
+
+        assert!(to_row(NewRecord::new(RecordKind::Refusal)).is_err());
+
+        let mut reasoned = NewRecord::wit("id-2", id("spiffe://example.org/w"));
+        reasoned.refusal_reason = Some("no".into());
+        assert!(to_row(reasoned).is_err());
+
+        assert!(to_row(NewRecord::refusal("no matching entry")).is_ok());
+    }
+
+    #[test]
+    fn serial_must_be_hex() {
+        assert!(to_row(NewRecord::x509("01:ab", id("spiffe://example.org/w"))).is_err());
+        let row = to_row(NewRecord::x509("01AB", id("spiffe://example.org/w"))).expect("valid");
+        assert_eq!(row.serial.as_deref(), Some("01ab"));
+    }
+
+    #[test]
+    fn row_round_trip_keeps_content() {
+        let mut record = NewRecord::x509("0a", id("spiffe://example.org/w"));
+        record.agent_id = Some(id("spiffe://example.org/agent"));
+        record.entry_id = Some("entry-1".into());
+        record.selectors = vec![Selector::new("unix", "uid:0"), Selector::new("k8s", "ns:a")];
+        record.key_fingerprint = Some([1; 32]);
+        record.evidence_digest = Some([2; 32]);
+        record.attestation_result = Some(serde_json::json!({"ok": true, "tcb": 3}));
+        record.policy_version = Some("v7".into());
+        record.time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_123);
+
+        let mut row = to_row(record.clone()).expect("valid");
+        row.prev_hash = vec![0; 32];
+        row.hash = vec![9; 32];
+        let decoded = from_row(row).expect("decodes");
+        assert_eq!(decoded.content, record);
+        assert_eq!(decoded.hash, [9; 32]);
+    }
+
+    #[test]
+    fn time_conversion_handles_pre_epoch() {
+        let before = UNIX_EPOCH - Duration::from_millis(1500);
+        assert_eq!(unix_ms(before), Some(-1500));
+        assert_eq!(system_time_from_unix_ms(-1500), Some(before));
+    }
+}

@@ -1,0 +1,802 @@
+//! Issuance log behaviour on both backends: each test body runs once on a temporary SQLite
+//! file (module `sqlite`) and once on a fresh PostgreSQL database (module `postgres`).
+//!
+//! The PostgreSQL tests connect to `postgres://postgres@127.0.0.1:5432/postgres`, create a
+//! uniquely named database per test and drop it afterwards. When the connection fails they
+//! print "postgres not available, skipping" and pass.
+//!
+//! Tampering uses direct SQL connections that bypass the datastore, as a database
+//! administrator would.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
+use sqlx::{AnyConnection, AssertSqlSafe, Connection};
+use twid_datastore::{DatabaseType, Datastore, DatastoreConfig, IssuanceLogRecord};
+use twid_provenance::{
+    AlterationKind, GENESIS_HASH, IssuanceLog, LogError, LogOptions, NewRecord, RecordKind,
+    SigningKey, VerifyReport, evidence_digest, key_fingerprint, record_hash,
+};
+use twid_spiffe::SpiffeId;
+use twid_types::Selector;
+
+const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const POSTGRES_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
+
+/// One test's database, removed when dropped.
+struct TestDb {
+    config: DatastoreConfig,
+    /// A URL for direct sqlx connections that bypass the datastore.
+    raw_url: String,
+    /// The SQLite file's directory, deleted on drop.
+    _dir: Option<tempfile::TempDir>,
+    /// The PostgreSQL database to drop on drop.
+    postgres_name: Option<String>,
+}
+
+impl TestDb {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join("log.db");
+        let text = path.to_str().expect("temp path is UTF-8").to_owned();
+        Self {
+            config: DatastoreConfig {
+                database_type: DatabaseType::Sqlite,
+                connection_string: text.clone(),
+            },
+            raw_url: format!("sqlite://{text}"),
+            _dir: Some(dir),
+            postgres_name: None,
+        }
+    }
+
+    /// Creates a fresh PostgreSQL database, or returns `None` when the connection fails.
+    async fn postgres() -> Option<Self> {
+        sqlx::any::install_default_drivers();
+        let connect = AnyConnection::connect(POSTGRES_ADMIN_URL);
+        let mut admin = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(error)) => {
+                println!("postgres not available, skipping: {error}");
+                return None;
+            }
+            Err(_) => {
+                println!("postgres not available, skipping: connect timed out after 10 s");
+                return None;
+            }
+        };
+        let name = unique_database_name();
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.expect("close admin connection");
+        let url = format!("{POSTGRES_BASE_URL}/{name}");
+        Some(Self {
+            config: DatastoreConfig {
+                database_type: DatabaseType::Postgres,
+                connection_string: url.clone(),
+            },
+            raw_url: url,
+            _dir: None,
+            postgres_name: Some(name),
+        })
+    }
+
+    async fn open(&self) -> Datastore {
+        Datastore::open(&self.config)
+            .await
+            .expect("open the test datastore")
+    }
+
+    async fn raw(&self) -> AnyConnection {
+        sqlx::any::install_default_drivers();
+        let mut conn = AnyConnection::connect(&self.raw_url)
+            .await
+            .expect("connect to the test database directly");
+        if self.config.database_type == DatabaseType::Sqlite {
+            sqlx::raw_sql("PRAGMA busy_timeout = 5000")
+                .execute(&mut conn)
+                .await
+                .expect("set busy timeout");
+        }
+        conn
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot block on a future, so the cleanup
+        // gets its own thread and runtime.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build cleanup runtime");
+            runtime.block_on(async {
+                let mut admin = AnyConnection::connect(POSTGRES_ADMIN_URL).await?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await
+            })
+        });
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("failed to drop test database: {error}"),
+            Err(_) => eprintln!("test database cleanup thread panicked"),
+        }
+    }
+}
+
+fn unique_database_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "twid_provenance_test_{}_{nanos}_{sequence}",
+        std::process::id()
+    )
+}
+
+/// Defines, for each listed body `async fn name(db: &TestDb)`, the tests `sqlite::name` and
+/// `postgres::name`.
+macro_rules! on_both_backends {
+    ($($body:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $body() {
+                    let db = super::TestDb::sqlite();
+                    super::$body(&db).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $body() {
+                    let Some(db) = super::TestDb::postgres().await else {
+                        return;
+                    };
+                    super::$body(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    tampering_detected_at_position,
+    replicas_share_one_chain,
+    rewritten_chain_fails_checkpoints,
+    tail_changes_detected,
+    lookups_and_listing,
+    on_demand_checkpoint,
+    moved_records_classified,
+);
+
+fn ed25519_key() -> SigningKey {
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("generate key");
+    SigningKey::ed25519_from_pkcs8(pkcs8.as_ref()).expect("load key")
+}
+
+fn p256_key() -> SigningKey {
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+        .expect("generate key");
+    SigningKey::ecdsa_p256_from_pkcs8(pkcs8.as_ref()).expect("load key")
+}
+
+fn id(text: &str) -> SpiffeId {
+    SpiffeId::new(text).expect("valid SPIFFE ID")
+}
+
+/// Returns record number `n` of a test: X.509, JWT, WIT and refusal records in turn, with
+/// `n` in their serial, jti or reason so that every record is distinct.
+fn sample_record(n: u64) -> NewRecord {
+    let workload = id(&format!("spiffe://example.org/workload/{}", n % 97));
+    let mut record = match n % 4 {
+        0 => NewRecord::x509(format!("{n:x}a0"), workload),
+        1 => NewRecord::jwt(format!("jti-{n}"), workload),
+        2 => NewRecord::wit(format!("wit-{n}"), workload),
+        _ => {
+            let mut refusal = NewRecord::refusal(format!("no entry matches request {n}"));
+            refusal.spiffe_id = Some(workload);
+            refusal
+        }
+    };
+    record.agent_id = Some(id("spiffe://example.org/spire/agent/join_token/t1"));
+    record.entry_id = Some(format!("entry-{}", n % 13));
+    record.selectors = vec![
+        Selector::new("unix", format!("uid:{}", n % 7)),
+        Selector::new("k8s", "ns:default"),
+    ];
+    if record.kind != RecordKind::Refusal {
+        record.key_fingerprint = Some(key_fingerprint(&n.to_be_bytes()));
+    }
+    record.evidence_digest = Some(evidence_digest(b"evidence"));
+    record.attestation_result = Some(serde_json::json!({"tcb": "up-to-date", "svn": n % 5}));
+    record.policy_version = Some("policy-3".into());
+    record.time = UNIX_EPOCH + Duration::from_millis(1_700_000_000_000 + n);
+    record
+}
+
+/// Appends records `first..first + count` from `tasks` concurrent tasks and returns every
+/// returned seq.
+async fn append_concurrently(log: &IssuanceLog, first: u64, count: u64, tasks: u64) -> Vec<u64> {
+    let mut set = tokio::task::JoinSet::new();
+    for task in 0..tasks {
+        let log = log.clone();
+        set.spawn(async move {
+            let mut seqs = Vec::new();
+            let mut n = first + task;
+            while n < first + count {
+                let position = log.append(sample_record(n)).await.expect("append");
+                seqs.push(position.seq);
+                n += tasks;
+            }
+            seqs
+        });
+    }
+    let mut seqs = Vec::new();
+    while let Some(result) = set.join_next().await {
+        seqs.extend(result.expect("appender task"));
+    }
+    seqs
+}
+
+fn assert_intact(report: &VerifyReport, records: u64) {
+    assert_eq!(report.alteration, None, "the log should be intact");
+    assert_eq!(report.records, records, "intact record count");
+}
+
+fn assert_altered(report: &VerifyReport, seq: u64, kind: AlterationKind) {
+    let Some(alteration) = &report.alteration else {
+        panic!("verify found no alteration; expected {kind} at seq {seq}");
+    };
+    assert_eq!(alteration.kind, kind, "alteration kind: {alteration}");
+    assert_eq!(alteration.seq, seq, "alteration seq: {alteration}");
+}
+
+async fn execute(conn: &mut AnyConnection, sql: &str, binds: &[i64]) {
+    let mut query = sqlx::query(AssertSqlSafe(sql.to_owned()));
+    for value in binds {
+        query = query.bind(*value);
+    }
+    query.execute(conn).await.expect("direct SQL statement");
+}
+
+async fn swap_seqs(conn: &mut AnyConnection, a: i64, b: i64) {
+    // Three steps, because SQLite checks the primary key after each row of an UPDATE.
+    let parking = -1_000_000;
+    execute(
+        conn,
+        "UPDATE issuance_log SET seq = $1 WHERE seq = $2",
+        &[parking, a],
+    )
+    .await;
+    execute(
+        conn,
+        "UPDATE issuance_log SET seq = $1 WHERE seq = $2",
+        &[a, b],
+    )
+    .await;
+    execute(
+        conn,
+        "UPDATE issuance_log SET seq = $1 WHERE seq = $2",
+        &[b, parking],
+    )
+    .await;
+}
+
+/// Stores `row` exactly as given, bypassing the log.
+async fn insert_raw(conn: &mut AnyConnection, row: &IssuanceLogRecord) {
+    sqlx::query(
+        "INSERT INTO issuance_log (seq, prev_hash, hash, kind, serial, jti, spiffe_id, entry_id, \
+         agent_id, selectors, key_fingerprint, evidence_digest, attestation_result, \
+         policy_version, refusal_reason, time_unix_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+    )
+    .bind(row.seq)
+    .bind(row.prev_hash.clone())
+    .bind(row.hash.clone())
+    .bind(row.kind.clone())
+    .bind(row.serial.clone())
+    .bind(row.jti.clone())
+    .bind(row.spiffe_id.clone())
+    .bind(row.entry_id.clone())
+    .bind(row.agent_id.clone())
+    .bind(row.selectors.clone())
+    .bind(row.key_fingerprint.clone())
+    .bind(row.evidence_digest.clone())
+    .bind(row.attestation_result.clone())
+    .bind(row.policy_version.clone())
+    .bind(row.refusal_reason.clone())
+    .bind(row.time_unix_ms)
+    .execute(conn)
+    .await
+    .expect("insert a row directly");
+}
+
+async fn stored_row(store: &Datastore, seq: i64) -> IssuanceLogRecord {
+    store
+        .get_issuance_log_record(seq)
+        .await
+        .expect("read row")
+        .expect("row exists")
+}
+
+/// Checks that 10,000 concurrent appends verify intact. Then one edited field, one deleted row
+/// and two swapped seqs are each reported at their seq, and the restored log verifies again.
+async fn tampering_detected_at_position(db: &TestDb) {
+    const RECORDS: u64 = 10_000;
+    let store = db.open().await;
+    let key = ed25519_key();
+    let public = key.public_key().clone();
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            checkpoint_every: 1000,
+            signing_key: Some(key),
+        },
+    );
+
+    let mut seqs = append_concurrently(&log, 0, RECORDS, 64).await;
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (0..RECORDS).collect();
+    assert_eq!(seqs, expected, "every append gets its own consecutive seq");
+
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_intact(&report, RECORDS);
+    assert_eq!(report.checkpoints, 10, "one checkpoint per 1000 records");
+    assert!(report.signatures_checked);
+
+    let mut raw = db.raw().await;
+
+    // Edit one field of one row.
+    let original = stored_row(&store, 4321).await;
+    sqlx::query("UPDATE issuance_log SET spiffe_id = $1 WHERE seq = $2")
+        .bind("spiffe://example.org/forged")
+        .bind(4321_i64)
+        .execute(&mut raw)
+        .await
+        .expect("edit a row");
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 4321, AlterationKind::Edited);
+    assert_eq!(report.records, 4321, "records before the edit are intact");
+    sqlx::query("UPDATE issuance_log SET spiffe_id = $1 WHERE seq = $2")
+        .bind(original.spiffe_id.clone())
+        .bind(4321_i64)
+        .execute(&mut raw)
+        .await
+        .expect("restore the edited row");
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), RECORDS);
+
+    // Delete one row.
+    let deleted = stored_row(&store, 5000).await;
+    execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[5000]).await;
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 5000, AlterationKind::Deleted);
+    insert_raw(&mut raw, &deleted).await;
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), RECORDS);
+
+    // Swap two rows' seq.
+    swap_seqs(&mut raw, 3000, 7000).await;
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(
+        &report,
+        3000,
+        AlterationKind::Reordered { original_seq: 7000 },
+    );
+    swap_seqs(&mut raw, 3000, 7000).await;
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), RECORDS);
+
+    raw.close().await.expect("close raw connection");
+    store.close().await;
+}
+
+/// Two datastore handles, as two server replicas have, append concurrently from many tasks
+/// each, and the result is one chain.
+async fn replicas_share_one_chain(db: &TestDb) {
+    const PER_REPLICA: u64 = 1500;
+    // Both replicas sign with the same key, as a deployment would configure them.
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("generate key");
+    let replica = async || {
+        let key = SigningKey::ed25519_from_pkcs8(pkcs8.as_ref()).expect("load key");
+        IssuanceLog::new(
+            db.open().await,
+            LogOptions {
+                checkpoint_every: 100,
+                signing_key: Some(key),
+            },
+        )
+    };
+    let first = replica().await;
+    let second = replica().await;
+    let public = SigningKey::ed25519_from_pkcs8(pkcs8.as_ref())
+        .expect("load key")
+        .public_key()
+        .clone();
+    let (a, b) = tokio::join!(
+        append_concurrently(&first, 0, PER_REPLICA, 32),
+        append_concurrently(&second, PER_REPLICA, PER_REPLICA, 32),
+    );
+    let mut seqs: Vec<u64> = a.into_iter().chain(b).collect();
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (0..2 * PER_REPLICA).collect();
+    assert_eq!(
+        seqs, expected,
+        "the replicas' seqs interleave without gaps or duplicates"
+    );
+
+    let report = first.verify(Some(&public)).await.expect("verify");
+    assert_intact(&report, 2 * PER_REPLICA);
+    assert_eq!(
+        report.checkpoints, 30,
+        "one checkpoint per 100 records, from either replica"
+    );
+    let report = second.verify(Some(&public)).await.expect("verify");
+    assert_intact(&report, 2 * PER_REPLICA);
+
+    // Each record is stored once, with the contents its appender gave.
+    for n in [0, 1, PER_REPLICA, PER_REPLICA + 1] {
+        let expected = sample_record(n);
+        let found = match (&expected.serial, &expected.jti) {
+            (Some(serial), _) => first.find_by_serial(serial).await,
+            (None, Some(jti)) => first.find_by_jti(jti).await,
+            (None, None) => panic!("sample records 0 and 1 mod 4 have a serial or jti"),
+        }
+        .expect("lookup")
+        .expect("record found");
+        assert_eq!(found.content.spiffe_id, expected.spiffe_id);
+        assert_eq!(found.content.time, expected.time);
+    }
+}
+
+/// Checks checkpoints against a chain rewritten from some seq on with recomputed hashes. The
+/// links stay intact but the checkpoints no longer match, and re-signing needs the private key.
+async fn rewritten_chain_fails_checkpoints(db: &TestDb) {
+    let store = db.open().await;
+    let key = p256_key();
+    let public = key.public_key().clone();
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            checkpoint_every: 50,
+            signing_key: Some(key),
+        },
+    );
+    append_concurrently(&log, 0, 300, 8).await;
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 300);
+
+    // Rewrite record 120's SPIFFE ID and recompute the hashes of it and every later record.
+    let mut raw = db.raw().await;
+    let mut prev = stored_row(&store, 119).await.hash;
+    for seq in 120..300_i64 {
+        let mut row = stored_row(&store, seq).await;
+        if seq == 120 {
+            row.spiffe_id = Some("spiffe://example.org/forged".into());
+        }
+        let prev_array: [u8; 32] = prev.as_slice().try_into().expect("32-byte hash");
+        let hash = record_hash(seq as u64, &prev_array, &row).expect("hash");
+        sqlx::query(
+            "UPDATE issuance_log SET spiffe_id = $1, prev_hash = $2, hash = $3 WHERE seq = $4",
+        )
+        .bind(row.spiffe_id.clone())
+        .bind(prev.clone())
+        .bind(hash.to_vec())
+        .bind(seq)
+        .execute(&mut raw)
+        .await
+        .expect("rewrite a row");
+        prev = hash.to_vec();
+    }
+    sqlx::query("UPDATE issuance_log_head SET head_hash = $1")
+        .bind(prev.clone())
+        .execute(&mut raw)
+        .await
+        .expect("rewrite the head");
+
+    // Checkpoints sign seqs 49, 99, 149, ...; the first one after the rewrite is 149.
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 149, AlterationKind::CheckpointMismatch);
+    assert_eq!(report.checkpoints, 2, "checkpoints 49 and 99 are intact");
+    assert_eq!(report.records, 149, "records before the failed checkpoint");
+    let report = log.verify(None).await.expect("verify");
+    assert_altered(&report, 149, AlterationKind::CheckpointMismatch);
+
+    // Updating the checkpoint hashes too breaks their signatures.
+    for seq in [149_i64, 199, 249, 299] {
+        let hash = stored_row(&store, seq).await.hash;
+        sqlx::query("UPDATE issuance_log_checkpoints SET hash = $1 WHERE seq = $2")
+            .bind(hash)
+            .bind(seq)
+            .execute(&mut raw)
+            .await
+            .expect("rewrite a checkpoint");
+    }
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 149, AlterationKind::BadCheckpointSignature);
+    // Without the public key, verify cannot distinguish the rewritten hashes from genuine ones.
+    assert_intact(&log.verify(None).await.expect("verify"), 300);
+
+    // A different key does not verify genuine checkpoints.
+    let other = ed25519_key();
+    let report = log.verify(Some(other.public_key())).await.expect("verify");
+    assert_altered(&report, 49, AlterationKind::BadCheckpointSignature);
+
+    raw.close().await.expect("close raw connection");
+    store.close().await;
+}
+
+/// Checks changes at the end of the log: a record added past the head, the last record
+/// rewritten, and records removed with or without rewinding the head row.
+async fn tail_changes_detected(db: &TestDb) {
+    let store = db.open().await;
+    let key = ed25519_key();
+    let public = key.public_key().clone();
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            checkpoint_every: 10,
+            signing_key: Some(key),
+        },
+    );
+    append_concurrently(&log, 0, 40, 4).await;
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
+    let mut raw = db.raw().await;
+
+    // A record added past the head.
+    let mut extra = stored_row(&store, 39).await;
+    extra.seq = 40;
+    extra.prev_hash = extra.hash.clone();
+    extra.hash = vec![0xee; 32];
+    insert_raw(&mut raw, &extra).await;
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 40, AlterationKind::Inserted);
+    execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[40]).await;
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
+
+    // The last record rewritten with a recomputed hash: the chain holds, the head row differs.
+    let original = stored_row(&store, 39).await;
+    let mut rewritten = original.clone();
+    rewritten.policy_version = Some("forged".into());
+    let prev: [u8; 32] = original
+        .prev_hash
+        .as_slice()
+        .try_into()
+        .expect("32-byte hash");
+    let hash = record_hash(39, &prev, &rewritten).expect("hash");
+    sqlx::query("UPDATE issuance_log SET policy_version = $1, hash = $2 WHERE seq = $3")
+        .bind(rewritten.policy_version.clone())
+        .bind(hash.to_vec())
+        .bind(39_i64)
+        .execute(&mut raw)
+        .await
+        .expect("rewrite the last row");
+    let report = log.verify(None).await.expect("verify");
+    assert_altered(&report, 39, AlterationKind::CheckpointMismatch);
+    // Without the checkpoint at seq 39, the head row still reveals the rewrite.
+    let checkpoint = store
+        .issuance_log_checkpoints(39, 1)
+        .await
+        .expect("read checkpoint")
+        .remove(0);
+    execute(
+        &mut raw,
+        "DELETE FROM issuance_log_checkpoints WHERE seq = $1",
+        &[39],
+    )
+    .await;
+    let report = log.verify(None).await.expect("verify");
+    assert_altered(&report, 39, AlterationKind::Edited);
+    assert_eq!(report.records, 39);
+    store
+        .insert_issuance_log_checkpoint(&checkpoint)
+        .await
+        .expect("restore checkpoint");
+    sqlx::query("UPDATE issuance_log SET policy_version = $1, hash = $2 WHERE seq = $3")
+        .bind(original.policy_version.clone())
+        .bind(original.hash.clone())
+        .bind(39_i64)
+        .execute(&mut raw)
+        .await
+        .expect("restore the last row");
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
+
+    // The last five records removed, head row left alone.
+    execute(&mut raw, "DELETE FROM issuance_log WHERE seq >= $1", &[35]).await;
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 35, AlterationKind::Deleted);
+    assert_eq!(report.records, 35);
+
+    // The head row rewound too: the checkpoint at seq 39 remains past the head.
+    let head = stored_row(&store, 34).await.hash;
+    sqlx::query("UPDATE issuance_log_head SET next_seq = $1, head_hash = $2")
+        .bind(35_i64)
+        .bind(head)
+        .execute(&mut raw)
+        .await
+        .expect("rewind the head");
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 35, AlterationKind::Deleted);
+
+    raw.close().await.expect("close raw connection");
+    store.close().await;
+}
+
+/// Lookups by serial and jti, listing, validation and an empty log.
+async fn lookups_and_listing(db: &TestDb) {
+    let store = db.open().await;
+    let log = IssuanceLog::new(store.clone(), LogOptions::default());
+
+    let empty = log.verify(None).await.expect("verify an empty log");
+    assert_intact(&empty, 0);
+    assert!(log.list(0, 10).await.expect("list").is_empty());
+
+    for n in 0..8 {
+        let position = log.append(sample_record(n)).await.expect("append");
+        assert_eq!(position.seq, n, "sequential appends get consecutive seqs");
+    }
+
+    let first = log.list(0, 1).await.expect("list");
+    assert_eq!(first.len(), 1);
+    assert_eq!(
+        first[0].prev_hash, GENESIS_HASH,
+        "seq 0 follows the genesis hash"
+    );
+    let page = log.list(2, 3).await.expect("list");
+    let seqs: Vec<u64> = page.iter().map(|record| record.seq).collect();
+    assert_eq!(seqs, [2, 3, 4]);
+    assert_eq!(
+        page[1].prev_hash, page[0].hash,
+        "records link to their predecessor"
+    );
+    assert_eq!(
+        page[0].content,
+        sample_record(2),
+        "contents come back as appended"
+    );
+
+    let by_serial = log
+        .find_by_serial(&format!("{:X}A0", 4))
+        .await
+        .expect("find by serial")
+        .expect("serial is stored");
+    assert_eq!(by_serial.seq, 4, "serial lookup ignores case");
+    let by_jti = log
+        .find_by_jti("jti-5")
+        .await
+        .expect("find by jti")
+        .expect("jti is stored");
+    assert_eq!(by_jti.seq, 5);
+    assert_eq!(by_jti.content.kind, RecordKind::Jwt);
+    assert!(log.find_by_jti("jti-99").await.expect("find").is_none());
+    assert!(matches!(
+        log.find_by_serial("not-hex").await,
+        Err(LogError::InvalidRecord(_))
+    ));
+
+    let mut invalid = sample_record(0);
+    invalid.serial = None;
+    assert!(matches!(
+        log.append(invalid).await,
+        Err(LogError::InvalidRecord(_))
+    ));
+    assert_intact(&log.verify(None).await.expect("verify"), 8);
+    assert_eq!(store.count_issuance_log_records().await.expect("count"), 8);
+    store.close().await;
+}
+
+/// On-demand checkpoints sign the newest record, and repeating one returns the stored one.
+async fn on_demand_checkpoint(db: &TestDb) {
+    let store = db.open().await;
+    let unsigned = IssuanceLog::new(store.clone(), LogOptions::default());
+    assert!(matches!(
+        unsigned.checkpoint().await,
+        Err(LogError::NoSigningKey)
+    ));
+
+    let key = ed25519_key();
+    let public = key.public_key().clone();
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            checkpoint_every: 0,
+            signing_key: Some(key),
+        },
+    );
+    assert_eq!(log.checkpoint().await.expect("checkpoint"), None);
+    for n in 0..5 {
+        log.append(sample_record(n)).await.expect("append");
+    }
+    let head = log.list(4, 1).await.expect("list").remove(0);
+    let checkpoint = log
+        .checkpoint()
+        .await
+        .expect("checkpoint")
+        .expect("log is not empty");
+    assert_eq!(checkpoint.seq, 4);
+    assert_eq!(checkpoint.hash, head.hash);
+    assert_eq!(checkpoint.key_id, public.key_id());
+    let again = log.checkpoint().await.expect("checkpoint").expect("stored");
+    assert_eq!(
+        again, checkpoint,
+        "a second request returns the stored checkpoint"
+    );
+
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_intact(&report, 5);
+    assert_eq!(report.checkpoints, 1);
+    store.close().await;
+}
+
+/// Adjacent swaps, insertions that shift later records up, and deletions that renumber
+/// later records down are classified by where the moved record belongs.
+async fn moved_records_classified(db: &TestDb) {
+    let store = db.open().await;
+    let log = IssuanceLog::new(store.clone(), LogOptions::default());
+    append_concurrently(&log, 0, 60, 4).await;
+    let mut raw = db.raw().await;
+
+    swap_seqs(&mut raw, 20, 21).await;
+    let report = log.verify(None).await.expect("verify");
+    assert_altered(&report, 20, AlterationKind::Reordered { original_seq: 21 });
+    swap_seqs(&mut raw, 20, 21).await;
+    assert_intact(&log.verify(None).await.expect("verify"), 60);
+
+    // Shift records 30.. up by one and put a forged record at 30.
+    for seq in (30..60_i64).rev() {
+        execute(
+            &mut raw,
+            "UPDATE issuance_log SET seq = $1 WHERE seq = $2",
+            &[seq + 1, seq],
+        )
+        .await;
+    }
+    let mut forged = stored_row(&store, 31).await;
+    forged.seq = 30;
+    forged.hash = vec![0xab; 32];
+    forged.jti = Some("forged".into());
+    insert_raw(&mut raw, &forged).await;
+    let report = log.verify(None).await.expect("verify");
+    assert_altered(&report, 30, AlterationKind::Inserted);
+
+    // Remove the forged record and renumber the rest down, which restores the log.
+    execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[30]).await;
+    for seq in 31..61_i64 {
+        execute(
+            &mut raw,
+            "UPDATE issuance_log SET seq = $1 WHERE seq = $2",
+            &[seq - 1, seq],
+        )
+        .await;
+    }
+    assert_intact(&log.verify(None).await.expect("verify"), 60);
+
+    // Delete record 10 and renumber the later ones down to close the gap.
+    execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[10]).await;
+    for seq in 11..60_i64 {
+        execute(
+            &mut raw,
+            "UPDATE issuance_log SET seq = $1 WHERE seq = $2",
+            &[seq - 1, seq],
+        )
+        .await;
+    }
+    let report = log.verify(None).await.expect("verify");
+    assert_altered(&report, 10, AlterationKind::Deleted);
+
+    raw.close().await.expect("close raw connection");
+    store.close().await;
+}
