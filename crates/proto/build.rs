@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/types.proto",
         "proto/node.proto",
         "proto/admin.proto",
+        "proto/attestation.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -8,6 +8,7 @@ use std::time::Duration;
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use twid_attestation::node::evidence::Collector;
 use twid_attestation::workload::WorkloadAttestor;
 use twid_attestation::workload::unix::UnixAttestor;
 use twid_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
@@ -32,6 +33,10 @@ pub struct AgentOptions {
     pub sync_interval: Option<Duration>,
     /// How long a Workload API call that arrives before the first sync waits for it.
     pub first_sync_timeout: Duration,
+    /// An evidence collector that replaces the one the configuration's `NodeAttestor` block
+    /// selects, for tests and embedders. The agent then attests with the node attestor named
+    /// after the collector's kind (such as `tdx`), unless the configuration names one.
+    pub collector: Option<Arc<dyn Collector>>,
 }
 
 impl Default for AgentOptions {
@@ -39,6 +44,7 @@ impl Default for AgentOptions {
         Self {
             sync_interval: None,
             first_sync_timeout: Duration::from_secs(10),
+            collector: None,
         }
     }
 }
@@ -67,7 +73,8 @@ impl AgentHandle {
         &self.socket_path
     }
 
-    /// Returns the agent's own SPIFFE ID, `spiffe://<td>/spire/agent/join_token/<token>`.
+    /// Returns the agent's own SPIFFE ID, such as
+    /// `spiffe://<td>/spire/agent/join_token/<token>` or `spiffe://<td>/spire/agent/tdx/<mrtd>`.
     pub fn agent_id(&self) -> &SpiffeId {
         &self.agent_id
     }

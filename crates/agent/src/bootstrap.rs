@@ -1,9 +1,11 @@
 //! First contact with the server: choosing what to trust, and node attestation with a join
-//! token over the AttestAgent stream.
+//! token or hardware evidence over the AttestAgent stream.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
+use twid_attestation::node::evidence::Collector;
 use twid_proto::node::attest_agent_request::Step as RequestStep;
 use twid_proto::node::attest_agent_response::Step as ResponseStep;
 use twid_proto::node::node_client::NodeClient;
@@ -69,20 +71,67 @@ pub(crate) fn trust_source(
     Ok(TrustSource::new(bundles)?)
 }
 
-/// Attests with `join_token` and returns the agent's new state; `key` becomes the agent key.
+/// The agent's means of proving its node to the server.
+#[derive(Clone)]
+pub(crate) enum AttestationMethod {
+    /// A single-use join token.
+    JoinToken(String),
+    /// Hardware evidence from `collector`, sent for the node attestor `attestor`.
+    Evidence {
+        attestor: String,
+        collector: Arc<dyn Collector>,
+    },
+}
+
+impl std::fmt::Debug for AttestationMethod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The join token is a credential until the server consumes it, so it is never shown.
+        match self {
+            Self::JoinToken(_) => f.write_str("JoinToken(<redacted>)"),
+            Self::Evidence {
+                attestor,
+                collector,
+            } => f
+                .debug_struct("Evidence")
+                .field("attestor", attestor)
+                .field("collector", collector)
+                .finish(),
+        }
+    }
+}
+
+impl AttestationMethod {
+    /// Returns the node attestor name sent to the server.
+    pub(crate) fn attestor(&self) -> &str {
+        match self {
+            Self::JoinToken(_) => JOIN_TOKEN_ATTESTOR,
+            Self::Evidence { attestor, .. } => attestor,
+        }
+    }
+}
+
+/// Attests with `method` and returns the agent's new state; `key` becomes the agent key.
+///
+/// For evidence attestors the server responds to the first message with a nonce; the collector
+/// then produces evidence bound to `SHA-512(nonce || SPKI of key)` on a blocking thread, and
+/// the envelope goes back as the challenge response.
 ///
 /// A rejection by the server becomes [`AgentError::Attestation`] with the server's message.
 /// The returned SVID must be in `trust_domain` and verify against the returned bundle.
 pub(crate) async fn attest(
     mut client: NodeClient<tonic::transport::Channel>,
     trust_domain: &TrustDomain,
-    join_token: &str,
+    method: &AttestationMethod,
     key: rcgen::KeyPair,
 ) -> Result<AgentState, AgentError> {
+    let payload = match method {
+        AttestationMethod::JoinToken(token) => token.as_bytes().to_vec(),
+        AttestationMethod::Evidence { .. } => Vec::new(),
+    };
     let params = AttestAgentParams {
         data: Some(AttestationData {
-            r#type: JOIN_TOKEN_ATTESTOR.to_owned(),
-            payload: join_token.as_bytes().to_vec(),
+            r#type: method.attestor().to_owned(),
+            payload,
         }),
         csr: state::build_csr(&key)?,
     };
@@ -94,18 +143,39 @@ pub(crate) async fn attest(
         code: status.code(),
         message: status.message().to_owned(),
     };
+    // The request stream stays open until the challenge response is sent.
+    let (requests, receiver) = tokio::sync::mpsc::channel(2);
+    requests
+        .send(first)
+        .await
+        .map_err(|_| protocol_error("the attestation request stream closed"))?;
     let mut responses = client
-        .attest_agent(tokio_stream::iter([first]))
+        .attest_agent(tokio_stream::wrappers::ReceiverStream::new(receiver))
         .await
         .map_err(failed)?
         .into_inner();
-    let response = responses.message().await.map_err(failed)?;
-    let svid = match response.and_then(|r| r.step) {
-        Some(ResponseStep::Result(svid)) => svid,
-        Some(ResponseStep::Challenge(_)) => {
+    let mut response = responses.message().await.map_err(failed)?;
+    if let Some(ResponseStep::Challenge(nonce)) = response.as_ref().and_then(|r| r.step.as_ref()) {
+        let AttestationMethod::Evidence { collector, .. } = method else {
             return Err(protocol_error(
                 "the server sent a challenge, but join_token attestation takes none",
             ));
+        };
+        let envelope = collect(collector, nonce, &key).await?;
+        let answer = AttestAgentRequest {
+            step: Some(RequestStep::ChallengeResponse(envelope)),
+        };
+        requests
+            .send(answer)
+            .await
+            .map_err(|_| protocol_error("the attestation request stream closed"))?;
+        response = responses.message().await.map_err(failed)?;
+    }
+    drop(requests);
+    let svid = match response.and_then(|r| r.step) {
+        Some(ResponseStep::Result(svid)) => svid,
+        Some(ResponseStep::Challenge(_)) => {
+            return Err(protocol_error("the server sent a second challenge"));
         }
         None => {
             return Err(protocol_error(
@@ -128,8 +198,33 @@ pub(crate) async fn attest(
     // Trusting the returned bundle is only as safe as the connection it came over, which the
     // bootstrap trust (or, with insecure_bootstrap, nothing) authenticated.
     let spiffe_id = agent.verify(trust_domain)?;
-    tracing::info!(spiffe_id = %spiffe_id, "agent attested with a join token");
+    tracing::info!(
+        spiffe_id = %spiffe_id,
+        attestor = method.attestor(),
+        "agent attested"
+    );
     Ok(agent)
+}
+
+/// Runs the collector for the server's nonce and the agent key, and returns the envelope JSON.
+async fn collect(
+    collector: &Arc<dyn Collector>,
+    nonce: &[u8],
+    key: &rcgen::KeyPair,
+) -> Result<Vec<u8>, AgentError> {
+    let report_data = {
+        use rcgen::PublicKeyData as _;
+        twid_evidence::binding::report_data(nonce, &key.subject_public_key_info())
+    };
+    let collector = Arc::clone(collector);
+    let envelope = tokio::task::spawn_blocking(move || collector.collect(&report_data))
+        .await
+        .map_err(|error| AgentError::Collect(format!("the collector task failed: {error}")))?
+        .map_err(|error| {
+            tracing::warn!(%error, "evidence collection failed");
+            AgentError::Collect(error.to_string())
+        })?;
+    Ok(envelope.to_json())
 }
 
 fn protocol_error(message: &str) -> AgentError {

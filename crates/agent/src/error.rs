@@ -39,6 +39,9 @@ pub enum AgentError {
          join_token to attest"
     )]
     MissingJoinToken,
+    /// The evidence collector failed to produce evidence for the server's challenge.
+    #[error("evidence collection failed: {0}")]
+    Collect(String),
     /// The server rejected or failed the attestation.
     #[error("attestation failed: {message} (gRPC code {code:?})")]
     Attestation {

@@ -2,7 +2,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
+
+use twid_attestation::node::evidence::Collector;
+use twid_attestation::node::evidence::configfs_tsm::ConfigfsTsmCollector;
+use twid_attestation::node::evidence::exec::ExecCollector;
+use twid_attestation::node::evidence::tpm::{TpmCollector, TpmSettings};
 
 use twid_attestation::workload::unix::UnixAttestorOptions;
 use twid_spiffe::TrustDomain;
@@ -52,6 +58,15 @@ pub(crate) struct AgentSettings {
     pub(crate) prometheus: Option<SocketAddr>,
     pub(crate) unix_attestor: UnixAttestorOptions,
     pub(crate) sds: twid_config::SdsConfig,
+    /// The evidence node attestor and its collector; `None` means join token attestation.
+    pub(crate) evidence: Option<EvidenceSettings>,
+}
+
+/// An evidence node attestor: the name sent to the server and the collector.
+#[derive(Clone, Debug)]
+pub(crate) struct EvidenceSettings {
+    pub(crate) attestor: String,
+    pub(crate) collector: Arc<dyn Collector>,
 }
 
 impl std::fmt::Debug for AgentSettings {
@@ -72,6 +87,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("prometheus", &self.prometheus)
             .field("unix_attestor", &self.unix_attestor)
             .field("sds", &self.sds)
+            .field("evidence", &self.evidence)
             .finish()
     }
 }
@@ -104,6 +120,7 @@ impl AgentSettings {
             .as_ref()
             .map(|prometheus| prometheus.address().map_err(invalid_address))
             .transpose()?;
+        let evidence = evidence_settings(config.evidence_attestor.as_ref(), options)?;
         let settings = Self {
             trust_domain: config.trust_domain,
             server_address: config.server_address,
@@ -122,6 +139,7 @@ impl AgentSettings {
                 workload_size_limit: config.unix_attestor.workload_size_limit,
             },
             sds: config.sds,
+            evidence,
         };
         settings.validate()?;
         Ok(settings)
@@ -155,6 +173,52 @@ impl AgentSettings {
     }
 }
 
+/// Builds the collector the configuration selects, or takes the one from `options`.
+fn evidence_settings(
+    attestor: Option<&twid_config::EvidenceNodeAttestor>,
+    options: &AgentOptions,
+) -> Result<Option<EvidenceSettings>, AgentError> {
+    if let Some(collector) = &options.collector {
+        let name = attestor.map_or_else(
+            || twid_config::attestor_name(collector.kind()).to_owned(),
+            |attestor| attestor.name.clone(),
+        );
+        return Ok(Some(EvidenceSettings {
+            attestor: name,
+            collector: Arc::clone(collector),
+        }));
+    }
+    let Some(attestor) = attestor else {
+        return Ok(None);
+    };
+    let collector: Arc<dyn Collector> = match &attestor.collector {
+        twid_config::CollectorConfig::ConfigfsTsm { tsm_path } => {
+            Arc::new(ConfigfsTsmCollector::new(attestor.kind, tsm_path.clone()))
+        }
+        twid_config::CollectorConfig::Exec { command } => {
+            Arc::new(ExecCollector::new(attestor.kind, command.clone()))
+        }
+        twid_config::CollectorConfig::Tpm(tpm) => {
+            let defaults = TpmSettings::default();
+            Arc::new(TpmCollector::new(TpmSettings {
+                tcti: tpm.tcti.clone().unwrap_or(defaults.tcti),
+                ak_handle_or_context: tpm
+                    .ak_handle
+                    .map_or(defaults.ak_handle_or_context, |handle| {
+                        format!("0x{handle:08x}")
+                    }),
+                bank: tpm.pcr_bank.clone(),
+                pcrs: tpm.pcrs.clone(),
+                event_log_path: None,
+            }))
+        }
+    };
+    Ok(Some(EvidenceSettings {
+        attestor: attestor.name.clone(),
+        collector,
+    }))
+}
+
 fn invalid_address(error: twid_config::ConfigError) -> AgentError {
     AgentError::Config(error.to_string())
 }
@@ -180,6 +244,7 @@ pub(crate) mod tests {
             prometheus: None,
             unix_attestor: UnixAttestorOptions::default(),
             sds: twid_config::SdsConfig::default(),
+            evidence: None,
         }
     }
 

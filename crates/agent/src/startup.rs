@@ -8,19 +8,22 @@ use twid_proto::node::node_client::NodeClient;
 use twid_tls::{Authorizer, SvidSource};
 
 use crate::AgentError;
-use crate::bootstrap;
+use crate::bootstrap::{self, AttestationMethod};
 use crate::cache::Cache;
 use crate::node::{self, ServerConnection};
 use crate::settings::AgentSettings;
 use crate::state::{self, AgentState};
 use crate::sync::{Syncer, unix_now};
 
+/// Extra time for an evidence attestation, for the collector to run.
+const EVIDENCE_COLLECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(35);
+
 /// The source of the agent's identity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Origin {
     /// The data directory, from an earlier run.
     Stored,
-    /// A join token attestation just now.
+    /// A join token or evidence attestation just now.
     Attested,
 }
 
@@ -29,7 +32,8 @@ enum Origin {
 /// Returns the syncer and the outcome of that round. Only a rejection of the agent is an
 /// error here, because the sync loop retries an unreachable server. When the server rejects a
 /// stored SVID (the agent was evicted, or its SVID was superseded), the agent attests again if
-/// `join_token` is set and fails with [`AgentError::Rejected`] otherwise.
+/// `join_token` or an evidence attestor is set and fails with [`AgentError::Rejected`]
+/// otherwise.
 pub(crate) async fn establish(
     settings: &AgentSettings,
     cache: &Cache,
@@ -49,15 +53,16 @@ pub(crate) async fn establish(
         AgentError::Rpc { message, .. } => message.clone(),
         other => other.to_string(),
     };
-    let Some(join_token) = settings.join_token.as_deref() else {
+    let Some(method) = attestation_method(settings) else {
         return Err(AgentError::Rejected { message });
     };
     tracing::warn!(
         reason = %message,
-        "the server rejected the stored agent SVID; attesting again with join_token"
+        attestor = method.attestor(),
+        "the server rejected the stored agent SVID; attesting again"
     );
     let stored_bundle = std::mem::take(&mut syncer.agent.bundle);
-    let agent = attest_with_token(settings, Some(stored_bundle), join_token).await?;
+    let agent = attest_with(settings, Some(stored_bundle), &method).await?;
     let mut syncer = new_syncer(settings, agent, cache, health)?;
     let first = syncer.sync_once().await;
     match first {
@@ -74,32 +79,46 @@ enum Stored {
     Expired { bundle: Vec<Vec<u8>> },
 }
 
-/// Re-uses a stored SVID that is still valid; otherwise attests with the join token.
+/// Re-uses a stored SVID that is still valid; otherwise attests with the evidence attestor or
+/// the join token.
 ///
 /// Unusable stored state (unreadable, key not matching the SVID, another trust domain) is
-/// replaced by a new attestation when a join token is set, and an error otherwise.
+/// replaced by a new attestation when either is set, and an error otherwise.
 async fn load_or_attest(settings: &AgentSettings) -> Result<(AgentState, Origin), AgentError> {
     let stored = state::load(&settings.data_dir).and_then(|stored| {
         stored
             .map(|stored| check_stored(settings, stored))
             .transpose()
     });
+    let method = attestation_method(settings);
     let stored_bundle = match stored {
         Ok(Some(Stored::Usable(agent))) => return Ok((agent, Origin::Stored)),
         Ok(Some(Stored::Expired { bundle })) => Some(bundle),
         Ok(None) => None,
-        Err(error) if settings.join_token.is_some() => {
+        Err(error) if method.is_some() => {
             tracing::warn!(%error, "ignoring the unusable stored agent state; attesting again");
             None
         }
         Err(error) => return Err(error),
     };
-    let join_token = settings
-        .join_token
-        .as_deref()
-        .ok_or(AgentError::MissingJoinToken)?;
-    let agent = attest_with_token(settings, stored_bundle, join_token).await?;
+    let method = method.ok_or(AgentError::MissingJoinToken)?;
+    let agent = attest_with(settings, stored_bundle, &method).await?;
     Ok((agent, Origin::Attested))
+}
+
+/// Returns how the agent attests: with its evidence attestor when one is configured, else
+/// with the join token, else `None`.
+fn attestation_method(settings: &AgentSettings) -> Option<AttestationMethod> {
+    if let Some(evidence) = &settings.evidence {
+        return Some(AttestationMethod::Evidence {
+            attestor: evidence.attestor.clone(),
+            collector: Arc::clone(&evidence.collector),
+        });
+    }
+    settings
+        .join_token
+        .clone()
+        .map(AttestationMethod::JoinToken)
 }
 
 fn check_stored(settings: &AgentSettings, mut stored: AgentState) -> Result<Stored, AgentError> {
@@ -132,12 +151,12 @@ fn check_stored(settings: &AgentSettings, mut stored: AgentState) -> Result<Stor
     Ok(Stored::Usable(stored))
 }
 
-/// Attests with `join_token` over a connection that trusts `stored_bundle`, the configured
+/// Attests with `method` over a connection that trusts `stored_bundle`, the configured
 /// bundle file, or (with insecure_bootstrap) any server, and stores the new identity.
-async fn attest_with_token(
+async fn attest_with(
     settings: &AgentSettings,
     stored_bundle: Option<Vec<Vec<u8>>>,
-    join_token: &str,
+    method: &AttestationMethod,
 ) -> Result<AgentState, AgentError> {
     // Limit: the attestation is tried once. An unreachable server makes the start fail, and
     // the process supervisor is expected to restart the agent.
@@ -146,17 +165,22 @@ async fn attest_with_token(
         twid_tls::connect_channel_lazy(&settings.server_address, settings.server_port, tls)?;
     let key = state::generate_key()?;
     let client = NodeClient::new(channel);
-    let attestation = bootstrap::attest(client, &settings.trust_domain, join_token, key);
-    let agent = match tokio::time::timeout(node::RPC_TIMEOUT, attestation).await {
+    let attestation = bootstrap::attest(client, &settings.trust_domain, method, key);
+    // Evidence collection may take as long as the collector's own timeout (30 s for exec).
+    let timeout = match method {
+        AttestationMethod::JoinToken(_) => node::RPC_TIMEOUT,
+        AttestationMethod::Evidence { .. } => node::RPC_TIMEOUT + EVIDENCE_COLLECTION_TIMEOUT,
+    };
+    let agent = match tokio::time::timeout(timeout, attestation).await {
         Ok(result) => result?,
         Err(_) => {
             return Err(AgentError::Attestation {
                 code: tonic::Code::DeadlineExceeded,
                 message: format!(
-                    "the server at {}:{} did not answer within {}s",
+                    "the attestation with the server at {}:{} did not finish within {}s",
                     settings.server_address,
                     settings.server_port,
-                    node::RPC_TIMEOUT.as_secs()
+                    timeout.as_secs()
                 ),
             });
         }

@@ -181,7 +181,8 @@ impl Syncer {
         if unix_now() >= not_after && self.health.is_ready() {
             tracing::error!(
                 expired_at = not_after,
-                "the agent SVID has expired; restart the agent with a new join_token"
+                "the agent SVID has expired; restart the agent to attest again (with a new \
+                 join_token, or with fresh evidence for an evidence node attestor)"
             );
             self.health.set_not_ready(format!(
                 "the agent SVID expired at {not_after} (Unix time); the agent must attest again"

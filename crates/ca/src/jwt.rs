@@ -180,6 +180,34 @@ impl JwtKey {
         Ok((token, from_unix_seconds(expiry)))
     }
 
+    /// Signs arbitrary claims as a compact JWS with header `{"alg","kid","typ"}`, for tokens
+    /// that are not JWT-SVIDs (attestation results, for example). The caller sets every claim,
+    /// `exp` included; this only refuses a key that has expired at `now`.
+    ///
+    /// # Errors
+    /// Returns [`CaError::Expired`] and [`CaError::Signing`].
+    pub fn sign_claims(
+        &self,
+        typ: &str,
+        claims: &Map<String, Value>,
+        now: SystemTime,
+    ) -> Result<String, CaError> {
+        if unix_seconds(now) >= unix_seconds(self.not_after) {
+            return Err(CaError::Expired {
+                not_after: self.not_after,
+                now,
+            });
+        }
+        let header = json!({
+            "alg": self.algorithm.as_str(),
+            "kid": self.key_id,
+            "typ": typ,
+        });
+        let signing_input = encode_signing_input(&header, &Value::Object(claims.clone()));
+        let signature = self.sign(signing_input.as_bytes())?;
+        Ok(assemble(&signing_input, &signature))
+    }
+
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, CaError> {
         let rng = SystemRandom::new();
         if let Some(pair) = &self.ecdsa_fixed {

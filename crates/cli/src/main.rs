@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    agents, api, aws, bundle, dev, entry, healthcheck, helper, oidc_provider, run, token,
+    agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, oidc_provider, run, token,
 };
 
 /// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
@@ -49,6 +49,9 @@ enum Command {
     /// Call the SPIFFE Workload API as a workload would.
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Verify hardware-signed evidence (SGX, TDX, SEV-SNP, Nitro, TPM) offline.
+    #[command(subcommand)]
+    Attest(attest::AttestCommand),
     /// Get AWS credentials with a JWT-SVID, and print IAM trust policies for it.
     #[command(subcommand)]
     Aws(aws::AwsCommand),
@@ -111,6 +114,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Token(command) => token::run(command).await,
         Command::Bundle(command) => bundle::run(command).await,
         Command::Api(command) => api::run(command).await,
+        Command::Attest(command) => attest::run(command).await,
         Command::Aws(command) => aws::run(command).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::OidcProvider(args) => oidc_provider::run(args).await,

@@ -11,6 +11,7 @@ use twid_spiffe::TrustDomain;
 
 use crate::common::{self, HealthChecks, LogFormat, LogLevel, ParseValueError, Telemetry};
 use crate::document::{Schema, Section, Source};
+use crate::evidence::{self, EvidenceNodeAttestor};
 use crate::plugins::{self, Plugin};
 use crate::server::DEFAULT_SERVER_PORT;
 use crate::{ConfigError, read_file, values};
@@ -58,6 +59,8 @@ pub struct AgentConfig {
     pub sync_interval: Duration,
     /// The `sds` block: resource names and bundle format of the Envoy SDS service.
     pub sds: SdsConfig,
+    /// A `NodeAttestor` block of an evidence kind; `None` means join token attestation.
+    pub evidence_attestor: Option<EvidenceNodeAttestor>,
 }
 
 /// Settings of the Envoy SDS v3 service on the Workload API socket, with the key names and
@@ -293,7 +296,15 @@ impl AgentConfig {
         check_bootstrap(&agent, trust_bundle_path.is_some(), insecure_bootstrap)?;
 
         let plugins = plugins::collect(&root, &PLUGIN_TYPES)?;
-        let unix_attestor = check_plugins(&plugins, &data_dir)?;
+        let (unix_attestor, evidence_attestor) = check_plugins(&plugins, &data_dir)?;
+        if evidence_attestor.is_some() && agent.entry("join_token").is_some() {
+            return Err(agent.invalid_value(
+                "join_token",
+                "a NodeAttestor block of an evidence kind is configured too; remove join_token \
+                 or the NodeAttestor block"
+                    .to_owned(),
+            ));
+        }
         Ok(Self {
             source: None,
             trust_domain,
@@ -321,6 +332,7 @@ impl AgentConfig {
             unix_attestor,
             sync_interval: sync_interval(&agent)?,
             sds: sds(&agent)?,
+            evidence_attestor,
         })
     }
 
@@ -351,6 +363,7 @@ impl AgentConfig {
             unix_attestor: UnixAttestorConfig::default(),
             sync_interval: DEFAULT_SYNC_INTERVAL,
             sds: SdsConfig::default(),
+            evidence_attestor: None,
         }
     }
 }
@@ -445,19 +458,24 @@ fn sds(agent: &Section<'_>) -> Result<SdsConfig, ConfigError> {
     Ok(config)
 }
 
-/// Validates the agent's plugin blocks and returns the unix attestor settings.
+/// Validates the agent's plugin blocks and returns the unix attestor settings and the
+/// evidence node attestor, if one is configured.
 fn check_plugins(
     plugins: &[Plugin<'_>],
     data_dir: &Path,
-) -> Result<UnixAttestorConfig, ConfigError> {
+) -> Result<(UnixAttestorConfig, Option<EvidenceNodeAttestor>), ConfigError> {
     let mut unix = UnixAttestorConfig::default();
+    let mut evidence_attestor = None;
     plugins::single(plugins, "KeyManager")?;
     plugins::single(plugins, "NodeAttestor")?;
     for plugin in plugins {
         match (plugin.plugin_type, plugin.name) {
             ("NodeAttestor", "join_token") => plugin.check_data(&plugins::NO_SETTINGS)?,
-            ("NodeAttestor", _) => {
-                return Err(plugin.unsupported("twid supports NodeAttestor \"join_token\" only"));
+            ("NodeAttestor", name) => {
+                let Some(kind) = evidence::evidence_kind(name) else {
+                    return Err(plugin.unsupported(crate::server::NODE_ATTESTORS));
+                };
+                evidence_attestor = Some(evidence::agent_attestor(plugin, kind)?);
             }
             ("WorkloadAttestor", "unix") => {
                 plugin.check_data(&UNIX_ATTESTOR)?;
@@ -485,7 +503,7 @@ fn check_plugins(
             }
         }
     }
-    Ok(unix)
+    Ok((unix, evidence_attestor))
 }
 
 /// Accepts `KeyManager "disk"` when its `directory` is `data_dir` (or unset), because the
@@ -538,6 +556,7 @@ impl fmt::Debug for AgentConfig {
             .field("unix_attestor", &self.unix_attestor)
             .field("sync_interval", &self.sync_interval)
             .field("sds", &self.sds)
+            .field("evidence_attestor", &self.evidence_attestor)
             .finish()
     }
 }

@@ -17,6 +17,7 @@ mod document;
 mod duration;
 mod env;
 mod error;
+mod evidence;
 mod helper;
 mod issuers;
 mod plugins;
@@ -29,6 +30,10 @@ pub use agent::{AgentConfig, SdsConfig, TrustBundleFormat, UnixAttestorConfig};
 pub use common::{HealthChecks, LogFormat, LogLevel, ParseValueError, Prometheus, Telemetry};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
+pub use evidence::{
+    CollectorConfig, DEFAULT_PCR_BANK, DEFAULT_TPM_PCRS, DEFAULT_TSM_PATH, EvidenceAttestorConfig,
+    EvidenceNodeAttestor, TpmCollectorConfig, attestor_name, evidence_kind,
+};
 pub use helper::{HelperConfig, HelperFileFormat, JwtSvidFile};
 pub use issuers::{JwtIssuerConfig, OidcDiscoveryConfig};
 pub use server::{CaSubject, KeyManager, KeyType, ServerConfig};

@@ -12,6 +12,7 @@ use twid_spiffe::TrustDomain;
 
 use crate::common::{self, HealthChecks, LogFormat, LogLevel, ParseValueError, Telemetry};
 use crate::document::{Schema, Section, Source};
+use crate::evidence::{self, EvidenceAttestorConfig};
 use crate::issuers::{self, JwtIssuerConfig, OidcDiscoveryConfig};
 use crate::plugins::{self, Plugin};
 use crate::{ConfigError, read_file, values};
@@ -73,6 +74,9 @@ pub struct ServerConfig {
     pub jwt_issuers: Vec<JwtIssuerConfig>,
     /// The `endpoints.oidc_discovery` block, `None` when absent.
     pub oidc_discovery: Option<OidcDiscoveryConfig>,
+    /// The `NodeAttestor` blocks of evidence kinds (`sgx_dcap`, `tdx`, `sgx_ias`, `snp`,
+    /// `nitro`, `tpm`) in file order. Join tokens are always accepted beside them.
+    pub evidence_attestors: Vec<EvidenceAttestorConfig>,
 }
 
 /// Key algorithm of a CA or JWT signing key, spelled as in SPIRE (`ec-p256`).
@@ -328,7 +332,7 @@ impl ServerConfig {
         let key_type = |key| server.optional(key, common::enumerated::<KeyType>);
         let duration = |key| server.optional(key, values::positive_duration);
         let plugins = plugins::collect(&root, &PLUGIN_TYPES)?;
-        check_plugins(&plugins)?;
+        let evidence_attestors = check_plugins(&plugins)?;
         let public_url = server.optional("public_url", issuers::issuer_url)?;
         let jwt_issuers = issuers::jwt_issuers(&root)?;
         let oidc_discovery = issuers::oidc_discovery(&root, public_url.as_deref(), &jwt_issuers)?;
@@ -360,6 +364,7 @@ impl ServerConfig {
             public_url,
             jwt_issuers,
             oidc_discovery,
+            evidence_attestors,
             trust_domain,
             data_dir,
         })
@@ -392,13 +397,15 @@ impl ServerConfig {
             public_url: None,
             jwt_issuers: Vec::new(),
             oidc_discovery: None,
+            evidence_attestors: Vec::new(),
         }
     }
 }
 
-/// Rejects plugin types and names that twid does not implement. DataStore and KeyManager
-/// were read before this runs.
-fn check_plugins(plugins: &[Plugin<'_>]) -> Result<(), ConfigError> {
+/// Rejects plugin types and names that twid does not implement, and returns the evidence
+/// node attestors. DataStore and KeyManager are read separately.
+fn check_plugins(plugins: &[Plugin<'_>]) -> Result<Vec<EvidenceAttestorConfig>, ConfigError> {
+    let mut attestors = Vec::new();
     for plugin in plugins {
         match plugin.plugin_type {
             "DataStore" | "KeyManager" => {}
@@ -406,15 +413,22 @@ fn check_plugins(plugins: &[Plugin<'_>]) -> Result<(), ConfigError> {
                 plugin.check_data(&plugins::NO_SETTINGS)?;
             }
             "NodeAttestor" => {
-                return Err(plugin.unsupported("twid supports NodeAttestor \"join_token\" only"));
+                let Some(kind) = evidence::evidence_kind(plugin.name) else {
+                    return Err(plugin.unsupported(NODE_ATTESTORS));
+                };
+                attestors.push(evidence::server_attestor(plugin, kind)?);
             }
             other => {
                 return Err(plugin.unsupported(&format!("twid has no {other} plugins")));
             }
         }
     }
-    Ok(())
+    Ok(attestors)
 }
+
+/// The node attestors twid implements, for errors.
+pub(crate) const NODE_ATTESTORS: &str = "twid supports NodeAttestor \"join_token\", \"sgx_dcap\", \
+     \"tdx\", \"sgx_ias\", \"snp\", \"nitro\" and \"tpm\"";
 
 fn ca_subject(server: &Section<'_>) -> Result<CaSubject, ConfigError> {
     let Some(section) = server.section("ca_subject")? else {
@@ -556,6 +570,7 @@ impl fmt::Debug for ServerConfig {
             .field("public_url", &self.public_url)
             .field("jwt_issuers", &self.jwt_issuers)
             .field("oidc_discovery", &self.oidc_discovery)
+            .field("evidence_attestors", &self.evidence_attestors)
             .finish()
     }
 }

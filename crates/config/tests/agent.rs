@@ -282,7 +282,8 @@ fn plugin_rejections() {
                 }
             }"#,
             "agent.conf:10: unsupported plugin NodeAttestor \"k8s_psat\": twid supports \
-             NodeAttestor \"join_token\" only",
+             NodeAttestor \"join_token\", \"sgx_dcap\", \"tdx\", \"sgx_ias\", \"snp\", \"nitro\" and \
+             \"tpm\"",
         ),
         (
             r#"WorkloadAttestor "docker" {

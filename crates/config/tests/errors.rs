@@ -338,7 +338,7 @@ fn unsupported_plugin_names_plugin() {
     let error = server_error(text, "p.conf");
     assert_eq!(
         error.to_string(),
-        "p.conf:6: unsupported plugin NodeAttestor \"k8s_psat\": twid supports NodeAttestor \"join_token\" only"
+        "p.conf:6: unsupported plugin NodeAttestor \"k8s_psat\": twid supports NodeAttestor \"join_token\", \"sgx_dcap\", \"tdx\", \"sgx_ias\", \"snp\", \"nitro\" and \"tpm\""
     );
     match error {
         ConfigError::UnsupportedPlugin {

@@ -375,7 +375,7 @@ fn plugin_rejections() {
                     clusters = {}
                 }
             }"#,
-            "server.conf:8: unsupported plugin NodeAttestor \"k8s_psat\": twid supports NodeAttestor \"join_token\" only",
+            "server.conf:8: unsupported plugin NodeAttestor \"k8s_psat\": twid supports NodeAttestor \"join_token\", \"sgx_dcap\", \"tdx\", \"sgx_ias\", \"snp\", \"nitro\" and \"tpm\"",
         ),
         (
             r#"UpstreamAuthority "disk" {

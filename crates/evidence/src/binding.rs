@@ -35,7 +35,10 @@ pub fn check(
     let bound = verified.bound_data().ok_or_else(|| {
         VerifyError::new(
             Reason::Binding,
-            format!("{} evidence carries no data that binds a nonce and key", verified.kind),
+            format!(
+                "{} evidence carries no data that binds a nonce and key",
+                verified.kind
+            ),
         )
     })?;
     let bound = bound.get(..BINDING_LEN).unwrap_or(bound);

@@ -17,9 +17,11 @@ mod error;
 pub mod ias;
 pub mod nitro;
 pub mod policy;
+pub mod result;
 pub mod roots;
 pub mod snp;
 pub mod tpm;
+pub mod verify;
 
 pub use claims::{Claims, Kind, TcbStatus, Verified};
 pub use envelope::Envelope;

@@ -3,6 +3,7 @@
 //! - [`workload`]: the SPIFFE Workload API (no protobuf package, as the standard fixes it).
 //! - [`node`]: the agent-to-server API over mutual TLS.
 //! - [`admin`]: the command line's API on the server's local socket.
+//! - [`attestation`]: evidence verification for relying parties.
 //! - [`types`]: messages shared by the node and admin APIs.
 
 #![allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
@@ -29,6 +30,11 @@ pub mod twid {
             include!(concat!(env!("OUT_DIR"), "/twid.admin.v1.rs"));
         }
     }
+    pub mod attestation {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/twid.attestation.v1.rs"));
+        }
+    }
 }
 
 /// Messages shared by the node and admin APIs.
@@ -36,6 +42,9 @@ pub use twid::types::v1 as types;
 
 /// The node API: agent to server over mutual TLS.
 pub use twid::node::v1 as node;
+
+/// The verification API: evidence in, a signed attestation result out, for any relying party.
+pub use twid::attestation::v1 as attestation;
 
 /// The admin API: command line to server over the local Unix socket.
 pub use twid::admin::v1 as admin;

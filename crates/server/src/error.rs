@@ -59,6 +59,18 @@ pub enum ServerError {
     /// The OIDC discovery endpoint could not be started.
     #[error("OIDC discovery endpoint failed to start")]
     Oidc(#[from] twid_oidc::OidcError),
+    /// A file named by an evidence node attestor cannot be read or contains no certificate.
+    #[error("NodeAttestor {attestor:?}: {key} file {}: {reason}", path.display())]
+    EvidenceFile {
+        /// The attestor name, such as `snp`.
+        attestor: String,
+        /// The plugin_data key that names the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Description of the problem.
+        reason: String,
+    },
     /// No active authority exists, which the CA manager never allows after start.
     #[error("no active {0} authority")]
     NoActiveAuthority(&'static str),

@@ -12,10 +12,13 @@ mod ca;
 mod convert;
 mod entries;
 mod error;
+mod evidence;
 mod identity;
 mod issuers;
 mod node_api;
+mod node_evidence;
 mod tasks;
+mod verification_api;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -52,6 +55,8 @@ pub(crate) struct Shared {
     pub(crate) issuers: Arc<IssuerRegistry>,
     /// Serializes bundle publication, so that an older key set never overwrites a newer one.
     pub(crate) publish_lock: tokio::sync::Mutex<()>,
+    /// The `NodeAttestor` blocks of evidence kinds, by name.
+    pub(crate) evidence: evidence::EvidenceAttestors,
 }
 
 /// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
@@ -83,6 +88,7 @@ impl Server {
             twid_telemetry::install_metrics_recorder();
         }
         issuers::check_key_files(&config.jwt_issuers)?;
+        let evidence = evidence::EvidenceAttestors::load(&config.evidence_attestors)?;
         ca::create_private_dir(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
         let ca = CaManager::load_or_create(ca_settings(&config), datastore.clone(), now).await?;
@@ -101,6 +107,7 @@ impl Server {
             bundle: ArcSwap::from_pointee(twid_proto::types::Bundle::default()),
             issuers: Arc::clone(&issuers),
             publish_lock: tokio::sync::Mutex::new(()),
+            evidence,
         });
         tasks::publish_bundle(&shared).await?;
 

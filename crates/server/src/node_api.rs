@@ -59,6 +59,7 @@ pub(crate) async fn serve(
     })
     .max_decoding_message_size(64 * 1024 * 1024)
     .max_encoding_message_size(64 * 1024 * 1024);
+    let verification = crate::verification_api::service(shared);
     let shutdown = shutdown.clone();
     tasks.spawn(
         async move {
@@ -68,6 +69,7 @@ pub(crate) async fn serve(
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(service)
+                .add_service(verification)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await;
             if let Err(error) = result {
@@ -80,14 +82,15 @@ pub(crate) async fn serve(
     Ok(bound)
 }
 
-struct NodeService {
-    shared: Arc<Shared>,
+pub(crate) struct NodeService {
+    pub(crate) shared: Arc<Shared>,
 }
 
-type AttestStream = Pin<Box<dyn Stream<Item = Result<AttestAgentResponse, Status>> + Send>>;
+pub(crate) type AttestStream =
+    Pin<Box<dyn Stream<Item = Result<AttestAgentResponse, Status>> + Send>>;
 
 /// Turns an internal failure into a status that reveals no internals to the peer.
-fn internal(error: ServerError) -> Status {
+pub(crate) fn internal(error: ServerError) -> Status {
     tracing::error!(error = %crate::tasks::error_chain(&error), "node API request failed");
     Status::internal("internal server error; see the server log")
 }
@@ -130,7 +133,7 @@ impl NodeService {
         Ok(agent)
     }
 
-    fn agent_ttl(&self) -> Duration {
+    pub(crate) fn agent_ttl(&self) -> Duration {
         self.shared
             .config
             .agent_ttl
@@ -145,6 +148,18 @@ impl NodeService {
         ttl: Duration,
         dns_names: &[String],
     ) -> Result<Vec<u8>, Status> {
+        self.sign_x509_at(spiffe_id, csr, ttl, dns_names, SystemTime::now())
+    }
+
+    /// Signs an SVID valid from `now` for `ttl` (or until the CA expires, if sooner).
+    pub(crate) fn sign_x509_at(
+        &self,
+        spiffe_id: &SpiffeId,
+        csr: &[u8],
+        ttl: Duration,
+        dns_names: &[String],
+        now: SystemTime,
+    ) -> Result<Vec<u8>, Status> {
         let csr = twid_ca::parse_csr(csr)
             .map_err(|error| Status::invalid_argument(format!("invalid CSR: {error}")))?;
         let snapshot = self.shared.ca.snapshot();
@@ -157,14 +172,14 @@ impl NodeService {
                 public_key_spki_der: &csr.public_key_spki_der,
                 ttl,
                 dns_names,
-                now: SystemTime::now(),
+                now,
             })
             .map_err(|error| internal(error.into()))?;
         metrics::counter!(names::X509_SVIDS_SIGNED_TOTAL).increment(1);
         Ok(cert.to_vec())
     }
 
-    fn agent_svid(&self, spiffe_id: &SpiffeId, cert: Vec<u8>) -> AgentSvid {
+    pub(crate) fn agent_svid(&self, spiffe_id: &SpiffeId, cert: Vec<u8>) -> AgentSvid {
         AgentSvid {
             cert_chain: vec![cert],
             spiffe_id: spiffe_id.to_string(),
@@ -203,7 +218,7 @@ fn hex_lower(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn cert_expiry(der: &[u8]) -> i64 {
+pub(crate) fn cert_expiry(der: &[u8]) -> i64 {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, cert)| cert.validity().not_after.timestamp())
         .unwrap_or(0)
@@ -229,11 +244,23 @@ impl Node for NodeService {
         let data = params
             .data
             .ok_or_else(|| Status::invalid_argument("attestation params lack attestation data"))?;
+        if self.shared.evidence.get(&data.r#type).is_some() {
+            return Ok(Response::new(self.attest_evidence_stream(
+                data.r#type,
+                params.csr,
+                stream,
+            )));
+        }
         let result = match data.r#type.as_str() {
             "join_token" => self.attest_join_token(&data.payload, &params.csr).await,
-            other => Err(Status::invalid_argument(format!(
-                "unsupported node attestor {other:?}; this server supports join_token"
-            ))),
+            other => {
+                let mut supported = vec!["join_token"];
+                supported.extend(self.shared.evidence.names());
+                Err(Status::invalid_argument(format!(
+                    "unsupported node attestor {other:?}; this server accepts {}",
+                    supported.join(", ")
+                )))
+            }
         };
         let outcome = if result.is_ok() { "ok" } else { "rejected" };
         metrics::counter!(names::NODE_ATTESTATIONS_TOTAL, "result" => outcome).increment(1);
@@ -252,12 +279,10 @@ impl Node for NodeService {
         request: Request<RenewAgentRequest>,
     ) -> Result<Response<RenewAgentResponse>, Status> {
         let agent = self.authenticate(&request).await?;
-        let cert = self.sign_x509(
-            &agent.spiffe_id,
-            &request.get_ref().csr,
-            self.agent_ttl(),
-            &[],
-        )?;
+        let now = crate::node_evidence::whole_seconds(SystemTime::now());
+        let ttl = self.renewal_ttl(&agent, now)?;
+        let csr = &request.get_ref().csr;
+        let cert = self.sign_x509_at(&agent.spiffe_id, csr, ttl, &[], now)?;
         let serial = serial_hex(&cert)?;
         self.shared
             .datastore

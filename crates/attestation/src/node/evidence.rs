@@ -7,6 +7,8 @@
 
 use twid_evidence::{Envelope, Kind};
 
+pub mod configfs_tsm;
+pub mod exec;
 pub mod tpm;
 
 /// Why a collector could not produce evidence.

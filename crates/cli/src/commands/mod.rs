@@ -2,6 +2,7 @@
 
 pub(crate) mod agents;
 pub(crate) mod api;
+pub(crate) mod attest;
 pub(crate) mod aws;
 pub(crate) mod bundle;
 pub(crate) mod dev;

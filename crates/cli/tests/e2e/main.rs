@@ -4,6 +4,7 @@
 // Harness helpers panic on set-up failures so that a test fails at the step that broke.
 #![allow(clippy::unwrap_used)]
 
+mod attest_verify;
 mod aws;
 mod bad_input;
 mod common;
@@ -13,6 +14,7 @@ mod helper;
 mod helper_nginx;
 mod issuers;
 mod jwt_agreement;
+mod node_evidence;
 mod oidc_provider;
 mod operations;
 mod rotation;

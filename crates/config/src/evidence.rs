@@ -1,0 +1,536 @@
+//! Node attestors that verify hardware evidence: `NodeAttestor "sgx_dcap" | "tdx" | "sgx_ias" |
+//! "snp" | "nitro" | "tpm"`, on the server (trust roots, collateral and policy) and on the
+//! agent (how to collect the evidence).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use hcl_edit::expr::Expression;
+use twid_evidence::Kind;
+use twid_evidence::claims::SnpTcb;
+use twid_evidence::policy::Policy;
+
+use crate::ConfigError;
+use crate::document::{Node, Schema, Section};
+use crate::plugins::Plugin;
+use crate::values;
+
+/// Default `tsm_path` of the `configfs_tsm` collector.
+pub const DEFAULT_TSM_PATH: &str = "/sys/kernel/config/tsm/report";
+/// Default `pcr_bank` of the `tpm` collector.
+pub const DEFAULT_PCR_BANK: &str = "sha256";
+/// Default `pcrs` of the `tpm` collector: the firmware and boot loader PCRs.
+pub const DEFAULT_TPM_PCRS: [u8; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+
+/// Returns the evidence kind of a node attestor name such as `sgx_dcap`, or `None` for other
+/// attestors (`join_token`).
+pub fn evidence_kind(attestor: &str) -> Option<Kind> {
+    Kind::ALL
+        .into_iter()
+        .find(|kind| attestor_name(*kind) == attestor)
+}
+
+/// Returns the node attestor name of an evidence kind: the kind's name with `_` for `-`.
+pub fn attestor_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::SgxDcap => "sgx_dcap",
+        Kind::Tdx => "tdx",
+        Kind::SgxIas => "sgx_ias",
+        Kind::Snp => "snp",
+        Kind::Nitro => "nitro",
+        Kind::Tpm => "tpm",
+    }
+}
+
+/// A server `NodeAttestor` block for one evidence kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceAttestorConfig {
+    /// The attestor name, such as `sgx_dcap`; it is the third path segment of agent IDs.
+    pub name: String,
+    /// The evidence kind the attestor accepts.
+    pub kind: Kind,
+    /// PEM files of the roots to trust. Empty means the vendor's production roots, pinned by
+    /// fingerprint.
+    pub trusted_roots: Vec<PathBuf>,
+    /// DCAP collateral cache: a folder per FMSPC (upper-case hex) with the PCS files, or a
+    /// `<fmspc>.json` file in dcap-qvl's layout.
+    pub collateral_dir: Option<PathBuf>,
+    /// PEM file with the SEV-SNP ASK or ASVK and the ARK.
+    pub vek_chain_path: Option<PathBuf>,
+    /// Rules that the verified claims must satisfy.
+    pub policy: Policy,
+}
+
+/// An agent `NodeAttestor` block for one evidence kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvidenceNodeAttestor {
+    /// The attestor name the agent sends, such as `tdx`.
+    pub name: String,
+    /// The evidence kind.
+    pub kind: Kind,
+    /// The agent's source of evidence.
+    pub collector: CollectorConfig,
+}
+
+/// The agent's evidence source, the `collector` key and its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CollectorConfig {
+    /// The Linux configfs-tsm report interface (TDX and SEV-SNP guests).
+    ConfigfsTsm {
+        /// The configfs-tsm report folder. Default `/sys/kernel/config/tsm/report`.
+        tsm_path: PathBuf,
+    },
+    /// A program that prints an evidence envelope as JSON.
+    Exec {
+        /// Program and arguments, run without a shell.
+        command: Vec<String>,
+    },
+    /// A TPM 2.0 quote.
+    Tpm(TpmCollectorConfig),
+}
+
+/// Settings of the `tpm` collector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TpmCollectorConfig {
+    /// TPM device path or tpm2-tss TCTI string such as `swtpm:host=127.0.0.1,port=2321`;
+    /// `None` means `/dev/tpmrm0`.
+    pub tcti: Option<String>,
+    /// Persistent handle of the attestation key; `None` means 0x81010002.
+    pub ak_handle: Option<u32>,
+    /// PCR bank of the quote. Default `sha256`.
+    pub pcr_bank: String,
+    /// PCR indexes to quote. Default 0-7.
+    pub pcrs: Vec<u8>,
+}
+
+const SERVER_SGX_DCAP: Schema = Schema {
+    keys: &[
+        "trusted_roots",
+        "collateral_dir",
+        "allow_debug",
+        "allowed_measurements",
+        "allowed_signers",
+        "min_isv_svn",
+        "allowed_tcb_statuses",
+        "max_collateral_age",
+    ],
+    hints: &[],
+    nested: None,
+};
+
+const SERVER_TDX: Schema = Schema {
+    keys: &[
+        "trusted_roots",
+        "collateral_dir",
+        "allow_debug",
+        "allowed_measurements",
+        "allowed_tcb_statuses",
+        "max_collateral_age",
+    ],
+    hints: &[],
+    nested: None,
+};
+
+const SERVER_SGX_IAS: Schema = Schema {
+    keys: &[
+        "trusted_roots",
+        "allow_debug",
+        "allowed_measurements",
+        "allowed_signers",
+        "min_isv_svn",
+        "allowed_tcb_statuses",
+        "max_evidence_age",
+    ],
+    hints: &[],
+    nested: None,
+};
+
+const SERVER_SNP: Schema = Schema {
+    keys: &[
+        "trusted_roots",
+        "vek_chain_path",
+        "allow_debug",
+        "allowed_measurements",
+        "min_tcb",
+        "allowed_chip_ids",
+    ],
+    hints: &[],
+    nested: None,
+};
+
+const SERVER_NITRO: Schema = Schema {
+    keys: &[
+        "trusted_roots",
+        "allow_debug",
+        "allowed_measurements",
+        "pcrs",
+        "max_evidence_age",
+    ],
+    hints: &[],
+    nested: None,
+};
+
+const SERVER_TPM: Schema = Schema {
+    keys: &["pcrs", "allowed_ak_sha256"],
+    hints: &[],
+    nested: None,
+};
+
+const MIN_TCB: Schema = Schema {
+    keys: &["bootloader", "tee", "snp", "microcode", "fmc"],
+    hints: &[],
+    nested: None,
+};
+
+/// Reads a server `NodeAttestor` block of an evidence kind.
+pub(crate) fn server_attestor(
+    plugin: &Plugin<'_>,
+    kind: Kind,
+) -> Result<EvidenceAttestorConfig, ConfigError> {
+    let schema = match kind {
+        Kind::SgxDcap => &SERVER_SGX_DCAP,
+        Kind::Tdx => &SERVER_TDX,
+        Kind::SgxIas => &SERVER_SGX_IAS,
+        Kind::Snp => &SERVER_SNP,
+        Kind::Nitro => &SERVER_NITRO,
+        Kind::Tpm => &SERVER_TPM,
+    };
+    plugin.check_data(schema)?;
+    let mut policy = Policy::default();
+    if let Some(allow) = plugin.optional("allow_debug", values::boolean)? {
+        policy.allow_debug = allow;
+    }
+    let measurement_len = match kind {
+        Kind::SgxDcap | Kind::SgxIas => 32,
+        Kind::Tdx | Kind::Snp | Kind::Nitro | Kind::Tpm => 48,
+    };
+    policy.allowed_measurements = plugin
+        .optional("allowed_measurements", |expr| {
+            hex_list(expr, measurement_len)
+        })?
+        .unwrap_or_default();
+    policy.allowed_signers = plugin
+        .optional("allowed_signers", |expr| hex_list(expr, 32))?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|signer| to_array(&signer))
+        .collect();
+    policy.min_isv_svn = plugin.optional("min_isv_svn", u16_value)?;
+    if let Some(statuses) = plugin.optional("allowed_tcb_statuses", tcb_statuses)? {
+        policy.allowed_tcb_statuses = statuses;
+    }
+    policy.max_collateral_age = plugin.optional("max_collateral_age", values::positive_duration)?;
+    policy.max_evidence_age = plugin.optional("max_evidence_age", values::positive_duration)?;
+    policy.allowed_chip_ids = plugin
+        .optional("allowed_chip_ids", |expr| hex_list(expr, 64))?
+        .unwrap_or_default();
+    policy.allowed_ak_sha256 = plugin
+        .optional("allowed_ak_sha256", |expr| hex_list(expr, 32))?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|digest| to_array(&digest))
+        .collect();
+    if let Some(data) = &plugin.data {
+        policy.min_snp_tcb = min_tcb(data)?;
+        policy.pcrs = pcr_values(data, kind)?;
+    }
+    Ok(EvidenceAttestorConfig {
+        name: plugin.name.to_owned(),
+        kind,
+        trusted_roots: plugin
+            .optional("trusted_roots", path_list)?
+            .unwrap_or_default(),
+        collateral_dir: plugin.optional("collateral_dir", values::path)?,
+        vek_chain_path: plugin.optional("vek_chain_path", values::path)?,
+        policy,
+    })
+}
+
+const AGENT_CONFIGFS_TSM: Schema = Schema {
+    keys: &["collector", "tsm_path"],
+    hints: &[],
+    nested: None,
+};
+
+const AGENT_EXEC: Schema = Schema {
+    keys: &["collector", "command"],
+    hints: &[],
+    nested: None,
+};
+
+const AGENT_TPM: Schema = Schema {
+    keys: &["collector", "tcti", "ak_handle", "pcr_bank", "pcrs"],
+    hints: &[],
+    nested: None,
+};
+
+/// Reads an agent `NodeAttestor` block of an evidence kind. The collector defaults to
+/// `configfs_tsm` for TDX and SEV-SNP, `tpm` for TPM, and `exec` for the other kinds.
+pub(crate) fn agent_attestor(
+    plugin: &Plugin<'_>,
+    kind: Kind,
+) -> Result<EvidenceNodeAttestor, ConfigError> {
+    let default = match kind {
+        Kind::Tdx | Kind::Snp => "configfs_tsm",
+        Kind::Tpm => "tpm",
+        Kind::SgxDcap | Kind::SgxIas | Kind::Nitro => "exec",
+    };
+    let allowed: &[&str] = match kind {
+        Kind::Tdx | Kind::Snp => &["configfs_tsm", "exec"],
+        Kind::Tpm => &["tpm", "exec"],
+        Kind::SgxDcap | Kind::SgxIas | Kind::Nitro => &["exec"],
+    };
+    let name = plugin
+        .optional("collector", |expr| {
+            let name = values::string(expr)?;
+            if allowed.contains(&name.as_str()) {
+                Ok(name)
+            } else {
+                Err(format!(
+                    "invalid collector for {} evidence, expected {}",
+                    kind,
+                    allowed.join(" or ")
+                ))
+            }
+        })?
+        .unwrap_or_else(|| default.to_owned());
+    let collector = match name.as_str() {
+        "configfs_tsm" => {
+            plugin.check_data(&AGENT_CONFIGFS_TSM)?;
+            CollectorConfig::ConfigfsTsm {
+                tsm_path: plugin
+                    .optional("tsm_path", values::path)?
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_TSM_PATH)),
+            }
+        }
+        "tpm" => {
+            plugin.check_data(&AGENT_TPM)?;
+            CollectorConfig::Tpm(TpmCollectorConfig {
+                tcti: plugin.optional("tcti", values::non_empty_string)?,
+                ak_handle: plugin.optional("ak_handle", tpm_handle)?,
+                pcr_bank: plugin
+                    .optional("pcr_bank", pcr_bank)?
+                    .unwrap_or_else(|| DEFAULT_PCR_BANK.to_owned()),
+                pcrs: plugin
+                    .optional("pcrs", tpm_pcr_list)?
+                    .unwrap_or_else(|| DEFAULT_TPM_PCRS.to_vec()),
+            })
+        }
+        _ => {
+            plugin.check_data(&AGENT_EXEC)?;
+            CollectorConfig::Exec {
+                command: plugin.required("command", command)?,
+            }
+        }
+    };
+    Ok(EvidenceNodeAttestor {
+        name: plugin.name.to_owned(),
+        kind,
+        collector,
+    })
+}
+
+fn to_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    out.copy_from_slice(bytes);
+    out
+}
+
+/// Reads a list of hex strings of `len` bytes each.
+fn hex_list(expr: &Expression, len: usize) -> Result<Vec<Vec<u8>>, String> {
+    values::string_list(expr)?
+        .iter()
+        .enumerate()
+        .map(|(index, text)| {
+            hex_bytes(text, Some(len))
+                .map_err(|reason| format!("item {index} of the list: {reason}"))
+        })
+        .collect()
+}
+
+/// Decodes hex (either case); with `len`, the value must have exactly that many bytes.
+fn hex_bytes(text: &str, len: Option<usize>) -> Result<Vec<u8>, String> {
+    let bytes = hex::decode(text.trim()).map_err(|_| format!("{text:?} is not hex"))?;
+    match len {
+        Some(len) if bytes.len() != len => Err(format!(
+            "{text:?} is {} bytes, expected {len} bytes ({} hex digits)",
+            bytes.len(),
+            len * 2
+        )),
+        None if bytes.is_empty() => Err("expected a non-empty hex value".to_owned()),
+        _ => Ok(bytes),
+    }
+}
+
+fn u16_value(expr: &Expression) -> Result<u16, String> {
+    let value = values::integer(expr)?;
+    u16::try_from(value).map_err(|_| "expected an integer 0-65535".to_owned())
+}
+
+fn u8_value(expr: &Expression) -> Result<u8, String> {
+    let value = values::integer(expr)?;
+    u8::try_from(value).map_err(|_| "expected an integer 0-255".to_owned())
+}
+
+fn tcb_statuses(expr: &Expression) -> Result<Vec<twid_evidence::TcbStatus>, String> {
+    values::string_list(expr)?
+        .iter()
+        .map(|name| {
+            name.parse().map_err(|_: String| {
+                format!(
+                    "unknown TCB status {name:?}, expected some of UpToDate, SWHardeningNeeded, \
+                     ConfigurationNeeded, ConfigurationAndSWHardeningNeeded, OutOfDate, \
+                     OutOfDateConfigurationNeeded, Revoked"
+                )
+            })
+        })
+        .collect()
+}
+
+fn path_list(expr: &Expression) -> Result<Vec<PathBuf>, String> {
+    let paths = values::string_list(expr)?;
+    if paths.iter().any(String::is_empty) {
+        return Err("paths must not be empty".to_owned());
+    }
+    Ok(paths.into_iter().map(PathBuf::from).collect())
+}
+
+/// Reads `min_tcb = { bootloader = 3, tee = 0, snp = 14, microcode = 209 }`. A missing
+/// component is 0.
+fn min_tcb(data: &Section<'_>) -> Result<Option<SnpTcb>, ConfigError> {
+    let Some(section) = data.section("min_tcb")? else {
+        return Ok(None);
+    };
+    section.check_keys(&MIN_TCB)?;
+    let component =
+        |key| -> Result<u8, ConfigError> { Ok(section.optional(key, u8_value)?.unwrap_or(0)) };
+    Ok(Some(SnpTcb {
+        bootloader: component("bootloader")?,
+        tee: component("tee")?,
+        snp: component("snp")?,
+        microcode: component("microcode")?,
+        fmc: section.optional("fmc", u8_value)?,
+    }))
+}
+
+/// Reads `pcrs = { "0" = "<hex>", "7" = "<hex>" }`: TPM PCRs 0-23 or Nitro PCRs 0-31.
+fn pcr_values(data: &Section<'_>, kind: Kind) -> Result<BTreeMap<u8, Vec<u8>>, ConfigError> {
+    let mut pcrs = BTreeMap::new();
+    let Some(section) = data.section("pcrs")? else {
+        return Ok(pcrs);
+    };
+    let max_index = if kind == Kind::Nitro { 31 } else { 23 };
+    for entry in &section.entries {
+        let index = entry
+            .key
+            .parse::<u8>()
+            .ok()
+            .filter(|index| *index <= max_index)
+            .ok_or_else(|| {
+                section.invalid(
+                    entry.line,
+                    format!(
+                        "pcrs key {:?} is not a PCR index; expected \"0\" to \"{max_index}\"",
+                        entry.key
+                    ),
+                )
+            })?;
+        let Node::Value(_) = entry.node else {
+            return Err(section.invalid(entry.line, "pcrs values must be hex strings".to_owned()));
+        };
+        let value = section.required(entry.key, |expr| {
+            let text = values::string(expr)?;
+            let bytes = hex_bytes(&text, None)?;
+            if matches!(bytes.len(), 20 | 32 | 48 | 64) {
+                Ok(bytes)
+            } else {
+                Err(format!(
+                    "PCR value is {} bytes, expected 20, 32, 48 or 64 (SHA-1, SHA-256, SHA-384 \
+                     or SHA-512)",
+                    bytes.len()
+                ))
+            }
+        })?;
+        pcrs.insert(index, value);
+    }
+    Ok(pcrs)
+}
+
+/// Reads a TPM handle as an integer or a `0x`-prefixed hex string.
+fn tpm_handle(expr: &Expression) -> Result<u32, String> {
+    const EXPECTED: &str = "expected a TPM handle such as \"0x81010002\"";
+    if let Expression::String(text) = expr
+        && let Some(digits) = text.as_str().strip_prefix("0x")
+    {
+        return u32::from_str_radix(digits, 16).map_err(|_| EXPECTED.to_owned());
+    }
+    let value = values::integer(expr).map_err(|_| EXPECTED.to_owned())?;
+    u32::try_from(value).map_err(|_| EXPECTED.to_owned())
+}
+
+fn pcr_bank(expr: &Expression) -> Result<String, String> {
+    let bank = values::string(expr)?;
+    if matches!(bank.as_str(), "sha1" | "sha256" | "sha384" | "sha512") {
+        Ok(bank)
+    } else {
+        Err("invalid PCR bank, expected sha1, sha256, sha384 or sha512".to_owned())
+    }
+}
+
+fn tpm_pcr_list(expr: &Expression) -> Result<Vec<u8>, String> {
+    let Expression::Array(array) = expr else {
+        return Err("expected a list of PCR indexes, such as [0, 7]".to_owned());
+    };
+    let mut pcrs = Vec::new();
+    for (index, item) in array.iter().enumerate() {
+        let pcr = values::integer(item)
+            .ok()
+            .and_then(|value| u8::try_from(value).ok())
+            .filter(|value| *value <= 23)
+            .ok_or_else(|| format!("item {index} of the list: expected a PCR index 0-23"))?;
+        if !pcrs.contains(&pcr) {
+            pcrs.push(pcr);
+        }
+    }
+    if pcrs.is_empty() {
+        return Err("expected at least one PCR index".to_owned());
+    }
+    Ok(pcrs)
+}
+
+fn command(expr: &Expression) -> Result<Vec<String>, String> {
+    let command = values::string_list(expr)?;
+    match command.first() {
+        Some(program) if !program.is_empty() => Ok(command),
+        _ => Err(
+            "expected the program and its arguments as a list, such as [\"/usr/bin/collect\", \
+             \"--json\"]"
+                .to_owned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attestor_names_round_trip() {
+        for kind in Kind::ALL {
+            assert_eq!(evidence_kind(attestor_name(kind)), Some(kind), "{kind}");
+        }
+        assert_eq!(evidence_kind("join_token"), None);
+        assert_eq!(evidence_kind("sgx-dcap"), None);
+    }
+
+    #[test]
+    fn hex_bytes_checks_length() {
+        assert_eq!(hex_bytes("ABcd", Some(2)).unwrap(), vec![0xab, 0xcd]);
+        assert!(hex_bytes("abc", Some(2)).unwrap_err().contains("not hex"));
+        assert!(
+            hex_bytes("abcd", Some(3))
+                .unwrap_err()
+                .contains("expected 3 bytes")
+        );
+    }
+}
