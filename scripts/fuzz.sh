@@ -7,10 +7,11 @@
 #
 # Needs cargo-fuzz (`cargo install cargo-fuzz`). On a stable toolchain RUSTC_BOOTSTRAP=1
 # lets cargo-fuzz pass its instrumentation flags; the sanitizer is off because the parsers
-# contain no unsafe code. Crashes land in fuzz/artifacts/<target>/.
+# contain no unsafe code. Crashes land in crates/evidence/fuzz/artifacts/<target>/.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
+fuzz_dir="$root/crates/evidence/fuzz"
 fixtures="${TWID_FIXTURES:-$root/../shared/fixtures}/attestation"
 seconds="${2:-${FUZZ_SECONDS:-600}}"
 jobs="${FUZZ_JOBS:-2}"
@@ -23,7 +24,7 @@ if ! command -v cargo-fuzz >/dev/null; then
 fi
 
 seed() {
-    local corpus="$root/fuzz/corpus"
+    local corpus="$fuzz_dir/corpus"
     if [[ ! -d "$fixtures" ]]; then
         echo "attestation fixtures not found at $fixtures; fuzzing from empty corpora"
         return
@@ -64,26 +65,34 @@ PY
 }
 
 seed
-cd "$root/fuzz"
+cd "$fuzz_dir"
 export RUSTC_BOOTSTRAP=1
 for target in "${targets[@]}"; do
     cargo fuzz build -s none "$target"
 done
 run() {
-    local target="$1"
+    local target="$1" status=0 runs
     mkdir -p "corpus/$target"
     cargo fuzz run -s none "$target" "corpus/$target" -- \
         -max_total_time="$seconds" -rss_limit_mb=2048 -print_final_stats=1 \
-        > "$root/fuzz/$target.log" 2>&1
-    echo "$target: $(grep -E '^stat::number_of_executed_units' "$root/fuzz/$target.log" | awk '{print $2}') runs in $seconds s, exit 0"
+        > "$fuzz_dir/$target.log" 2>&1 || status=$?
+    runs="$(grep -E '^stat::number_of_executed_units' "$fuzz_dir/$target.log" | awk '{print $2}' || true)"
+    if (( status == 0 )); then
+        echo "$target: ${runs:-?} runs in $seconds s, no crash"
+    else
+        echo "$target: failed with status $status; see $fuzz_dir/$target.log and artifacts/$target/" >&2
+    fi
+    return "$status"
 }
+failed=0
 pids=()
 for target in "${targets[@]}"; do
     run "$target" &
     pids+=($!)
     if (( ${#pids[@]} >= jobs )); then
-        wait "${pids[0]}"
+        wait "${pids[0]}" || failed=1
         pids=("${pids[@]:1}")
     fi
 done
-for pid in "${pids[@]}"; do wait "$pid"; done
+for pid in "${pids[@]}"; do wait "$pid" || failed=1; done
+exit "$failed"
