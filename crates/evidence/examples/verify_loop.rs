@@ -1,17 +1,22 @@
-//! Verifies one kind of evidence in a loop, so that a profiler sees only verification.
+//! Verifies one kind of evidence in a loop, so that a profile of the loop contains only
+//! verification.
 //!
 //! ```sh
 //! cargo build --release -p twid-evidence --example verify_loop
-//! valgrind --tool=callgrind --toggle-collect='*verify_loop*run_iterations*' \
+//! valgrind --tool=callgrind --zero-before='*run_iterations*' \
 //!     target/release/examples/verify_loop --kind sgx-dcap --iterations 20
 //! ```
+//!
+//! In the callgrind output, divide a function's inclusive cost by that of `run_iterations`.
+//! `--zero-before` discards the costs and call counts of the setup, which includes one
+//! verification that checks the case before the loop.
 //!
 //! Every input is read and parsed before the loop: the evidence bytes, the certificate chains
 //! and, for DCAP, the collateral (`Collateral::from_dcap_qvl_json` once), as a verifier with
 //! cached collateral does. Each iteration is one full `verify` call. The inputs are published
-//! samples read from `TWID_FIXTURES` or `<workspace>/../shared/fixtures`. When that folder is
-//! absent, DCAP, TDX, SEV-SNP and Nitro use evidence that `twid_evidence_testkit` signs under
-//! test roots, and SGX IAS and TPM are skipped.
+//! samples from the fixture folder that [`fixture_dir`] returns. When that folder is absent,
+//! DCAP, TDX, SEV-SNP and Nitro use evidence that `twid_evidence_testkit` signs under test
+//! roots, and SGX IAS and TPM are skipped.
 //!
 //! The benchmark `benches/verify.rs` includes this file as a module and times the same cases.
 
@@ -50,7 +55,7 @@ const TRUSTEE_TPM_NONCE: &str = "a04182b506878d4f29b91ee606a71a0d3361ccf1b22db20
                                  ef0e41a18b3569ab678f1497fbc5c120\
                                  00000000000000000000000000000000";
 
-/// Where a case's evidence comes from.
+/// The origin of a case's evidence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Source {
     /// A published sample from the fixture folder.
@@ -126,8 +131,8 @@ impl std::fmt::Display for LoadError {
     }
 }
 
-/// The attestation fixture folder: `$TWID_FIXTURES/attestation`, or
-/// `<workspace>/../shared/fixtures/attestation`.
+/// Returns the attestation fixture folder: `$TWID_FIXTURES/attestation`, or else the default
+/// folder that this crate's tests read.
 pub(crate) fn fixture_dir() -> PathBuf {
     let root = std::env::var_os("TWID_FIXTURES").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
@@ -320,8 +325,8 @@ fn nitro_generated() -> Case {
     })
 }
 
-/// Runs `iterations` verifications. Kept out of line so that callgrind's `--toggle-collect`
-/// can count this loop alone, without the setup.
+/// Runs `iterations` verifications. It is never inlined, so that callgrind reports the loop's
+/// inclusive cost apart from the setup.
 #[inline(never)]
 pub(crate) fn run_iterations(case: &Case, iterations: u64) -> Result<(), VerifyError> {
     for _ in 0..iterations {
@@ -348,6 +353,7 @@ fn parse_args() -> Result<(String, u64), String> {
                     format!("invalid --iterations {value:?}: {error}; expected a whole number")
                 })?;
             }
+            // An empty message makes `main` print only the usage text.
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other:?}")),
         }
@@ -359,10 +365,12 @@ fn parse_args() -> Result<(String, u64), String> {
 fn main() -> ExitCode {
     let (kind, iterations) = match parse_args() {
         Ok(parsed) => parsed,
+        Err(message) if message.is_empty() => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
         Err(message) => {
-            if !message.is_empty() {
-                eprintln!("verify_loop: {message}");
-            }
+            eprintln!("verify_loop: {message}");
             eprintln!("{USAGE}");
             return ExitCode::from(2);
         }
