@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/node.proto",
         "proto/admin.proto",
         "proto/attestation.proto",
+        "proto/workload_attestation.proto",
     ];
     for file in files {
         println!("cargo:rerun-if-changed={file}");

@@ -19,6 +19,7 @@ use crate::cache::Cache;
 use crate::node::NodeJwtIssuer;
 use crate::settings::AgentSettings;
 use crate::sync::RetryState;
+use crate::workload_api::attestation::AttestationRelay;
 use crate::workload_api::{SecretDiscovery, WorkloadApi};
 use crate::{AgentError, listener, startup};
 
@@ -234,11 +235,14 @@ impl Agent {
         let api = WorkloadApi::new(
             cache.clone(),
             attestor,
-            Arc::new(NodeJwtIssuer { connection }),
+            Arc::new(NodeJwtIssuer {
+                connection: Arc::clone(&connection),
+            }),
             settings.first_sync_timeout,
         )
         .with_shutdown(shutdown_rx.clone());
-        tasks.push(tokio::spawn(serve(api, sds, incoming, shutdown_rx)));
+        let relay = crate::workload_api::attestation::service(connection);
+        tasks.push(tokio::spawn(serve(api, sds, relay, incoming, shutdown_rx)));
         tracing::info!(
             agent_id = %agent_id,
             socket = %settings.socket_path.display(),
@@ -259,16 +263,19 @@ impl Agent {
     }
 }
 
-/// Serves the Workload API and SDS on one socket; gRPC routes by service name.
+/// Serves the Workload API, SDS and the workload attestation relay on one socket, where gRPC
+/// routes each call by its service name.
 async fn serve(
     api: WorkloadApi,
     sds: SecretDiscovery,
+    relay: AttestationRelay,
     incoming: listener::Incoming,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let result = tonic::transport::Server::builder()
         .add_service(SpiffeWorkloadApiServer::new(api))
         .add_service(SecretDiscoveryServiceServer::new(sds))
+        .add_service(relay)
         .serve_with_incoming_shutdown(incoming, async move {
             let _ = shutdown.wait_for(|stop| *stop).await;
         })

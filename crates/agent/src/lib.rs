@@ -14,6 +14,7 @@ mod error;
 mod jwks;
 mod listener;
 mod node;
+mod reattest;
 mod settings;
 mod startup;
 mod state;

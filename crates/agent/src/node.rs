@@ -33,6 +33,8 @@ pub(crate) struct ServerConnection {
     port: u16,
     tls: Arc<ClientConfig>,
     client: ArcSwap<NodeClient<Channel>>,
+    /// The channel under `client`, for the other services on the node API port.
+    channel: ArcSwap<Channel>,
 }
 
 impl std::fmt::Debug for ServerConnection {
@@ -47,12 +49,13 @@ impl std::fmt::Debug for ServerConnection {
 impl ServerConnection {
     /// Prepares a connection to `host:port` with `tls`; nothing is dialed until the first call.
     pub(crate) fn new(host: &str, port: u16, tls: Arc<ClientConfig>) -> Result<Self, AgentError> {
-        let client = new_client(host, port, &tls)?;
+        let (client, channel) = new_client(host, port, &tls)?;
         Ok(Self {
             host: host.to_owned(),
             port,
             tls,
             client: ArcSwap::from_pointee(client),
+            channel: ArcSwap::from_pointee(channel),
         })
     }
 
@@ -61,11 +64,18 @@ impl ServerConnection {
         NodeClient::clone(&self.client.load())
     }
 
+    /// Returns the current channel, which the node client also uses. Clones share its
+    /// connection.
+    pub(crate) fn channel(&self) -> Channel {
+        Channel::clone(&self.channel.load())
+    }
+
     /// Replaces the channel, so the next call opens a new connection with a new handshake.
     /// Calls in flight finish on the old connection.
     pub(crate) fn reconnect(&self) -> Result<(), AgentError> {
-        let client = new_client(&self.host, self.port, &self.tls)?;
+        let (client, channel) = new_client(&self.host, self.port, &self.tls)?;
         self.client.store(Arc::new(client));
+        self.channel.store(Arc::new(channel));
         Ok(())
     }
 }
@@ -74,11 +84,12 @@ fn new_client(
     host: &str,
     port: u16,
     tls: &Arc<ClientConfig>,
-) -> Result<NodeClient<Channel>, AgentError> {
+) -> Result<(NodeClient<Channel>, Channel), AgentError> {
     let channel = twid_tls::connect_channel_lazy(host, port, Arc::clone(tls))?;
-    Ok(NodeClient::new(channel)
+    let client = NodeClient::new(channel.clone())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    Ok((client, channel))
 }
 
 /// Awaits a node API call for at most [`RPC_TIMEOUT`] and converts its failure.

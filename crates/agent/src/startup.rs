@@ -11,6 +11,7 @@ use crate::AgentError;
 use crate::bootstrap::{self, AttestationMethod};
 use crate::cache::Cache;
 use crate::node::{self, ServerConnection};
+use crate::reattest::Reattestation;
 use crate::settings::AgentSettings;
 use crate::state::{self, AgentState};
 use crate::sync::{Syncer, unix_now};
@@ -161,32 +162,53 @@ async fn attest_with(
     // Limit: the attestation is tried once. An unreachable server makes the start fail, and
     // the process supervisor is expected to restart the agent.
     let tls = bootstrap_tls(settings, stored_bundle)?;
-    let channel =
-        twid_tls::connect_channel_lazy(&settings.server_address, settings.server_port, tls)?;
+    let agent = attest_over(
+        &settings.server_address,
+        settings.server_port,
+        tls,
+        &settings.trust_domain,
+        method,
+    )
+    .await?;
+    state::save(&settings.data_dir, &agent)?;
+    Ok(agent)
+}
+
+/// Attests with `method` to the server at `host:port` over a new connection with `tls` and a
+/// new key, and returns the new state without storing it. Both the start and the
+/// re-attestation of an evidence-attested agent go through here. At the start `tls` has no
+/// client certificate. A re-attestation presents the current SVID while it is valid, because
+/// the server replaces the record of an agent ID with an unexpired SVID only for its holder.
+///
+/// # Errors
+/// Fails as [`bootstrap::attest`] does, and with DeadlineExceeded when the attestation takes
+/// longer than the node API call limit (plus the collection time for evidence).
+pub(crate) async fn attest_over(
+    host: &str,
+    port: u16,
+    tls: Arc<ClientConfig>,
+    trust_domain: &twid_spiffe::TrustDomain,
+    method: &AttestationMethod,
+) -> Result<AgentState, AgentError> {
+    let channel = twid_tls::connect_channel_lazy(host, port, tls)?;
     let key = state::generate_key()?;
     let client = NodeClient::new(channel);
-    let attestation = bootstrap::attest(client, &settings.trust_domain, method, key);
+    let attestation = bootstrap::attest(client, trust_domain, method, key);
     // Evidence collection may take as long as the collector's own timeout (30 s for exec).
     let timeout = match method {
         AttestationMethod::JoinToken(_) => node::RPC_TIMEOUT,
         AttestationMethod::Evidence { .. } => node::RPC_TIMEOUT + EVIDENCE_COLLECTION_TIMEOUT,
     };
-    let agent = match tokio::time::timeout(timeout, attestation).await {
-        Ok(result) => result?,
-        Err(_) => {
-            return Err(AgentError::Attestation {
-                code: tonic::Code::DeadlineExceeded,
-                message: format!(
-                    "the attestation with the server at {}:{} did not finish within {}s",
-                    settings.server_address,
-                    settings.server_port,
-                    timeout.as_secs()
-                ),
-            });
-        }
-    };
-    state::save(&settings.data_dir, &agent)?;
-    Ok(agent)
+    match tokio::time::timeout(timeout, attestation).await {
+        Ok(result) => result,
+        Err(_) => Err(AgentError::Attestation {
+            code: tonic::Code::DeadlineExceeded,
+            message: format!(
+                "the attestation with the server at {host}:{port} did not finish within {}s",
+                timeout.as_secs()
+            ),
+        }),
+    }
 }
 
 /// Reads the configured trust bundle file, if there is one.
@@ -244,5 +266,19 @@ fn new_syncer(
         data_dir: settings.data_dir.clone(),
         health: health.clone(),
         failing_entries: std::collections::HashSet::new(),
+        reattestation: reattestation(settings),
     })
+}
+
+/// Returns the re-attestation schedule for an agent with an evidence attestor, or `None` for a
+/// join token agent, which renews its SVID instead.
+fn reattestation(settings: &AgentSettings) -> Option<Reattestation> {
+    match attestation_method(settings)? {
+        method @ AttestationMethod::Evidence { .. } => Some(Reattestation::new(
+            method,
+            &settings.server_address,
+            settings.server_port,
+        )),
+        AttestationMethod::JoinToken(_) => None,
+    }
 }

@@ -170,14 +170,32 @@ pub(crate) fn load(data_dir: &Path) -> Result<Option<AgentState>, AgentError> {
     Ok(Some(state))
 }
 
-/// Stores key, SVID and bundle, in that order.
+/// Stores key, SVID and bundle. All three temporary files are written and synced before the
+/// first rename, so a failed write leaves the stored state as it was, and only a crash between
+/// the renames can leave a key that does not match the SVID.
 pub(crate) fn save(data_dir: &Path, state: &AgentState) -> Result<(), AgentError> {
-    write_atomic(
-        &data_dir.join(KEY_FILE),
-        state.key.serialize_pem().as_bytes(),
-    )?;
-    write_atomic(&data_dir.join(SVID_FILE), &state.chain.concat())?;
-    save_bundle(data_dir, &state.bundle)
+    let files = [
+        (KEY_FILE, state.key.serialize_pem().into_bytes()),
+        (SVID_FILE, state.chain.concat()),
+        (BUNDLE_FILE, state.bundle.concat()),
+    ];
+    let mut written = Vec::with_capacity(files.len());
+    for (name, contents) in &files {
+        let path = data_dir.join(name);
+        match write_temporary(&path, contents) {
+            Ok(temporary) => written.push((temporary, path)),
+            Err(error) => {
+                for (temporary, _) in &written {
+                    let _ = std::fs::remove_file(temporary);
+                }
+                return Err(error);
+            }
+        }
+    }
+    for (temporary, path) in &written {
+        rename_into_place(temporary, path)?;
+    }
+    Ok(())
 }
 
 /// Stores the bundle alone, after a sync changed it.
@@ -211,6 +229,13 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, AgentError> {
 
 /// Writes `contents` with mode 0600 through a temporary file, fsync and a rename.
 fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), AgentError> {
+    let temporary = write_temporary(path, contents)?;
+    rename_into_place(&temporary, path)
+}
+
+/// Writes `contents` with mode 0600 to the temporary sibling of `path`, syncs it, and returns
+/// the temporary path.
+fn write_temporary(path: &Path, contents: &[u8]) -> Result<PathBuf, AgentError> {
     let io = |source| AgentError::Io {
         path: path.to_owned(),
         source,
@@ -228,8 +253,15 @@ fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), AgentError> {
         .map_err(io)?;
     file.write_all(contents).map_err(io)?;
     file.sync_all().map_err(io)?;
-    drop(file);
-    std::fs::rename(&temporary, path).map_err(io)?;
+    Ok(temporary)
+}
+
+/// Renames `temporary` to `path` and syncs the folder.
+fn rename_into_place(temporary: &Path, path: &Path) -> Result<(), AgentError> {
+    std::fs::rename(temporary, path).map_err(|source| AgentError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
     if let Some(parent) = path.parent()
         && let Ok(dir) = std::fs::File::open(parent)
     {
@@ -287,7 +319,26 @@ pub(crate) mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{file}");
         }
+        for file in [KEY_FILE, SVID_FILE, BUNDLE_FILE] {
+            assert!(!dir.path().join(format!("{file}.tmp")).exists(), "{file}");
+        }
+    }
+
+    #[test]
+    fn failed_save_keeps_stored_state() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let first = test_state();
+        save(dir.path(), &first).expect("save");
+        // A folder in place of the bundle's temporary file makes its write fail after the
+        // key and SVID temporaries were written.
+        std::fs::create_dir(dir.path().join(format!("{BUNDLE_FILE}.tmp"))).expect("blocker");
+        let second = test_state();
+        assert!(save(dir.path(), &second).is_err());
+        let loaded = load(dir.path()).expect("load").expect("present");
+        assert_eq!(loaded.chain, first.chain);
+        assert_eq!(loaded.key.serialize_der(), first.key.serialize_der());
         assert!(!dir.path().join(format!("{KEY_FILE}.tmp")).exists());
+        assert!(!dir.path().join(format!("{SVID_FILE}.tmp")).exists());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The sync loop: every interval, fetch the authorized entries and the bundles with Sync, sign
 //! missing or aging workload SVIDs, publish a new cache snapshot, and renew the agent's own
-//! SVID at half-life.
+//! SVID at half-life. An agent with an evidence attestor attests again instead of renewing
+//! (see [`crate::reattest`]).
 //!
 //! While the server is unreachable the cache keeps its last snapshot, so workloads keep their
 //! SVIDs. Limit: an SVID that expires during the outage stays in the snapshot until the next
@@ -10,8 +11,9 @@
 //! shortened by up to 20% at random, so agents restarted together do not retry in step. Every
 //! failed attempt is logged once, at warn, with the error and the delay. If the server rejects
 //! the agent (PermissionDenied or Unauthenticated, which it returns for an evicted or banned
-//! agent), the loop stops for good, readiness turns false, and the agent keeps serving its
-//! cached SVIDs.
+//! agent), readiness turns false and the agent keeps serving its cached SVIDs. A join token
+//! agent's loop then stops for good, while an evidence agent's loop keeps retrying and attests
+//! again at once.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
@@ -29,6 +31,7 @@ use twid_tls::{SvidSource, TrustSource};
 
 use crate::cache::{Cache, Snapshot, TrustDomainBundle, half_life, sort_entries};
 use crate::node::{self, ServerConnection};
+use crate::reattest::Reattestation;
 use crate::state::{self, AgentState};
 use crate::{AgentError, svid_manager};
 
@@ -45,24 +48,28 @@ pub(crate) fn unix_now() -> i64 {
     i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Exponential backoff from [`BACKOFF_START`] doubling to [`BACKOFF_MAX`], with up to 20%
-/// random shortening.
+/// Exponential backoff, by default from [`BACKOFF_START`] doubling to [`BACKOFF_MAX`], with up
+/// to 20% random shortening.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     next: Duration,
+    max: Duration,
 }
 
 impl Backoff {
     pub(crate) fn new() -> Self {
-        Self {
-            next: BACKOFF_START,
-        }
+        Self::with_bounds(BACKOFF_START, BACKOFF_MAX)
+    }
+
+    /// Returns a backoff that starts at `start` and doubles up to `max`.
+    pub(crate) fn with_bounds(start: Duration, max: Duration) -> Self {
+        Self { next: start, max }
     }
 
     /// Returns the delay before the next attempt and doubles the following one.
     pub(crate) fn step(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.next = (self.next * 2).min(self.max);
         let base_ms = u64::try_from(base.as_millis()).unwrap_or(u64::MAX);
         let jitter_ms = rand::random_range(0..=base_ms / 5);
         Duration::from_millis(base_ms - jitter_ms)
@@ -98,11 +105,15 @@ pub(crate) struct Syncer {
     /// Entry IDs whose signing failed in the previous round, so each failure is logged at
     /// warn once and at debug while it repeats.
     pub(crate) failing_entries: HashSet<String>,
+    /// The schedule for attesting again with fresh evidence; `None` for a join token agent,
+    /// which renews its SVID with RenewAgent instead.
+    pub(crate) reattestation: Option<Reattestation>,
 }
 
 impl Syncer {
-    /// Runs rounds until `shutdown` turns true or the server rejects the agent; the first
-    /// round starts after `delay`.
+    /// Runs rounds until `shutdown` turns true or the server rejects a join token agent, and
+    /// re-attests an evidence agent between rounds when due. The first round starts after
+    /// `delay`.
     pub(crate) async fn run(
         mut self,
         interval: Duration,
@@ -122,6 +133,10 @@ impl Syncer {
             match self.after_sync(result, &mut retry, interval) {
                 Some(next) => delay = next,
                 None => return,
+            }
+            // Runs even after a failed sync: attesting needs no valid agent SVID.
+            if let Some(until_due) = self.reattest_if_due().await {
+                delay = delay.min(until_due);
             }
         }
     }
@@ -144,6 +159,21 @@ impl Syncer {
                 }
                 *retry = RetryState::new();
                 interval
+            }
+            Err(error) if error.is_agent_rejected() && self.reattestation.is_some() => {
+                // An evidence agent that was evicted, or whose SVID the server no longer
+                // accepts, can prove its platform again instead of stopping.
+                tracing::warn!(
+                    %error,
+                    "the server rejected the agent SVID; attesting again with fresh evidence"
+                );
+                self.health
+                    .set_not_ready(format!("the server rejected the agent: {error}"));
+                if let Some(schedule) = self.reattestation.as_mut() {
+                    schedule.mark_rejected();
+                }
+                retry.failures += 1;
+                retry.backoff.step()
             }
             Err(error) if error.is_agent_rejected() => {
                 tracing::error!(
@@ -179,11 +209,19 @@ impl Syncer {
             return;
         };
         if unix_now() >= not_after && self.health.is_ready() {
-            tracing::error!(
-                expired_at = not_after,
-                "the agent SVID has expired; restart the agent to attest again (with a new \
-                 join_token, or with fresh evidence for an evidence node attestor)"
-            );
+            if self.reattestation.is_some() {
+                tracing::error!(
+                    expired_at = not_after,
+                    "the agent SVID has expired before a re-attestation succeeded; retrying \
+                     the attestation with fresh evidence"
+                );
+            } else {
+                tracing::error!(
+                    expired_at = not_after,
+                    "the agent SVID has expired; restart the agent with a new join_token to \
+                     attest again"
+                );
+            }
             self.health.set_not_ready(format!(
                 "the agent SVID expired at {not_after} (Unix time); the agent must attest again"
             ));
@@ -228,6 +266,11 @@ impl Syncer {
         if let Some(error) = report.error {
             return Err(error);
         }
+        if self.reattestation.is_some() {
+            // The server caps an evidence agent's renewed SVID at its current expiry, so such
+            // an agent attests again with fresh evidence instead (see `reattest_if_due`).
+            return Ok(());
+        }
         self.renew_agent_if_due(now).await
     }
 
@@ -246,7 +289,7 @@ impl Syncer {
 
     /// Stores a changed local bundle on disk and in the TLS trust source. A bundle that is
     /// empty or unusable is ignored, so the agent keeps trusting the bundle it has.
-    fn update_bundle(&mut self, bundle: &Bundle) {
+    pub(crate) fn update_bundle(&mut self, bundle: &Bundle) {
         if bundle.x509_authorities.is_empty() || bundle.x509_authorities == self.agent.bundle {
             return;
         }

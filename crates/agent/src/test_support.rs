@@ -225,6 +225,76 @@ impl FakeNode {
         bound
     }
 
+    /// Runs the challenge exchange of an evidence attestor. The fake accepts evidence whose
+    /// bytes are exactly the binding report data of its nonce and the CSR's key, and issues
+    /// `spiffe://example.org/spire/agent/<attestor>/fake` with the agent TTL.
+    fn attest_evidence(
+        self: Arc<Self>,
+        attestor: String,
+        csr: Vec<u8>,
+        mut requests: Streaming<AttestAgentRequest>,
+    ) -> BoxStream<AttestAgentResponse> {
+        let (sender, receiver) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let nonce = rand::random::<[u8; 32]>().to_vec();
+            let challenge = AttestAgentResponse {
+                step: Some(attest_agent_response::Step::Challenge(nonce.clone())),
+            };
+            if sender.send(Ok(challenge)).await.is_err() {
+                return;
+            }
+            let result = self
+                .finish_evidence(&attestor, &csr, &nonce, &mut requests)
+                .await;
+            let _ = sender
+                .send(result.map(|svid| AttestAgentResponse {
+                    step: Some(attest_agent_response::Step::Result(svid)),
+                }))
+                .await;
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(receiver))
+    }
+
+    async fn finish_evidence(
+        &self,
+        attestor: &str,
+        csr: &[u8],
+        nonce: &[u8],
+        requests: &mut Streaming<AttestAgentRequest>,
+    ) -> Result<AgentSvid, Status> {
+        let message = requests
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("no challenge response"))?;
+        let Some(attest_agent_request::Step::ChallengeResponse(envelope)) = message.step else {
+            return Err(Status::invalid_argument("no challenge response"));
+        };
+        let envelope = twid_evidence::Envelope::from_json(&envelope)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let spki = {
+            use x509_parser::prelude::FromDer as _;
+            let (_, request) =
+                x509_parser::certification_request::X509CertificationRequest::from_der(csr)
+                    .map_err(|e| Status::invalid_argument(format!("invalid CSR: {e}")))?;
+            request.certification_request_info.subject_pki.raw.to_vec()
+        };
+        if envelope.evidence != twid_evidence::binding::report_data(nonce, &spki) {
+            return Err(Status::permission_denied("evidence rejected: binding"));
+        }
+        let agent_id = format!("spiffe://example.org/spire/agent/{attestor}/fake");
+        let cert = self.ca.sign_csr(csr, &agent_id, self.agent_ttl)?;
+        {
+            let mut state = self.state();
+            state.attestations += 1;
+            state.agents.insert(agent_id.clone(), serial_hex(&cert));
+        }
+        Ok(AgentSvid {
+            cert_chain: vec![cert],
+            spiffe_id: agent_id,
+            bundle: Some(self.bundle()),
+        })
+    }
+
     /// Returns the agent ID of the request's client certificate if it is a current SVID.
     fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let leaf = request
@@ -258,8 +328,8 @@ impl Node for FakeService {
         request: Request<Streaming<AttestAgentRequest>>,
     ) -> Result<Response<BoxStream<AttestAgentResponse>>, Status> {
         let node = &self.0;
-        let first = request
-            .into_inner()
+        let mut requests = request.into_inner();
+        let first = requests
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("no params"))?;
@@ -267,6 +337,10 @@ impl Node for FakeService {
             return Err(Status::invalid_argument("no params"));
         };
         let data = params.data.unwrap_or_default();
+        if data.r#type != "join_token" {
+            let stream = Arc::clone(node).attest_evidence(data.r#type, params.csr, requests);
+            return Ok(Response::new(stream));
+        }
         let token = String::from_utf8(data.payload).unwrap_or_default();
         if !node.state().tokens.remove(&token) {
             return Err(Status::permission_denied(

@@ -169,21 +169,23 @@ fn swtpm_quote_verifies() {
     let report_data = [0x42u8; 64];
     let envelope = collector.collect(&report_data).expect("collect");
     assert_eq!(envelope.kind, Kind::Tpm);
+    // The quote carries the SHA-256 of the report data as its qualifying data.
+    let qualifying = twid_evidence::binding::tpm_qualifying_data(&report_data);
 
     let input = QuoteInput::from_json(&envelope.evidence).expect("evidence JSON");
-    let verified = tpm::verify(&input, Some(&report_data), 0).expect("verify");
+    let verified = tpm::verify(&input, Some(&qualifying), 0).expect("verify");
     let Claims::Tpm(claims) = &verified.claims else {
         panic!("expected TPM claims");
     };
     assert_eq!(claims.pcr_bank, "sha256");
-    assert_eq!(claims.extra_data, report_data.to_vec());
+    assert_eq!(claims.extra_data, qualifying.to_vec());
     assert_eq!(
         claims.pcrs.keys().copied().collect::<Vec<_>>(),
         (0..=7).collect::<Vec<u8>>()
     );
     assert_ne!(claims.pcrs[&7], vec![0u8; 32], "PCR 7 was extended");
     assert_eq!(claims.pcrs[&0], vec![0u8; 32]);
-    assert_eq!(verified.bound_data(), Some(&report_data[..]));
+    assert_eq!(verified.bound_data(), Some(&qualifying[..]));
 
     // The enrolment key is the key the quote was checked under.
     let ak = read_ak_public(&settings).expect("read AK");
@@ -199,19 +201,19 @@ fn swtpm_quote_verifies() {
     let tools_der = std::fs::read(work.path().join("ak.der")).expect("ak.der");
     assert_eq!(ak, tools_der);
 
-    let error = tpm::verify(&input, Some(&[0x43u8; 64]), 0).expect_err("wrong nonce");
+    let error = tpm::verify(&input, Some(&[0x43u8; 32]), 0).expect_err("wrong nonce");
     assert_eq!(error.reason, Reason::Freshness);
 
     let mut altered = input.clone();
     if let Some(value) = altered.pcrs.get_mut(&3) {
         value[0] ^= 1;
     }
-    let error = tpm::verify(&altered, Some(&report_data), 0).expect_err("altered PCR");
+    let error = tpm::verify(&altered, Some(&qualifying), 0).expect_err("altered PCR");
     assert_eq!(error.reason, Reason::Collateral);
 
     let mut altered = input.clone();
     altered.attest[40] ^= 1;
-    let error = tpm::verify(&altered, Some(&report_data), 0).expect_err("altered quote");
+    let error = tpm::verify(&altered, Some(&qualifying), 0).expect_err("altered quote");
     assert_eq!(error.reason, Reason::Signature);
 }
 
@@ -241,7 +243,8 @@ fn swtpm_ecdsa_and_pss_quotes_verify() {
         let envelope = collector
             .collect(&report_data)
             .unwrap_or_else(|error| panic!("{scheme}: {error}"));
-        let verified = tpm::verify_json(&envelope.evidence, Some(&report_data), 0);
+        let qualifying = twid_evidence::binding::tpm_qualifying_data(&report_data);
+        let verified = tpm::verify_json(&envelope.evidence, Some(&qualifying), 0);
         assert!(verified.is_ok(), "{scheme}: {verified:?}");
     }
 }

@@ -118,6 +118,14 @@ pub enum CaError {
         "invalid JWT key ID {0:?}: expected 1 to 128 characters from A-Z, a-z, 0-9, `-`, `_` and `.`"
     )]
     InvalidKeyId(String),
+    /// An extension a caller asked to add to an SVID is invalid.
+    #[error("invalid SVID extension {oid:?}: {reason}")]
+    InvalidExtension {
+        /// The extension OID as the caller gave it.
+        oid: String,
+        /// The problem with the OID or the value.
+        reason: String,
+    },
 }
 
 impl CaError {

@@ -14,6 +14,7 @@ use crate::der::{
     DerWriter, TAG_CONTEXT_3, TAG_DNS_NAME, TAG_IMPLICIT_0, TAG_OCTET_STRING, TAG_PRINTABLE_STRING,
     TAG_SEQUENCE, TAG_URI, TAG_UTF8_STRING, oid,
 };
+use crate::extension::{SvidExtension, encode_extensions};
 use crate::public_key::parse_spki;
 use crate::subject::write_attribute;
 use crate::timestamp::{from_unix_seconds, rfc3339, unix_seconds};
@@ -67,6 +68,24 @@ impl X509Authority {
         &self,
         request: &X509SvidRequest<'_>,
     ) -> Result<CertificateDer<'static>, CaError> {
+        self.sign_x509_svid_with_extensions(request, &[])
+    }
+
+    /// Signs an X.509-SVID as [`sign_x509_svid`](Self::sign_x509_svid) does, with the caller's
+    /// `extensions` appended, non-critical and in order, after the subjectAltName.
+    ///
+    /// # Errors
+    /// Returns the errors of [`sign_x509_svid`](Self::sign_x509_svid), and
+    /// [`CaError::InvalidExtension`] for a malformed OID, an OID under id-ce (2.5.29), an OID
+    /// given twice, a value that is not exactly one DER element or is over
+    /// [`MAX_SVID_EXTENSION_LEN`](crate::MAX_SVID_EXTENSION_LEN) bytes, or more than
+    /// [`MAX_SVID_EXTENSIONS`](crate::MAX_SVID_EXTENSIONS) extensions.
+    pub fn sign_x509_svid_with_extensions(
+        &self,
+        request: &X509SvidRequest<'_>,
+        extensions: &[SvidExtension],
+    ) -> Result<CertificateDer<'static>, CaError> {
+        let extensions = encode_extensions(extensions)?;
         let ttl_seconds = whole_seconds(request.ttl)?;
         self.check_id(request.spiffe_id)?;
         for name in request.dns_names {
@@ -90,7 +109,11 @@ impl X509Authority {
             .first()
             .filter(|name| name.len() <= MAX_COMMON_NAME_CHARS);
 
-        let cert = sign_certificate(&self.key, 1024, |w| {
+        let extensions_len: usize = extensions
+            .iter()
+            .map(|extension| extension.oid_der.len() + extension.value_der.len() + 16)
+            .sum();
+        let cert = sign_certificate(&self.key, 1024 + extensions_len, |w| {
             w.nested(TAG_SEQUENCE, |w| {
                 write_tbs_header(w, &serial, &self.key, &self.subject_name, &validity);
                 write_leaf_subject(w, common_name.map(String::as_str));
@@ -98,6 +121,11 @@ impl X509Authority {
                 w.nested(TAG_CONTEXT_3, |w| {
                     w.nested(TAG_SEQUENCE, |w| {
                         self.write_leaf_extensions(w, request, &subject_key_id);
+                        for extension in &extensions {
+                            w.extension(&extension.oid_der, false, |w| {
+                                w.raw(extension.value_der);
+                            });
+                        }
                     });
                 });
             });

@@ -16,7 +16,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, oidc_provider, run, token,
+    agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, log, oidc_provider, run,
+    svid, token,
 };
 
 /// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
@@ -46,9 +47,15 @@ enum Command {
     /// Show the trust bundle.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// Show and verify the issuance log of SVIDs issued and requests rejected.
+    #[command(subcommand)]
+    Log(log::LogCommand),
     /// Call the SPIFFE Workload API as a workload would.
     #[command(subcommand)]
     Api(api::ApiCommand),
+    /// Inspect X.509-SVIDs and JWT-SVIDs.
+    #[command(subcommand)]
+    Svid(svid::SvidCommand),
     /// Verify hardware-signed evidence (SGX, TDX, SEV-SNP, Nitro, TPM) offline.
     #[command(subcommand)]
     Attest(attest::AttestCommand),
@@ -113,7 +120,9 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Entry(command) => entry::run(command).await,
         Command::Token(command) => token::run(command).await,
         Command::Bundle(command) => bundle::run(command).await,
+        Command::Log(command) => log::run(command).await,
         Command::Api(command) => api::run(command).await,
+        Command::Svid(command) => svid::run(command).await,
         Command::Attest(command) => attest::run(command).await,
         Command::Aws(command) => aws::run(command).await,
         Command::Healthcheck(args) => healthcheck::run(args).await,

@@ -53,10 +53,17 @@ pub struct EvidenceAttestorConfig {
     /// fingerprint.
     pub trusted_roots: Vec<PathBuf>,
     /// DCAP collateral cache: a folder per FMSPC (upper-case hex) with the PCS files, or a
-    /// `<fmspc>.json` file in dcap-qvl's layout.
+    /// `<fmspc>.json` file in dcap-qvl's layout. SEV-SNP VCEKs fetched from `kds_url` are
+    /// cached in its `snp` folder.
     pub collateral_dir: Option<PathBuf>,
     /// PEM file with the SEV-SNP ASK or ASVK and the ARK.
     pub vek_chain_path: Option<PathBuf>,
+    /// Base URL of an Intel PCS v4 compatible service or a PCCS, without a trailing `/`. When
+    /// set, collateral missing from `collateral_dir` or past its nextUpdate is fetched there.
+    pub pcs_url: Option<String>,
+    /// Base URL of an AMD KDS compatible service, without a trailing `/`. When set, a VCEK
+    /// missing from an SEV-SNP envelope is fetched there.
+    pub kds_url: Option<String>,
     /// Rules that the verified claims must satisfy.
     pub policy: Policy,
 }
@@ -113,6 +120,7 @@ const SERVER_SGX_DCAP: Schema = Schema {
         "min_isv_svn",
         "allowed_tcb_statuses",
         "max_collateral_age",
+        "pcs_url",
     ],
     hints: &[],
     nested: None,
@@ -126,6 +134,7 @@ const SERVER_TDX: Schema = Schema {
         "allowed_measurements",
         "allowed_tcb_statuses",
         "max_collateral_age",
+        "pcs_url",
     ],
     hints: &[],
     nested: None,
@@ -148,11 +157,13 @@ const SERVER_SGX_IAS: Schema = Schema {
 const SERVER_SNP: Schema = Schema {
     keys: &[
         "trusted_roots",
+        "collateral_dir",
         "vek_chain_path",
         "allow_debug",
         "allowed_measurements",
         "min_tcb",
         "allowed_chip_ids",
+        "kds_url",
     ],
     hints: &[],
     nested: None,
@@ -222,7 +233,17 @@ pub(crate) fn server_attestor(
     policy.max_collateral_age = plugin.optional("max_collateral_age", values::positive_duration)?;
     policy.max_evidence_age = plugin.optional("max_evidence_age", values::positive_duration)?;
     policy.allowed_chip_ids = plugin
-        .optional("allowed_chip_ids", |expr| hex_list(expr, 64))?
+        .optional("allowed_chip_ids", |expr| {
+            let ids = hex_list(expr, 64)?;
+            // VLEK-signed and masked reports carry an all-zero chip ID, so allowing zero
+            // would allow every such report.
+            if ids.iter().any(|id| id.iter().all(|byte| *byte == 0)) {
+                return Err(
+                    "an all-zero chip ID would match every VLEK-signed or masked report".to_owned(),
+                );
+            }
+            Ok(ids)
+        })?
         .unwrap_or_default();
     policy.allowed_ak_sha256 = plugin
         .optional("allowed_ak_sha256", |expr| hex_list(expr, 32))?
@@ -234,14 +255,25 @@ pub(crate) fn server_attestor(
         policy.min_snp_tcb = min_tcb(data)?;
         policy.pcrs = pcr_values(data, kind)?;
     }
+    let pcs_url = plugin.optional("pcs_url", service_url)?;
+    let kds_url = plugin.optional("kds_url", service_url)?;
+    let collateral_dir = if pcs_url.is_some() || kds_url.is_some() {
+        // Fetched documents are cached there, because a fetch per attestation would load the
+        // vendor service, which rate-limits clients.
+        Some(plugin.required("collateral_dir", values::path)?)
+    } else {
+        plugin.optional("collateral_dir", values::path)?
+    };
     Ok(EvidenceAttestorConfig {
         name: plugin.name.to_owned(),
         kind,
         trusted_roots: plugin
             .optional("trusted_roots", path_list)?
             .unwrap_or_default(),
-        collateral_dir: plugin.optional("collateral_dir", values::path)?,
+        collateral_dir,
         vek_chain_path: plugin.optional("vek_chain_path", values::path)?,
+        pcs_url,
+        kds_url,
         policy,
     })
 }
@@ -330,6 +362,49 @@ pub(crate) fn agent_attestor(
     })
 }
 
+/// Reads the base URL of a collateral service: `https://host[:port][/path]`, or plain `http`
+/// only to a loopback host (`127.0.0.1`, `[::1]` or `localhost`). The trailing `/` is removed.
+fn service_url(expr: &Expression) -> Result<String, String> {
+    let text = values::string(expr)?;
+    let url = text.trim_end_matches('/');
+    let (scheme, rest) = url
+        .split_once("://")
+        .ok_or_else(|| format!("{text:?} is not a URL; expected https://host/path"))?;
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.is_empty() || authority.contains('@') {
+        return Err(format!(
+            "{text:?} has no host or contains user information; expected https://host/path"
+        ));
+    }
+    if url.contains(['?', '#', ' ']) {
+        return Err(format!(
+            "{text:?} contains a query, fragment or space; expected a base URL such as \
+             https://host/path"
+        ));
+    }
+    match scheme {
+        "https" => Ok(url.to_owned()),
+        "http" if is_loopback_authority(authority) => Ok(url.to_owned()),
+        "http" => Err(format!(
+            "{text:?} uses plain http to a host other than 127.0.0.1, [::1] or localhost; use \
+             https"
+        )),
+        _ => Err(format!(
+            "{text:?} has scheme {scheme:?}; expected https (or http to a loopback host)"
+        )),
+    }
+}
+
+/// Tells whether a URL authority (`host[:port]`) names the loopback host.
+fn is_loopback_authority(authority: &str) -> bool {
+    let host = if let Some(bracketed) = authority.strip_prefix('[') {
+        bracketed.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    matches!(host, "127.0.0.1" | "::1" | "localhost")
+}
+
 fn to_array<const N: usize>(bytes: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     out.copy_from_slice(bytes);
@@ -373,18 +448,33 @@ fn u8_value(expr: &Expression) -> Result<u8, String> {
 }
 
 fn tcb_statuses(expr: &Expression) -> Result<Vec<twid_evidence::TcbStatus>, String> {
-    values::string_list(expr)?
+    let statuses = values::string_list(expr)?
         .iter()
         .map(|name| {
-            name.parse().map_err(|_: String| {
+            let status: twid_evidence::TcbStatus = name.parse().map_err(|_: String| {
                 format!(
                     "unknown TCB status {name:?}, expected some of UpToDate, SWHardeningNeeded, \
                      ConfigurationNeeded, ConfigurationAndSWHardeningNeeded, OutOfDate, \
-                     OutOfDateConfigurationNeeded, Revoked"
+                     OutOfDateConfigurationNeeded"
                 )
-            })
+            })?;
+            // The verifier rejects a revoked TCB whatever the policy says, so listing it
+            // would suggest an acceptance that never happens.
+            if status == twid_evidence::TcbStatus::Revoked {
+                return Err(
+                    "Revoked cannot be allowed: revoked TCBs are always rejected".to_owned(),
+                );
+            }
+            Ok(status)
         })
-        .collect()
+        .collect::<Result<Vec<_>, String>>()?;
+    if statuses.is_empty() {
+        return Err(
+            "the list is empty, which would reject every quote; remove the key to use the default"
+                .to_owned(),
+        );
+    }
+    Ok(statuses)
 }
 
 fn path_list(expr: &Expression) -> Result<Vec<PathBuf>, String> {
@@ -521,6 +611,30 @@ mod tests {
         }
         assert_eq!(evidence_kind("join_token"), None);
         assert_eq!(evidence_kind("sgx-dcap"), None);
+    }
+
+    #[test]
+    fn service_url_loopback_http_only() {
+        let parse = |text: &str| {
+            let expr = hcl_edit::parser::parse_expr(&format!("{text:?}")).expect("expression");
+            service_url(&expr)
+        };
+        assert_eq!(
+            parse("https://pccs.example/").as_deref(),
+            Ok("https://pccs.example")
+        );
+        assert_eq!(
+            parse("http://127.0.0.1:8081/pcs").as_deref(),
+            Ok("http://127.0.0.1:8081/pcs")
+        );
+        assert!(parse("http://[::1]:80").is_ok());
+        assert!(parse("http://localhost").is_ok());
+        assert!(parse("http://127.0.0.1.example").is_err());
+        assert!(parse("http://pccs.example").is_err());
+        assert!(parse("ftp://pccs.example").is_err());
+        assert!(parse("https://user@pccs.example").is_err());
+        assert!(parse("https://pccs.example/?a=b").is_err());
+        assert!(parse("pccs.example").is_err());
     }
 
     #[test]

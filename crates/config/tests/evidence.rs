@@ -327,3 +327,24 @@ fn agent_join_token_conflicts_with_evidence() {
     assert!(message.contains("remove join_token"), "{message}");
     assert!(!message.contains("= t"), "{message}");
 }
+
+#[test]
+fn server_rejects_policies_that_mislead() {
+    let zero_chip = format!(
+        "NodeAttestor \"snp\" {{\n  plugin_data {{\n    allowed_chip_ids = [\"{}\"]\n  }}\n}}",
+        "00".repeat(64)
+    );
+    let message = error(server(&zero_chip));
+    assert!(message.contains("allowed_chip_ids"), "{message}");
+    assert!(message.contains("all-zero chip ID"), "{message}");
+
+    let empty = "NodeAttestor \"tdx\" {\n  plugin_data {\n    allowed_tcb_statuses = []\n  }\n}";
+    let message = error(server(empty));
+    assert!(message.contains("allowed_tcb_statuses"), "{message}");
+    assert!(message.contains("reject every quote"), "{message}");
+
+    let revoked = "NodeAttestor \"tdx\" {\n  plugin_data {\n    \
+                   allowed_tcb_statuses = [\"UpToDate\", \"Revoked\"]\n  }\n}";
+    let message = error(server(revoked));
+    assert!(message.contains("always rejected"), "{message}");
+}

@@ -47,6 +47,45 @@ impl Datastore {
         Ok(())
     }
 
+    /// Stores `agent`, replacing every column of a stored agent with the same SPIFFE ID in
+    /// one statement, so a concurrent reader finds either the old or the new record. The server
+    /// uses it when a platform attests again with evidence.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn replace_attested_agent(
+        &self,
+        agent: &AttestedAgent,
+    ) -> Result<(), DatastoreError> {
+        let mut tx = self.pool.begin().await?;
+        // SQLite (3.24 and later) and PostgreSQL (9.5 and later) both accept this upsert.
+        sqlx::query(
+            "INSERT INTO attested_agents (spiffe_id, attestation_type, x509_svid_serial, \
+             x509_svid_expires_at, selectors, banned, attested_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (spiffe_id) DO UPDATE SET \
+             attestation_type = excluded.attestation_type, \
+             x509_svid_serial = excluded.x509_svid_serial, \
+             x509_svid_expires_at = excluded.x509_svid_expires_at, \
+             selectors = excluded.selectors, \
+             banned = excluded.banned, \
+             attested_at = excluded.attested_at",
+        )
+        .bind(agent.spiffe_id.as_str())
+        .bind(agent.attestation_type.as_str())
+        .bind(agent.x509_svid_serial.as_str())
+        .bind(agent.x509_svid_expires_at)
+        .bind(to_json(&agent.selectors))
+        .bind(agent.banned)
+        .bind(agent.attested_at)
+        .execute(&mut *tx)
+        .await?;
+        bump_revision(&mut tx).await?;
+        tx.commit().await?;
+        tracing::debug!(agent_id = %agent.spiffe_id, "attested agent stored or replaced");
+        Ok(())
+    }
+
     /// Returns the agent with `spiffe_id`, or `None`.
     ///
     /// # Errors

@@ -193,6 +193,7 @@ on_both_backends!(
     entry_batch,
     entry_prune,
     agent_lifecycle,
+    agent_replace,
     join_token_lifecycle,
     join_token_single_use,
     bundle_sequence,
@@ -696,6 +697,69 @@ async fn agent_lifecycle(db: &TestDb) {
         .create_attested_agent(&green)
         .await
         .expect("recreate green");
+}
+
+async fn agent_replace(db: &TestDb) {
+    let store = db.open().await;
+    let blue = agent("blue");
+    let other = agent("other");
+    store
+        .create_attested_agent(&other)
+        .await
+        .expect("create other");
+
+    let before_create = revision(&store).await;
+    store
+        .replace_attested_agent(&blue)
+        .await
+        .expect("replace creates a missing agent");
+    assert!(revision(&store).await > before_create);
+    assert_eq!(
+        store
+            .get_attested_agent(&blue.spiffe_id)
+            .await
+            .expect("get created"),
+        Some(blue.clone())
+    );
+
+    let mut again = blue.clone();
+    again.attestation_type = "nitro".to_owned();
+    again.x509_svid_serial = "77cc".to_owned();
+    again.x509_svid_expires_at = NOW + 60;
+    again.selectors = vec![sel("nitro:pcr0:0e")];
+    again.attested_at = NOW + 30;
+    let before_replace = revision(&store).await;
+    store
+        .replace_attested_agent(&again)
+        .await
+        .expect("replace an existing agent");
+    assert!(revision(&store).await > before_replace);
+    let replaced = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get replaced")
+        .expect("replaced agent exists");
+    assert_eq!(replaced, again);
+
+    // Replacing stores the given flag, so the caller decides about a banned agent.
+    let mut banned = again.clone();
+    banned.banned = true;
+    store
+        .replace_attested_agent(&banned)
+        .await
+        .expect("replace with banned flag");
+    let stored = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get banned")
+        .expect("banned agent exists");
+    assert!(stored.banned);
+
+    assert_eq!(
+        store.list_attested_agents().await.expect("list"),
+        [banned, other],
+        "replacing must neither duplicate nor touch other agents"
+    );
 }
 
 async fn join_token_lifecycle(db: &TestDb) {

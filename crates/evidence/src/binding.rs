@@ -1,12 +1,15 @@
 //! The binding rule between a challenge and the key that evidence vouches for.
 //!
 //! The attester puts `SHA-512(nonce || public key)` into the evidence's report data (SGX, TDX
-//! and SEV-SNP report data, Nitro `user_data`, TPM `extraData`). The verifier recomputes it from
+//! and SEV-SNP report data, Nitro `user_data`). A TPM gets the SHA-256 of that value as its
+//! `extraData` instead, because a TPM's qualifying data holds at most one digest of its largest
+//! hash algorithm, and many TPMs implement nothing larger than SHA-256 or SHA-384. The verifier
+//! recomputes the value from
 //! the nonce it issued and the public key of the credential it is about to sign, so evidence
 //! cannot be replayed under a new nonce or reused for another key.
 
 use aws_lc_rs::constant_time::verify_slices_are_equal;
-use aws_lc_rs::digest::{SHA512, digest};
+use aws_lc_rs::digest::{SHA256, SHA512, digest};
 
 use crate::{Reason, Verified, VerifyError};
 
@@ -24,6 +27,14 @@ pub fn report_data(nonce: &[u8], public_key_spki_der: &[u8]) -> [u8; BINDING_LEN
     out
 }
 
+/// Derives a TPM quote's qualifying data from the report data: its SHA-256, which every TPM
+/// 2.0 accepts.
+pub fn tpm_qualifying_data(report_data: &[u8; BINDING_LEN]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, report_data).as_ref());
+    out
+}
+
 /// Checks that verified evidence binds `nonce` and the key whose DER SubjectPublicKeyInfo is
 /// `public_key_spki_der`.
 pub fn check(
@@ -31,7 +42,14 @@ pub fn check(
     nonce: &[u8],
     public_key_spki_der: &[u8],
 ) -> Result<(), VerifyError> {
-    let expected = report_data(nonce, public_key_spki_der);
+    let report_data = report_data(nonce, public_key_spki_der);
+    let tpm_data;
+    let expected: &[u8] = if verified.kind == crate::Kind::Tpm {
+        tpm_data = tpm_qualifying_data(&report_data);
+        &tpm_data
+    } else {
+        &report_data
+    };
     let bound = verified.bound_data().ok_or_else(|| {
         VerifyError::new(
             Reason::Binding,
@@ -42,7 +60,7 @@ pub fn check(
         )
     })?;
     let bound = bound.get(..BINDING_LEN).unwrap_or(bound);
-    verify_slices_are_equal(bound, &expected).map_err(|_| {
+    verify_slices_are_equal(bound, expected).map_err(|_| {
         VerifyError::new(
             Reason::Binding,
             "the evidence's report data is not SHA-512 of the issued nonce and this public key; \

@@ -368,6 +368,10 @@ pub struct SnpClaims {
     /// All zero when the report is signed with a VLEK or the chip ID is masked.
     #[serde(serialize_with = "hex_serialize")]
     pub chip_id: [u8; 64],
+    /// REPORT_ID: a value the firmware assigns to the guest at launch, so guests that share a
+    /// chip and an image still differ.
+    #[serde(serialize_with = "hex_serialize")]
+    pub report_id: [u8; 32],
     pub reported_tcb: SnpTcb,
     pub committed_tcb: SnpTcb,
     pub launch_tcb: SnpTcb,

@@ -20,6 +20,7 @@ pub mod policy;
 pub mod result;
 pub mod roots;
 pub mod snp;
+pub mod svid_claims;
 pub mod tpm;
 pub mod verify;
 

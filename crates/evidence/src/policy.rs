@@ -449,6 +449,7 @@ mod tests {
             id_key_digest: [0; 48],
             report_data: [0; 64],
             chip_id: [5; 64],
+            report_id: [0; 32],
             reported_tcb: tcb(10),
             committed_tcb: tcb(10),
             launch_tcb: tcb(10),

@@ -43,6 +43,9 @@ pub struct AttestationResult {
     pub error: Option<VerifyError>,
     /// The version of the policy applied, when the policy is versioned.
     pub policy_version: Option<u64>,
+    /// Whether the evidence was checked to bind the relying party's nonce and key. Without
+    /// that check an echoed `eat_nonce` says nothing about freshness.
+    pub binding_checked: bool,
 }
 
 impl AttestationResult {
@@ -66,6 +69,7 @@ impl AttestationResult {
             claims.insert("eat_nonce".into(), URL_SAFE_NO_PAD.encode(nonce).into());
         }
         claims.insert("ear.status".into(), self.status().as_str().into());
+        claims.insert("twid.binding_checked".into(), self.binding_checked.into());
         claims.insert(
             "ear.verifier-id".into(),
             json!({ "developer": "twid", "build": verifier_build }),

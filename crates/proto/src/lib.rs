@@ -4,6 +4,7 @@
 //! - [`node`]: the agent-to-server API over mutual TLS.
 //! - [`admin`]: the command line's API on the server's local socket.
 //! - [`attestation`]: evidence verification for relying parties.
+//! - [`workload_attestation`]: direct attestation of workloads in TEEs.
 //! - [`types`]: messages shared by the node and admin APIs.
 
 #![allow(missing_docs, unreachable_pub, unused_qualifications, clippy::all)]
@@ -35,6 +36,11 @@ pub mod twid {
             include!(concat!(env!("OUT_DIR"), "/twid.attestation.v1.rs"));
         }
     }
+    pub mod workload_attestation {
+        pub mod v1 {
+            include!(concat!(env!("OUT_DIR"), "/twid.workload_attestation.v1.rs"));
+        }
+    }
 }
 
 /// Messages shared by the node and admin APIs.
@@ -45,6 +51,9 @@ pub use twid::node::v1 as node;
 
 /// The verification API: evidence in, a signed attestation result out, for any relying party.
 pub use twid::attestation::v1 as attestation;
+
+/// Direct workload attestation: a workload in a TEE sends evidence and receives SVIDs for its key.
+pub use twid::workload_attestation::v1 as workload_attestation;
 
 /// The admin API: command line to server over the local Unix socket.
 pub use twid::admin::v1 as admin;

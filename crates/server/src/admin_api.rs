@@ -1,5 +1,5 @@
-//! The admin API on the server's local Unix socket: entries, join tokens, the bundle and
-//! attested agents.
+//! The admin API on the server's local Unix socket: entries, join tokens, the bundle,
+//! attested agents and the issuance log.
 //!
 //! Access control is the socket's directory, created with mode 0700. Every write is committed
 //! by the datastore before the reply is sent.
@@ -17,14 +17,25 @@ use twid_proto::admin::{
     BanAgentRequest, BanAgentResponse, CountEntriesRequest, CountEntriesResponse,
     CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteEntryRequest,
     DeleteEntryResponse, EvictAgentRequest, EvictAgentResponse, GetAgentRequest, GetBundleRequest,
-    GetEntryRequest, ListAgentsRequest, ListAgentsResponse, ListEntriesRequest,
-    ListEntriesResponse, UpdateEntryRequest,
+    GetEntryRequest, GetIssuanceRecordRequest, IssuanceLogAlteration, IssuanceRecord,
+    ListAgentsRequest, ListAgentsResponse, ListEntriesRequest, ListEntriesResponse,
+    ListIssuanceRecordsRequest, ListIssuanceRecordsResponse, UpdateEntryRequest,
+    VerifyIssuanceLogRequest, VerifyIssuanceLogResponse, get_issuance_record_request,
 };
 use twid_proto::types as pb;
+use twid_provenance::{Alteration, AlterationKind, LogError, Record};
 use twid_spiffe::SpiffeId;
 
-use crate::convert::{agent_to_pb, entry_to_pb, new_entry_from_pb, selector_from_pb, unix_now};
+use crate::convert::{
+    agent_to_pb, entry_to_pb, new_entry_from_pb, selector_from_pb, selector_to_pb, unix_now,
+};
 use crate::{ServerError, Shared};
+
+/// Records `ListIssuanceRecords` returns when the request sets no limit.
+const DEFAULT_RECORD_PAGE: u32 = 100;
+
+/// Maximum records one `ListIssuanceRecords` call returns.
+const MAX_RECORD_PAGE: u32 = 1000;
 
 /// Binds the admin socket and starts serving it.
 pub(crate) async fn serve(
@@ -314,6 +325,162 @@ impl Admin for AdminService {
             .map_err(datastore_status)?;
         tracing::info!(agent_id = %id, "agent banned");
         Ok(Response::new(BanAgentResponse {}))
+    }
+
+    async fn get_issuance_record(
+        &self,
+        request: Request<GetIssuanceRecordRequest>,
+    ) -> Result<Response<IssuanceRecord>, Status> {
+        let log = &self.shared.issuance_log.log;
+        let (record, wanted) = match request.into_inner().key {
+            Some(get_issuance_record_request::Key::Serial(serial)) => {
+                let record = log.find_by_serial(&serial).await.map_err(log_status)?;
+                (record, format!("serial {serial}"))
+            }
+            Some(get_issuance_record_request::Key::Jti(jti)) => {
+                let record = log.find_by_jti(&jti).await.map_err(log_status)?;
+                (record, format!("jti {jti}"))
+            }
+            None => {
+                return Err(Status::invalid_argument(
+                    "the request needs a serial or a jti",
+                ));
+            }
+        };
+        let record = record
+            .ok_or_else(|| Status::not_found(format!("no issuance log record with {wanted}")))?;
+        Ok(Response::new(record_to_pb(&record)))
+    }
+
+    async fn list_issuance_records(
+        &self,
+        request: Request<ListIssuanceRecordsRequest>,
+    ) -> Result<Response<ListIssuanceRecordsResponse>, Status> {
+        let request = request.into_inner();
+        let limit = match request.limit {
+            0 => DEFAULT_RECORD_PAGE,
+            limit => limit.min(MAX_RECORD_PAGE),
+        };
+        let records = self
+            .shared
+            .issuance_log
+            .log
+            .list(request.from_seq, limit)
+            .await
+            .map_err(log_status)?;
+        Ok(Response::new(ListIssuanceRecordsResponse {
+            records: records.iter().map(record_to_pb).collect(),
+        }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn verify_issuance_log(
+        &self,
+        _request: Request<VerifyIssuanceLogRequest>,
+    ) -> Result<Response<VerifyIssuanceLogResponse>, Status> {
+        let provenance = &self.shared.issuance_log;
+        let report = provenance
+            .log
+            .verify(Some(&provenance.checkpoint_key))
+            .await
+            .map_err(log_status)?;
+        match &report.alteration {
+            Some(alteration) => tracing::warn!(
+                seq = alteration.seq,
+                kind = %alteration.kind,
+                detail = %alteration.detail,
+                "issuance log verification found an alteration"
+            ),
+            None => tracing::info!(
+                records = report.records,
+                checkpoints = report.checkpoints,
+                "issuance log verified intact"
+            ),
+        }
+        Ok(Response::new(VerifyIssuanceLogResponse {
+            records: report.records,
+            checkpoints: report.checkpoints,
+            signatures_checked: report.signatures_checked,
+            alteration: report.alteration.as_ref().map(alteration_to_pb),
+        }))
+    }
+}
+
+/// Maps issuance log failures to statuses; an invalid serial is the caller's mistake, every
+/// other failure is logged and internal.
+fn log_status(error: LogError) -> Status {
+    match error {
+        LogError::InvalidRecord(message) => Status::invalid_argument(message),
+        other => {
+            tracing::error!(
+                error = %crate::tasks::error_chain(&other),
+                "admin API issuance log request failed"
+            );
+            Status::internal("internal server error; see the server log")
+        }
+    }
+}
+
+fn record_to_pb(record: &Record) -> IssuanceRecord {
+    let content = &record.content;
+    let text = |value: &Option<String>| value.clone().unwrap_or_default();
+    let digest = |value: &Option<[u8; 32]>| value.map(|d| d.to_vec()).unwrap_or_default();
+    IssuanceRecord {
+        seq: record.seq,
+        prev_hash: record.prev_hash.to_vec(),
+        hash: record.hash.to_vec(),
+        kind: content.kind.as_str().to_owned(),
+        serial: text(&content.serial),
+        jti: text(&content.jti),
+        spiffe_id: content
+            .spiffe_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        entry_id: text(&content.entry_id),
+        agent_id: content
+            .agent_id
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        selectors: content.selectors.iter().map(selector_to_pb).collect(),
+        key_fingerprint: digest(&content.key_fingerprint),
+        evidence_digest: digest(&content.evidence_digest),
+        // The log stores canonical JSON, and serde_json (with `preserve_order`) keeps the
+        // decoded key order, so this reproduces the stored text.
+        attestation_result: content
+            .attestation_result
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        policy_version: text(&content.policy_version),
+        refusal_reason: text(&content.refusal_reason),
+        time_unix_ms: unix_ms(content.time),
+    }
+}
+
+fn unix_ms(time: std::time::SystemTime) -> i64 {
+    match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => i64::try_from(before.duration().as_millis()).map_or(i64::MIN, |ms| -ms),
+    }
+}
+
+fn alteration_to_pb(alteration: &Alteration) -> IssuanceLogAlteration {
+    let (kind, original_seq) = match alteration.kind {
+        AlterationKind::Edited => ("edited", 0),
+        AlterationKind::Deleted => ("deleted", 0),
+        AlterationKind::Reordered { original_seq } => ("reordered", original_seq),
+        AlterationKind::Inserted => ("inserted", 0),
+        AlterationKind::CheckpointMismatch => ("checkpoint_mismatch", 0),
+        AlterationKind::BadCheckpointSignature => ("bad_checkpoint_signature", 0),
+        _ => ("unknown", 0),
+    };
+    IssuanceLogAlteration {
+        seq: alteration.seq,
+        kind: kind.to_owned(),
+        original_seq,
+        detail: alteration.detail.clone(),
     }
 }
 

@@ -44,6 +44,25 @@ impl EvidenceAttestors {
                 }
                 anchors
             };
+            if let Some(dir) = &config.collateral_dir
+                && !dir.is_dir()
+            {
+                return Err(ServerError::EvidenceFile {
+                    attestor: config.name.clone(),
+                    key: "collateral_dir",
+                    path: dir.clone(),
+                    reason: "it is not a readable folder; create it and fill it with the PCS \
+                             collateral of every FMSPC your agents run on"
+                        .to_owned(),
+                });
+            }
+            if config.kind == Kind::Tpm && config.policy.allowed_ak_sha256.is_empty() {
+                tracing::warn!(
+                    attestor = %config.name,
+                    "allowed_ak_sha256 is empty, so every TPM agent will be rejected until its \
+                     attestation key is enrolled"
+                );
+            }
             let extra_certificates = match &config.vek_chain_path {
                 Some(path) => read_pem_certificates(&config.name, "vek_chain_path", path)?,
                 None => Vec::new(),
@@ -125,14 +144,14 @@ impl EvidenceAttestor {
         public_key_spki_der: &[u8],
         now: i64,
     ) -> Result<Verified, VerifyError> {
-        let envelope = Envelope::from_json(envelope_json)?;
+        let mut envelope = Envelope::from_json(envelope_json)?;
         if envelope.kind != self.config.kind {
             return Err(VerifyError::policy(format!(
                 "node attestor {} accepts {} evidence, but the agent sent {} evidence",
                 self.config.name, self.config.kind, envelope.kind
             )));
         }
-        let inputs = self.inputs(&envelope)?;
+        let inputs = self.inputs(&mut envelope)?;
         let verified = twid_evidence::verify::verify_envelope(&envelope, &inputs, now)?;
         twid_evidence::binding::check(&verified, nonce, public_key_spki_der)?;
         self.config.policy.check(&verified, now)?;
@@ -141,15 +160,24 @@ impl EvidenceAttestor {
 
     /// Appraises an envelope for a relying party: verification and policy like
     /// [`EvidenceAttestor::verify`], with the binding checked only when the caller gives a
-    /// nonce and key. Failures become a contraindicated result, not an error.
+    /// nonce and key. Failures, including evidence of another kind than the attestor's,
+    /// become a contraindicated result, not an error.
     pub(crate) fn appraise(
         &self,
         envelope_json: &[u8],
         binding: Option<(&[u8], &[u8])>,
         now: i64,
     ) -> AttestationResult {
-        let verified = Envelope::from_json(envelope_json).and_then(|envelope| {
-            let inputs = self.inputs(&envelope)?;
+        let verified = Envelope::from_json(envelope_json).and_then(|mut envelope| {
+            // The roots and the policy belong to one kind, so evidence of another kind must
+            // not be appraised with them.
+            if envelope.kind != self.config.kind {
+                return Err(VerifyError::policy(format!(
+                    "node attestor {} accepts {} evidence, but the envelope contains {} evidence",
+                    self.config.name, self.config.kind, envelope.kind
+                )));
+            }
+            let inputs = self.inputs(&mut envelope)?;
             twid_evidence::verify::verify_envelope(&envelope, &inputs, now)
         });
         let verified = match verified {
@@ -159,6 +187,7 @@ impl EvidenceAttestor {
                     verified: None,
                     error: Some(error),
                     policy_version: None,
+                    binding_checked: false,
                 };
             }
         };
@@ -171,19 +200,29 @@ impl EvidenceAttestor {
             verified: Some(verified),
             error: checked.err(),
             policy_version: None,
+            binding_checked: binding.is_some(),
         }
     }
 
-    fn inputs(&self, envelope: &Envelope) -> Result<VerifyInputs, VerifyError> {
+    /// Builds the verification inputs. With `collateral_dir` set, DCAP collateral always comes
+    /// from there and collateral sent with the quote is dropped: an attester could otherwise
+    /// keep sending an older, still unexpired TCB info or CRL from before a TCB recovery or
+    /// a revocation.
+    fn inputs(&self, envelope: &mut Envelope) -> Result<VerifyInputs, VerifyError> {
         let mut inputs = VerifyInputs {
             anchors: self.anchors.clone(),
             dcap_collateral: None,
             extra_certificates: self.extra_certificates.clone(),
         };
         if matches!(envelope.kind, Kind::SgxDcap | Kind::Tdx)
-            && envelope.collateral.is_none()
             && let Some(dir) = &self.config.collateral_dir
         {
+            if envelope.collateral.take().is_some() {
+                tracing::debug!(
+                    attestor = %self.config.name,
+                    "ignoring the collateral sent with the quote; collateral_dir is set"
+                );
+            }
             inputs.dcap_collateral = Some(load_collateral(dir, &envelope.evidence)?);
         }
         Ok(inputs)
@@ -266,19 +305,46 @@ fn load_pcs_folder(folder: &Path) -> Result<dcap::Collateral, VerifyError> {
     })
 }
 
-/// Returns the stable part of an evidence-attested agent ID: the value that identifies the
-/// platform or image across attestations.
+/// Returns the last path segment of an evidence-attested agent ID. It names one instance
+/// where the evidence has a per-instance value: the SEV-SNP REPORT_ID (assigned per guest at
+/// launch), the Nitro module ID (one per enclave) and the TPM AK digest (one per TPM). SGX and
+/// TDX evidence has no such value, so enclaves and guests of one measurement share an ID.
 pub(crate) fn stable_id(verified: &Verified) -> String {
     match &verified.claims {
         Claims::Sgx(claims) => hex::encode(claims.mr_enclave),
         Claims::Tdx(claims) => hex::encode(claims.mr_td),
+        Claims::Snp(claims) if claims.report_id.iter().any(|byte| *byte != 0) => {
+            hex::encode(claims.report_id)
+        }
+        // Reports with an all-zero REPORT_ID, such as hand-built test reports, keep the chip
+        // ID or measurement that named SEV-SNP agents before.
         Claims::Snp(claims) if claims.chip_id.iter().any(|byte| *byte != 0) => {
             hex::encode(claims.chip_id)
         }
         Claims::Snp(claims) => hex::encode(claims.measurement),
-        Claims::Nitro(claims) => claims.pcrs.get(&0).map(hex::encode).unwrap_or_default(),
+        Claims::Nitro(claims) => nitro_path_segment(&claims.module_id),
         Claims::Tpm(claims) => hex::encode(claims.ak_sha256),
     }
+}
+
+/// Longest Nitro module ID used verbatim in an agent ID; AWS module IDs (`i-<instance>-enc<id>`)
+/// are about 40 characters.
+const MAX_MODULE_ID_LEN: usize = 128;
+
+/// Returns the module ID when it is safe as a URI path segment, else its SHA-256 in hex.
+fn nitro_path_segment(module_id: &str) -> String {
+    let safe = !module_id.is_empty()
+        && module_id.len() <= MAX_MODULE_ID_LEN
+        && module_id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'-');
+    if safe {
+        return module_id.to_owned();
+    }
+    hex::encode(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        module_id.as_bytes(),
+    ))
 }
 
 #[cfg(test)]
@@ -301,7 +367,7 @@ mod tests {
         }
     }
 
-    fn snp(chip_id: [u8; 64]) -> Verified {
+    fn snp(chip_id: [u8; 64], report_id: [u8; 32]) -> Verified {
         let tcb = SnpTcb {
             bootloader: 0,
             tee: 0,
@@ -322,6 +388,7 @@ mod tests {
             id_key_digest: [0; 48],
             report_data: [0; 64],
             chip_id,
+            report_id,
             reported_tcb: tcb,
             committed_tcb: tcb,
             launch_tcb: tcb,
@@ -332,12 +399,9 @@ mod tests {
         verified(Claims::Snp(claims), Kind::Snp)
     }
 
-    #[test]
-    fn stable_id_per_kind() {
-        assert_eq!(stable_id(&snp([0x01; 64])), "01".repeat(64));
-        assert_eq!(stable_id(&snp([0; 64])), "ab".repeat(48));
+    fn nitro(module_id: &str) -> Verified {
         let nitro = NitroClaims {
-            module_id: "i-0".to_owned(),
+            module_id: module_id.to_owned(),
             digest: "SHA384".to_owned(),
             timestamp_ms: 0,
             pcrs: BTreeMap::from([(0, vec![0x0e; 48])]),
@@ -346,10 +410,50 @@ mod tests {
             nonce: None,
             debug: false,
         };
+        verified(Claims::Nitro(nitro), Kind::Nitro)
+    }
+
+    #[test]
+    fn stable_id_per_kind() {
+        assert_eq!(stable_id(&snp([0x01; 64], [0; 32])), "01".repeat(64));
+        assert_eq!(stable_id(&snp([0; 64], [0; 32])), "ab".repeat(48));
         assert_eq!(
-            stable_id(&verified(Claims::Nitro(nitro), Kind::Nitro)),
-            "0e".repeat(48)
+            stable_id(&nitro("i-0123456789abcdef0-enc0123456789abcdef0")),
+            "i-0123456789abcdef0-enc0123456789abcdef0"
         );
+    }
+
+    #[test]
+    fn snp_stable_id_uses_report_id() {
+        let chip = [0x01; 64];
+        let first = stable_id(&snp(chip, [0x0a; 32]));
+        let second = stable_id(&snp(chip, [0x0b; 32]));
+        assert_eq!(first, "0a".repeat(32));
+        assert_eq!(second, "0b".repeat(32));
+    }
+
+    #[test]
+    fn nitro_unsafe_module_id_hashed() {
+        let sha256_hex = |text: &str| {
+            hex::encode(aws_lc_rs::digest::digest(
+                &aws_lc_rs::digest::SHA256,
+                text.as_bytes(),
+            ))
+        };
+        let long = "a".repeat(MAX_MODULE_ID_LEN + 1);
+        for module_id in [
+            "",
+            "i-0/../enc0",
+            "i-0 enc0",
+            "i-0%2fenc0",
+            "i-é",
+            long.as_str(),
+        ] {
+            let id = stable_id(&nitro(module_id));
+            assert_eq!(id, sha256_hex(module_id), "module ID {module_id:?}");
+        }
+        let longest = "a".repeat(MAX_MODULE_ID_LEN);
+        assert_eq!(stable_id(&nitro(&longest)), longest);
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The twid server: the certificate authority of one trust domain.
 //!
-//! [`Server::start`] opens the datastore, loads or creates the CA, binds the node API (gRPC over
-//! mutual TLS, for agents) and the admin API (gRPC on a local Unix socket, for the `twid`
-//! command line), and starts the background tasks: CA rotation, server SVID renewal and join
-//! token pruning. It returns once every listener is bound, so a caller may connect right away.
+//! [`Server::start`] opens the datastore and the issuance log and loads or creates the CA. It
+//! binds the node API (gRPC over mutual TLS, for agents) and the admin API (gRPC on a local
+//! Unix socket, for the `twid` command line). Then it starts the background tasks: CA
+//! rotation, server SVID renewal and join token pruning. It returns once every listener is
+//! bound, so a caller may connect right away.
 
 #![forbid(unsafe_code)]
 
@@ -17,8 +18,10 @@ mod identity;
 mod issuers;
 mod node_api;
 mod node_evidence;
+mod provenance;
 mod tasks;
 mod verification_api;
+mod workload_attestation;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +60,8 @@ pub(crate) struct Shared {
     pub(crate) publish_lock: tokio::sync::Mutex<()>,
     /// The `NodeAttestor` blocks of evidence kinds, by name.
     pub(crate) evidence: evidence::EvidenceAttestors,
+    /// The tamper-evident log of every SVID issued and every request rejected.
+    pub(crate) issuance_log: provenance::Provenance,
 }
 
 /// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
@@ -77,8 +82,9 @@ impl Server {
     /// Starts a server and returns once its listeners are bound.
     ///
     /// # Errors
-    /// Fails when the datastore cannot be opened or migrated, the CA keys cannot be read or
-    /// written, or a listener cannot be bound; the error names the path or address.
+    /// Fails when the datastore cannot be opened or migrated, the CA keys or the issuance log
+    /// checkpoint key cannot be read or written, or a listener cannot be bound; the error
+    /// names the path or address.
     pub async fn start(config: ServerConfig) -> Result<ServerHandle, ServerError> {
         let now = SystemTime::now();
         let trust_domain = config.trust_domain.clone();
@@ -91,6 +97,7 @@ impl Server {
         let evidence = evidence::EvidenceAttestors::load(&config.evidence_attestors)?;
         ca::create_private_dir(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
+        let issuance_log = provenance::open(&config.data_dir, &datastore)?;
         let ca = CaManager::load_or_create(ca_settings(&config), datastore.clone(), now).await?;
         let issuers = Arc::new(load_issuers(&config, &datastore, now).await?);
         let server_id = twid_types::server_id(&trust_domain);
@@ -108,6 +115,7 @@ impl Server {
             issuers: Arc::clone(&issuers),
             publish_lock: tokio::sync::Mutex::new(()),
             evidence,
+            issuance_log,
         });
         tasks::publish_bundle(&shared).await?;
 

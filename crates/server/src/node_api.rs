@@ -4,6 +4,9 @@
 //! Invariant: every RPC but `AttestAgent` runs only for a caller whose TLS client certificate
 //! is the current SVID of an attested, unbanned agent, and signs only for entries authorized for
 //! that agent.
+//!
+//! Every SVID is recorded in the issuance log before it is returned (see [`crate::provenance`]),
+//! and so is every request for an unauthorized entry and every rejected join token.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -28,7 +31,20 @@ use twid_telemetry::names;
 use twid_types::{AttestedAgent, RegistrationEntry};
 
 use crate::convert::{entry_to_pb, unix_now, unix_seconds};
+use crate::provenance::{self, SignedX509};
 use crate::{ServerError, Shared};
+
+/// Largest request the node API decodes. The biggest legitimate requests are agents' CSR
+/// batches (500 CSRs of under 1 KiB each) and evidence envelopes (at most 1 MiB), so anything
+/// larger is rejected before it is buffered. Responses (syncs of large entry sets) may be larger.
+const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Concurrent streams one connection may hold open. An agent needs a handful; the limit keeps
+/// one unauthenticated connection from parking thousands of attestation streams.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+
+/// How long an attestation stream may stay open before its first message.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Binds the node API listener and starts serving it.
 pub(crate) async fn serve(
@@ -57,19 +73,22 @@ pub(crate) async fn serve(
     let service = NodeServer::new(NodeService {
         shared: Arc::clone(shared),
     })
-    .max_decoding_message_size(64 * 1024 * 1024)
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(64 * 1024 * 1024);
     let verification = crate::verification_api::service(shared);
+    let workload_attestation = crate::workload_attestation::service(shared);
     let shutdown = shutdown.clone();
     tasks.spawn(
         async move {
             // HTTP/2 pings close connections whose peer stopped responding, including TLS
             // clients that never speak HTTP/2, so idle connections cannot pile up.
             let result = tonic::transport::Server::builder()
+                .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
                 .http2_keepalive_interval(Some(Duration::from_secs(30)))
                 .http2_keepalive_timeout(Some(Duration::from_secs(10)))
                 .add_service(service)
                 .add_service(verification)
+                .add_service(workload_attestation)
                 .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
                 .await;
             if let Err(error) = result {
@@ -97,7 +116,10 @@ pub(crate) fn internal(error: ServerError) -> Status {
 
 impl NodeService {
     /// Returns the attested agent that presented the request's TLS client certificate.
-    async fn authenticate<T>(&self, request: &Request<T>) -> Result<AttestedAgent, Status> {
+    pub(crate) async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<AttestedAgent, Status> {
         let leaf = request
             .extensions()
             .get::<twid_tls::TlsConnectInfo>()
@@ -147,19 +169,35 @@ impl NodeService {
         csr: &[u8],
         ttl: Duration,
         dns_names: &[String],
-    ) -> Result<Vec<u8>, Status> {
-        self.sign_x509_at(spiffe_id, csr, ttl, dns_names, SystemTime::now())
+    ) -> Result<SignedX509, Status> {
+        self.sign_x509_svid(spiffe_id, csr, ttl, dns_names, &[], SystemTime::now())
     }
 
-    /// Signs an SVID valid from `now` for `ttl` (or until the CA expires, if sooner).
-    pub(crate) fn sign_x509_at(
+    /// Signs an SVID valid from `now` for `ttl` (or until the CA expires, if sooner) with extra
+    /// non-critical extensions, such as the attestation claims of an SVID issued on evidence.
+    pub(crate) fn sign_x509_with_extensions(
+        &self,
+        spiffe_id: &SpiffeId,
+        csr: &[u8],
+        ttl: Duration,
+        extensions: &[twid_ca::SvidExtension],
+        now: SystemTime,
+    ) -> Result<Vec<u8>, Status> {
+        self.sign_x509_svid(spiffe_id, csr, ttl, &[], extensions, now)
+            .map(|signed| signed.cert)
+    }
+
+    /// Signs an SVID with its extensions and returns it with the serial number and key
+    /// fingerprint that the issuance log records.
+    fn sign_x509_svid(
         &self,
         spiffe_id: &SpiffeId,
         csr: &[u8],
         ttl: Duration,
         dns_names: &[String],
+        extensions: &[twid_ca::SvidExtension],
         now: SystemTime,
-    ) -> Result<Vec<u8>, Status> {
+    ) -> Result<SignedX509, Status> {
         let csr = twid_ca::parse_csr(csr)
             .map_err(|error| Status::invalid_argument(format!("invalid CSR: {error}")))?;
         let snapshot = self.shared.ca.snapshot();
@@ -167,16 +205,30 @@ impl NodeService {
             .active_x509()
             .ok_or_else(|| internal(ServerError::NoActiveAuthority("X.509")))?;
         let cert = authority
-            .sign_x509_svid(&twid_ca::X509SvidRequest {
-                spiffe_id,
-                public_key_spki_der: &csr.public_key_spki_der,
-                ttl,
-                dns_names,
-                now,
-            })
+            .sign_x509_svid_with_extensions(
+                &twid_ca::X509SvidRequest {
+                    spiffe_id,
+                    public_key_spki_der: &csr.public_key_spki_der,
+                    ttl,
+                    dns_names,
+                    now,
+                },
+                extensions,
+            )
             .map_err(|error| internal(error.into()))?;
         metrics::counter!(names::X509_SVIDS_SIGNED_TOTAL).increment(1);
-        Ok(cert.to_vec())
+        let cert = cert.to_vec();
+        let serial = serial_hex(&cert).map_err(|status| {
+            internal(ServerError::Encode(format!(
+                "the signed certificate cannot be parsed: {}",
+                status.message()
+            )))
+        })?;
+        Ok(SignedX509 {
+            cert,
+            serial,
+            key_fingerprint: twid_provenance::key_fingerprint(&csr.public_key_spki_der),
+        })
     }
 
     pub(crate) fn agent_svid(&self, spiffe_id: &SpiffeId, cert: Vec<u8>) -> AgentSvid {
@@ -231,10 +283,25 @@ impl Node for NodeService {
         &self,
         request: Request<Streaming<AttestAgentRequest>>,
     ) -> Result<Response<AttestStream>, Status> {
+        // An agent that attests again presents its current SVID, which lets it replace its own
+        // record of an evidence-attested ID.
+        let client_leaf = request
+            .extensions()
+            .get::<twid_tls::TlsConnectInfo>()
+            .and_then(|info| info.peer_certificates.as_ref())
+            .and_then(|certs| certs.first())
+            .map(|leaf| leaf.to_vec());
         let mut stream = request.into_inner();
-        let first = stream
-            .message()
-            .await?
+        // Unauthenticated callers may open this stream, so one that never sends its params
+        // must not hold a connection slot for long.
+        let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!(
+                    "no attestation params within {} s of opening the stream",
+                    FIRST_MESSAGE_TIMEOUT.as_secs()
+                ))
+            })??
             .ok_or_else(|| Status::invalid_argument("attestation stream closed before params"))?;
         let Some(attest_agent_request::Step::Params(params)) = first.step else {
             return Err(Status::invalid_argument(
@@ -249,10 +316,15 @@ impl Node for NodeService {
                 data.r#type,
                 params.csr,
                 stream,
+                client_leaf,
             )));
         }
         let result = match data.r#type.as_str() {
-            "join_token" => self.attest_join_token(&data.payload, &params.csr).await,
+            "join_token" => {
+                let result = self.attest_join_token(&data.payload, &params.csr).await;
+                provenance::record_rejected_attestation(&self.shared, "join_token", &result).await;
+                result
+            }
             other => {
                 let mut supported = vec!["join_token"];
                 supported.extend(self.shared.evidence.names());
@@ -282,16 +354,23 @@ impl Node for NodeService {
         let now = crate::node_evidence::whole_seconds(SystemTime::now());
         let ttl = self.renewal_ttl(&agent, now)?;
         let csr = &request.get_ref().csr;
-        let cert = self.sign_x509_at(&agent.spiffe_id, csr, ttl, &[], now)?;
-        let serial = serial_hex(&cert)?;
+        let signed = self.sign_x509_svid(&agent.spiffe_id, csr, ttl, &[], &[], now)?;
+        let record = provenance::agent_x509_record(
+            &agent.spiffe_id,
+            &agent.selectors,
+            &signed.serial,
+            signed.key_fingerprint,
+        );
+        provenance::append_issuance(&self.shared, record).await?;
+        let serial = signed.serial;
         self.shared
             .datastore
-            .update_agent_svid(&agent.spiffe_id, &serial, cert_expiry(&cert))
+            .update_agent_svid(&agent.spiffe_id, &serial, cert_expiry(&signed.cert))
             .await
             .map_err(|error| internal(error.into()))?;
         tracing::debug!(agent_id = %agent.spiffe_id, serial = %serial, "agent SVID renewed");
         Ok(Response::new(RenewAgentResponse {
-            svid: Some(self.agent_svid(&agent.spiffe_id, cert)),
+            svid: Some(self.agent_svid(&agent.spiffe_id, signed.cert)),
         }))
     }
 
@@ -319,15 +398,24 @@ impl Node for NodeService {
             .map(|entry| (entry.id.as_str(), entry))
             .collect();
         let default_ttl = self.shared.config.default_x509_svid_ttl;
-        let mut results = Vec::with_capacity(request.get_ref().params.len());
+        let count = request.get_ref().params.len();
+        let mut results = Vec::with_capacity(count);
+        let mut issued = Vec::with_capacity(count);
+        let mut refused = Vec::new();
         for params in &request.get_ref().params {
             let Some(entry) = by_id.get(params.entry_id.as_str()) else {
+                let reason = format!(
+                    "entry {} does not exist or is not authorized for agent {}",
+                    params.entry_id, agent.spiffe_id
+                );
+                refused.push(provenance::entry_refusal_record(
+                    &agent.spiffe_id,
+                    &params.entry_id,
+                    &reason,
+                ));
                 results.push(X509SvidResult {
                     entry_id: params.entry_id.clone(),
-                    error: format!(
-                        "entry {} does not exist or is not authorized for agent {}",
-                        params.entry_id, agent.spiffe_id
-                    ),
+                    error: reason,
                     ..X509SvidResult::default()
                 });
                 continue;
@@ -335,12 +423,20 @@ impl Node for NodeService {
             let ttl = ttl_or(entry.x509_svid_ttl, default_ttl);
             let result = match self.sign_x509(&entry.spiffe_id, &params.csr, ttl, &entry.dns_names)
             {
-                Ok(cert) => X509SvidResult {
-                    entry_id: entry.id.clone(),
-                    expires_at: cert_expiry(&cert),
-                    cert_chain: vec![cert],
-                    error: String::new(),
-                },
+                Ok(signed) => {
+                    issued.push(provenance::workload_x509_record(
+                        entry,
+                        &agent.spiffe_id,
+                        &signed.serial,
+                        signed.key_fingerprint,
+                    ));
+                    X509SvidResult {
+                        entry_id: entry.id.clone(),
+                        expires_at: cert_expiry(&signed.cert),
+                        cert_chain: vec![signed.cert],
+                        error: String::new(),
+                    }
+                }
                 Err(status) => X509SvidResult {
                     entry_id: entry.id.clone(),
                     error: status.message().to_owned(),
@@ -349,6 +445,14 @@ impl Node for NodeService {
             };
             results.push(result);
         }
+        let refusals = refused
+            .into_iter()
+            .map(|record| provenance::append_refusal(&self.shared, record));
+        let (issued, _) = tokio::join!(
+            provenance::append_issuances(&self.shared, issued),
+            futures::future::join_all(refusals),
+        );
+        issued?;
         Ok(Response::new(BatchNewX509SvidResponse { results }))
     }
 
@@ -365,15 +469,16 @@ impl Node for NodeService {
             ));
         }
         let authorized = self.authorized(&agent).await?;
-        let entry = authorized
-            .iter()
-            .find(|entry| entry.id == params.entry_id)
-            .ok_or_else(|| {
-                Status::permission_denied(format!(
-                    "entry {} does not exist or is not authorized for agent {}",
-                    params.entry_id, agent.spiffe_id
-                ))
-            })?;
+        let Some(entry) = authorized.iter().find(|entry| entry.id == params.entry_id) else {
+            let reason = format!(
+                "entry {} does not exist or is not authorized for agent {}",
+                params.entry_id, agent.spiffe_id
+            );
+            let record =
+                provenance::entry_refusal_record(&agent.spiffe_id, &params.entry_id, &reason);
+            provenance::append_refusal(&self.shared, record).await;
+            return Err(Status::permission_denied(reason));
+        };
         let now = SystemTime::now();
         let issuer = self
             .shared
@@ -391,10 +496,23 @@ impl Node for NodeService {
                 .active_jwt()
                 .ok_or_else(|| internal(ServerError::NoActiveAuthority("JWT")))?;
             let ttl = ttl_or(entry.jwt_svid_ttl, self.shared.config.default_jwt_svid_ttl);
-            key.sign_jwt_svid(&entry.spiffe_id, &params.audience, ttl, now, None)
+            // SPIFFE allows a `jti` in JWT-SVIDs; the issuance log needs one to name the token.
+            let mut claims = serde_json::Map::new();
+            claims.insert(
+                "jti".into(),
+                uuid::Uuid::new_v4().simple().to_string().into(),
+            );
+            key.sign_jwt_svid(&entry.spiffe_id, &params.audience, ttl, now, Some(&claims))
                 .map_err(|error| internal(error.into()))?
         };
         metrics::counter!(names::JWT_SVIDS_SIGNED_TOTAL).increment(1);
+        let jti = provenance::jwt_id(&token).ok_or_else(|| {
+            internal(ServerError::Encode(
+                "the signed JWT-SVID has no jti claim".to_owned(),
+            ))
+        })?;
+        let record = provenance::jwt_record(entry, &agent.spiffe_id, &jti);
+        provenance::append_issuance(&self.shared, record).await?;
         Ok(Response::new(NewJwtSvidResponse {
             token,
             spiffe_id: entry.spiffe_id.to_string(),
@@ -456,7 +574,10 @@ impl NodeService {
                 Ok(svid)
             }
             Err(status) => {
-                if status.code() == tonic::Code::Internal {
+                if matches!(
+                    status.code(),
+                    tonic::Code::Internal | tonic::Code::Unavailable
+                ) {
                     let _ = datastore.create_join_token(token, stored.expires_at).await;
                 }
                 Err(status)
@@ -465,11 +586,15 @@ impl NodeService {
     }
 
     async fn issue_agent(&self, agent_id: &SpiffeId, csr: &[u8]) -> Result<AgentSvid, Status> {
-        let cert = self.sign_x509(agent_id, csr, self.agent_ttl(), &[])?;
+        let signed = self.sign_x509(agent_id, csr, self.agent_ttl(), &[])?;
+        let record =
+            provenance::agent_x509_record(agent_id, &[], &signed.serial, signed.key_fingerprint);
+        provenance::append_issuance(&self.shared, record).await?;
+        let cert = signed.cert;
         let agent = AttestedAgent {
             spiffe_id: agent_id.clone(),
             attestation_type: "join_token".to_owned(),
-            x509_svid_serial: serial_hex(&cert)?,
+            x509_svid_serial: signed.serial,
             x509_svid_expires_at: cert_expiry(&cert),
             selectors: Vec::new(),
             banned: false,

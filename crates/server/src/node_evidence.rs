@@ -2,9 +2,11 @@
 //! responds with an evidence envelope that binds the nonce and its CSR key, and the server
 //! verifies it, applies the attestor's policy and issues the agent SVID.
 //!
-//! An agent ID is `spiffe://<td>/spire/agent/<attestor>/<stable id>`, where the stable id is
-//! the value that identifies the platform or image (see [`crate::evidence::stable_id`]). The
-//! same platform may attest again and then replaces its earlier record, unlike a join token.
+//! An agent ID is `spiffe://<td>/spire/agent/<attestor>/<stable id>`, where the stable id
+//! names the instance where the evidence has a per-instance value, and otherwise the image (see
+//! [`crate::evidence::stable_id`]). Unlike a join token, an ID may attest again. While its
+//! record contains an unexpired SVID, only the agent that presents that SVID may replace the
+//! record, so agents with identical evidence cannot evict each other.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -22,6 +24,7 @@ use crate::ServerError;
 use crate::convert::unix_seconds;
 use crate::evidence::stable_id;
 use crate::node_api::{AttestStream, NodeService, cert_expiry, internal, serial_hex};
+use twid_evidence::svid_claims::{AttestationClaims, EXTENSION_OID};
 
 /// How long the server waits for the agent's evidence after sending the challenge.
 pub(crate) const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,6 +40,7 @@ impl NodeService {
         attestor: String,
         csr: Vec<u8>,
         requests: Streaming<AttestAgentRequest>,
+        client_leaf: Option<Vec<u8>>,
     ) -> AttestStream {
         let (sender, receiver) = mpsc::channel(2);
         let service = NodeService {
@@ -46,7 +50,9 @@ impl NodeService {
         tokio::spawn(tracing::Instrument::instrument(
             async move {
                 let result = service
-                    .attest_evidence(&attestor, &csr, requests, &sender)
+                    .attest_evidence(&attestor, &csr, requests, client_leaf.as_deref(), &sender)
+                    .await;
+                crate::provenance::record_rejected_attestation(&service.shared, &attestor, &result)
                     .await;
                 let outcome = if result.is_ok() { "ok" } else { "rejected" };
                 metrics::counter!(names::NODE_ATTESTATIONS_TOTAL, "result" => outcome).increment(1);
@@ -66,6 +72,7 @@ impl NodeService {
         attestor_name: &str,
         csr: &[u8],
         mut requests: Streaming<AttestAgentRequest>,
+        client_leaf: Option<&[u8]>,
         sender: &mpsc::Sender<Result<AttestAgentResponse, Status>>,
     ) -> Result<AgentSvid, Status> {
         let public_key_spki_der = twid_ca::parse_csr(csr)
@@ -159,9 +166,26 @@ impl NodeService {
             .into_iter()
             .map(|(kind, value)| Selector::new(kind, value))
             .collect();
-        let svid = self
-            .store_evidence_agent(&agent_id, attestor_name, csr, ttl, now_time, selectors)
-            .await?;
+        // The agent SVID carries the attestation result, so relying parties can see why it
+        // was issued without asking the server.
+        let claims = AttestationClaims::from_verified(&verified, now, None);
+        let extension = twid_ca::SvidExtension {
+            oid: EXTENSION_OID.to_owned(),
+            value_der: claims
+                .to_der()
+                .map_err(|error| internal(ServerError::Encode(error.to_string())))?,
+        };
+        let issued = IssuedAgent {
+            agent_id: &agent_id,
+            attestor_name,
+            csr,
+            ttl,
+            now: now_time,
+            selectors,
+            extensions: vec![extension],
+        };
+        let svid = self.store_evidence_agent(issued, client_leaf).await?;
+        crate::provenance::record_evidence_agent(&self.shared, &svid, &verified).await?;
         tracing::info!(
             agent_id = %agent_id,
             attestor = attestor_name,
@@ -173,17 +197,24 @@ impl NodeService {
         Ok(svid)
     }
 
-    /// Signs the agent SVID and creates the agent record, replacing an earlier record of the
-    /// same ID unless that agent is banned.
+    /// Signs the agent SVID and stores the agent record. An earlier record of the same ID is
+    /// replaced only when its SVID has expired, or when `client_leaf` (the TLS client
+    /// certificate of the request) is that SVID. A banned agent is always rejected.
     async fn store_evidence_agent(
         &self,
-        agent_id: &SpiffeId,
-        attestor_name: &str,
-        csr: &[u8],
-        ttl: Duration,
-        now: SystemTime,
-        selectors: Vec<Selector>,
+        issued: IssuedAgent<'_>,
+        client_leaf: Option<&[u8]>,
     ) -> Result<AgentSvid, Status> {
+        let IssuedAgent {
+            agent_id,
+            attestor_name,
+            csr,
+            ttl,
+            now,
+            selectors,
+            extensions,
+        } = issued;
+
         let datastore = &self.shared.datastore;
         let existing = datastore
             .get_attested_agent(agent_id)
@@ -195,7 +226,12 @@ impl NodeService {
                 "agent {agent_id} is banned; an operator must unban it before it may attest"
             )));
         }
-        let cert = self.sign_x509_at(agent_id, csr, ttl, &[], now)?;
+        if let Some(holder) = &existing {
+            let presented = client_leaf.and_then(presented_svid);
+            check_holder(holder, presented.as_ref(), unix_seconds(now))?;
+        }
+
+        let cert = self.sign_x509_with_extensions(agent_id, csr, ttl, &extensions, now)?;
         let agent = AttestedAgent {
             spiffe_id: agent_id.clone(),
             attestation_type: attestor_name.to_owned(),
@@ -205,23 +241,16 @@ impl NodeService {
             banned: false,
             attested_at: unix_seconds(now),
         };
-        // NOTE: the datastore has no replace operation, so a re-attestation deletes and then
-        // creates the record; a concurrent reader may briefly find no agent.
-        if existing.is_some() {
-            match datastore.delete_attested_agent(agent_id).await {
-                Ok(()) | Err(twid_datastore::DatastoreError::NotFound(_)) => {}
-                Err(error) => return Err(internal(error.into())),
-            }
-        }
+        // One upsert, so a concurrent Sync or admin read finds the old record or the new
+        // one, never none.
+        // NOTE: two agents that attest for a free ID at the same moment both pass the holder
+        // check, and the later write wins. The other one is rejected when it next calls.
+        // NOTE: an operator's ban that lands between the check above and this write is
+        // overwritten; the ban must then be set again.
         datastore
-            .create_attested_agent(&agent)
+            .replace_attested_agent(&agent)
             .await
-            .map_err(|error| match error {
-                twid_datastore::DatastoreError::AlreadyExists(_) => Status::aborted(format!(
-                    "agent {agent_id} attested concurrently; retry the attestation"
-                )),
-                other => internal(other.into()),
-            })?;
+            .map_err(|error| internal(error.into()))?;
         Ok(self.agent_svid(agent_id, cert))
     }
 
@@ -246,6 +275,81 @@ impl NodeService {
             ))
         })
     }
+}
+
+/// An agent SVID to sign and the record to store with it.
+struct IssuedAgent<'a> {
+    agent_id: &'a SpiffeId,
+    attestor_name: &'a str,
+    csr: &'a [u8],
+    ttl: Duration,
+    now: SystemTime,
+    selectors: Vec<Selector>,
+    /// Non-critical extensions of the agent SVID: the attestation claims.
+    extensions: Vec<twid_ca::SvidExtension>,
+}
+
+/// The identity in a TLS client certificate that an attesting agent presented.
+#[derive(Debug)]
+struct PresentedSvid {
+    spiffe_id: SpiffeId,
+    serial: String,
+    not_after: i64,
+}
+
+/// Reads the client certificate, or returns `None` when it is no valid X.509-SVID. Such a
+/// certificate proves nothing, so the attestation goes on as if none was sent.
+fn presented_svid(der: &[u8]) -> Option<PresentedSvid> {
+    let spiffe_id = twid_spiffe::x509::check_leaf(der).ok()?;
+    let serial = serial_hex(der).ok()?;
+    Some(PresentedSvid {
+        spiffe_id,
+        serial,
+        not_after: cert_expiry(der),
+    })
+}
+
+/// Allows replacing the stored record `holder` only when its SVID has expired at `now` (Unix
+/// seconds), or when the caller presented that SVID, unexpired.
+fn check_holder(
+    holder: &AttestedAgent,
+    presented: Option<&PresentedSvid>,
+    now: i64,
+) -> Result<(), Status> {
+    if holder.x509_svid_expires_at <= now {
+        return Ok(());
+    }
+    let proven = presented.is_some_and(|svid| {
+        svid.spiffe_id == holder.spiffe_id
+            && svid.serial == holder.x509_svid_serial
+            && svid.not_after > now
+    });
+    if proven {
+        return Ok(());
+    }
+    tracing::warn!(
+        agent_id = %holder.spiffe_id,
+        holder_serial = %holder.x509_svid_serial,
+        presented_serial = presented.map_or("none", |svid| svid.serial.as_str()),
+        presented_id = ?presented.map(|svid| svid.spiffe_id.to_string()),
+        reason = "held by another agent",
+        "node attestation rejected"
+    );
+    Err(Status::permission_denied(format!(
+        "agent ID {} is held by another agent whose SVID is valid until {}; agents with \
+         identical evidence need distinct identities (for example a distinct MRCONFIGID per TDX \
+         guest), or the holder must be evicted first (twid agent evict)",
+        holder.spiffe_id,
+        format_time(holder.x509_svid_expires_at)
+    )))
+}
+
+/// Formats Unix seconds as an RFC 2822 date in UTC, or as the number when out of range.
+fn format_time(seconds: i64) -> String {
+    x509_parser::time::ASN1Time::from_timestamp(seconds)
+        .ok()
+        .and_then(|time| time.to_rfc2822().ok())
+        .unwrap_or_else(|| format!("{seconds} (Unix seconds)"))
 }
 
 /// Returns `ttl` shortened so that `now + ttl` does not pass `valid_until`, or `None` when
@@ -286,5 +390,67 @@ mod tests {
         assert_eq!(evidence_ttl(hour, Some(100_000), 100), Some(hour));
         assert_eq!(evidence_ttl(hour, Some(100), 100), None);
         assert_eq!(evidence_ttl(hour, Some(50), 100), None);
+    }
+
+    fn holder(expires_at: i64) -> AttestedAgent {
+        AttestedAgent {
+            spiffe_id: SpiffeId::new("spiffe://example.org/spire/agent/tdx/7d").expect("id"),
+            attestation_type: "tdx".to_owned(),
+            x509_svid_serial: "0a".to_owned(),
+            x509_svid_expires_at: expires_at,
+            selectors: Vec::new(),
+            banned: false,
+            attested_at: 0,
+        }
+    }
+
+    fn presented(spiffe_id: &str, serial: &str, not_after: i64) -> PresentedSvid {
+        PresentedSvid {
+            spiffe_id: SpiffeId::new(spiffe_id).expect("id"),
+            serial: serial.to_owned(),
+            not_after,
+        }
+    }
+
+    #[test]
+    fn holder_check_cases() {
+        let own = "spiffe://example.org/spire/agent/tdx/7d";
+        let other = "spiffe://example.org/spire/agent/tdx/8e";
+        let now = 1_000;
+        let valid = holder(2_000);
+
+        assert!(check_holder(&holder(now), None, now).is_ok(), "expired");
+        let matching = presented(own, "0a", 2_000);
+        assert!(check_holder(&valid, Some(&matching), now).is_ok(), "holder");
+
+        let rejected = [
+            ("no certificate", None),
+            ("other serial", Some(presented(own, "0b", 2_000))),
+            ("other agent ID", Some(presented(other, "0a", 2_000))),
+            ("expired certificate", Some(presented(own, "0a", now))),
+        ];
+        for (case, svid) in rejected {
+            let status = check_holder(&valid, svid.as_ref(), now).expect_err(case);
+            assert_eq!(status.code(), tonic::Code::PermissionDenied, "{case}");
+            assert!(
+                status
+                    .message()
+                    .contains(&format!("agent ID {own} is held by another agent")),
+                "{case}: {}",
+                status.message()
+            );
+        }
+    }
+
+    #[test]
+    fn holder_message_names_expiry() {
+        let status = check_holder(&holder(1_765_404_861), None, 0).expect_err("held");
+        let message = status.message();
+        assert!(
+            message.contains("valid until Wed, 10 Dec 2025 22:14:21 +0000"),
+            "{message}"
+        );
+        assert!(message.contains("MRCONFIGID"), "{message}");
+        assert!(message.contains("twid agent evict"), "{message}");
     }
 }

@@ -156,6 +156,8 @@ pub struct TlsIncoming {
     connection_slots: PollSemaphore,
     /// A slot taken for the next accepted connection.
     next_slot: Option<OwnedSemaphorePermit>,
+    /// Whether every connection slot is taken, so the limit is logged once per episode.
+    at_connection_limit: bool,
 }
 
 impl fmt::Debug for TlsIncoming {
@@ -188,6 +190,7 @@ impl TlsIncoming {
             max_connections: MAX_CONNECTIONS,
             connection_slots: PollSemaphore::new(Arc::new(Semaphore::new(MAX_CONNECTIONS))),
             next_slot: None,
+            at_connection_limit: false,
         }
     }
 
@@ -242,9 +245,25 @@ impl TlsIncoming {
             let slot = match self.next_slot.take() {
                 Some(slot) => slot,
                 None => match self.connection_slots.poll_acquire(cx) {
-                    Poll::Ready(Some(slot)) => slot,
+                    Poll::Ready(Some(slot)) => {
+                        if self.at_connection_limit {
+                            self.at_connection_limit = false;
+                            tracing::info!("connection slots free again; accepting connections");
+                        }
+                        slot
+                    }
+                    Poll::Pending => {
+                        if !self.at_connection_limit {
+                            self.at_connection_limit = true;
+                            tracing::warn!(
+                                max_connections = self.max_connections,
+                                "connection limit reached; new connections wait until one closes"
+                            );
+                        }
+                        return;
+                    }
                     // The semaphore is never closed.
-                    Poll::Ready(None) | Poll::Pending => return,
+                    Poll::Ready(None) => return,
                 },
             };
             match self.listener.poll_accept(cx) {

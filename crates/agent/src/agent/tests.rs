@@ -352,3 +352,102 @@ async fn serves_cache_while_server_is_down_and_recovers() {
     drop(stream);
     agent.shutdown().await;
 }
+
+/// A collector whose evidence is the report data itself, as the fake server expects. It
+/// fails while `failing` is set.
+#[derive(Debug, Default)]
+struct FakeCollector {
+    failing: std::sync::atomic::AtomicBool,
+    calls: std::sync::atomic::AtomicUsize,
+}
+
+impl Collector for FakeCollector {
+    fn kind(&self) -> twid_evidence::Kind {
+        twid_evidence::Kind::Nitro
+    }
+
+    fn collect(
+        &self,
+        report_data: &[u8; 64],
+    ) -> Result<twid_evidence::Envelope, twid_attestation::node::evidence::CollectError> {
+        use std::sync::atomic::Ordering;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.failing.load(Ordering::SeqCst) {
+            return Err(twid_attestation::node::evidence::CollectError::Failed {
+                interface: "fake".to_owned(),
+                reason: "the platform is busy".to_owned(),
+            });
+        }
+        Ok(twid_evidence::Envelope::new(
+            twid_evidence::Kind::Nitro,
+            report_data.to_vec(),
+        ))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_agent_reattests_after_failure() {
+    use std::sync::atomic::Ordering;
+    // A 16 s SVID: half-life after about 7.5 s, the retry about 5 s later, expiry after 16 s.
+    let setup = Setup::new(&[], Duration::from_secs(16), LONG).await;
+    let collector = Arc::new(FakeCollector::default());
+    let mut settings = setup.settings(None);
+    settings.evidence = Some(crate::settings::EvidenceSettings {
+        attestor: "fake".to_owned(),
+        collector: collector.clone(),
+    });
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    let agent_id = agent.agent_id().to_string();
+    assert_eq!(agent_id, "spiffe://example.org/spire/agent/fake/fake");
+    let node = Arc::clone(&setup.node);
+    let serial = |node: &FakeNode| node.state().agents.get(&agent_id).cloned();
+    let first_serial = serial(&node).expect("agent record");
+
+    // The attempt at half-life fails; the agent keeps its SVID and stays ready.
+    collector.failing.store(true, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(12), || collector
+            .calls
+            .load(Ordering::SeqCst)
+            >= 2)
+        .await,
+        "the agent did not try to attest again at half-life"
+    );
+    assert_eq!(node.state().attestations, 1);
+    assert_eq!(serial(&node).as_ref(), Some(&first_serial));
+    assert!(agent.health().is_ready());
+    let syncs = node.state().syncs;
+    assert!(
+        eventually(Duration::from_secs(2), || node.state().syncs > syncs).await,
+        "syncing stopped after the failed attempt"
+    );
+
+    // The retry after the backoff succeeds with fresh evidence and a new key.
+    collector.failing.store(false, Ordering::SeqCst);
+    assert!(
+        eventually(Duration::from_secs(8), || node.state().attestations >= 2).await,
+        "the agent did not retry the attestation"
+    );
+    let second_serial = serial(&node).expect("agent record");
+    assert_ne!(second_serial, first_serial);
+    assert_eq!(collector.calls.load(Ordering::SeqCst), 3);
+    assert_eq!(node.state().renewals, 0, "an evidence agent must not renew");
+
+    // The server accepts only the new SVID, so syncs succeed only over a new connection.
+    let syncs = node.state().syncs;
+    assert!(
+        eventually(Duration::from_secs(5), || node.state().syncs >= syncs + 3).await,
+        "syncing stopped after the re-attestation"
+    );
+    assert!(agent.health().is_ready());
+
+    let stored = std::fs::read(setup.dir.path().join("data/agent_svid.der")).expect("stored SVID");
+    let (_, cert) = x509_parser::parse_x509_certificate(&stored).expect("certificate");
+    let stored_serial: String = cert
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(stored_serial, second_serial);
+    agent.shutdown().await;
+}

@@ -8,6 +8,7 @@
 //! the default. Streams send the caller's full state again after every change of it, and end
 //! with Unavailable when the agent shuts down.
 
+pub(crate) mod attestation;
 mod caller;
 mod jwt;
 mod responses;

@@ -17,6 +17,9 @@ pub(crate) enum AttestCommand {
     /// Verify evidence against its vendor's roots and the default policy, and print the claims
     /// as JSON.
     Verify(VerifyArgs),
+    /// Attest this workload with its own TEE evidence through the agent, and write the key,
+    /// X.509-SVID, bundle and WIT it receives.
+    Workload(super::attest_workload::WorkloadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -63,6 +66,7 @@ pub(crate) struct VerifyArgs {
 pub(crate) async fn run(command: AttestCommand) -> anyhow::Result<()> {
     match command {
         AttestCommand::Verify(args) => verify(args),
+        AttestCommand::Workload(args) => super::attest_workload::run(args).await,
     }
 }
 
@@ -162,7 +166,13 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 hex::decode_to_slice(text, &mut ak).context("--ak-sha256 must be 64 hex digits")?;
                 ak
             }
-            None => claims.ak_sha256,
+            None => {
+                eprintln!(
+                    "note: the TPM attestation key was taken from the evidence, not checked \
+                     against an enrolled key; pass --ak-sha256 to require one"
+                );
+                claims.ak_sha256
+            }
         };
         policy.allowed_ak_sha256 = vec![ak];
     }

@@ -3,14 +3,17 @@
 pub(crate) mod agents;
 pub(crate) mod api;
 pub(crate) mod attest;
+pub(crate) mod attest_workload;
 pub(crate) mod aws;
 pub(crate) mod bundle;
 pub(crate) mod dev;
 pub(crate) mod entry;
 pub(crate) mod healthcheck;
 pub(crate) mod helper;
+pub(crate) mod log;
 pub(crate) mod oidc_provider;
 pub(crate) mod run;
+pub(crate) mod svid;
 pub(crate) mod token;
 
 use std::time::Duration;

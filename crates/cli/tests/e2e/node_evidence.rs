@@ -2,7 +2,9 @@
 //! test evidence generators stand in for SGX, TDX, SEV-SNP and Nitro hardware, and swtpm for
 //! a TPM. The server trusts the generators' test roots through `trusted_roots` files.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -120,7 +122,16 @@ fn current_spec(spec: PlatformSpec) -> PlatformSpec {
 }
 
 fn sgx_platform(dir: &Path) -> Platform {
-    let spec = current_spec(PlatformSpec::sgx());
+    sgx_platform_with(dir, None)
+}
+
+/// SGX quotes whose collateral the server reads from its cache folder. `collateral` overrides
+/// the validity of the cached TCB info, QE identity and CRLs.
+fn sgx_platform_with(dir: &Path, collateral: Option<Validity>) -> Platform {
+    let mut spec = current_spec(PlatformSpec::sgx());
+    if let Some(validity) = collateral {
+        spec = spec.with_collateral_validity(validity);
+    }
     let platform = Arc::new(TestPlatform::new(&spec));
     let cache = dir.join("pcs");
     let folder = cache.join(hex::encode_upper(spec.fmspc));
@@ -209,8 +220,17 @@ fn tdx_platform() -> Platform {
     })
 }
 
+/// The REPORT_ID of the default SEV-SNP guest.
+const SNP_REPORT_ID: [u8; 32] = [0x5b; 32];
+
 /// SEV-SNP reports signed by a VCEK valid from `vek_validity.0` to `vek_validity.1`.
 fn snp_platform_with(vek_validity: (i64, i64)) -> Platform {
+    snp_guests(vek_validity, &[SNP_REPORT_ID]).remove(0)
+}
+
+/// SEV-SNP guests on one chip with one image, one per REPORT_ID, as the firmware launches
+/// them. All share the chip's VCEK, valid from `vek_validity.0` to `vek_validity.1`.
+fn snp_guests(vek_validity: (i64, i64), report_ids: &[[u8; 32]]) -> Vec<Platform> {
     let chip_id = [0xc1; 64];
     let tcb = SnpTcb {
         bootloader: 3,
@@ -228,7 +248,7 @@ fn snp_platform_with(vek_validity: (i64, i64)) -> Platform {
     ));
     let root_der = amd.ark_der().to_vec();
     let measurement = [0x3a; 48];
-    let make = move |measurement: [u8; 48], debug: bool| -> Generate {
+    let make = move |report_id: [u8; 32], measurement: [u8; 48], debug: bool| -> Generate {
         let amd = Arc::clone(&amd);
         Arc::new(move |report_data: &[u8; 64]| {
             // Policy bit 19 allows debugging the guest.
@@ -237,6 +257,7 @@ fn snp_platform_with(vek_validity: (i64, i64)) -> Platform {
                 report_data: *report_data,
                 measurement,
                 policy,
+                report_id,
                 ..ReportSpec::default()
             });
             let mut envelope = Envelope::new(Kind::Snp, report);
@@ -248,21 +269,24 @@ fn snp_platform_with(vek_validity: (i64, i64)) -> Platform {
             envelope
         })
     };
-    Platform {
-        attestor: "snp",
-        kind: Kind::Snp,
-        root_der,
-        collateral_dir: None,
-        measurement: measurement.to_vec(),
-        stable_id: hex::encode(chip_id),
-        selectors: vec![
-            format!("snp:measurement:{}", hex::encode(measurement)),
-            format!("snp:chip_id:{}", hex::encode(chip_id)),
-        ],
-        good: make(measurement, false),
-        debug: make(measurement, true),
-        other_measurement: make([0x99; 48], false),
-    }
+    report_ids
+        .iter()
+        .map(|report_id| Platform {
+            attestor: "snp",
+            kind: Kind::Snp,
+            root_der: root_der.clone(),
+            collateral_dir: None,
+            measurement: measurement.to_vec(),
+            stable_id: hex::encode(report_id),
+            selectors: vec![
+                format!("snp:measurement:{}", hex::encode(measurement)),
+                format!("snp:chip_id:{}", hex::encode(chip_id)),
+            ],
+            good: make(*report_id, measurement, false),
+            debug: make(*report_id, measurement, true),
+            other_measurement: make(*report_id, [0x99; 48], false),
+        })
+        .collect()
 }
 
 fn snp_platform() -> Platform {
@@ -273,20 +297,17 @@ fn snp_platform() -> Platform {
 /// Nitro documents with `user_data` as the binding; a debug enclave has an all-zero PCR0.
 fn nitro_platform() -> Platform {
     let now = unix_now();
-    let nitro = Arc::new(TestNitro::with_leaf_validity(now - 60, now + 3 * 3600));
+    nitro_platform_with(now - 60, now + 3 * 3600)
+}
+
+/// Nitro documents signed by a leaf certificate valid from `not_before` to `not_after`.
+fn nitro_platform_with(not_before: i64, not_after: i64) -> Platform {
+    let nitro = Arc::new(TestNitro::with_leaf_validity(not_before, not_after));
     let root_der = nitro.root_der().to_vec();
     let pcr0 = vec![0x0e; 48];
     let make = move |pcr0: Vec<u8>| -> Generate {
         let nitro = Arc::clone(&nitro);
-        Arc::new(move |report_data: &[u8; 64]| {
-            let mut spec = DocumentSpec {
-                user_data: Some(report_data.to_vec()),
-                timestamp_ms: u64::try_from(unix_now()).unwrap() * 1000,
-                ..DocumentSpec::default()
-            };
-            spec.pcrs.insert(0, pcr0.clone());
-            Envelope::new(Kind::Nitro, nitro.document(&spec))
-        })
+        Arc::new(move |report_data: &[u8; 64]| nitro_envelope(&nitro, &pcr0, report_data))
     };
     Platform {
         attestor: "nitro",
@@ -294,12 +315,23 @@ fn nitro_platform() -> Platform {
         root_der,
         collateral_dir: None,
         measurement: pcr0.clone(),
-        stable_id: hex::encode(&pcr0),
+        stable_id: DocumentSpec::default().module_id,
         selectors: vec![format!("nitro:pcr0:{}", hex::encode(&pcr0))],
         good: make(pcr0),
         debug: make(vec![0; 48]),
         other_measurement: make(vec![0x44; 48]),
     }
+}
+
+/// Makes a Nitro document with `report_data` as `user_data`, `pcr0` and the current time.
+fn nitro_envelope(nitro: &TestNitro, pcr0: &[u8], report_data: &[u8; 64]) -> Envelope {
+    let mut spec = DocumentSpec {
+        user_data: Some(report_data.to_vec()),
+        timestamp_ms: u64::try_from(unix_now()).unwrap() * 1000,
+        ..DocumentSpec::default()
+    };
+    spec.pcrs.insert(0, pcr0.to_vec());
+    Envelope::new(Kind::Nitro, nitro.document(&spec))
 }
 
 /// A server with one evidence attestor for a platform, whose policy allows only the
@@ -312,17 +344,33 @@ struct Deployment {
 
 impl Deployment {
     async fn start(platform: &Platform) -> Self {
+        Self::start_with_roots(platform, &[]).await
+    }
+
+    /// Starts a server whose attestor trusts `extra_roots` (DER) besides the platform's root.
+    async fn start_with_roots(platform: &Platform, extra_roots: &[&[u8]]) -> Self {
         let dir = TempDir::new();
-        let root = dir.path().join(format!("{}-root.pem", platform.attestor));
-        std::fs::write(&root, pem(&platform.root_der)).unwrap();
+        let mut roots = Vec::new();
+        for (index, der) in std::iter::once(platform.root_der.as_slice())
+            .chain(extra_roots.iter().copied())
+            .enumerate()
+        {
+            let root = dir
+                .path()
+                .join(format!("{}-root-{index}.pem", platform.attestor));
+            std::fs::write(&root, pem(der)).unwrap();
+            roots.push(root);
+        }
         let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
         let mut config = ServerConfig::new_dev(trust_domain, &dir.path().join("server"));
         config.evidence_attestors.push(EvidenceAttestorConfig {
             name: platform.attestor.to_owned(),
             kind: platform.kind,
-            trusted_roots: vec![root],
+            trusted_roots: roots,
             collateral_dir: platform.collateral_dir.clone(),
             vek_chain_path: None,
+            pcs_url: None,
+            kds_url: None,
             policy: Policy {
                 allowed_measurements: vec![platform.measurement.clone()],
                 ..Policy::default()
@@ -362,6 +410,17 @@ impl Deployment {
 
     fn agent_count(&self) -> usize {
         self.agents()["agents"].as_array().map_or(0, Vec::len)
+    }
+
+    fn evict(&self, agent_id: &str) {
+        run_ok(&[
+            "agent",
+            "evict",
+            "--spiffe-id",
+            agent_id,
+            "--socket-path",
+            self.admin_socket(),
+        ]);
     }
 
     fn create_entry(&self, spiffe_id: &str, parent_id: &str, selector: &str) {
@@ -555,6 +614,15 @@ async fn attest_end_to_end(platform: Platform) {
             "selector {expected} missing from {selectors:?}"
         );
     }
+    // The agent SVID carries the attestation result as a non-critical extension.
+    let svid_der = std::fs::read(deployment.dir.path().join("agent").join("agent_svid.der"))
+        .expect("the agent stores its SVID");
+    let claims = twid_evidence::svid_claims::AttestationClaims::from_certificate(&svid_der)
+        .expect("a well-formed attestation extension")
+        .expect("the agent SVID has an attestation extension");
+    assert_eq!(claims.kind, platform.kind);
+    assert!(!claims.measurements.is_empty(), "{claims:?}");
+
     wait_until(Duration::from_secs(20), "both workload SVIDs", || {
         let ids = fetch_ids(&agent);
         ids.contains(&direct) && ids.contains(&via_alias)
@@ -578,8 +646,21 @@ async fn attest_end_to_end(platform: Platform) {
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
     assert!(status.message().contains("binding"), "{}", status.message());
 
-    // The same exchange with the CSR's key succeeds, so the two above failed on the binding
-    // alone. It re-attests the same platform, which replaces the record.
+    // Evidence with the CSR's key passes the binding, but the agent above is still the holder of the ID
+    // with an unexpired SVID, and this caller presents no SVID.
+    let (nonce, stream) = deployment.challenge(&key).await;
+    let envelope = (platform.good)(&binding::report_data(&nonce, &spki(&key)));
+    let status = stream.answer(&envelope).await.expect_err("held ID");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status.message().contains("is held by another agent"),
+        "{}",
+        status.message()
+    );
+
+    // After the eviction the same exchange succeeds, so the attempts above failed on the
+    // binding and the holder alone.
+    deployment.evict(&agent_id);
     let (nonce, stream) = deployment.challenge(&key).await;
     let envelope = (platform.good)(&binding::report_data(&nonce, &spki(&key)));
     let spiffe_id = stream.answer(&envelope).await.expect("matching key");
@@ -643,7 +724,10 @@ async fn expired_endorsements_rejected() {
         not_after: now - 3600,
     };
     assert_expired_rejected(tdx_platform_with(old_collateral)).await;
+    let dir = TempDir::new();
+    assert_expired_rejected(sgx_platform_with(dir.path(), Some(old_collateral))).await;
     assert_expired_rejected(snp_platform_with((now - 30 * 86_400, now - 60))).await;
+    assert_expired_rejected(nitro_platform_with(now - 7200, now - 60)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -767,6 +851,13 @@ fn provision_tpm_ak(tcti: &str, dir: &Path, handle: &str) {
 
 /// Starts a server with a `tpm` attestor that enrolls `allowed_ak_sha256`.
 async fn tpm_deployment(allowed_ak_sha256: Vec<[u8; 32]>) -> Deployment {
+    tpm_deployment_with_pcrs(allowed_ak_sha256, BTreeMap::new()).await
+}
+
+async fn tpm_deployment_with_pcrs(
+    allowed_ak_sha256: Vec<[u8; 32]>,
+    pcrs: BTreeMap<u8, Vec<u8>>,
+) -> Deployment {
     let dir = TempDir::new();
     let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
     let mut config = ServerConfig::new_dev(trust_domain, &dir.path().join("server"));
@@ -776,8 +867,11 @@ async fn tpm_deployment(allowed_ak_sha256: Vec<[u8; 32]>) -> Deployment {
         trusted_roots: Vec::new(),
         collateral_dir: None,
         vek_chain_path: None,
+        pcs_url: None,
+        kds_url: None,
         policy: Policy {
             allowed_ak_sha256,
+            pcrs,
             ..Policy::default()
         },
     });
@@ -845,6 +939,27 @@ async fn tpm_node_attestation_swtpm() {
         fetch_ids(&agent).contains(&workload)
     });
     agent.shutdown().await;
+
+    // A quote made for other report data (here the enrolment quote) fails the binding, so an
+    // old quote cannot answer a new challenge.
+    let records = deployment.agents();
+    let key = new_key();
+    let (_, stream) = deployment.challenge(&key).await;
+    let status = stream.answer(&enrolment).await.expect_err("replay");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("binding"), "{}", status.message());
+    assert_eq!(deployment.agents(), records);
+    deployment.server.shutdown().await;
+
+    // A PCR value outside the policy is rejected and creates no agent.
+    let mut wrong_pcrs = BTreeMap::new();
+    wrong_pcrs.insert(7, vec![0xee; 32]);
+    let deployment = tpm_deployment_with_pcrs(vec![ak_sha256], wrong_pcrs).await;
+    let result = deployment
+        .start_agent("off-policy", collector.clone())
+        .await;
+    assert_rejected(result, "PCR");
+    assert_eq!(deployment.agent_count(), 0);
     deployment.server.shutdown().await;
 }
 
@@ -873,5 +988,207 @@ async fn svid_ends_with_collateral() {
     );
     assert!(expires_at >= collateral_end - 5, "{expires_at}");
     agent.shutdown().await;
+    deployment.server.shutdown().await;
+}
+
+/// Returns the agent record's SVID serial and expiry, for the only agent of `deployment`.
+fn agent_svid(deployment: &Deployment) -> (String, i64) {
+    let agents = deployment.agents();
+    let record = &agents["agents"][0];
+    let serial = record["x509_svid_serial"].as_str().unwrap().to_owned();
+    let expires_at = record["x509_svid_expires_at"].as_i64().unwrap();
+    (serial, expires_at)
+}
+
+/// A Nitro agent whose first document's leaf certificate ends 20 s after the start attests
+/// again with a fresh document before its SVID expires. A workload gets its SVID before and
+/// after, the agent stays ready past the first SVID's expiry, and a restart re-uses the stored
+/// new SVID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nitro_agent_reattests_before_expiry() {
+    let now = unix_now();
+    let leaf_end = now + 20;
+    let short_lived = Arc::new(TestNitro::with_leaf_validity(now - 60, leaf_end));
+    let fresh = Arc::new(TestNitro::with_leaf_validity(now - 60, now + 3 * 3600));
+    let mut platform = nitro_platform();
+    platform.root_der = short_lived.root_der().to_vec();
+    let deployment = Deployment::start_with_roots(&platform, &[fresh.root_der()]).await;
+
+    // The first collection uses the short-lived leaf and every later one the fresh leaf, as a
+    // Nitro host hands out new leaf certificates over time.
+    let collections = Arc::new(AtomicUsize::new(0));
+    let generate: Generate = {
+        let collections = Arc::clone(&collections);
+        let pcr0 = platform.measurement.clone();
+        Arc::new(move |report_data: &[u8; 64]| {
+            let nitro = if collections.fetch_add(1, Ordering::SeqCst) == 0 {
+                &short_lived
+            } else {
+                &fresh
+            };
+            nitro_envelope(nitro, &pcr0, report_data)
+        })
+    };
+    let collector = TestCollector::new(Kind::Nitro, generate);
+    let agent = deployment
+        .start_agent("agent", collector.clone())
+        .await
+        .expect("the agent should attest");
+    let agent_id = deployment.agent_id(&platform.stable_id);
+    assert_eq!(agent.agent_id().to_string(), agent_id);
+    let workload = format!("spiffe://{TRUST_DOMAIN}/nitro/reattest");
+    deployment.create_entry(&workload, &agent_id, &format!("unix:uid:{}", own_uid()));
+
+    let (first_serial, first_expiry) = agent_svid(&deployment);
+    assert!(first_expiry <= leaf_end, "{first_expiry} > {leaf_end}");
+    wait_until(Duration::from_secs(10), "the workload SVID before", || {
+        fetch_ids(&agent).contains(&workload)
+    });
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (second_serial, second_expiry) = loop {
+        let current = agent_svid(&deployment);
+        if current.0 != first_serial {
+            break current;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent did not re-attest within 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        unix_now() < first_expiry,
+        "the re-attestation finished only after the first SVID expired"
+    );
+    // The fresh leaf lasts three hours, so the server's one-hour agent SVID lifetime decides.
+    assert!(
+        second_expiry > leaf_end + 600,
+        "the new SVID ends at {second_expiry}, still bound by the short-lived leaf"
+    );
+    assert_eq!(deployment.agent_count(), 1);
+    assert_eq!(collections.load(Ordering::SeqCst), 2);
+
+    // Past the first SVID's expiry the agent still syncs and serves the workload.
+    let wait = u64::try_from(first_expiry + 2 - unix_now()).unwrap_or(0);
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    wait_until(Duration::from_secs(10), "the workload SVID after", || {
+        fetch_ids(&agent).contains(&workload)
+    });
+    let health = agent.health();
+    assert!(health.is_ready(), "not ready: {:?}", health.reason());
+    assert_eq!(agent_svid(&deployment).0, second_serial);
+    agent.shutdown().await;
+
+    // The new SVID and key were stored, so a restart re-uses them without collecting evidence.
+    let restarted = deployment
+        .start_agent("agent", collector)
+        .await
+        .expect("the agent should restart");
+    restarted
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync after the restart");
+    assert!(restarted.health().is_ready());
+    assert_eq!(agent_svid(&deployment).0, second_serial);
+    assert_eq!(collections.load(Ordering::SeqCst), 2);
+    restarted.shutdown().await;
+    deployment.server.shutdown().await;
+}
+
+/// Two agents with the same TDX measurement get the same agent ID. The second is rejected
+/// while the first is the holder of the ID, the first keeps syncing, and after the first is evicted the
+/// second attests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_evidence_cannot_evict_holder() {
+    let platform = tdx_platform();
+    let deployment = Deployment::start(&platform).await;
+    let agent_id = deployment.agent_id(&platform.stable_id);
+    let uid = format!("unix:uid:{}", own_uid());
+    let before = format!("spiffe://{TRUST_DOMAIN}/tdx/before");
+    deployment.create_entry(&before, &agent_id, &uid);
+
+    let first = deployment
+        .start_agent(
+            "first",
+            TestCollector::new(platform.kind, Arc::clone(&platform.good)),
+        )
+        .await
+        .expect("the first agent should attest");
+    assert_eq!(first.agent_id().to_string(), agent_id);
+    wait_until(
+        Duration::from_secs(20),
+        "the first agent's workload SVID",
+        || fetch_ids(&first).contains(&before),
+    );
+    let (holder_serial, _) = agent_svid(&deployment);
+
+    let second = TestCollector::new(platform.kind, Arc::clone(&platform.good));
+    let result = deployment.start_agent("second", second.clone()).await;
+    let Err(AgentError::Attestation { code, message }) = result else {
+        panic!("expected an attestation error, got {result:?}");
+    };
+    assert_eq!(code, tonic::Code::PermissionDenied, "{message}");
+    let held = format!("agent ID {agent_id} is held by another agent whose SVID is valid until");
+    assert!(message.contains(&held), "{message}");
+    assert!(message.contains("twid agent evict"), "{message}");
+    assert_eq!(agent_svid(&deployment).0, holder_serial);
+    assert_eq!(deployment.agent_count(), 1);
+
+    // An entry created after the rejection reaches the first agent only through a sync that
+    // the server accepted, so its SVID still works.
+    let after = format!("spiffe://{TRUST_DOMAIN}/tdx/after");
+    deployment.create_entry(&after, &agent_id, &uid);
+    wait_until(
+        Duration::from_secs(20),
+        "the first agent's new workload SVID",
+        || fetch_ids(&first).contains(&after),
+    );
+    assert!(first.health().is_ready(), "{:?}", first.health().reason());
+    assert_eq!(agent_svid(&deployment).0, holder_serial);
+
+    // The first agent stops before the eviction, or it would attest again at once.
+    first.shutdown().await;
+    deployment.evict(&agent_id);
+    let second = deployment
+        .start_agent("second", second)
+        .await
+        .expect("the second agent should attest after the eviction");
+    assert_eq!(second.agent_id().to_string(), agent_id);
+    assert_ne!(agent_svid(&deployment).0, holder_serial);
+    wait_until(
+        Duration::from_secs(20),
+        "the second agent's workload SVID",
+        || fetch_ids(&second).contains(&after),
+    );
+    second.shutdown().await;
+    deployment.server.shutdown().await;
+}
+
+/// Two SEV-SNP guests with one image on one chip differ in their REPORT_ID, so each gets its
+/// own agent ID and both attest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snp_guests_get_distinct_ids() {
+    let now = unix_now();
+    let guests = snp_guests((now - 3600, now + 86_400 * 365), &[[0x1a; 32], [0x2b; 32]]);
+    let deployment = Deployment::start(&guests[0]).await;
+    let mut agents = Vec::new();
+    for (index, guest) in guests.iter().enumerate() {
+        let collector = TestCollector::new(guest.kind, Arc::clone(&guest.good));
+        let agent = deployment
+            .start_agent(&format!("guest-{index}"), collector)
+            .await
+            .expect("each guest should attest");
+        assert_eq!(
+            agent.agent_id().to_string(),
+            deployment.agent_id(&guest.stable_id)
+        );
+        agents.push(agent);
+    }
+    assert_ne!(guests[0].stable_id, guests[1].stable_id);
+    assert_eq!(deployment.agent_count(), 2);
+    for agent in agents {
+        agent.shutdown().await;
+    }
     deployment.server.shutdown().await;
 }

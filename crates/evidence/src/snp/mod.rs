@@ -159,6 +159,7 @@ pub fn verify(
         id_key_digest: parsed.id_key_digest,
         report_data: parsed.report_data,
         chip_id: parsed.chip_id,
+        report_id: parsed.report_id,
         reported_tcb,
         committed_tcb: decode_tcb(parsed.committed_tcb, product),
         launch_tcb: decode_tcb(parsed.launch_tcb, product),

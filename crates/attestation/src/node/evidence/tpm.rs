@@ -1,7 +1,8 @@
 //! TPM 2.0 quotes collected through tpm2-tools (`tpm2_quote`, `tpm2_readpublic`).
 //!
-//! The collector runs the tools as child processes with arguments and no shell. The report data
-//! becomes the quote's qualifying data, so it appears as `extraData` in the signed TPMS_ATTEST.
+//! The collector runs the tools as child processes with arguments and no shell. The SHA-256 of
+//! the report data becomes the quote's qualifying data, so it appears as `extraData` in the
+//! signed TPMS_ATTEST.
 //! The envelope's evidence is [`QuoteInput::to_json`]: the TPMS_ATTEST, the TPMT_SIGNATURE, the
 //! AK as TPM2B_PUBLIC (so the verifier can check that it is a restricted signing key), the
 //! quoted PCR values and, when configured, the event log.
@@ -145,7 +146,7 @@ impl Collector for TpmCollector {
             settings.bank,
             pcrs.iter().map(u8::to_string).collect::<Vec<_>>().join(",")
         );
-        let qualification = hex::encode(report_data);
+        let qualification = hex::encode(twid_evidence::binding::tpm_qualifying_data(report_data));
         let tcti = settings.tcti_string();
         let mut arguments: Vec<&std::ffi::OsStr> = vec![
             "--tcti".as_ref(),

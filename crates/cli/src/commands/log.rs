@@ -1,0 +1,224 @@
+//! `twid log show` and `twid log verify`: read and check the server's issuance log, the
+//! hash-chained record of every SVID the server issued and every request it rejected.
+
+use anyhow::bail;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use twid_proto::admin::{
+    GetIssuanceRecordRequest, IssuanceRecord, ListIssuanceRecordsRequest, VerifyIssuanceLogRequest,
+    VerifyIssuanceLogResponse, get_issuance_record_request,
+};
+
+use super::entry::CommonArgs;
+use crate::client;
+use crate::output::{self, OutputFormat};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LogCommand {
+    /// Show issuance log records: one by X.509 serial number or JWT ID, or a range by
+    /// position.
+    Show(ShowArgs),
+    /// Check every record's hash chain and every checkpoint signature. Exits with status 1
+    /// when the log was altered.
+    Verify(CommonArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ShowArgs {
+    /// Show the newest record of the X.509-SVID with this serial number, in hex with or
+    /// without colons.
+    #[arg(long, conflicts_with_all = ["jti", "from", "limit"])]
+    serial: Option<String>,
+    /// Show the newest record of the JWT-SVID with this `jti` claim.
+    #[arg(long, conflicts_with_all = ["from", "limit"])]
+    jti: Option<String>,
+    /// Show records from this position (seq) on, where 0 is the first record.
+    #[arg(long, default_value_t = 0)]
+    from: u64,
+    /// Maximum number of records to show from --from. The server returns at most 1000.
+    #[arg(long, default_value_t = 100)]
+    limit: u32,
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+pub(crate) async fn run(command: LogCommand) -> anyhow::Result<()> {
+    match command {
+        LogCommand::Show(args) => show(args).await,
+        LogCommand::Verify(common) => verify(common).await,
+    }
+}
+
+async fn show(args: ShowArgs) -> anyhow::Result<()> {
+    let key = match (&args.serial, &args.jti) {
+        (Some(serial), _) => Some(get_issuance_record_request::Key::Serial(
+            serial.replace(':', ""),
+        )),
+        (None, Some(jti)) => Some(get_issuance_record_request::Key::Jti(jti.clone())),
+        (None, None) => None,
+    };
+    let mut admin = client::admin(&args.common.socket_path).await?;
+    let Some(key) = key else {
+        let records = admin
+            .list_issuance_records(ListIssuanceRecordsRequest {
+                from_seq: args.from,
+                limit: args.limit,
+            })
+            .await
+            .map_err(output::status_error)?
+            .into_inner()
+            .records;
+        return print_records(&records, args.common.output);
+    };
+    let record = admin
+        .get_issuance_record(GetIssuanceRecordRequest { key: Some(key) })
+        .await
+        .map_err(output::status_error)?
+        .into_inner();
+    match args.common.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&record_json(&record))?),
+        OutputFormat::Pretty => print_record(&record),
+    }
+    Ok(())
+}
+
+fn print_records(records: &[IssuanceRecord], format: OutputFormat) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => {
+            let list: Vec<_> = records.iter().map(record_json).collect();
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({ "records": list }))?
+            );
+        }
+        OutputFormat::Pretty => {
+            println!(
+                "Found {} record{}\n",
+                records.len(),
+                if records.len() == 1 { "" } else { "s" }
+            );
+            records.iter().for_each(print_record);
+        }
+    }
+    Ok(())
+}
+
+/// Formats milliseconds since the Unix epoch as RFC 3339.
+fn timestamp_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|time| time.format(&Rfc3339).ok())
+        .unwrap_or_else(|| format!("{ms} ms"))
+}
+
+fn print_record(record: &IssuanceRecord) {
+    let optional = |label: &str, value: &str| {
+        if !value.is_empty() {
+            println!("{label:<19}: {value}");
+        }
+    };
+    println!("{:<19}: {}", "Position", record.seq);
+    println!("{:<19}: {}", "Kind", record.kind);
+    println!("{:<19}: {}", "Time", timestamp_ms(record.time_unix_ms));
+    optional("Serial number", &record.serial);
+    optional("JWT ID", &record.jti);
+    optional("SPIFFE ID", &record.spiffe_id);
+    optional("Entry ID", &record.entry_id);
+    optional("Agent ID", &record.agent_id);
+    for selector in &record.selectors {
+        println!("{:<19}: {}:{}", "Selector", selector.r#type, selector.value);
+    }
+    optional("Key fingerprint", &hex::encode(&record.key_fingerprint));
+    optional("Evidence digest", &hex::encode(&record.evidence_digest));
+    optional("Attestation result", &record.attestation_result);
+    optional("Policy version", &record.policy_version);
+    optional("Rejection reason", &record.refusal_reason);
+    println!("{:<19}: {}", "Hash", hex::encode(&record.hash));
+    println!(
+        "{:<19}: {}",
+        "Previous hash",
+        hex::encode(&record.prev_hash)
+    );
+    println!();
+}
+
+/// Converts a record to the JSON layout of `--output json`, with null for absent fields.
+fn record_json(record: &IssuanceRecord) -> Value {
+    let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+    let digest = |value: &[u8]| (!value.is_empty()).then(|| hex::encode(value));
+    let attestation_result = text(&record.attestation_result)
+        .map(|text| serde_json::from_str::<Value>(&text).unwrap_or(Value::String(text)));
+    json!({
+        "seq": record.seq,
+        "kind": record.kind,
+        "time_unix_ms": record.time_unix_ms,
+        "time": timestamp_ms(record.time_unix_ms),
+        "serial": text(&record.serial),
+        "jti": text(&record.jti),
+        "spiffe_id": text(&record.spiffe_id),
+        "entry_id": text(&record.entry_id),
+        "agent_id": text(&record.agent_id),
+        "selectors": record.selectors.iter().map(|s| json!({
+            "type": s.r#type, "value": s.value,
+        })).collect::<Vec<_>>(),
+        "key_fingerprint": digest(&record.key_fingerprint),
+        "evidence_digest": digest(&record.evidence_digest),
+        "attestation_result": attestation_result,
+        "policy_version": text(&record.policy_version),
+        "refusal_reason": text(&record.refusal_reason),
+        "hash": hex::encode(&record.hash),
+        "prev_hash": hex::encode(&record.prev_hash),
+    })
+}
+
+async fn verify(common: CommonArgs) -> anyhow::Result<()> {
+    let mut admin = client::admin(&common.socket_path).await?;
+    let report = admin
+        .verify_issuance_log(VerifyIssuanceLogRequest {})
+        .await
+        .map_err(output::status_error)?
+        .into_inner();
+    match common.output {
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report_json(&report))?),
+        OutputFormat::Pretty if report.alteration.is_none() => println!(
+            "Issuance log intact: {} records, {} checkpoints{}",
+            report.records,
+            report.checkpoints,
+            if report.signatures_checked {
+                " with verified signatures"
+            } else {
+                ", signatures not checked"
+            }
+        ),
+        OutputFormat::Pretty => {}
+    }
+    if let Some(alteration) = &report.alteration {
+        bail!(
+            "issuance log altered at position {}: {}: {}",
+            alteration.seq,
+            alteration.kind,
+            alteration.detail
+        );
+    }
+    Ok(())
+}
+
+fn report_json(report: &VerifyIssuanceLogResponse) -> Value {
+    let alteration = report.alteration.as_ref().map(|alteration| {
+        json!({
+            "seq": alteration.seq,
+            "kind": alteration.kind,
+            "original_seq": (alteration.kind == "reordered").then_some(alteration.original_seq),
+            "detail": alteration.detail,
+        })
+    });
+    json!({
+        "intact": report.alteration.is_none(),
+        "records": report.records,
+        "checkpoints": report.checkpoints,
+        "signatures_checked": report.signatures_checked,
+        "alteration": alteration,
+    })
+}

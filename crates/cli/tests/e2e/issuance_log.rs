@@ -1,0 +1,277 @@
+//! The issuance log through the CLI: SVIDs fetched from an agent have records that
+//! `twid log show` finds, `twid log verify` passes, and after a row is edited in the SQLite
+//! datastore while the server is stopped, `twid log verify` names the edited position.
+
+use std::process::Command;
+use std::time::Duration;
+
+use base64::Engine as _;
+
+use crate::common::*;
+
+const WORKLOAD_ID: &str = "spiffe://example.org/workload/logged";
+
+/// Returns the serial number (lowercase hex) of the first certificate in a PEM chain.
+fn first_serial(pem: &str) -> String {
+    let mut reader = std::io::BufReader::new(pem.as_bytes());
+    let cert = rustls_pemfile::certs(&mut reader)
+        .next()
+        .expect("a certificate in the chain")
+        .unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).unwrap();
+    hex::encode(parsed.raw_serial())
+}
+
+/// Returns the `jti` claim of a compact JWT.
+fn jwt_id(token: &str) -> String {
+    let payload = token.split('.').nth(1).expect("a JWT payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    claims["jti"]
+        .as_str()
+        .expect("the JWT-SVID has a jti")
+        .to_owned()
+}
+
+fn sqlite(database: &std::path::Path, sql: &str) -> String {
+    let output = Command::new("sqlite3")
+        .arg(database)
+        .arg(sql)
+        .output()
+        .expect("sqlite3 should run");
+    assert!(
+        output.status.success(),
+        "sqlite3 {sql:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+fn sqlite3_installed() -> bool {
+    Command::new("sqlite3")
+        .arg("-version")
+        .output()
+        .is_ok_and(|output| output.status.success())
+}
+
+#[test]
+fn issuance_log_records_and_detects_edits() {
+    let dir = TempDir::new();
+    let mut server = ServerProcess::start(dir.path(), "");
+    let token = server.generate_token();
+    let uid = nix::unistd::geteuid().as_raw();
+    let entry_id = server.create_entry(
+        WORKLOAD_ID,
+        &agent_id(&token),
+        &[&format!("unix:uid:{uid}")],
+    );
+    let agent = AgentProcess::start(dir.path(), &server, &token);
+    let socket = server.socket_arg().to_owned();
+
+    let mut fetched = None;
+    wait_until(
+        Duration::from_secs(30),
+        "an X.509-SVID from the agent",
+        || {
+            let output = run(&[
+                "api",
+                "fetch",
+                "x509",
+                "--output",
+                "json",
+                "--socket-path",
+                agent.socket_arg(),
+            ]);
+            fetched = output.status.success().then_some(output.stdout);
+            fetched.is_some()
+        },
+    );
+    let x509: serde_json::Value = serde_json::from_slice(&fetched.unwrap()).unwrap();
+    let serial = first_serial(x509["svids"][0]["x509_svid_pem"].as_str().unwrap());
+
+    // The record of the fetched SVID, in both output formats.
+    let pretty = run_ok(&["log", "show", "--serial", &serial, "--socket-path", &socket]);
+    assert!(pretty.contains(WORKLOAD_ID), "{pretty}");
+    assert!(pretty.contains(&serial), "{pretty}");
+    let json: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "log",
+        "show",
+        "--serial",
+        &serial.to_uppercase(),
+        "--output",
+        "json",
+        "--socket-path",
+        &socket,
+    ]))
+    .unwrap();
+    assert_eq!(json["kind"], "x509");
+    assert_eq!(json["spiffe_id"], WORKLOAD_ID);
+    assert_eq!(json["entry_id"], entry_id.as_str());
+    assert_eq!(json["agent_id"], agent_id(&token).as_str());
+    assert_eq!(json["selectors"][0]["value"], format!("uid:{uid}"));
+    assert_eq!(json["key_fingerprint"].as_str().map(str::len), Some(64));
+    let x509_seq = json["seq"].as_u64().unwrap();
+
+    // A JWT-SVID is found by its jti.
+    let jwt: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "api",
+        "fetch",
+        "jwt",
+        "--audience",
+        "logged-audience",
+        "--output",
+        "json",
+        "--socket-path",
+        agent.socket_arg(),
+    ]))
+    .unwrap();
+    let jti = jwt_id(jwt["svids"][0]["svid"].as_str().unwrap());
+    let json: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "log",
+        "show",
+        "--jti",
+        &jti,
+        "--output",
+        "json",
+        "--socket-path",
+        &socket,
+    ]))
+    .unwrap();
+    assert_eq!(json["kind"], "jwt");
+    assert_eq!(json["spiffe_id"], WORKLOAD_ID);
+
+    // The agent's own SVID from its attestation is the first record.
+    let list: serde_json::Value = serde_json::from_str(&run_ok(&[
+        "log",
+        "show",
+        "--from",
+        "0",
+        "--limit",
+        "1",
+        "--output",
+        "json",
+        "--socket-path",
+        &socket,
+    ]))
+    .unwrap();
+    let records = list["records"].as_array().unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["seq"], 0);
+    assert_eq!(records[0]["spiffe_id"], agent_id(&token).as_str());
+    assert_eq!(records[0]["agent_id"], agent_id(&token).as_str());
+
+    let unknown = run(&[
+        "log",
+        "show",
+        "--serial",
+        "0badc0de",
+        "--socket-path",
+        &socket,
+    ]);
+    assert!(!unknown.status.success(), "an unknown serial was found");
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no issuance log record"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+
+    let intact = run_ok(&["log", "verify", "--socket-path", &socket]);
+    assert!(intact.contains("intact"), "{intact}");
+
+    if !sqlite3_installed() {
+        println!("sqlite3 not installed, skipping the tampering check");
+        return;
+    }
+    drop(agent);
+    server.stop();
+    let database = dir.path().join("server-data/datastore.sqlite3");
+    sqlite(
+        &database,
+        &format!(
+            "UPDATE issuance_log SET spiffe_id = 'spiffe://example.org/workload/other' \
+             WHERE seq = {x509_seq}"
+        ),
+    );
+    server.spawn();
+
+    let altered = run(&["log", "verify", "--socket-path", &socket]);
+    let stderr = String::from_utf8_lossy(&altered.stderr);
+    assert_eq!(altered.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("altered at position {x509_seq}: edited")),
+        "{stderr}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(
+        &run(&[
+            "log",
+            "verify",
+            "--output",
+            "json",
+            "--socket-path",
+            &socket,
+        ])
+        .stdout,
+    )
+    .unwrap();
+    assert_eq!(json["intact"], false);
+    assert_eq!(json["alteration"]["seq"], x509_seq);
+    assert_eq!(json["alteration"]["kind"], "edited");
+}
+
+/// Runs an agent that must fail to attest with `token`.
+fn run_rejected_agent(dir: &std::path::Path, server: &ServerProcess, token: &str) {
+    std::fs::create_dir(dir).unwrap();
+    let bundle = dir.join("bootstrap.pem");
+    server.write_bundle(&bundle);
+    let config = format!(
+        "agent {{\n  trust_domain = \"{TRUST_DOMAIN}\"\n  server_address = \"127.0.0.1\"\n  \
+         server_port = \"{}\"\n  socket_path = \"{}\"\n  data_dir = \"{}\"\n  \
+         trust_bundle_path = \"{}\"\n  join_token = \"{token}\"\n}}\n",
+        server.port,
+        dir.join("agent.sock").display(),
+        dir.join("data").display(),
+        bundle.display(),
+    );
+    let path = write_file(dir, "agent.conf", &config);
+    let output = twid()
+        .args(["agent", "run", "--config", &path])
+        .output()
+        .unwrap();
+    assert!(
+        !output.status.success(),
+        "the agent attested with a used token"
+    );
+}
+
+#[test]
+fn issuance_log_records_rejected_token() {
+    let dir = TempDir::new();
+    let server = ServerProcess::start(dir.path(), "");
+    let token = server.generate_token();
+    let _agent = AgentProcess::start(dir.path(), &server, &token);
+    run_rejected_agent(&dir.path().join("second"), &server, &token);
+
+    let output = run_ok(&[
+        "log",
+        "show",
+        "--output",
+        "json",
+        "--socket-path",
+        server.socket_arg(),
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&output).unwrap();
+    let records = list["records"].as_array().unwrap();
+    let refusal = records
+        .iter()
+        .find(|record| record["kind"] == "refusal")
+        .unwrap_or_else(|| panic!("no refusal record in {output}"));
+    let reason = refusal["refusal_reason"].as_str().unwrap();
+    assert!(reason.contains("already been used"), "{reason}");
+    assert!(refusal["agent_id"].is_null(), "{refusal}");
+    assert!(
+        !refusal.to_string().contains(&token),
+        "the rejection record contains the token: {refusal}"
+    );
+}

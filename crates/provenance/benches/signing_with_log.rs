@@ -1,0 +1,218 @@
+//! The cost of logging per X.509-SVID. 64 tasks sign SVIDs concurrently, as agents' requests
+//! do on the server. In `sign_only` they only sign. In `sign_and_append_*` each signature is
+//! followed by the append of its issuance record, which the server awaits before it returns
+//! the SVID.
+//!
+//! Signing is the server path: parse and check the CSR, then sign the certificate with an
+//! ECDSA P-256 CA key. The record has the fields the server fills in: serial, SPIFFE ID, entry
+//! ID, agent ID, two selectors and the key fingerprint. Checkpoints are signed with ECDSA
+//! P-256 every 1000 records, as the server does.
+//!
+//! The SQLite case uses a file in the temporary directory, so its result depends on how fast
+//! that file system syncs. The PostgreSQL case connects to
+//! `postgres://postgres@127.0.0.1:5432`, creates a database for the run and drops it after,
+//! and is skipped with a message when the connection fails.
+//!
+//! Run with `cargo bench -p twid-provenance --bench signing_with_log`.
+
+// A benchmark setup failure should abort the run.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sqlx::{AnyConnection, AssertSqlSafe, Connection};
+use twid_ca::{
+    CaSubject, KeyType, PrivateKey, X509Authority, X509SvidRequest, build_csr, parse_csr,
+};
+use twid_datastore::{DatabaseType, Datastore, DatastoreConfig};
+use twid_provenance::{IssuanceLog, LogOptions, NewRecord, SigningKey, key_fingerprint};
+use twid_spiffe::{SpiffeId, TrustDomain};
+use twid_types::Selector;
+
+const CALLERS: u64 = 64;
+const HOUR: Duration = Duration::from_secs(3600);
+const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// The CA, the CSR and the IDs that every caller shares.
+struct Signer {
+    ca: X509Authority,
+    csr: Vec<u8>,
+    spiffe_id: SpiffeId,
+    agent_id: SpiffeId,
+}
+
+impl Signer {
+    fn new() -> Self {
+        let trust_domain = TrustDomain::new("example.org").unwrap();
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let ca = X509Authority::self_signed(
+            &trust_domain,
+            key,
+            &CaSubject::default(),
+            SystemTime::now(),
+            24 * HOUR,
+            None,
+        )
+        .unwrap();
+        let csr = build_csr(&PrivateKey::generate(KeyType::EcP256).unwrap()).unwrap();
+        Self {
+            ca,
+            csr,
+            spiffe_id: SpiffeId::new("spiffe://example.org/workload/bench").unwrap(),
+            agent_id: SpiffeId::new("spiffe://example.org/spire/agent/join_token/bench").unwrap(),
+        }
+    }
+
+    /// Signs one SVID as the server does and returns its issuance record.
+    fn sign(&self) -> NewRecord {
+        let info = parse_csr(&self.csr).unwrap();
+        let cert = self
+            .ca
+            .sign_x509_svid(&X509SvidRequest {
+                spiffe_id: &self.spiffe_id,
+                public_key_spki_der: &info.public_key_spki_der,
+                ttl: HOUR,
+                dns_names: &[],
+                now: SystemTime::now(),
+            })
+            .unwrap();
+        // The server reads the serial back from the signed certificate the same way.
+        let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
+        let serial = hex::encode(parsed.raw_serial());
+        let mut record = NewRecord::x509(serial, self.spiffe_id.clone());
+        record.entry_id = Some("3f2c7d1e-0000-4000-8000-000000000000".into());
+        record.agent_id = Some(self.agent_id.clone());
+        record.selectors = vec![
+            Selector::new("unix", "uid:1000"),
+            Selector::new("unix", "gid:1000"),
+        ];
+        record.key_fingerprint = Some(key_fingerprint(&info.public_key_spki_der));
+        record
+    }
+}
+
+/// Signs `count` SVIDs from [`CALLERS`] tasks, appending each record to `log` when given, and
+/// returns the elapsed time.
+async fn sign_many(signer: &Arc<Signer>, log: Option<&IssuanceLog>, count: u64) -> Duration {
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..CALLERS {
+        let signer = Arc::clone(signer);
+        let log = log.cloned();
+        tasks.spawn(async move {
+            let mut n = task;
+            while n < count {
+                let record = signer.sign();
+                if let Some(log) = &log {
+                    log.append(record).await.unwrap();
+                }
+                n += CALLERS;
+            }
+        });
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+    start.elapsed()
+}
+
+fn open_log(runtime: &tokio::runtime::Runtime, config: &DatastoreConfig) -> IssuanceLog {
+    runtime.block_on(async {
+        let store = Datastore::open(config).await.unwrap();
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let key = SigningKey::ecdsa_p256_from_pkcs8(pkcs8.as_ref()).unwrap();
+        IssuanceLog::new(
+            store,
+            LogOptions {
+                checkpoint_every: 1000,
+                signing_key: Some(key),
+            },
+        )
+    })
+}
+
+/// Creates a database for this run, or returns `None` when PostgreSQL is not reachable.
+async fn create_postgres_database(name: &str) -> Option<DatastoreConfig> {
+    sqlx::any::install_default_drivers();
+    let connect = AnyConnection::connect(POSTGRES_ADMIN_URL);
+    let mut admin = match tokio::time::timeout(Duration::from_secs(10), connect).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            println!("postgres not available, skipping the PostgreSQL case: {error}");
+            return None;
+        }
+        Err(_) => {
+            println!("postgres not available, skipping the PostgreSQL case: connect timed out");
+            return None;
+        }
+    };
+    sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    Some(DatastoreConfig {
+        database_type: DatabaseType::Postgres,
+        connection_string: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+    })
+}
+
+async fn drop_postgres_database(name: &str) {
+    let mut admin = AnyConnection::connect(POSTGRES_ADMIN_URL).await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+fn signing_with_log(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let signer = Arc::new(Signer::new());
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite_log = open_log(
+        &runtime,
+        &DatastoreConfig {
+            database_type: DatabaseType::Sqlite,
+            connection_string: dir.path().join("bench.db").to_str().unwrap().to_owned(),
+        },
+    );
+    let postgres_name = format!("twid_bench_signing_{}", std::process::id());
+    let postgres_config = runtime.block_on(create_postgres_database(&postgres_name));
+    let postgres_log = postgres_config
+        .as_ref()
+        .map(|config| open_log(&runtime, config));
+
+    let mut group = c.benchmark_group("signing_with_log");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("sign_only_64_concurrent", |b| {
+        b.iter_custom(|iters| runtime.block_on(sign_many(&signer, None, iters)));
+    });
+    group.bench_function("sign_and_append_sqlite_64_concurrent", |b| {
+        b.iter_custom(|iters| runtime.block_on(sign_many(&signer, Some(&sqlite_log), iters)));
+    });
+    if let Some(log) = &postgres_log {
+        group.bench_function("sign_and_append_postgres_64_concurrent", |b| {
+            b.iter_custom(|iters| runtime.block_on(sign_many(&signer, Some(log), iters)));
+        });
+    }
+    group.finish();
+
+    drop(postgres_log);
+    if postgres_config.is_some() {
+        runtime.block_on(drop_postgres_database(&postgres_name));
+    }
+}
+
+criterion_group!(benches, signing_with_log);
+criterion_main!(benches);
