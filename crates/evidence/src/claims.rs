@@ -62,10 +62,12 @@ impl fmt::Display for Kind {
 impl FromStr for Kind {
     type Err = String;
 
+    /// Parses a kind name. The node attestor spellings `sgx_dcap` and `sgx_ias` are accepted
+    /// too, so a name copied from a configuration file or an agent ID works.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Kind::ALL
             .into_iter()
-            .find(|kind| kind.as_str() == s)
+            .find(|kind| kind.as_str() == s || kind.as_str().replace('-', "_") == s)
             .ok_or_else(|| {
                 format!("unknown evidence kind {s:?}; expected one of sgx-dcap, tdx, sgx-ias, snp, nitro, tpm")
             })

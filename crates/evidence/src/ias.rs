@@ -260,7 +260,12 @@ pub fn verify(
 
     let signing_der = signing_chain_der
         .first()
-        .ok_or_else(|| VerifyError::chain("the IAS report signing chain is empty"))?;
+        .ok_or_else(|| {
+            VerifyError::chain(
+                "the IAS report signing chain is empty; pass the certificates of the \
+                 X-IASReport-Signing-Certificate header",
+            )
+        })?;
     let valid_until = verify_chain(signing_chain_der, anchors, now)?;
 
     let (_, signing_cert) = X509Certificate::from_der(signing_der).map_err(|error| {
@@ -415,8 +420,12 @@ fn verify_chain(
             return Ok(valid_until);
         }
     }
+    // Roots pinned by fingerprint only (the production default) can vouch only for a chain
+    // that carries the root itself, as IAS's X-IASReport-Signing-Certificate header does.
     Err(VerifyError::chain(format!(
-        "{} is not signed by any trusted root certificate (issuer {})",
+        "{} is not signed by any trusted root certificate (issuer {}); include the Intel SGX \
+         Attestation Report Signing CA in the chain, as IAS sends it in the \
+         X-IASReport-Signing-Certificate header, or trust that CA as a root certificate file",
         describe(last),
         last.issuer()
     )))

@@ -97,13 +97,19 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     if let Some(envelope) = &envelope {
         certificates.extend(envelope.certificates.iter().cloned());
     }
+    warn_ignored_options(kind, &args);
+    if kind == Kind::Tpm && args.nonce.is_none() {
+        eprintln!(
+            "note: without --nonce the quote's extraData is not checked, so the quote may be old"
+        );
+    }
     let result = match kind {
         Kind::SgxDcap | Kind::Tdx => {
             let collateral = match (
                 &args.collateral,
                 envelope.as_ref().and_then(|e| e.collateral.as_ref()),
             ) {
-                (Some(path), _) => load_collateral(path)?,
+                (Some(path), _) => load_collateral(path, &evidence)?,
                 (None, Some(json)) => dcap::Collateral::from_dcap_qvl_json(json)
                     .map_err(|error| anyhow::anyhow!("collateral in the envelope: {error}"))?,
                 (None, None) => bail!("{kind} evidence needs --collateral FILE|DIR"),
@@ -178,10 +184,39 @@ fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     }
     if let Err(error) = policy.check(&verified, now) {
         print_result(kind, Some(&verified), Some(&error), now);
-        bail!("{kind} evidence rejected by the default policy: {error}");
+        let hint = if error.reason == twid_evidence::Reason::Debug {
+            "; pass --allow-debug to accept it"
+        } else {
+            ""
+        };
+        bail!("{kind} evidence rejected by the default policy: {error}{hint}");
     }
     print_result(kind, Some(&verified), None, now);
     Ok(())
+}
+
+/// Warns about options that the evidence kind does not use, so a typo in a kind does not
+/// pass silently.
+fn warn_ignored_options(kind: Kind, args: &VerifyArgs) {
+    let dcap = matches!(kind, Kind::SgxDcap | Kind::Tdx);
+    let ignored = [
+        ("--collateral", args.collateral.is_some() && !dcap),
+        (
+            "--signature",
+            args.signature.is_some() && kind != Kind::SgxIas,
+        ),
+        ("--nonce", args.nonce.is_some() && kind != Kind::Tpm),
+        ("--ak-sha256", args.ak_sha256.is_some() && kind != Kind::Tpm),
+        (
+            "--certs",
+            !args.certificates.is_empty() && !matches!(kind, Kind::Snp | Kind::SgxIas),
+        ),
+    ];
+    for (option, unused) in ignored {
+        if unused {
+            eprintln!("note: {option} is ignored for {kind} evidence");
+        }
+    }
 }
 
 /// Prints one JSON document: the claims when verification succeeded (even if the policy then
@@ -237,7 +272,15 @@ fn parse_kind(text: &str) -> Result<Kind, String> {
 
 /// Parses `--now`: Unix seconds, or an RFC 3339 time.
 fn parse_time(text: &str) -> Result<i64, String> {
+    /// 9999-12-31T23:59:59Z, the last time X.509 can express.
+    const MAX_SECONDS: i64 = 253_402_300_799;
     if let Ok(seconds) = text.parse::<i64>() {
+        if !(0..=MAX_SECONDS).contains(&seconds) {
+            return Err(format!(
+                "invalid time {text:?}: Unix seconds must be between 0 and {MAX_SECONDS}; \
+                 a 13-digit value is probably milliseconds"
+            ));
+        }
         return Ok(seconds);
     }
     OffsetDateTime::parse(text, &Rfc3339)
@@ -310,7 +353,29 @@ fn read_certificates(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 }
 
 /// Loads DCAP collateral from a dcap-qvl JSON file or a folder of PCS files.
-fn load_collateral(path: &Path) -> anyhow::Result<dcap::Collateral> {
+fn load_collateral(path: &Path, quote: &[u8]) -> anyhow::Result<dcap::Collateral> {
+    // A server's collateral_dir holds one folder per FMSPC, or a <fmspc>.json, so the same
+    // cache can be checked offline.
+    if path.is_dir() && !path.join(dcap::PCS_FILE_NAMES.tcb_info).exists() {
+        let fmspc = dcap::quote_fmspc(quote)
+            .map_err(|error| anyhow::anyhow!("cannot read the quote's FMSPC: {error}"))?;
+        let folder = path.join(hex::encode_upper(fmspc));
+        let json = path.join(format!("{}.json", hex::encode(fmspc)));
+        if folder.is_dir() {
+            return load_collateral(&folder, quote);
+        }
+        if json.is_file() {
+            return load_collateral(&json, quote);
+        }
+        bail!(
+            "{} holds neither the PCS files ({}, ...) nor a cache entry for FMSPC {} ({} or {})",
+            path.display(),
+            dcap::PCS_FILE_NAMES.tcb_info,
+            hex::encode_upper(fmspc),
+            folder.display(),
+            json.display()
+        );
+    }
     if path.is_dir() {
         let read = |name: &str| -> anyhow::Result<Vec<u8>> {
             let file = path.join(name);
@@ -351,6 +416,13 @@ mod tests {
         assert_eq!(parse_time("1751328000"), Ok(1_751_328_000));
         assert_eq!(parse_time("2025-07-01T00:00:00Z"), Ok(1_751_328_000));
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn time_rejects_milliseconds() {
+        let error = parse_time("1751328000000").expect_err("milliseconds");
+        assert!(error.contains("milliseconds"), "{error}");
+        assert!(parse_time("-1").is_err());
     }
 
     #[test]

@@ -313,6 +313,27 @@ fn pcs_folder_with_stale_crl_rejected() {
         .unwrap_or_default()
         .to_lowercase();
     assert!(error.contains("crl"), "{error}");
+
+    // The same files in a server's collateral_dir layout: one folder per FMSPC.
+    let cache = TempDir::new();
+    let entry = cache.path().join("00906ED50000");
+    std::fs::create_dir(&entry).expect("cache entry");
+    for file in std::fs::read_dir(folder.path()).expect("PCS folder") {
+        let file = file.expect("PCS file").path();
+        std::fs::copy(&file, entry.join(file.file_name().expect("name"))).expect("copy");
+    }
+    let (output, document) = verify(&[
+        "--kind",
+        "sgx_dcap",
+        "--evidence",
+        &path(&dir, "sgx-dcap/mobilecoin_hw_quote.bin"),
+        "--collateral",
+        cache.path().to_str().expect("utf-8"),
+        "--now",
+        "1689194905",
+    ]);
+    assert!(!output.status.success(), "{document}");
+    assert_eq!(document["reason"], "expired");
 }
 
 #[test]
