@@ -20,7 +20,7 @@ use crate::node::NodeJwtIssuer;
 use crate::settings::AgentSettings;
 use crate::sync::RetryState;
 use crate::workload_api::attestation::AttestationRelay;
-use crate::workload_api::{SecretDiscovery, WorkloadApi};
+use crate::workload_api::{NodeWitIssuer, SecretDiscovery, WorkloadApi};
 use crate::{AgentError, listener, startup};
 
 /// How long [`AgentHandle::shutdown`] waits for each task before aborting it.
@@ -240,6 +240,9 @@ impl Agent {
             }),
             settings.first_sync_timeout,
         )
+        .with_wit(Arc::new(NodeWitIssuer {
+            connection: Arc::clone(&connection),
+        }))
         .with_shutdown(shutdown_rx.clone());
         let relay = crate::workload_api::attestation::service(connection);
         tasks.push(tokio::spawn(serve(api, sds, relay, incoming, shutdown_rx)));

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 
 use commands::{
     agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, log, oidc_provider, run,
-    svid, token,
+    svid, token, wimse,
 };
 
 /// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
@@ -68,6 +68,9 @@ enum Command {
     OidcProvider(oidc_provider::OidcProviderArgs),
     /// Keep a workload's SVID, key and bundle in files and signal the program that reads them.
     Helper(helper::HelperArgs),
+    /// Verify WIMSE Workload Identity Tokens and Workload Proof Tokens offline.
+    #[command(subcommand)]
+    Wimse(wimse::WimseCommand),
 }
 
 fn main() -> ExitCode {
@@ -128,5 +131,6 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Healthcheck(args) => healthcheck::run(args).await,
         Command::OidcProvider(args) => oidc_provider::run(args).await,
         Command::Helper(args) => helper::run(args).await,
+        Command::Wimse(command) => wimse::run(command),
     }
 }

@@ -255,6 +255,7 @@ pub(crate) fn server_attestor(
         policy.min_snp_tcb = min_tcb(data)?;
         policy.pcrs = pcr_values(data, kind)?;
     }
+
     let pcs_url = plugin.optional("pcs_url", service_url)?;
     let kds_url = plugin.optional("kds_url", service_url)?;
     let collateral_dir = if pcs_url.is_some() || kds_url.is_some() {

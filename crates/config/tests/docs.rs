@@ -143,6 +143,8 @@ fn key_tables_cover_every_key() {
         "pcrs",
         "allowed_ak_sha256",
         "max_evidence_age",
+        "pcs_url",
+        "kds_url",
         // agent
         "server_address",
         "server_port",

@@ -348,3 +348,102 @@ fn server_rejects_policies_that_mislead() {
     let message = error(server(revoked));
     assert!(message.contains("always rejected"), "{message}");
 }
+
+#[test]
+fn server_collateral_service_urls() {
+    let config = server(
+        r#"NodeAttestor "sgx_dcap" {
+            plugin_data {
+                collateral_dir = "/var/cache/twid/pcs"
+                pcs_url = "https://pccs.example.org:8081/"
+            }
+        }
+        NodeAttestor "snp" {
+            plugin_data {
+                collateral_dir = "/var/cache/twid/kds"
+                kds_url = "http://127.0.0.1:8082/kds"
+            }
+        }"#,
+    )
+    .expect("parse");
+    let dcap = &config.evidence_attestors[0];
+    assert_eq!(
+        dcap.pcs_url.as_deref(),
+        Some("https://pccs.example.org:8081")
+    );
+    assert_eq!(dcap.kds_url, None);
+    let snp = &config.evidence_attestors[1];
+    assert_eq!(snp.kds_url.as_deref(), Some("http://127.0.0.1:8082/kds"));
+    assert_eq!(
+        snp.collateral_dir,
+        Some(PathBuf::from("/var/cache/twid/kds"))
+    );
+
+    let defaults = server(r#"NodeAttestor "tdx" {}"#).expect("parse");
+    assert_eq!(defaults.evidence_attestors[0].pcs_url, None);
+}
+
+#[test]
+fn server_rejects_insecure_service_urls() {
+    let cases = [
+        (
+            "sgx_dcap",
+            "pcs_url",
+            "http://pccs.example.org",
+            "use https",
+        ),
+        (
+            "tdx",
+            "pcs_url",
+            "http://127.0.0.1.example.org",
+            "use https",
+        ),
+        ("snp", "kds_url", "http://kdsintf.example.org", "use https"),
+        (
+            "sgx_dcap",
+            "pcs_url",
+            "ftp://pccs.example.org",
+            "expected https",
+        ),
+        ("sgx_dcap", "pcs_url", "pccs.example.org", "is not a URL"),
+        (
+            "snp",
+            "kds_url",
+            "https://user@kds.example.org",
+            "user information",
+        ),
+    ];
+    for (attestor, key, url, expected) in cases {
+        let plugins = format!(
+            "NodeAttestor \"{attestor}\" {{\n  plugin_data {{\n    \
+             collateral_dir = \"/c\"\n    {key} = \"{url}\"\n  }}\n}}"
+        );
+        let message = error(server(&plugins));
+        assert!(message.contains(key), "{url}: {message}");
+        assert!(message.contains(expected), "{url}: {message}");
+    }
+}
+
+#[test]
+fn server_fetch_requires_collateral_dir() {
+    for (attestor, key) in [("sgx_dcap", "pcs_url"), ("snp", "kds_url")] {
+        let plugins = format!(
+            "NodeAttestor \"{attestor}\" {{\n  plugin_data {{\n    \
+             {key} = \"https://service.example.org\"\n  }}\n}}"
+        );
+        let message = error(server(&plugins));
+        assert!(message.contains("collateral_dir"), "{attestor}: {message}");
+    }
+}
+
+#[test]
+fn server_service_url_keys_per_kind() {
+    let message = error(server(
+        "NodeAttestor \"snp\" {\n  plugin_data {\n    pcs_url = \"https://a.example\"\n  }\n}",
+    ));
+    assert!(message.contains("unknown key \"pcs_url\""), "{message}");
+    let message = error(server(
+        "NodeAttestor \"tdx\" {\n  plugin_data {\n    kds_url = \"https://a.example\"\n  }\n}",
+    ));
+    assert!(message.contains("unknown key \"kds_url\""), "{message}");
+}

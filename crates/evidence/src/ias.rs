@@ -258,14 +258,12 @@ pub fn verify(
     // The signature covers the exact bytes, so it is checked before the body is parsed.
     let signature = decode_signature(signature)?;
 
-    let signing_der = signing_chain_der
-        .first()
-        .ok_or_else(|| {
-            VerifyError::chain(
-                "the IAS report signing chain is empty; pass the certificates of the \
+    let signing_der = signing_chain_der.first().ok_or_else(|| {
+        VerifyError::chain(
+            "the IAS report signing chain is empty; pass the certificates of the \
                  X-IASReport-Signing-Certificate header",
-            )
-        })?;
+        )
+    })?;
     let valid_until = verify_chain(signing_chain_der, anchors, now)?;
 
     let (_, signing_cert) = X509Certificate::from_der(signing_der).map_err(|error| {

@@ -13,7 +13,7 @@ use twid_evidence::result::AttestationResult;
 use twid_evidence::verify::VerifyInputs;
 use twid_evidence::{Envelope, Kind, Reason, TrustAnchors, Verified, VerifyError, dcap};
 
-use crate::ServerError;
+use crate::{ServerError, collateral_fetch};
 
 /// One configured evidence attestor, with its roots and certificates read from disk.
 #[derive(Debug)]
@@ -151,7 +151,7 @@ impl EvidenceAttestor {
                 self.config.name, self.config.kind, envelope.kind
             )));
         }
-        let inputs = self.inputs(&mut envelope)?;
+        let inputs = self.inputs(&mut envelope, now)?;
         let verified = twid_evidence::verify::verify_envelope(&envelope, &inputs, now)?;
         twid_evidence::binding::check(&verified, nonce, public_key_spki_der)?;
         self.config.policy.check(&verified, now)?;
@@ -177,7 +177,7 @@ impl EvidenceAttestor {
                     self.config.name, self.config.kind, envelope.kind
                 )));
             }
-            let inputs = self.inputs(&mut envelope)?;
+            let inputs = self.inputs(&mut envelope, now)?;
             twid_evidence::verify::verify_envelope(&envelope, &inputs, now)
         });
         let verified = match verified {
@@ -207,8 +207,9 @@ impl EvidenceAttestor {
     /// Builds the verification inputs. With `collateral_dir` set, DCAP collateral always comes
     /// from there and collateral sent with the quote is dropped: an attester could otherwise
     /// keep sending an older, still unexpired TCB info or CRL from before a TCB recovery or
-    /// a revocation.
-    fn inputs(&self, envelope: &mut Envelope) -> Result<VerifyInputs, VerifyError> {
+    /// a revocation. With `pcs_url` or `kds_url` set, missing or expired documents are fetched
+    /// first, which blocks for up to 10 seconds per request.
+    fn inputs(&self, envelope: &mut Envelope, now: i64) -> Result<VerifyInputs, VerifyError> {
         let mut inputs = VerifyInputs {
             anchors: self.anchors.clone(),
             dcap_collateral: None,
@@ -223,9 +224,61 @@ impl EvidenceAttestor {
                     "ignoring the collateral sent with the quote; collateral_dir is set"
                 );
             }
-            inputs.dcap_collateral = Some(load_collateral(dir, &envelope.evidence)?);
+            inputs.dcap_collateral = Some(self.dcap_collateral(dir, envelope, now)?);
+        }
+        if envelope.kind == Kind::Snp
+            && envelope.certificates.is_empty()
+            && let (Some(kds_url), Some(dir)) = (&self.config.kds_url, &self.config.collateral_dir)
+        {
+            let vcek = collateral_fetch::vcek(
+                kds_url,
+                dir,
+                &envelope.evidence,
+                &self.extra_certificates,
+                &self.anchors,
+                now,
+            )?;
+            envelope.certificates.push(vcek);
         }
         Ok(inputs)
+    }
+
+    /// Reads the collateral for a quote from the cache, and fetches it from `pcs_url` when it
+    /// is set and the cache has no usable, unexpired entry.
+    fn dcap_collateral(
+        &self,
+        dir: &Path,
+        envelope: &Envelope,
+        now: i64,
+    ) -> Result<dcap::Collateral, VerifyError> {
+        let cached = load_collateral(dir, &envelope.evidence);
+        let Some(pcs_url) = &self.config.pcs_url else {
+            return cached;
+        };
+        match cached {
+            Ok(collateral) if !collateral_fetch::is_expired(&collateral, now) => {
+                return Ok(collateral);
+            }
+            Ok(_) => tracing::info!(
+                attestor = %self.config.name,
+                "cached DCAP collateral has passed its nextUpdate; fetching it again"
+            ),
+            Err(error) => tracing::info!(
+                attestor = %self.config.name,
+                reason = %error.message,
+                "no usable cached DCAP collateral; fetching it"
+            ),
+        }
+        // NOTE: failed fetches are not rate-limited. While the service is unreachable, every
+        // quote of an uncached FMSPC sends up to four requests of up to 10 seconds each.
+        collateral_fetch::fetch_dcap_collateral(
+            pcs_url,
+            dir,
+            &envelope.evidence,
+            envelope.kind,
+            &self.anchors,
+            now,
+        )
     }
 }
 
@@ -249,7 +302,7 @@ fn load_collateral(dir: &Path, quote: &[u8]) -> Result<dcap::Collateral, VerifyE
             Reason::Collateral,
             format!(
                 "no DCAP collateral for FMSPC {} in collateral_dir: neither {} nor {} exists; \
-                 fetch the PCS collateral for this FMSPC",
+                 fetch the PCS collateral for this FMSPC or set pcs_url",
                 hex::encode_upper(fmspc),
                 folder.display(),
                 json.display()

@@ -10,6 +10,7 @@
 
 mod admin_api;
 mod ca;
+mod collateral_fetch;
 mod convert;
 mod entries;
 mod error;
@@ -21,6 +22,7 @@ mod node_evidence;
 mod provenance;
 mod tasks;
 mod verification_api;
+mod wit;
 mod workload_attestation;
 
 use std::net::SocketAddr;

@@ -22,9 +22,9 @@ use tracing::Instrument as _;
 use twid_proto::node::node_server::{Node, NodeServer};
 use twid_proto::node::{
     AgentSvid, AttestAgentRequest, AttestAgentResponse, BatchNewX509SvidRequest,
-    BatchNewX509SvidResponse, NewJwtSvidRequest, NewJwtSvidResponse, RenewAgentRequest,
-    RenewAgentResponse, SyncRequest, SyncResponse, X509SvidResult, attest_agent_request,
-    attest_agent_response,
+    BatchNewX509SvidResponse, NewJwtSvidRequest, NewJwtSvidResponse, NewWitSvidRequest,
+    NewWitSvidResponse, RenewAgentRequest, RenewAgentResponse, SyncRequest, SyncResponse,
+    X509SvidResult, attest_agent_request, attest_agent_response,
 };
 use twid_spiffe::SpiffeId;
 use twid_telemetry::names;
@@ -519,6 +519,14 @@ impl Node for NodeService {
             expires_at: unix_seconds(expiry),
             issued_at: unix_seconds(now),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn new_wit_svid(
+        &self,
+        request: Request<NewWitSvidRequest>,
+    ) -> Result<Response<NewWitSvidResponse>, Status> {
+        self.handle_new_wit_svid(request).await
     }
 }
 

@@ -41,10 +41,10 @@ const NONCE_LEN: usize = 32;
 const MAX_OUTSTANDING_NONCES: usize = 100_000;
 
 /// Upper bound on a WIT's lifetime, the cap that twid-wimse's `issue_wit` also applies.
-const MAX_WIT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+pub(crate) const MAX_WIT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// The `typ` header of a WIT.
-const WIT_TYPE: &str = "wit+jwt";
+pub(crate) const WIT_TYPE: &str = "wit+jwt";
 
 /// Builds the service for the node API port.
 pub(crate) fn service(
@@ -482,7 +482,7 @@ impl WorkloadAttestationService {
 
 /// Builds the `cnf.jwk` of a WIT: the public JWK of a DER SubjectPublicKeyInfo with `alg`,
 /// ES256, ES384 or ES512 by curve, and RS256 for RSA keys.
-fn confirmation_jwk(public_key: &[u8]) -> Result<Value, Status> {
+pub(crate) fn confirmation_jwk(public_key: &[u8]) -> Result<Value, Status> {
     let authority = twid_spiffe::JwtAuthority::from_spki_der("workload", public_key)
         .map_err(|error| Status::invalid_argument(format!("invalid public_key: {error}")))?;
     let mut jwk = authority.to_jwk(None);

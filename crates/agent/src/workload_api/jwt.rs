@@ -155,7 +155,7 @@ impl JwtSvids {
 }
 
 /// Picks every identity, or the one whose SPIFFE ID the request names.
-fn choose_identities<'a>(
+pub(super) fn choose_identities<'a>(
     entries: Vec<&'a CachedEntry>,
     spiffe_id: &str,
 ) -> Result<Vec<&'a CachedEntry>, Status> {

@@ -15,6 +15,7 @@ mod responses;
 mod sds;
 #[cfg(test)]
 mod tests;
+mod wit;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -36,12 +37,15 @@ use caller::Identity;
 pub(crate) use jwt::{IssuedJwt, JwtIssuer};
 use responses::X509View;
 pub(crate) use sds::SecretDiscovery;
+pub(crate) use wit::{NodeWitIssuer, WitIssuer};
 
 /// The Workload API service state shared by all connections.
 pub(crate) struct WorkloadApi {
     cache: Cache,
     attestor: Arc<dyn WorkloadAttestor>,
     jwt: jwt::JwtSvids,
+    /// WIT-SVID signing; without it the WIT-SVID RPCs return Unimplemented.
+    wit: Option<Arc<wit::WitSvids>>,
     first_sync_timeout: Duration,
     shutdown: Option<watch::Receiver<bool>>,
 }
@@ -65,6 +69,7 @@ impl WorkloadApi {
             cache,
             attestor,
             jwt: jwt::JwtSvids::new(issuer),
+            wit: None,
             first_sync_timeout,
             shutdown: None,
         }
@@ -74,6 +79,12 @@ impl WorkloadApi {
     /// not wait for streaming clients.
     pub(crate) fn with_shutdown(mut self, shutdown: watch::Receiver<bool>) -> Self {
         self.shutdown = Some(shutdown);
+        self
+    }
+
+    /// Serves the WIT-SVID profile, obtaining WITs through `issuer`.
+    pub(crate) fn with_wit(mut self, issuer: Arc<dyn WitIssuer>) -> Self {
+        self.wit = Some(Arc::new(wit::WitSvids::new(issuer)));
         self
     }
 
@@ -116,6 +127,23 @@ impl WorkloadApi {
         self.jwt
             .fetch(&snapshot, &caller.identity, request.into_inner())
             .await
+    }
+
+    async fn fetch_wit(
+        &self,
+        request: Request<WitsvidRequest>,
+    ) -> Result<BoxStream<WitsvidResponse>, Status> {
+        caller::check_security_header(&request)?;
+        let Some(svids) = &self.wit else {
+            return Err(wit_unimplemented());
+        };
+        wit::check_fetch_request(request.get_ref())?;
+        let caller = self.caller(&request).await?;
+        Arc::clone(svids).stream(
+            caller,
+            self.shutdown.clone(),
+            request.into_inner().spiffe_id,
+        )
     }
 
     async fn validate_jwt(
@@ -253,6 +281,23 @@ fn build_x509_bundles(
     Ok(Some(responses::x509_bundles(snapshot, &entries)))
 }
 
+/// Builds the Unimplemented status that the WIT-SVID RPCs return on an agent built without a
+/// WIT issuer, as the Workload API standard requires.
+fn wit_unimplemented() -> Status {
+    Status::unimplemented("WIT-SVIDs are not supported by this agent")
+}
+
+fn build_wit_bundles(
+    snapshot: &Snapshot,
+    caller: &Identity,
+) -> Result<Option<WitBundlesResponse>, Status> {
+    let entries = responses::identities(snapshot, &caller.selectors);
+    if entries.is_empty() {
+        return Err(no_identity(caller));
+    }
+    Ok(Some(wit::wit_bundles(snapshot, &entries)))
+}
+
 fn build_jwt_bundles(
     snapshot: &Snapshot,
     caller: &Identity,
@@ -321,23 +366,29 @@ impl SpiffeWorkloadApi for WorkloadApi {
         result.map(Response::new)
     }
 
+    #[tracing::instrument(name = "fetch_wit_svid", skip_all)]
     async fn fetch_witsvid(
         &self,
         request: Request<WitsvidRequest>,
     ) -> Result<Response<BoxStream<WitsvidResponse>>, Status> {
-        caller::check_security_header(&request)?;
-        Err(Status::unimplemented(
-            "WIT-SVIDs are not supported by this agent",
-        ))
+        let started = Instant::now();
+        let result = self.fetch_wit(request).await;
+        record("FetchWITSVID", &result, started);
+        result.map(Response::new)
     }
 
+    #[tracing::instrument(name = "fetch_wit_bundles", skip_all)]
     async fn fetch_wit_bundles(
         &self,
         request: Request<WitBundlesRequest>,
     ) -> Result<Response<BoxStream<WitBundlesResponse>>, Status> {
-        caller::check_security_header(&request)?;
-        Err(Status::unimplemented(
-            "WIT-SVIDs are not supported by this agent",
-        ))
+        let started = Instant::now();
+        let result = if self.wit.is_some() {
+            self.open_stream(request, build_wit_bundles).await
+        } else {
+            caller::check_security_header(&request).and(Err(wit_unimplemented()))
+        };
+        record("FetchWITBundles", &result, started);
+        result.map(Response::new)
     }
 }

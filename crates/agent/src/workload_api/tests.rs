@@ -756,3 +756,159 @@ async fn validate_checks_signature_audience_and_trust_domain() {
         assert_eq!(status.code(), Code::InvalidArgument, "{case}");
     }
 }
+
+mod wit_svid {
+    use super::*;
+    use crate::workload_api::wit::IssuedWit;
+
+    /// Issues `wit-<entry>-<call>` tokens that live `lifetime` seconds and counts the calls.
+    struct ShortLivedWitIssuer {
+        calls: AtomicUsize,
+        lifetime: i64,
+    }
+
+    impl WitIssuer for ShortLivedWitIssuer {
+        fn issue(
+            &self,
+            entry_id: String,
+            public_key: Vec<u8>,
+        ) -> futures::future::BoxFuture<'static, Result<IssuedWit, Status>> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = crate::sync::unix_now();
+            let lifetime = self.lifetime;
+            Box::pin(async move {
+                if public_key.is_empty() {
+                    return Err(Status::invalid_argument("no public key"));
+                }
+                Ok(IssuedWit {
+                    token: format!("wit-{entry_id}-{call}"),
+                    issued_at: now,
+                    expires_at: now + lifetime,
+                })
+            })
+        }
+    }
+
+    async fn start_wit(
+        lifetime: i64,
+    ) -> (tempfile::TempDir, Cache, SpiffeWorkloadApiClient<Channel>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("api.sock");
+        let incoming = crate::listener::bind(&path).expect("bind test socket");
+        let cache = Cache::new("spiffe://example.org".to_owned());
+        let attestor = Arc::new(UnixAttestor::new(UnixAttestorOptions::default()));
+        let api = WorkloadApi::new(
+            cache.clone(),
+            attestor,
+            Arc::new(CountingIssuer::default()),
+            Duration::from_secs(1),
+        )
+        .with_wit(Arc::new(ShortLivedWitIssuer {
+            calls: AtomicUsize::new(0),
+            lifetime,
+        }));
+        tokio::spawn(
+            Server::builder()
+                .add_service(SpiffeWorkloadApiServer::new(api))
+                .serve_with_incoming(incoming),
+        );
+        let client = workload_client(path).await;
+        (dir, cache, client)
+    }
+
+    #[tokio::test]
+    async fn wit_stream_sends_token_and_jwk() {
+        let (_dir, cache, mut client) = start_wit(3600).await;
+        cache.publish(snapshot(vec![
+            own_entry("e1", "spiffe://example.org/a", "internal"),
+            own_entry("e2", "spiffe://example.org/b", "external"),
+        ]));
+        let mut stream = client
+            .fetch_witsvid(with_header(WitsvidRequest::default()))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        let first = stream.next().await.expect("first").expect("ok");
+        assert_eq!(first.svids.len(), 2);
+        assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/a");
+        assert_eq!(first.svids[0].hint, "internal");
+        assert!(first.svids[0].wit_svid.starts_with("wit-e1-"));
+        let jwk: serde_json::Value =
+            serde_json::from_str(&first.svids[0].wit_svid_key).expect("JWK JSON");
+        assert_eq!(jwk["kty"], "EC");
+        assert_eq!(jwk["alg"], "ES256");
+        assert!(jwk["d"].is_string());
+        assert_ne!(
+            first.svids[0].wit_svid_key, first.svids[1].wit_svid_key,
+            "each identity needs its own key"
+        );
+
+        let mut only_b = client
+            .fetch_witsvid(with_header(WitsvidRequest {
+                spiffe_id: "spiffe://example.org/b".to_owned(),
+            }))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        let message = only_b.next().await.expect("first").expect("ok");
+        assert_eq!(message.svids.len(), 1);
+        assert_eq!(message.svids[0].spiffe_id, "spiffe://example.org/b");
+        assert_eq!(
+            message.svids[0].wit_svid, first.svids[1].wit_svid,
+            "a WIT before half its lifetime is reused"
+        );
+
+        let status = client
+            .fetch_witsvid(with_header(WitsvidRequest {
+                spiffe_id: "spiffe://example.org/other".to_owned(),
+            }))
+            .await
+            .expect_err("unknown identity");
+        assert_eq!(status.code(), Code::PermissionDenied);
+    }
+
+    #[tokio::test]
+    async fn wit_stream_renews_at_half_life() {
+        let (_dir, cache, mut client) = start_wit(2).await;
+        cache.publish(snapshot(vec![own_entry(
+            "e1",
+            "spiffe://example.org/a",
+            "",
+        )]));
+        let mut stream = client
+            .fetch_witsvid(with_header(WitsvidRequest::default()))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        let first = stream.next().await.expect("first").expect("ok");
+        let second = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("a renewed WIT within 5 s")
+            .expect("second")
+            .expect("ok");
+        assert_ne!(first.svids[0].wit_svid, second.svids[0].wit_svid);
+        assert_ne!(first.svids[0].wit_svid_key, second.svids[0].wit_svid_key);
+    }
+
+    #[tokio::test]
+    async fn wit_bundles_are_jwk_sets() {
+        let (_dir, cache, mut client) = start_wit(3600).await;
+        cache.publish(snapshot(vec![own_entry(
+            "e1",
+            "spiffe://example.org/a",
+            "",
+        )]));
+        let mut stream = client
+            .fetch_wit_bundles(with_header(WitBundlesRequest {}))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        let message = stream.next().await.expect("first").expect("ok");
+        let jwks = message
+            .bundles
+            .get("spiffe://example.org")
+            .expect("local trust domain");
+        let jwks: serde_json::Value = serde_json::from_str(jwks).expect("JSON");
+        assert_eq!(jwks["keys"][0]["kid"], "k1");
+    }
+}

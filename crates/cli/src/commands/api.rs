@@ -1,4 +1,4 @@
-//! `twid api fetch x509|jwt` and `twid api validate jwt`: the Workload API from a shell.
+//! `twid api fetch x509|jwt|wit` and `twid api validate jwt`: the Workload API from a shell.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -7,8 +7,8 @@ use anyhow::Context as _;
 use clap::{Args, Subcommand};
 use rustls_pki_types::CertificateDer;
 use twid_proto::workload::{
-    JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest, X509svid, X509svidRequest,
-    X509svidResponse,
+    JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest, WitsvidRequest, WitsvidResponse,
+    X509svid, X509svidRequest, X509svidResponse,
 };
 use twid_spiffe::x509::split_der_certificates;
 
@@ -31,6 +31,8 @@ pub(crate) enum FetchCommand {
     X509(FetchX509Args),
     /// Fetch JWT-SVIDs for an audience.
     Jwt(FetchJwtArgs),
+    /// Fetch WIT-SVIDs (WIMSE Workload Identity Tokens) with their private keys.
+    Wit(FetchWitArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -81,6 +83,19 @@ pub(crate) struct FetchJwtArgs {
 }
 
 #[derive(Debug, Args)]
+pub(crate) struct FetchWitArgs {
+    /// Fetch only this identity of the caller.
+    #[arg(long)]
+    spiffe_id: Option<String>,
+    /// Write wit.N.jwt, wit.N.key (PKCS#8 PEM) and wit.N.key.jwk for each WIT-SVID into this
+    /// directory, all mode 0600.
+    #[arg(long)]
+    write: Option<PathBuf>,
+    #[command(flatten)]
+    socket: SocketArgs,
+}
+
+#[derive(Debug, Args)]
 pub(crate) struct ValidateJwtArgs {
     /// The audience the token must name.
     #[arg(long)]
@@ -96,6 +111,7 @@ pub(crate) async fn run(command: ApiCommand) -> anyhow::Result<()> {
     match command {
         ApiCommand::Fetch(FetchCommand::X509(args)) => fetch_x509(args).await,
         ApiCommand::Fetch(FetchCommand::Jwt(args)) => fetch_jwt(args).await,
+        ApiCommand::Fetch(FetchCommand::Wit(args)) => fetch_wit(args).await,
         ApiCommand::Validate(ValidateCommand::Jwt(args)) => validate_jwt(args).await,
     }
 }
@@ -428,4 +444,158 @@ fn prost_value_to_json(value: prost_types::Value) -> serde_json::Value {
             serde_json::Value::Array(list.values.into_iter().map(prost_value_to_json).collect())
         }
     }
+}
+
+async fn fetch_wit(args: FetchWitArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let response = first_wit_response(&args).await?;
+    let elapsed = started.elapsed();
+    if response.svids.is_empty() {
+        anyhow::bail!("the Workload API returned no WIT-SVID");
+    }
+    if let Some(dir) = &args.write {
+        write_wit(dir, &response)?;
+    }
+    match args.socket.output {
+        OutputFormat::Json => {
+            let mut svids = Vec::new();
+            for svid in &response.svids {
+                svids.push(serde_json::json!({
+                    "spiffe_id": svid.spiffe_id,
+                    "hint": svid.hint,
+                    "expires_at": output::timestamp(wit_expiry(&svid.wit_svid)?),
+                    "wit_svid": svid.wit_svid,
+                }));
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "svids": svids }))?
+            );
+        }
+        OutputFormat::Pretty => {
+            let count = response.svids.len();
+            println!(
+                "Received {count} WIT-SVID{} after {elapsed:?}\n",
+                if count == 1 { "" } else { "s" }
+            );
+            for svid in &response.svids {
+                println!("SPIFFE ID:  {}", svid.spiffe_id);
+                let expiry = output::timestamp(wit_expiry(&svid.wit_svid)?);
+                println!("Expires At: {expiry}");
+                if !svid.hint.is_empty() {
+                    println!("Hint:       {}", svid.hint);
+                }
+                println!();
+            }
+            if let Some(dir) = &args.write {
+                println!(
+                    "Wrote wit.<i>.jwt, wit.<i>.key and wit.<i>.key.jwk for each WIT-SVID <i> \
+                     (from 0) to {}",
+                    dir.display()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the FetchWITSVID stream and returns its first message.
+async fn first_wit_response(args: &FetchWitArgs) -> anyhow::Result<WitsvidResponse> {
+    let path = client::workload_socket(args.socket.socket_path.clone())?;
+    let mut workload = client::workload(&path).await?;
+    let request = WitsvidRequest {
+        spiffe_id: args.spiffe_id.clone().unwrap_or_default(),
+    };
+    let call = async {
+        let mut stream = workload
+            .fetch_witsvid(request)
+            .await
+            .map_err(output::status_error)?
+            .into_inner();
+        stream
+            .message()
+            .await
+            .map_err(output::status_error)?
+            .context("the agent closed the stream without sending a WIT-SVID")
+    };
+    tokio::time::timeout(args.socket.timeout, call)
+        .await
+        .with_context(|| format!("no WIT-SVID received within {:?}", args.socket.timeout))?
+}
+
+/// Reads the `exp` claim of a WIT without verifying its signature, for display only.
+fn wit_expiry(token: &str) -> anyhow::Result<i64> {
+    use base64::Engine as _;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .context("the Workload API returned a WIT that is not a compact JWS")?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .context("the WIT payload is not base64url")?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&bytes).context("the WIT payload is not JSON")?;
+    claims
+        .get("exp")
+        .and_then(serde_json::Value::as_i64)
+        .context("the WIT has no numeric exp claim")
+}
+
+/// Writes each WIT-SVID's token, its private key as PKCS#8 PEM and the private JWK the
+/// Workload API sent, all readable only by the owner.
+fn write_wit(dir: &Path, response: &WitsvidResponse) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    for (index, svid) in response.svids.iter().enumerate() {
+        let pkcs8 = jwk_to_pkcs8(&svid.wit_svid_key)
+            .with_context(|| format!("the key of WIT-SVID {index} is unusable"))?;
+        write_private(
+            &dir.join(format!("wit.{index}.jwt")),
+            svid.wit_svid.as_bytes(),
+        )?;
+        write_private(
+            &dir.join(format!("wit.{index}.key")),
+            to_pem("PRIVATE KEY", &pkcs8).as_bytes(),
+        )?;
+        write_private(
+            &dir.join(format!("wit.{index}.key.jwk")),
+            svid.wit_svid_key.as_bytes(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Converts a private EC P-256 JWK (`d`, `x`, `y`) into an unencrypted PKCS#8 document.
+fn jwk_to_pkcs8(jwk: &str) -> anyhow::Result<Vec<u8>> {
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+    use base64::Engine as _;
+    let jwk: serde_json::Value = serde_json::from_str(jwk).context("the key is not JSON")?;
+    let member = |name: &str| -> anyhow::Result<Vec<u8>> {
+        let text = jwk
+            .get(name)
+            .and_then(serde_json::Value::as_str)
+            .with_context(|| format!("the JWK has no {name} member"))?;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .with_context(|| format!("the JWK member {name} is not base64url"))
+    };
+
+    let kty = jwk.get("kty").and_then(serde_json::Value::as_str);
+    let crv = jwk.get("crv").and_then(serde_json::Value::as_str);
+    if kty != Some("EC") || crv != Some("P-256") {
+        anyhow::bail!("the JWK is not an EC P-256 key; only P-256 keys are supported");
+    }
+
+    let mut point = vec![4u8];
+    point.extend(member("x")?);
+    point.extend(member("y")?);
+    let pair = EcdsaKeyPair::from_private_key_and_public_key(
+        &ECDSA_P256_SHA256_FIXED_SIGNING,
+        &member("d")?,
+        &point,
+    )
+    .map_err(|error| anyhow::anyhow!("the JWK is not a valid P-256 key pair: {error}"))?;
+    let document = pair
+        .to_pkcs8v1()
+        .map_err(|_| anyhow::anyhow!("failed to encode the key as PKCS#8"))?;
+    Ok(document.as_ref().to_vec())
 }

@@ -15,6 +15,7 @@ pub(crate) mod oidc_provider;
 pub(crate) mod run;
 pub(crate) mod svid;
 pub(crate) mod token;
+pub(crate) mod wimse;
 
 use std::time::Duration;
 

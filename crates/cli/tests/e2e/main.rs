@@ -25,5 +25,6 @@ mod sds_python;
 mod sts_standin;
 mod svid_inspect;
 mod verification_api;
+mod wit_svid;
 mod workload;
 mod workload_attestation;
