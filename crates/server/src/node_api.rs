@@ -404,10 +404,12 @@ impl Node for NodeService {
         let mut refused = Vec::new();
         for params in &request.get_ref().params {
             let Some(entry) = by_id.get(params.entry_id.as_str()) else {
-                let reason = format!(
+                // The entry ID is caller-chosen text, so it is escaped and cut before it is
+                // echoed or recorded.
+                let reason = provenance::sanitize_reason(&format!(
                     "entry {} does not exist or is not authorized for agent {}",
                     params.entry_id, agent.spiffe_id
-                );
+                ));
                 refused.push(provenance::entry_refusal_record(
                     &agent.spiffe_id,
                     &params.entry_id,
@@ -477,7 +479,9 @@ impl Node for NodeService {
             let record =
                 provenance::entry_refusal_record(&agent.spiffe_id, &params.entry_id, &reason);
             provenance::append_refusal(&self.shared, record).await;
-            return Err(Status::permission_denied(reason));
+            return Err(provenance::sanitize_status(&Status::permission_denied(
+                reason,
+            )));
         };
         let now = SystemTime::now();
         let issuer = self

@@ -135,15 +135,18 @@ impl NodeService {
         let (verified, kind) = match verification {
             Ok(result) => result,
             Err(error) => {
+                // Parse errors can quote bytes of the evidence, which the agent chose.
                 tracing::info!(
                     attestor = attestor_name,
                     reason = %error.reason,
-                    error = %error.message,
+                    error = %crate::provenance::sanitize_reason(&error.message),
                     "node attestation rejected"
                 );
-                return Err(Status::permission_denied(format!(
-                    "{attestor_name} evidence rejected: {error}"
-                )));
+                return Err(crate::provenance::sanitize_status(
+                    &Status::permission_denied(format!(
+                        "{attestor_name} evidence rejected: {error}"
+                    )),
+                ));
             }
         };
 
@@ -311,6 +314,10 @@ fn presented_svid(der: &[u8]) -> Option<PresentedSvid> {
 
 /// Allows replacing the stored record `holder` only when its SVID has expired at `now` (Unix
 /// seconds), or when the caller presented that SVID, unexpired.
+// Limit: only the newest serial counts. If the reply carrying a re-attested SVID is lost, the
+// agent still holds the previous one and is locked out until the stored SVID expires or an
+// operator evicts the agent. Keeping the previous serial until the new one is first used
+// would close this; it needs a datastore column.
 fn check_holder(
     holder: &AttestedAgent,
     presented: Option<&PresentedSvid>,

@@ -8,9 +8,19 @@
 //!
 //! A rejection whose record cannot be appended is still rejected with its own status. The
 //! failed append is logged as an error.
+//!
+//! Callers cause rejections, so their records are limited. Every rejection reason is escaped
+//! and cut to [`MAX_REASON_BYTES`]. Each source may append [`REFUSAL_BURST`] records at once
+//! and [`REFUSALS_PER_SECOND`] after that, where all unauthenticated callers are one source
+//! and each authenticated agent ID is another. Rejections beyond the limit are counted in
+//! `twid_refusals_not_recorded_total` and summarized in one record per source every
+//! [`SUMMARY_INTERVAL`]. Issuance records are never limited.
 
+use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -32,10 +42,26 @@ use crate::{ServerError, Shared};
 /// File name, under the server's `data_dir`, of the ECDSA P-256 key that signs checkpoints.
 pub(crate) const CHECKPOINT_KEY_FILE: &str = "issuance_log_key.pem";
 
+/// Maximum length in bytes of a rejection reason in the log or in a log line, after escaping.
+pub(crate) const MAX_REASON_BYTES: usize = 512;
+/// Maximum length in bytes of a status message built from caller-influenced text.
+pub(crate) const MAX_STATUS_MESSAGE_BYTES: usize = 1024;
+/// Rejection records that one source may append per second once its burst is used up.
+pub(crate) const REFUSALS_PER_SECOND: f64 = 50.0;
+/// Rejection records that one source may append at once.
+pub(crate) const REFUSAL_BURST: f64 = 500.0;
+/// Time after the first rejection that was not recorded at which a summary record is written.
+pub(crate) const SUMMARY_INTERVAL: Duration = Duration::from_secs(10);
+/// Source name of node API callers that have not authenticated as an agent.
+const UNAUTHENTICATED_SOURCE: &str = "unauthenticated node API callers";
+/// Number of tracked sources above which idle sources are forgotten.
+const MAX_IDLE_SOURCES: usize = 4096;
+
 /// The issuance log and the public key that verifies its checkpoints.
 pub(crate) struct Provenance {
     pub(crate) log: IssuanceLog,
     pub(crate) checkpoint_key: PublicKey,
+    refusal_limiter: Arc<RefusalLimiter>,
 }
 
 /// An X.509-SVID just signed, with what its issuance record needs.
@@ -72,6 +98,7 @@ pub(crate) fn open(data_dir: &Path, datastore: &Datastore) -> Result<Provenance,
     Ok(Provenance {
         log,
         checkpoint_key,
+        refusal_limiter: Arc::new(RefusalLimiter::default()),
     })
 }
 
@@ -143,11 +170,12 @@ pub(crate) fn jwt_record(entry: &RegistrationEntry, agent_id: &SpiffeId, jti: &s
     record
 }
 
-/// Builds the record of a rejected request for `entry_id` by `agent_id`.
+/// Builds the record of a rejected request for `entry_id` by `agent_id`. The caller chooses
+/// `entry_id`, so it is escaped and cut like the reason.
 pub(crate) fn entry_refusal_record(agent_id: &SpiffeId, entry_id: &str, reason: &str) -> NewRecord {
-    let mut record = NewRecord::refusal(reason);
+    let mut record = NewRecord::refusal(sanitize_reason(reason));
     record.agent_id = Some(agent_id.clone());
-    record.entry_id = Some(entry_id.to_owned());
+    record.entry_id = Some(sanitize_reason(entry_id));
     record
 }
 
@@ -182,14 +210,211 @@ pub(crate) async fn append_issuances(
     Ok(())
 }
 
-/// Appends the record of a rejected request. A failure is logged, not returned, because the
+/// Appends the record of a rejected request, with its reason and entry ID escaped and cut,
+/// unless the rate limit of its source is used up. The source is the record's agent ID, or all
+/// unauthenticated callers when it has none. A failure is logged, not returned, because the
 /// request is rejected either way.
-pub(crate) async fn append_refusal(shared: &Shared, record: NewRecord) {
-    if let Err(error) = shared.issuance_log.log.append(record).await {
+pub(crate) async fn append_refusal(shared: &Shared, mut record: NewRecord) {
+    record.refusal_reason = record.refusal_reason.as_deref().map(sanitize_reason);
+    record.entry_id = record.entry_id.as_deref().map(sanitize_reason);
+    let source = record.agent_id.as_ref().map(SpiffeId::to_string);
+    let provenance = &shared.issuance_log;
+    let key = source.as_deref().unwrap_or(UNAUTHENTICATED_SOURCE);
+    match provenance.refusal_limiter.admit(key, Instant::now()) {
+        Admission::Record => {}
+        Admission::Skip { first_in_interval } => {
+            metrics::counter!(twid_telemetry::names::REFUSALS_NOT_RECORDED_TOTAL).increment(1);
+            if first_in_interval {
+                spawn_summary(provenance, key.to_owned(), record.agent_id.clone());
+            }
+            return;
+        }
+    }
+    append_refusal_record(&provenance.log, record).await;
+}
+
+async fn append_refusal_record(log: &IssuanceLog, record: NewRecord) {
+    if let Err(error) = log.append(record).await {
         tracing::error!(
             error = %error,
             "failed to append a rejection to the issuance log; the rejection has no record"
         );
+    }
+}
+
+/// Writes, after [`SUMMARY_INTERVAL`], one record and one log line that count the rejections
+/// from `source` that were not recorded.
+fn spawn_summary(provenance: &Provenance, source: String, agent_id: Option<SpiffeId>) {
+    let log = provenance.log.clone();
+    let limiter = Arc::clone(&provenance.refusal_limiter);
+    tokio::spawn(async move {
+        tokio::time::sleep(SUMMARY_INTERVAL).await;
+        let Some(skipped) = limiter.take_skipped(&source) else {
+            return;
+        };
+        let reason = sanitize_reason(&format!(
+            "{skipped} refusals not recorded in the last {} s from {source}",
+            SUMMARY_INTERVAL.as_secs()
+        ));
+        tracing::info!(source = %source, skipped, "{reason}");
+        let mut record = NewRecord::refusal(reason);
+        record.agent_id = agent_id;
+        append_refusal_record(&log, record).await;
+    });
+}
+
+/// Escapes and cuts a rejection reason or another caller-influenced text to
+/// [`MAX_REASON_BYTES`] for the log and for log lines.
+pub(crate) fn sanitize_reason(text: &str) -> String {
+    sanitize_text(text, MAX_REASON_BYTES)
+}
+
+/// Returns `status` with its message escaped and cut to [`MAX_STATUS_MESSAGE_BYTES`], for a
+/// rejection whose message contains caller-chosen text such as an entry ID.
+pub(crate) fn sanitize_status(status: &Status) -> Status {
+    Status::new(
+        status.code(),
+        sanitize_text(status.message(), MAX_STATUS_MESSAGE_BYTES),
+    )
+}
+
+/// Returns `text` with every control character (C0, DEL, C1) and every bidirectional
+/// formatting character replaced by its `\u{..}` escape. When the escaped text is longer than
+/// `max_bytes`, it is cut on a character boundary and "… (N bytes cut)" is appended, where N
+/// counts bytes of the escaped text, so that the result is at most `max_bytes` long. Applying
+/// this function to its own result returns that result unchanged.
+pub(crate) fn sanitize_text(text: &str, max_bytes: usize) -> String {
+    let mut escaped = String::with_capacity(text.len().min(max_bytes));
+    for c in text.chars() {
+        if needs_escape(c) {
+            // Writing to a String cannot fail.
+            let _ = write!(escaped, "{}", c.escape_unicode());
+        } else {
+            escaped.push(c);
+        }
+    }
+    if escaped.len() <= max_bytes {
+        return escaped;
+    }
+    // The marker is at most this long, because N is at most the escaped length.
+    let marker_max = "… ( bytes cut)".len() + escaped.len().to_string().len();
+    let mut end = max_bytes.saturating_sub(marker_max);
+    while !escaped.is_char_boundary(end) {
+        end -= 1;
+    }
+    let cut = escaped.len() - end;
+    escaped.truncate(end);
+    let _ = write!(escaped, "… ({cut} bytes cut)");
+    escaped
+}
+
+/// Returns whether a terminal could act on `c`: control characters, and the Unicode
+/// bidirectional formatting characters that reorder how the text around them is shown.
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// A token bucket: `capacity` tokens at most, refilled at `rate` tokens per second.
+#[derive(Debug, Clone)]
+pub(crate) struct TokenBucket {
+    capacity: f64,
+    rate: f64,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl TokenBucket {
+    /// Creates a full bucket.
+    pub(crate) fn new(capacity: f64, rate: f64, now: Instant) -> Self {
+        Self {
+            capacity,
+            rate,
+            tokens: capacity,
+            updated: now,
+        }
+    }
+
+    /// Takes one token at time `now` and returns whether there was one.
+    pub(crate) fn try_take(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.capacity);
+        self.updated = self.updated.max(now);
+    }
+
+    fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.capacity
+    }
+}
+
+/// Whether a rejection is recorded.
+#[derive(Debug, PartialEq, Eq)]
+enum Admission {
+    Record,
+    /// The source's rate limit is used up. `first_in_interval` is true for the first skipped
+    /// rejection since the last summary, so the caller schedules the next summary.
+    Skip {
+        first_in_interval: bool,
+    },
+}
+
+#[derive(Debug)]
+struct SourceState {
+    bucket: TokenBucket,
+    skipped: u64,
+}
+
+/// The rate limits of rejection records, one token bucket per source.
+#[derive(Debug, Default)]
+struct RefusalLimiter {
+    sources: Mutex<HashMap<String, SourceState>>,
+}
+
+impl RefusalLimiter {
+    fn admit(&self, source: &str, now: Instant) -> Admission {
+        let mut sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sources.len() > MAX_IDLE_SOURCES && !sources.contains_key(source) {
+            sources.retain(|_, state| state.skipped > 0 || !state.bucket.is_full(now));
+        }
+        let state = sources
+            .entry(source.to_owned())
+            .or_insert_with(|| SourceState {
+                bucket: TokenBucket::new(REFUSAL_BURST, REFUSALS_PER_SECOND, now),
+                skipped: 0,
+            });
+        if state.bucket.try_take(now) {
+            return Admission::Record;
+        }
+        state.skipped += 1;
+        Admission::Skip {
+            first_in_interval: state.skipped == 1,
+        }
+    }
+
+    /// Returns and resets the number of skipped rejections of `source`, or None when there
+    /// were none.
+    fn take_skipped(&self, source: &str) -> Option<u64> {
+        let mut sources = self
+            .sources
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let state = sources.get_mut(source)?;
+        let skipped = std::mem::take(&mut state.skipped);
+        (skipped > 0).then_some(skipped)
     }
 }
 
@@ -278,7 +503,10 @@ pub(crate) async fn record_rejected_attestation<T>(
     if let Err(status) = result
         && status.code() == tonic::Code::PermissionDenied
     {
-        let reason = format!("{attestor} node attestation rejected: {}", status.message());
+        let reason = sanitize_reason(&format!(
+            "{attestor} node attestation rejected: {}",
+            status.message()
+        ));
         append_refusal(shared, NewRecord::refusal(reason)).await;
     }
 }
@@ -300,6 +528,150 @@ mod tests {
         assert_eq!(jwt_id(&format!("e30.{payload}.c2ln")), None);
         assert_eq!(jwt_id("not-a-token"), None);
         assert_eq!(jwt_id("e30.!!!.c2ln"), None);
+    }
+
+    #[test]
+    fn sanitize_escapes_control_characters() {
+        let text = "a\u{1b}[2Jb\r\nc\u{7f}d\u{9b}e\u{202e}f\u{fe}";
+        let sanitized = sanitize_reason(text);
+        assert_eq!(
+            sanitized,
+            "a\\u{1b}[2Jb\\u{d}\\u{a}c\\u{7f}d\\u{9b}e\\u{202e}f\u{fe}"
+        );
+        assert!(!sanitized.chars().any(needs_escape), "{sanitized:?}");
+    }
+
+    #[test]
+    fn sanitize_keeps_short_text() {
+        assert_eq!(sanitize_reason("join token expired"), "join token expired");
+        assert_eq!(sanitize_reason(""), "");
+        let exact = "x".repeat(MAX_REASON_BYTES);
+        assert_eq!(sanitize_reason(&exact), exact);
+    }
+
+    #[test]
+    fn sanitize_cuts_long_text() {
+        let text = "y".repeat(1024 * 1024);
+        let sanitized = sanitize_reason(&text);
+        assert_eq!(sanitized.len(), MAX_REASON_BYTES, "{sanitized}");
+        let kept = sanitized.split('…').next().unwrap_or_default();
+        assert!(kept.bytes().all(|b| b == b'y'), "{sanitized}");
+        let cut = text.len() - kept.len();
+        assert!(
+            sanitized.ends_with(&format!("… ({cut} bytes cut)")),
+            "{sanitized}"
+        );
+
+        let status = sanitize_status(&Status::permission_denied(text));
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+        let message = status.message();
+        assert!(message.len() <= MAX_STATUS_MESSAGE_BYTES, "{message}");
+        assert!(message.starts_with(&"y".repeat(900)), "{message}");
+    }
+
+    #[test]
+    fn sanitize_cuts_on_char_boundary() {
+        // "é" is 2 bytes. The 19-byte marker leaves 493 bytes, which end inside an "é".
+        let text = "é".repeat(400);
+        let sanitized = sanitize_reason(&text);
+        let kept = sanitized.split('…').next().unwrap_or_default();
+        assert_eq!(kept.len(), 492);
+        assert!(sanitized.ends_with("… (308 bytes cut)"), "{sanitized}");
+        assert!(sanitized.len() <= MAX_REASON_BYTES);
+    }
+
+    #[test]
+    fn sanitize_cuts_escaped_text() {
+        let text = "\u{1b}".repeat(200);
+        let sanitized = sanitize_reason(&text);
+        assert!(!sanitized.contains('\u{1b}'));
+        assert!(sanitized.len() <= MAX_REASON_BYTES);
+        assert!(sanitized.ends_with(" bytes cut)"), "{sanitized}");
+    }
+
+    #[test]
+    fn sanitize_twice_changes_nothing() {
+        let inputs = [
+            "y".repeat(1024 * 1024),
+            "é".repeat(400),
+            "\u{1b}[2J".repeat(300),
+            "plain reason".to_owned(),
+        ];
+        for text in inputs {
+            let once = sanitize_reason(&text);
+            assert_eq!(sanitize_reason(&once), once);
+        }
+    }
+
+    #[test]
+    fn token_bucket_allows_burst_then_rate() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(5.0, 2.0, start);
+        for _ in 0..5 {
+            assert!(bucket.try_take(start));
+        }
+        assert!(!bucket.try_take(start));
+        assert!(!bucket.try_take(start + Duration::from_millis(400)));
+        assert!(bucket.try_take(start + Duration::from_millis(500)));
+        assert!(!bucket.try_take(start + Duration::from_millis(500)));
+        // A long pause refills the bucket to its capacity, no further.
+        let later = start + Duration::from_secs(3600);
+        for _ in 0..5 {
+            assert!(bucket.try_take(later));
+        }
+        assert!(!bucket.try_take(later));
+    }
+
+    #[test]
+    fn token_bucket_ignores_earlier_time() {
+        let start = Instant::now();
+        let mut bucket = TokenBucket::new(1.0, 1.0, start + Duration::from_secs(1));
+        assert!(bucket.try_take(start + Duration::from_secs(1)));
+        assert!(!bucket.try_take(start));
+        assert!(!bucket.try_take(start + Duration::from_millis(1500)));
+        assert!(bucket.try_take(start + Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn refusal_limiter_counts_per_source() {
+        let limiter = RefusalLimiter::default();
+        let now = Instant::now();
+        let burst = REFUSAL_BURST as usize;
+        for _ in 0..burst {
+            assert_eq!(limiter.admit("a", now), Admission::Record);
+        }
+
+        assert_eq!(
+            limiter.admit("a", now),
+            Admission::Skip {
+                first_in_interval: true
+            }
+        );
+        assert_eq!(
+            limiter.admit("a", now),
+            Admission::Skip {
+                first_in_interval: false
+            }
+        );
+        // Another source has its own bucket.
+        assert_eq!(limiter.admit("b", now), Admission::Record);
+
+        // Taking the count starts a new summary interval.
+        assert_eq!(limiter.take_skipped("a"), Some(2));
+        assert_eq!(limiter.take_skipped("a"), None);
+        assert_eq!(limiter.take_skipped("b"), None);
+        assert_eq!(
+            limiter.admit("a", now),
+            Admission::Skip {
+                first_in_interval: true
+            }
+        );
+
+        // One second refills 50 tokens.
+        assert_eq!(
+            limiter.admit("a", now + Duration::from_secs(1)),
+            Admission::Record
+        );
     }
 
     #[test]

@@ -70,7 +70,9 @@ impl NodeService {
             let record =
                 provenance::entry_refusal_record(&agent.spiffe_id, &params.entry_id, &reason);
             provenance::append_refusal(&self.shared, record).await;
-            return Err(Status::permission_denied(reason));
+            return Err(provenance::sanitize_status(&Status::permission_denied(
+                reason,
+            )));
         };
 
         let signed = self.sign_wit_svid(entry, &params.public_key, SystemTime::now())?;

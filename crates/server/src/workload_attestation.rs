@@ -5,9 +5,10 @@
 //! Only attested agents may call it, because each agent relays its workloads' requests over its
 //! mutual TLS connection. The agent's word about the workload counts for nothing: the SPIFFE ID
 //! comes from the entries whose selectors the verified evidence has. The relaying agent only
-//! narrows the candidates to entries parented to it or to the server.
+//! narrows the candidates to entries parented to it or to one of its node aliases.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -40,6 +41,10 @@ const NONCE_LEN: usize = 32;
 /// calls per second for [`NONCE_TTL`], and the full map takes an estimated 8 MB.
 const MAX_OUTSTANDING_NONCES: usize = 100_000;
 
+/// Upper bound on one agent's unused, unexpired nonces, so that one agent host cannot fill the
+/// store for all others. It allows about 16 GetNonce calls per second for [`NONCE_TTL`].
+const MAX_OUTSTANDING_NONCES_PER_AGENT: usize = 1_000;
+
 /// Upper bound on a WIT's lifetime, the cap that twid-wimse's `issue_wit` also applies.
 pub(crate) const MAX_WIT_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -54,12 +59,17 @@ pub(crate) fn service(
         node: NodeService {
             shared: Arc::clone(shared),
         },
-        nonces: NonceStore::new(NONCE_TTL, MAX_OUTSTANDING_NONCES),
+        nonces: NonceStore::new(
+            NONCE_TTL,
+            MAX_OUTSTANDING_NONCES,
+            MAX_OUTSTANDING_NONCES_PER_AGENT,
+        ),
     })
     .max_decoding_message_size(2 * twid_evidence::envelope::MAX_ENVELOPE_BYTES)
 }
 
-/// Issued nonces with their expiry, each usable once.
+/// Issued nonces with their expiry and the agent that obtained each, each usable once and only
+/// by that agent.
 ///
 /// Limit: the nonces live in this server process only. With several server replicas behind one
 /// address, a workload must send Attest to the replica that issued its nonce, for example over
@@ -67,39 +77,118 @@ pub(crate) fn service(
 struct NonceStore {
     ttl: Duration,
     capacity: usize,
-    nonces: Mutex<HashMap<[u8; NONCE_LEN], Instant>>,
+    per_agent_capacity: usize,
+    state: Mutex<NonceState>,
+}
+
+#[derive(Default)]
+struct NonceState {
+    nonces: HashMap<[u8; NONCE_LEN], IssuedNonce>,
+    /// The number of entries in `nonces` per agent, without zero counts.
+    per_agent: HashMap<SpiffeId, usize>,
+}
+
+struct IssuedNonce {
+    expires: Instant,
+    agent_id: SpiffeId,
+}
+
+/// Why [`NonceStore::insert`] rejected a nonce.
+#[derive(Debug, PartialEq, Eq)]
+enum NonceRejected {
+    /// The store contains its maximum number of unexpired nonces.
+    StoreFull,
+    /// The agent has its maximum number of unexpired nonces.
+    AgentFull,
+}
+
+impl NonceState {
+    /// Drops every nonce that expired at `now`.
+    fn prune(&mut self, now: Instant) {
+        let per_agent = &mut self.per_agent;
+        self.nonces.retain(|_, issued| {
+            if issued.expires > now {
+                return true;
+            }
+            decrement(per_agent, &issued.agent_id);
+            false
+        });
+    }
+
+    fn agent_count(&self, agent_id: &SpiffeId) -> usize {
+        self.per_agent.get(agent_id).copied().unwrap_or(0)
+    }
 }
 
 impl NonceStore {
-    fn new(ttl: Duration, capacity: usize) -> Self {
+    fn new(ttl: Duration, capacity: usize, per_agent_capacity: usize) -> Self {
         Self {
             ttl,
             capacity,
-            nonces: Mutex::new(HashMap::new()),
+            per_agent_capacity,
+            state: Mutex::new(NonceState::default()),
         }
     }
 
-    /// Stores `nonce` as issued at `now`. Expired nonces are dropped when the store is full,
-    /// and `false` is returned when it is still full after that.
-    fn insert(&self, nonce: [u8; NONCE_LEN], now: Instant) -> bool {
-        let mut nonces = self.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-        if nonces.len() >= self.capacity {
-            nonces.retain(|_, expires| *expires > now);
-            if nonces.len() >= self.capacity {
-                return false;
+    /// Stores `nonce` as issued to `agent_id` at `now`. Expired nonces are dropped when the
+    /// store or the agent's share of it is full, and an error is returned when it is still
+    /// full after that.
+    fn insert(
+        &self,
+        nonce: [u8; NONCE_LEN],
+        agent_id: &SpiffeId,
+        now: Instant,
+    ) -> Result<(), NonceRejected> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if state.nonces.len() >= self.capacity
+            || state.agent_count(agent_id) >= self.per_agent_capacity
+        {
+            state.prune(now);
+            if state.agent_count(agent_id) >= self.per_agent_capacity {
+                return Err(NonceRejected::AgentFull);
+            }
+            if state.nonces.len() >= self.capacity {
+                return Err(NonceRejected::StoreFull);
             }
         }
-        nonces.insert(nonce, now + self.ttl);
-        true
+        let issued = IssuedNonce {
+            expires: now + self.ttl,
+            agent_id: agent_id.clone(),
+        };
+        *state.per_agent.entry(agent_id.clone()).or_default() += 1;
+        if let Some(replaced) = state.nonces.insert(nonce, issued) {
+            // A repeated 32-byte random value is not expected, but the counts must stay exact.
+            decrement(&mut state.per_agent, &replaced.agent_id);
+        }
+        Ok(())
     }
 
-    /// Removes `nonce` and returns whether it was issued and unexpired at `now`.
-    fn take(&self, nonce: &[u8], now: Instant) -> bool {
+    /// Removes `nonce` and returns whether it was issued to `agent_id` and unexpired at `now`.
+    /// A nonce presented by another agent stays in the store, so that agent cannot spend it.
+    fn take(&self, nonce: &[u8], agent_id: &SpiffeId, now: Instant) -> bool {
         let Ok(key) = <[u8; NONCE_LEN]>::try_from(nonce) else {
             return false;
         };
-        let mut nonces = self.nonces.lock().unwrap_or_else(PoisonError::into_inner);
-        nonces.remove(&key).is_some_and(|expires| expires > now)
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let Entry::Occupied(slot) = state.nonces.entry(key) else {
+            return false;
+        };
+        if &slot.get().agent_id != agent_id {
+            return false;
+        }
+        let issued = slot.remove();
+        decrement(&mut state.per_agent, &issued.agent_id);
+        issued.expires > now
+    }
+}
+
+/// Lowers the count of `agent_id` by one and removes it at zero.
+fn decrement(per_agent: &mut HashMap<SpiffeId, usize>, agent_id: &SpiffeId) {
+    if let Some(count) = per_agent.get_mut(agent_id) {
+        *count = count.saturating_sub(1);
+        if *count == 0 {
+            per_agent.remove(agent_id);
+        }
     }
 }
 
@@ -125,22 +214,37 @@ impl WorkloadAttestation for WorkloadAttestationService {
         request: Request<GetNonceRequest>,
     ) -> Result<Response<GetNonceResponse>, Status> {
         // Only agents may fill the nonce store.
-        self.node.authenticate(&request).await?;
+        let agent = self.node.authenticate(&request).await?;
         let mut nonce = [0u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| {
             internal(ServerError::Encode(
                 "the random number generator failed".to_owned(),
             ))
         })?;
-        if !self.nonces.insert(nonce, Instant::now()) {
-            tracing::warn!(
-                capacity = self.nonces.capacity,
-                "workload attestation nonce rejected: too many unused nonces"
-            );
-            return Err(Status::resource_exhausted(format!(
-                "{} nonces are outstanding, the maximum; retry in a few seconds",
-                self.nonces.capacity
-            )));
+        match self.nonces.insert(nonce, &agent.spiffe_id, Instant::now()) {
+            Ok(()) => {}
+            Err(NonceRejected::AgentFull) => {
+                tracing::warn!(
+                    agent_id = %agent.spiffe_id,
+                    capacity = self.nonces.per_agent_capacity,
+                    "workload attestation nonce rejected: too many unused nonces for the agent"
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "too many unused nonces for agent {}; use or let them expire",
+                    agent.spiffe_id
+                )));
+            }
+            Err(NonceRejected::StoreFull) => {
+                tracing::warn!(
+                    agent_id = %agent.spiffe_id,
+                    capacity = self.nonces.capacity,
+                    "workload attestation nonce rejected: too many unused nonces"
+                );
+                return Err(Status::resource_exhausted(format!(
+                    "{} nonces are outstanding, the maximum; retry in a few seconds",
+                    self.nonces.capacity
+                )));
+            }
         }
         let expires_at = unix_seconds(SystemTime::now() + self.nonces.ttl);
         Ok(Response::new(GetNonceResponse {
@@ -168,7 +272,7 @@ impl WorkloadAttestation for WorkloadAttestationService {
                     tracing::info!(
                         agent_id = %agent.spiffe_id,
                         code = ?status.code(),
-                        reason = %status.message(),
+                        reason = %provenance::sanitize_reason(status.message()),
                         "workload attestation rejected"
                     );
                     let mut record = NewRecord::refusal(format!(
@@ -178,7 +282,8 @@ impl WorkloadAttestation for WorkloadAttestationService {
                     record.agent_id = Some(agent.spiffe_id.clone());
                     provenance::append_refusal(&self.node.shared, record).await;
                 }
-                Err(status)
+                // Messages can quote evidence parse errors, which echo attacker bytes.
+                Err(provenance::sanitize_status(&status))
             }
         }
     }
@@ -190,9 +295,12 @@ impl WorkloadAttestationService {
         agent: &AttestedAgent,
         request: &AttestRequest,
     ) -> Result<AttestResponse, Status> {
-        if !self.nonces.take(&request.nonce, Instant::now()) {
+        if !self
+            .nonces
+            .take(&request.nonce, &agent.spiffe_id, Instant::now())
+        {
             return Err(Status::permission_denied(
-                "nonce unknown, used or expired; get a new one",
+                "nonce unknown, used, expired or issued to another agent; get a new one",
             ));
         }
         let csr = twid_ca::parse_csr(&request.csr)
@@ -304,7 +412,9 @@ impl WorkloadAttestationService {
     }
 
     /// Returns the first entry, by creation time and then ID, whose selectors are all among
-    /// `selectors` and whose parent is the agent or the server, with the IDs of the others.
+    /// `selectors` and whose parent is the agent or one of its node aliases, with the IDs of
+    /// the others. Node alias entries themselves (parent = the server) group agents and are
+    /// never returned.
     async fn matching_entry(
         &self,
         agent: &AttestedAgent,
@@ -313,25 +423,15 @@ impl WorkloadAttestationService {
     ) -> Result<(RegistrationEntry, Vec<String>), Status> {
         let entries = self.node.shared.entries.all().await.map_err(internal)?;
         let server_id = twid_types::server_id(&self.node.shared.config.trust_domain);
-        let mut matching: Vec<&RegistrationEntry> = entries
-            .iter()
-            .filter(|entry| entry.parent_id == agent.spiffe_id || entry.parent_id == server_id)
-            .filter(|entry| entry.expires_at.is_none_or(|expires| expires > now))
-            .filter(|entry| {
-                !entry.selectors.is_empty()
-                    && entry
-                        .selectors
-                        .iter()
-                        .all(|selector| selectors.contains(selector))
-            })
-            .collect();
-        matching.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        let parents = candidate_parents(agent, &entries, &server_id, now);
+        let matching = matching_entries(&entries, &parents, selectors, now);
         let Some(first) = matching.first() else {
             let listed: Vec<String> = selectors.iter().map(ToString::to_string).collect();
+            let parents: Vec<String> = parents.iter().map(ToString::to_string).collect();
             return Err(Status::permission_denied(format!(
-                "no registration entry matches selectors [{}] with parent {} or {server_id}",
+                "no registration entry matches selectors [{}] with parent {}",
                 listed.join(", "),
-                agent.spiffe_id
+                parents.join(" or ")
             )));
         };
         let others = matching[1..].iter().map(|entry| entry.id.clone()).collect();
@@ -480,6 +580,42 @@ impl WorkloadAttestationService {
     }
 }
 
+/// Returns the parents a directly attested workload's entry may have: the relaying agent's ID
+/// and the IDs of the node aliases whose selectors the agent's selectors satisfy.
+fn candidate_parents<'a>(
+    agent: &'a AttestedAgent,
+    entries: &'a [RegistrationEntry],
+    server_id: &SpiffeId,
+    now: i64,
+) -> Vec<&'a SpiffeId> {
+    let mut parents = vec![&agent.spiffe_id];
+    parents.extend(twid_types::node_alias_ids(
+        &agent.selectors,
+        entries,
+        server_id,
+        now,
+    ));
+    parents
+}
+
+/// Returns the unexpired entries whose parent is in `parents` and whose selectors, at least
+/// one, are all among `selectors`, sorted by creation time and then ID.
+fn matching_entries<'a>(
+    entries: &'a [RegistrationEntry],
+    parents: &[&SpiffeId],
+    selectors: &[Selector],
+    now: i64,
+) -> Vec<&'a RegistrationEntry> {
+    let mut matching: Vec<&RegistrationEntry> = entries
+        .iter()
+        .filter(|entry| parents.contains(&&entry.parent_id))
+        .filter(|entry| !entry.is_expired(now))
+        .filter(|entry| twid_types::selectors_match(&entry.selectors, selectors))
+        .collect();
+    matching.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+    matching
+}
+
 /// Builds the `cnf.jwk` of a WIT: the public JWK of a DER SubjectPublicKeyInfo with `alg`,
 /// ES256, ES384 or ES512 by curve, and RS256 for RSA keys.
 pub(crate) fn confirmation_jwk(public_key: &[u8]) -> Result<Value, Status> {
@@ -532,45 +668,196 @@ fn remaining_ttl(ttl: Duration, valid_until: Option<i64>, now: i64) -> Option<Du
 mod tests {
     use super::*;
 
+    const AGENT_A: &str = "spiffe://td/spire/agent/join_token/a";
+    const AGENT_B: &str = "spiffe://td/spire/agent/join_token/b";
+    const SERVER: &str = "spiffe://td/spire/server";
+
+    fn id(text: &str) -> SpiffeId {
+        SpiffeId::new(text).expect("test id must parse")
+    }
+
+    fn store(capacity: usize, per_agent_capacity: usize) -> NonceStore {
+        NonceStore::new(NONCE_TTL, capacity, per_agent_capacity)
+    }
+
     #[test]
     fn nonce_used_once() {
-        let store = NonceStore::new(NONCE_TTL, 4);
+        let store = store(4, 4);
+        let agent = id(AGENT_A);
         let now = Instant::now();
-        assert!(store.insert([1; NONCE_LEN], now));
-        assert!(store.take(&[1; NONCE_LEN], now));
-        assert!(!store.take(&[1; NONCE_LEN], now));
+        assert_eq!(store.insert([1; NONCE_LEN], &agent, now), Ok(()));
+        assert!(store.take(&[1; NONCE_LEN], &agent, now));
+        assert!(!store.take(&[1; NONCE_LEN], &agent, now));
     }
 
     #[test]
     fn nonce_expires_after_ttl() {
-        let store = NonceStore::new(NONCE_TTL, 4);
+        let store = store(4, 4);
+        let agent = id(AGENT_A);
         let now = Instant::now();
-        assert!(store.insert([2; NONCE_LEN], now));
-        assert!(store.insert([3; NONCE_LEN], now));
-        assert!(store.take(&[2; NONCE_LEN], now + NONCE_TTL - Duration::from_secs(1)));
-        assert!(!store.take(&[3; NONCE_LEN], now + NONCE_TTL));
+        assert_eq!(store.insert([2; NONCE_LEN], &agent, now), Ok(()));
+        assert_eq!(store.insert([3; NONCE_LEN], &agent, now), Ok(()));
+        let before = now + NONCE_TTL - Duration::from_secs(1);
+        assert!(store.take(&[2; NONCE_LEN], &agent, before));
+        assert!(!store.take(&[3; NONCE_LEN], &agent, now + NONCE_TTL));
     }
 
     #[test]
     fn nonce_unknown_or_short_rejected() {
-        let store = NonceStore::new(NONCE_TTL, 4);
+        let store = store(4, 4);
+        let agent = id(AGENT_A);
         let now = Instant::now();
-        assert!(store.insert([4; NONCE_LEN], now));
-        assert!(!store.take(&[5; NONCE_LEN], now));
-        assert!(!store.take(&[4; 16], now));
-        assert!(!store.take(&[], now));
+        assert_eq!(store.insert([4; NONCE_LEN], &agent, now), Ok(()));
+        assert!(!store.take(&[5; NONCE_LEN], &agent, now));
+        assert!(!store.take(&[4; 16], &agent, now));
+        assert!(!store.take(&[], &agent, now));
+    }
+
+    #[test]
+    fn nonce_bound_to_issuing_agent() {
+        let store = store(4, 4);
+        let (a, b) = (id(AGENT_A), id(AGENT_B));
+        let now = Instant::now();
+        assert_eq!(store.insert([9; NONCE_LEN], &a, now), Ok(()));
+        assert!(!store.take(&[9; NONCE_LEN], &b, now));
+        // The other agent's attempt leaves the nonce usable by the agent that obtained it.
+        assert!(store.take(&[9; NONCE_LEN], &a, now));
+        assert!(!store.take(&[9; NONCE_LEN], &a, now));
     }
 
     #[test]
     fn full_store_prunes_expired() {
-        let store = NonceStore::new(NONCE_TTL, 2);
+        let store = store(2, 2);
+        let agent = id(AGENT_A);
         let now = Instant::now();
-        assert!(store.insert([6; NONCE_LEN], now));
-        assert!(store.insert([7; NONCE_LEN], now));
-        assert!(!store.insert([8; NONCE_LEN], now));
+        assert_eq!(store.insert([6; NONCE_LEN], &agent, now), Ok(()));
+        assert_eq!(store.insert([7; NONCE_LEN], &agent, now), Ok(()));
+        assert!(store.insert([8; NONCE_LEN], &agent, now).is_err());
         let later = now + NONCE_TTL;
-        assert!(store.insert([8; NONCE_LEN], later));
-        assert!(store.take(&[8; NONCE_LEN], later));
+        assert_eq!(store.insert([8; NONCE_LEN], &agent, later), Ok(()));
+        assert!(store.take(&[8; NONCE_LEN], &agent, later));
+    }
+
+    #[test]
+    fn per_agent_cap_spares_others() {
+        let store = store(10, 3);
+        let (a, b) = (id(AGENT_A), id(AGENT_B));
+        let now = Instant::now();
+        for byte in 0..3 {
+            assert_eq!(store.insert([byte; NONCE_LEN], &a, now), Ok(()));
+        }
+        assert_eq!(
+            store.insert([3; NONCE_LEN], &a, now),
+            Err(NonceRejected::AgentFull)
+        );
+        assert_eq!(store.insert([4; NONCE_LEN], &b, now), Ok(()));
+
+        // Using a nonce frees one place for its agent.
+        assert!(store.take(&[0; NONCE_LEN], &a, now));
+        assert_eq!(store.insert([3; NONCE_LEN], &a, now), Ok(()));
+        assert_eq!(
+            store.insert([5; NONCE_LEN], &a, now),
+            Err(NonceRejected::AgentFull)
+        );
+
+        // Expiry frees the agent's places too.
+        let later = now + NONCE_TTL;
+        assert_eq!(store.insert([5; NONCE_LEN], &a, later), Ok(()));
+    }
+
+    #[test]
+    fn global_cap_still_applies() {
+        let store = store(3, 2);
+        let (a, b) = (id(AGENT_A), id(AGENT_B));
+        let c = id("spiffe://td/spire/agent/join_token/c");
+        let now = Instant::now();
+        assert_eq!(store.insert([1; NONCE_LEN], &a, now), Ok(()));
+        assert_eq!(store.insert([2; NONCE_LEN], &a, now), Ok(()));
+        assert_eq!(store.insert([3; NONCE_LEN], &b, now), Ok(()));
+        assert_eq!(
+            store.insert([4; NONCE_LEN], &c, now),
+            Err(NonceRejected::StoreFull)
+        );
+    }
+
+    fn entry(name: &str, spiffe_id: &str, parent: &str, selectors: &[&str]) -> RegistrationEntry {
+        let selectors = selectors
+            .iter()
+            .map(|s| Selector::parse(s).expect("test selector must parse"))
+            .collect();
+        let new = twid_types::NewEntry::new(id(spiffe_id), id(parent), selectors);
+        RegistrationEntry::from_new(name.to_owned(), new, 0, 0)
+    }
+
+    fn agent(spiffe_id: &str, selectors: &[&str]) -> AttestedAgent {
+        AttestedAgent {
+            spiffe_id: id(spiffe_id),
+            attestation_type: "join_token".to_owned(),
+            x509_svid_serial: "01".to_owned(),
+            x509_svid_expires_at: 0,
+            selectors: selectors
+                .iter()
+                .map(|s| Selector::parse(s).expect("test selector must parse"))
+                .collect(),
+            banned: false,
+            attested_at: 0,
+        }
+    }
+
+    fn matching_names(agent: &AttestedAgent, entries: &[RegistrationEntry]) -> Vec<String> {
+        let workload = [Selector::new("tdx", "mrtd:aa")];
+        let parents = candidate_parents(agent, entries, &id(SERVER), 0);
+        matching_entries(entries, &parents, &workload, 0)
+            .iter()
+            .map(|entry| entry.id.clone())
+            .collect()
+    }
+
+    #[test]
+    fn alias_entry_never_matches_workload() {
+        let entries = vec![entry(
+            "alias",
+            "spiffe://td/nodes/tdx",
+            SERVER,
+            &["tdx:mrtd:aa"],
+        )];
+        let member = agent(AGENT_A, &["tdx:mrtd:aa"]);
+        assert!(matching_names(&member, &entries).is_empty());
+    }
+
+    #[test]
+    fn entry_under_agent_alias_matches() {
+        let entries = vec![
+            entry(
+                "alias",
+                "spiffe://td/nodes/g",
+                SERVER,
+                &["join_token:group:g"],
+            ),
+            entry(
+                "via-alias",
+                "spiffe://td/tee",
+                "spiffe://td/nodes/g",
+                &["tdx:mrtd:aa"],
+            ),
+            entry("direct", "spiffe://td/tee2", AGENT_A, &["tdx:mrtd:aa"]),
+            entry("other-agent", "spiffe://td/tee3", AGENT_B, &["tdx:mrtd:aa"]),
+            entry("no-match", "spiffe://td/tee4", AGENT_A, &["tdx:mrtd:bb"]),
+        ];
+        let member = agent(AGENT_A, &["join_token:group:g"]);
+        assert_eq!(matching_names(&member, &entries), ["direct", "via-alias"]);
+        let outsider = agent(AGENT_A, &["join_token:group:h"]);
+        assert_eq!(matching_names(&outsider, &entries), ["direct"]);
+    }
+
+    #[test]
+    fn evidence_types_cover_every_kind() {
+        for kind in twid_evidence::Kind::ALL {
+            assert!(
+                twid_types::EVIDENCE_SELECTOR_TYPES.contains(&kind.selector_type()),
+                "{kind} selectors are missing from EVIDENCE_SELECTOR_TYPES"
+            );
+        }
     }
 
     #[test]

@@ -37,6 +37,9 @@ pub mod names {
     pub const CA_AUTHORITY_EXPIRES_AT_SECONDS: &str = "twid_ca_authority_expires_at_seconds";
     /// Counter: failed agent syncs with the server.
     pub const AGENT_SYNC_FAILURES_TOTAL: &str = "twid_agent_sync_failures_total";
+    /// Counter: rejections the server did not append to the issuance log because their
+    /// source exceeded its rate limit.
+    pub const REFUSALS_NOT_RECORDED_TOTAL: &str = "twid_refusals_not_recorded_total";
 
     /// Label: outcome of an operation (`ok` or an error kind).
     pub const LABEL_RESULT: &str = "result";

@@ -23,13 +23,48 @@ pub fn agent_id_for_join_token(td: &TrustDomain, token: &str) -> Result<SpiffeId
     td.id_with_path(&format!("/spire/agent/join_token/{token}"))
 }
 
+/// Selector types of hardware evidence claims, as `twid_evidence::Verified::selectors()`
+/// produces them: SGX, TDX, SEV-SNP, Nitro Enclaves and TPM.
+///
+/// A workload entry with any selector of these types is issued only through direct workload
+/// attestation, where the server verifies the evidence itself. An agent cannot prove such
+/// claims about a workload, so [`authorized_entries`] never returns these entries. Node alias
+/// entries may still use these types to select agents.
+pub const EVIDENCE_SELECTOR_TYPES: [&str; 5] = ["sgx", "tdx", "snp", "nitro", "tpm"];
+
+/// Returns whether any of `selectors` is of a type in [`EVIDENCE_SELECTOR_TYPES`].
+pub fn has_evidence_selector(selectors: &[Selector]) -> bool {
+    selectors
+        .iter()
+        .any(|selector| EVIDENCE_SELECTOR_TYPES.contains(&selector.kind.as_str()))
+}
+
+/// Returns the SPIFFE IDs of the node alias entries an agent belongs to, in the order of
+/// `entries`: entries whose parent is `server_id`, unexpired at `now` (unix seconds), whose
+/// selectors all are among `agent_selectors`.
+pub fn node_alias_ids<'a>(
+    agent_selectors: &[Selector],
+    entries: &'a [RegistrationEntry],
+    server_id: &SpiffeId,
+    now: i64,
+) -> Vec<&'a SpiffeId> {
+    entries
+        .iter()
+        .filter(|entry| !entry.is_expired(now))
+        .filter(|entry| &entry.parent_id == server_id)
+        .filter(|entry| selectors_match(&entry.selectors, agent_selectors))
+        .map(|entry| &entry.spiffe_id)
+        .collect()
+}
+
 /// Returns the entries an agent is authorized for, in the order of `entries`.
 ///
-/// The starting set is the agent's ID plus the SPIFFE IDs of node alias entries (entries whose
-/// parent is `server_id`) whose selectors all are among `agent_selectors`. Every entry whose
+/// The starting set is the agent's ID plus the IDs from [`node_alias_ids`]. Every entry whose
 /// parent is in the set is authorized, and its SPIFFE ID joins the set, until nothing changes.
 /// Alias entries themselves are returned only when reached that way. Entries that expired at
-/// `now` (unix seconds) are ignored throughout. Runs in time linear in `entries`.
+/// `now` (unix seconds) are ignored throughout, and so are entries with a selector of a type in
+/// [`EVIDENCE_SELECTOR_TYPES`], so nothing below them is reached through them either. Runs in
+/// time linear in `entries`.
 pub fn authorized_entries<'a>(
     agent_id: &SpiffeId,
     agent_selectors: &[Selector],
@@ -37,22 +72,15 @@ pub fn authorized_entries<'a>(
     server_id: &SpiffeId,
     now: i64,
 ) -> Vec<&'a RegistrationEntry> {
-    let live: Vec<(usize, &RegistrationEntry)> = entries
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| !e.is_expired(now))
-        .collect();
     let mut by_parent: HashMap<&SpiffeId, Vec<usize>> = HashMap::new();
-    for (index, entry) in &live {
-        by_parent.entry(&entry.parent_id).or_default().push(*index);
+    for (index, entry) in entries.iter().enumerate() {
+        if !entry.is_expired(now) && !has_evidence_selector(&entry.selectors) {
+            by_parent.entry(&entry.parent_id).or_default().push(index);
+        }
     }
 
     let mut pending: Vec<&SpiffeId> = vec![agent_id];
-    for (_, entry) in &live {
-        if &entry.parent_id == server_id && selectors_match(&entry.selectors, agent_selectors) {
-            pending.push(&entry.spiffe_id);
-        }
-    }
+    pending.extend(node_alias_ids(agent_selectors, entries, server_id, now));
 
     // `visited` contains every ID already expanded, so a cycle of parents ends the walk.
     let mut visited: HashSet<&SpiffeId> = HashSet::new();
@@ -163,6 +191,94 @@ mod tests {
             NOW,
         );
         assert_eq!(names(&found), ["via-alias"]);
+    }
+
+    #[test]
+    fn excludes_evidence_selector_entries() {
+        let server = "spiffe://td/spire/server";
+        let entries = vec![
+            entry("unix", "spiffe://td/a", AGENT, &["unix:uid:1"]),
+            entry("tee", "spiffe://td/tee", AGENT, &["tdx:mrtd:00"]),
+            entry(
+                "mixed",
+                "spiffe://td/mixed",
+                AGENT,
+                &["unix:uid:1", "sgx:mrenclave:00"],
+            ),
+            entry(
+                "below-tee",
+                "spiffe://td/below",
+                "spiffe://td/tee",
+                &["unix:uid:2"],
+            ),
+            entry(
+                "alias",
+                "spiffe://td/nodes/tee",
+                server,
+                &["tpm:pub_hash:ab"],
+            ),
+            entry(
+                "tee-via-alias",
+                "spiffe://td/tee2",
+                "spiffe://td/nodes/tee",
+                &["snp:measurement:00"],
+            ),
+            entry(
+                "unix-via-alias",
+                "spiffe://td/w",
+                "spiffe://td/nodes/tee",
+                &["unix:uid:3"],
+            ),
+        ];
+        let agent_selectors = [sel("tpm:pub_hash:ab")];
+        let found = authorized_entries(
+            &id(AGENT),
+            &agent_selectors,
+            &entries,
+            &server_id(&td()),
+            NOW,
+        );
+        assert_eq!(names(&found), ["unix", "unix-via-alias"]);
+    }
+
+    #[test]
+    fn evidence_selector_types_detected() {
+        for kind in EVIDENCE_SELECTOR_TYPES {
+            let selector = Selector::new(kind, "x:1");
+            assert!(has_evidence_selector(&[selector]), "{kind}");
+        }
+        assert!(!has_evidence_selector(&[
+            sel("unix:uid:1"),
+            sel("k8s:ns:a")
+        ]));
+        assert!(!has_evidence_selector(&[]));
+        assert!(has_evidence_selector(&[
+            sel("unix:uid:1"),
+            sel("nitro:pcr0:00")
+        ]));
+    }
+
+    #[test]
+    fn node_alias_ids_match_selectors() {
+        let server = "spiffe://td/spire/server";
+        let mut expired = entry("expired", "spiffe://td/nodes/old", server, &["jt:g:a"]);
+        expired.expires_at = Some(NOW);
+        let entries = vec![
+            entry("alias-a", "spiffe://td/nodes/a", server, &["jt:g:a"]),
+            entry("alias-b", "spiffe://td/nodes/b", server, &["jt:g:b"]),
+            entry(
+                "alias-ab",
+                "spiffe://td/nodes/ab",
+                server,
+                &["jt:g:a", "jt:g:b"],
+            ),
+            entry("empty", "spiffe://td/nodes/empty", server, &[]),
+            entry("workload", "spiffe://td/w", AGENT, &["jt:g:a"]),
+            expired,
+        ];
+        let ids = node_alias_ids(&[sel("jt:g:a")], &entries, &server_id(&td()), NOW);
+        let ids: Vec<&str> = ids.iter().map(|id| id.as_str()).collect();
+        assert_eq!(ids, ["spiffe://td/nodes/a"]);
     }
 
     #[test]

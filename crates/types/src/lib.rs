@@ -9,7 +9,10 @@ mod entry;
 mod selector;
 
 pub use agent::AttestedAgent;
-pub use authorize::{agent_id_for_join_token, authorized_entries, server_id};
+pub use authorize::{
+    EVIDENCE_SELECTOR_TYPES, agent_id_for_join_token, authorized_entries, has_evidence_selector,
+    node_alias_ids, server_id,
+};
 pub use entry::{
     EntryError, MAX_HINT_LEN, MAX_LIST_LEN, MAX_SELECTOR_LEN, NewEntry, RegistrationEntry,
 };

@@ -1,6 +1,8 @@
 //! `twid log show` and `twid log verify`: read and check the server's issuance log, the
 //! hash-chained record of every SVID the server issued and every request it rejected.
 
+use std::borrow::Cow;
+
 use anyhow::bail;
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
@@ -113,14 +115,38 @@ fn timestamp_ms(ms: i64) -> String {
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
+/// Returns `text` with every control character (C0, DEL, C1) and every bidirectional
+/// formatting character replaced by its `\u{..}` escape, so that printing it cannot move the
+/// cursor, clear the terminal or reorder the text around it.
+pub(crate) fn escape_control(text: &str) -> Cow<'_, str> {
+    let needs_escape = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs_escape(c) {
+            escaped.extend(c.escape_unicode());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+/// Prints a record in the pretty layout. Every text field comes from the server and may
+/// contain caller-chosen text, so each is escaped.
 fn print_record(record: &IssuanceRecord) {
     let optional = |label: &str, value: &str| {
         if !value.is_empty() {
-            println!("{label:<19}: {value}");
+            println!("{label:<19}: {}", escape_control(value));
         }
     };
     println!("{:<19}: {}", "Position", record.seq);
-    println!("{:<19}: {}", "Kind", record.kind);
+    println!("{:<19}: {}", "Kind", escape_control(&record.kind));
     println!("{:<19}: {}", "Time", timestamp_ms(record.time_unix_ms));
     optional("Serial number", &record.serial);
     optional("JWT ID", &record.jti);
@@ -128,7 +154,12 @@ fn print_record(record: &IssuanceRecord) {
     optional("Entry ID", &record.entry_id);
     optional("Agent ID", &record.agent_id);
     for selector in &record.selectors {
-        println!("{:<19}: {}:{}", "Selector", selector.r#type, selector.value);
+        println!(
+            "{:<19}: {}:{}",
+            "Selector",
+            escape_control(&selector.r#type),
+            escape_control(&selector.value)
+        );
     }
     optional("Key fingerprint", &hex::encode(&record.key_fingerprint));
     optional("Evidence digest", &hex::encode(&record.evidence_digest));
@@ -198,8 +229,8 @@ async fn verify(common: CommonArgs) -> anyhow::Result<()> {
         bail!(
             "issuance log altered at position {}: {}: {}",
             alteration.seq,
-            alteration.kind,
-            alteration.detail
+            escape_control(&alteration.kind),
+            escape_control(&alteration.detail)
         );
     }
     Ok(())
@@ -221,4 +252,25 @@ fn report_json(report: &VerifyIssuanceLogResponse) -> Value {
         "signatures_checked": report.signatures_checked,
         "alteration": alteration,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_control_replaces_escapes() {
+        assert_eq!(
+            escape_control("a\u{1b}[2J\r\n\u{7f}\u{85}\u{202e}é"),
+            "a\\u{1b}[2J\\u{d}\\u{a}\\u{7f}\\u{85}\\u{202e}é"
+        );
+    }
+
+    #[test]
+    fn escape_control_borrows_plain_text() {
+        assert!(matches!(
+            escape_control("spiffe://example.org/w"),
+            Cow::Borrowed(_)
+        ));
+    }
 }

@@ -13,6 +13,7 @@ use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer;
 
+use super::log::escape_control;
 use crate::output::{self, OutputFormat};
 
 #[derive(Debug, Subcommand)]
@@ -136,6 +137,7 @@ fn inspect_x509(chain: &[Vec<u8>]) -> anyhow::Result<Value> {
         "dns_names": dns_names,
         "chain_length": chain.len(),
         "svid_error": svid_error,
+        "signature_verified": false,
         "attestation": attestation_json(attestation.as_ref())?,
     }))
 }
@@ -204,9 +206,16 @@ fn attestation_json(claims: Option<&AttestationClaims>) -> anyhow::Result<Value>
     Ok(value)
 }
 
-/// Formats the report for people, one `Label : value` line per field.
+/// Formats the report for people, one `Label : value` line per field. The first line states
+/// that no signature was verified, and every value is escaped because a token or certificate
+/// from anywhere can contain terminal control sequences.
 fn pretty(report: &Value) -> String {
     let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "{:<18}: not verified (inspect only decodes, so do not trust these claims)",
+        "Signature"
+    );
     let mut line = |label: &str, value: &Value| {
         let rendered = match value {
             Value::Null => return,
@@ -222,7 +231,7 @@ fn pretty(report: &Value) -> String {
                 .join(", "),
             other => other.to_string(),
         };
-        let _ = writeln!(text, "{label:<18}: {rendered}");
+        let _ = writeln!(text, "{label:<18}: {}", escape_control(&rendered));
     };
 
     let is_jwt = report["type"] == "jwt-svid";

@@ -7,6 +7,17 @@ use std::time::Duration;
 
 use base64::Engine as _;
 
+use rustls_pki_types::{CertificateDer, PrivatePkcs8KeyDer};
+use tonic::transport::Channel;
+use twid_proto::node::attest_agent_request::Step;
+use twid_proto::node::node_client::NodeClient;
+use twid_proto::node::{
+    AttestAgentParams, AttestAgentRequest, AttestationData, NewJwtSvidRequest,
+    attest_agent_response,
+};
+use twid_spiffe::TrustDomain;
+use twid_tls::SvidSource;
+
 use crate::common::*;
 
 const WORKLOAD_ID: &str = "spiffe://example.org/workload/logged";
@@ -274,4 +285,204 @@ fn issuance_log_records_rejected_token() {
         !refusal.to_string().contains(&token),
         "the rejection record contains the token: {refusal}"
     );
+}
+
+/// Returns the refusal records of the server's issuance log, read with `twid log show`.
+fn refusal_records(socket: &str) -> Vec<serde_json::Value> {
+    let output = run_ok(&[
+        "log",
+        "show",
+        "--limit",
+        "1000",
+        "--output",
+        "json",
+        "--socket-path",
+        socket,
+    ]);
+    let list: serde_json::Value = serde_json::from_str(&output).unwrap();
+    list["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|record| record["kind"] == "refusal")
+        .cloned()
+        .collect()
+}
+
+/// Starts a server in this process with a development configuration under `dir`.
+async fn start_server(dir: &std::path::Path) -> twid_server::ServerHandle {
+    let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
+    let config = twid_config::ServerConfig::new_dev(trust_domain, &dir.join("server"));
+    twid_server::Server::start(config)
+        .await
+        .expect("server should start")
+}
+
+/// Connects to the node API of `server`, presenting `svid` as client certificate when given.
+fn node_client(
+    server: &twid_server::ServerHandle,
+    svid: Option<SvidSource>,
+) -> NodeClient<Channel> {
+    let address = server.node_api_address();
+    let server_id = twid_types::server_id(&TrustDomain::new(TRUST_DOMAIN).unwrap());
+    let tls =
+        twid_tls::insecure_client_config(svid, twid_tls::Authorizer::Exact(server_id)).unwrap();
+    let channel =
+        twid_tls::connect_channel_lazy(&address.ip().to_string(), address.port(), tls).unwrap();
+    NodeClient::new(channel)
+}
+
+/// Builds a join token attestation request.
+fn join_token_request(token: &str, csr: &[u8]) -> AttestAgentRequest {
+    AttestAgentRequest {
+        step: Some(Step::Params(AttestAgentParams {
+            data: Some(AttestationData {
+                r#type: "join_token".to_owned(),
+                payload: token.as_bytes().to_vec(),
+            }),
+            csr: csr.to_vec(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_token_flood_is_rate_limited() {
+    const ATTEMPTS: usize = 1000;
+    // The server's limit for unauthenticated callers: a burst of 500, then 50 per second.
+    const BURST: usize = 500;
+    const PER_SECOND: f64 = 50.0;
+
+    let dir = TempDir::new();
+    let server = start_server(dir.path()).await;
+    let socket = server.admin_socket().display().to_string();
+    let mut client = node_client(&server, None);
+    let key = twid_ca::PrivateKey::generate(twid_ca::KeyType::EcP256).unwrap();
+    let csr = twid_ca::build_csr(&key).unwrap();
+
+    let started = std::time::Instant::now();
+    for attempt in 0..ATTEMPTS {
+        let request = join_token_request(&format!("no-such-token-{attempt}"), &csr);
+        let status = client
+            .attest_agent(tokio_stream::iter([request]))
+            .await
+            .expect_err("an unknown join token was accepted");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let socket_arg = socket.clone();
+    let records = tokio::task::spawn_blocking(move || refusal_records(&socket_arg))
+        .await
+        .unwrap();
+    // The bucket refills while the attempts run, so the bound grows with the elapsed time.
+    let allowed = BURST + (elapsed * PER_SECOND).ceil() as usize + 1;
+    assert!(
+        records.len() <= allowed,
+        "{} refusal records after {elapsed:.1} s, expected at most {allowed}",
+        records.len()
+    );
+    assert!(records.len() >= BURST, "{} refusal records", records.len());
+    for record in &records {
+        assert!(record["agent_id"].is_null(), "{record}");
+    }
+
+    // One summary record counts the skipped rejections after the summary interval of 10 s.
+    let mut summaries = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while summaries.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let socket_arg = socket.clone();
+        summaries = tokio::task::spawn_blocking(move || refusal_records(&socket_arg))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|record| {
+                record["refusal_reason"]
+                    .as_str()
+                    .is_some_and(|reason| reason.contains("not recorded"))
+            })
+            .collect();
+    }
+    assert_eq!(summaries.len(), 1, "{summaries:?}");
+    let summary = summaries[0]["refusal_reason"].as_str().unwrap();
+    let skipped = ATTEMPTS - records.len();
+    assert!(
+        summary.starts_with(&format!("{skipped} refusals not recorded in the last 10 s")),
+        "{summary}"
+    );
+    assert!(summary.contains("unauthenticated"), "{summary}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_entry_id_is_escaped() {
+    const ENTRY_ID: &str = "evil\u{1b}[2J\r\nentry";
+    const ESCAPED: &str = "evil\\u{1b}[2J\\u{d}\\u{a}entry";
+
+    let dir = TempDir::new();
+    let server = start_server(dir.path()).await;
+    let socket = server.admin_socket().display().to_string();
+
+    // Attest as an agent with a join token, so the agent can call NewJwtSvid.
+    let socket_arg = socket.clone();
+    let token = tokio::task::spawn_blocking(move || {
+        run_ok(&["token", "generate", "--socket-path", &socket_arg])
+    })
+    .await
+    .unwrap();
+    let token = token.trim().strip_prefix("Token: ").expect("a token line");
+    let key = twid_ca::PrivateKey::generate(twid_ca::KeyType::EcP256).unwrap();
+    let csr = twid_ca::build_csr(&key).unwrap();
+    let mut responses = node_client(&server, None)
+        .attest_agent(tokio_stream::iter([join_token_request(token, &csr)]))
+        .await
+        .expect("join token attestation")
+        .into_inner();
+    let response = responses
+        .message()
+        .await
+        .expect("an attestation response")
+        .expect("a message before the stream ends");
+    let Some(attest_agent_response::Step::Result(svid)) = response.step else {
+        panic!("the attestation response has no SVID: {response:?}");
+    };
+    let chain = svid
+        .cert_chain
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    let source = SvidSource::new(chain, PrivatePkcs8KeyDer::from(key.pkcs8_der().to_vec()))
+        .expect("the agent SVID loads");
+
+    let status = node_client(&server, Some(source))
+        .new_jwt_svid(NewJwtSvidRequest {
+            entry_id: ENTRY_ID.to_owned(),
+            audience: vec!["escape-test".to_owned()],
+        })
+        .await
+        .expect_err("an unknown entry was authorized");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+
+    let socket_arg = socket.clone();
+    let (pretty, records) = tokio::task::spawn_blocking(move || {
+        let pretty = run_ok(&["log", "show", "--socket-path", &socket_arg]);
+        (pretty, refusal_records(&socket_arg))
+    })
+    .await
+    .unwrap();
+    assert!(!pretty.contains('\u{1b}'), "{pretty:?}");
+    assert!(!pretty.contains('\r'), "{pretty:?}");
+    assert!(
+        pretty.contains(&format!("Entry ID           : {ESCAPED}")),
+        "{pretty}"
+    );
+    assert!(
+        pretty.contains(&format!("entry {ESCAPED} does not exist")),
+        "{pretty}"
+    );
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0]["entry_id"], ESCAPED);
+    let reason = records[0]["refusal_reason"].as_str().unwrap();
+    assert!(reason.contains(ESCAPED), "{reason}");
+    server.shutdown().await;
 }

@@ -188,6 +188,37 @@ fn plain_x509_svid_shows_no_claims() {
     let pretty = run_ok(&["svid", "inspect", path_arg(&path)]);
     assert!(pretty.contains("Attestation       : none"), "{pretty}");
     assert!(!pretty.contains("Measurement"), "{pretty}");
+    assert_eq!(report["signature_verified"], false);
+    let first = pretty.lines().next().unwrap_or_default();
+    assert!(first.starts_with("Signature"), "{pretty}");
+    assert!(first.contains("not verified"), "{pretty}");
+}
+
+#[test]
+fn jwt_claims_escape_control_characters() {
+    let key = jwt_key();
+    let mut extra = serde_json::Map::new();
+    extra.insert("iss".to_owned(), "evil\u{1b}[2J\r\nissuer".into());
+    let (token, _) = key
+        .sign_jwt_svid(
+            &workload_id(),
+            &[AUDIENCE.to_owned()],
+            HOUR,
+            SystemTime::now(),
+            Some(&extra),
+        )
+        .unwrap();
+    let pretty = run_ok(&["svid", "inspect", &token]);
+    assert!(pretty.starts_with("Signature"), "{pretty}");
+    assert!(!pretty.contains('\u{1b}'), "{pretty:?}");
+    assert!(!pretty.contains('\r'), "{pretty:?}");
+    assert!(
+        pretty.contains("evil\\u{1b}[2J\\u{d}\\u{a}issuer"),
+        "{pretty:?}"
+    );
+    let report = inspect_json(&token);
+    assert_eq!(report["issuer"], "evil\u{1b}[2J\r\nissuer");
+    assert_eq!(report["signature_verified"], false);
 }
 
 #[test]

@@ -44,6 +44,9 @@ const NONCE_TTL: Duration = Duration::from_secs(60);
 const TDX_ID: &str = "spiffe://example.org/tdx-workload";
 const SNP_ID: &str = "spiffe://example.org/snp-workload";
 
+/// An entry parented to the agent with a Unix selector, which the agent's sync signs.
+const UNIX_ID: &str = "spiffe://example.org/unix-workload";
+
 fn unix_now() -> i64 {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -146,6 +149,7 @@ struct Deployment {
     agent: AgentHandle,
     client: Client,
     bundle: SpiffeBundle,
+    admin_socket: String,
 }
 
 impl Deployment {
@@ -249,7 +253,26 @@ impl Deployment {
             agent,
             client,
             bundle,
+            admin_socket,
         }
+    }
+
+    /// Returns the first 1000 issuance log records as JSON objects.
+    fn log_records(&self) -> Vec<Value> {
+        let output = run_ok(&[
+            "log",
+            "show",
+            "--from",
+            "0",
+            "--limit",
+            "1000",
+            "--output",
+            "json",
+            "--socket-path",
+            &self.admin_socket,
+        ]);
+        let list: Value = serde_json::from_str(&output).unwrap();
+        list["records"].as_array().unwrap().clone()
     }
 
     async fn nonce(&self) -> Vec<u8> {
@@ -419,6 +442,65 @@ async fn tdx_workload_attests_through_agent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_sync_skips_tee_entries() {
+    let platforms = Platforms::new();
+    let deployment = Deployment::start(&platforms).await;
+    let agent_id = deployment.agent.agent_id().to_string();
+    run_ok(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        UNIX_ID,
+        "--parent-id",
+        &agent_id,
+        "--selector",
+        "unix:uid:4242",
+        "--socket-path",
+        &deployment.admin_socket,
+    ]);
+
+    // Once the agent's sync has signed the entry without evidence selectors, it has had its
+    // chance to obtain the TEE entries too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let records = loop {
+        let records = deployment.log_records();
+        if records.iter().any(|record| record["spiffe_id"] == UNIX_ID) {
+            break records;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the agent's sync signed no SVID for {UNIX_ID} within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    for tee_id in [TDX_ID, SNP_ID] {
+        assert!(
+            !records.iter().any(|record| record["spiffe_id"] == tee_id),
+            "the agent obtained a credential for {tee_id}: {records:?}"
+        );
+    }
+
+    // Direct attestation still issues the TDX identity.
+    let key = new_key();
+    let nonce = deployment.nonce().await;
+    let response = deployment
+        .attest(request(nonce, &key, &key, |data| {
+            platforms.tdx(data, MR_TD)
+        }))
+        .await
+        .expect("TDX workload attestation");
+    deployment.check_credentials(&response, &key, TDX_ID, Kind::Tdx);
+    let records = deployment.log_records();
+    assert!(
+        records
+            .iter()
+            .any(|record| record["spiffe_id"] == TDX_ID && record["kind"] == "x509"),
+        "no X.509 record for {TDX_ID} after direct attestation: {records:?}"
+    );
+    deployment.agent.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snp_workload_attests_through_agent() {
     let platforms = Platforms::new();
     let deployment = Deployment::start(&platforms).await;
@@ -490,7 +572,7 @@ async fn workload_attestation_rejects_bad_requests() {
     let replay = request(nonce, &key, &key, |data| platforms.tdx(data, MR_TD));
     assert_denied(
         deployment.attest(replay).await,
-        "nonce unknown, used or expired; get a new one",
+        "nonce unknown, used, expired or issued to another agent; get a new one",
     );
 
     // The agent's socket requires the Workload API security header on this service too.
@@ -534,7 +616,7 @@ async fn expired_nonce_rejected() {
     let late = request(nonce, &key, &key, |data| platforms.tdx(data, MR_TD));
     assert_denied(
         deployment.attest(late).await,
-        "nonce unknown, used or expired; get a new one",
+        "nonce unknown, used, expired or issued to another agent; get a new one",
     );
     deployment.agent.shutdown().await;
 }
