@@ -61,9 +61,22 @@ setup_nginx() {
   fi
 }
 
+# swtpm and tpm2-tools give the TPM tests a real software TPM on loopback ports that the tests
+# pick; nothing touches a hardware TPM.
+setup_swtpm() {
+  if command -v swtpm >/dev/null && command -v tpm2_quote >/dev/null; then
+    return
+  fi
+  log "installing swtpm and tpm2-tools for the TPM tests"
+  if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq swtpm swtpm-tools tpm2-tools >/dev/null; }; then
+    log "could not install swtpm and tpm2-tools (this needs root); the TPM tests will skip"
+  fi
+}
+
 setup_python
 setup_postgres
 setup_nginx
+setup_swtpm
 log "building"
 cargo build --workspace --all-targets --locked
 log "running tests"
