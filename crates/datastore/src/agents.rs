@@ -13,8 +13,9 @@ use crate::{
 /// The columns [`agent_from_row`] reads, as a literal for `concat!`.
 macro_rules! agent_columns {
     () => {
-        "spiffe_id, attestation_type, x509_svid_serial, x509_svid_expires_at, selectors, \
-         banned, attested_at"
+        "spiffe_id, attestation_type, x509_svid_serial, x509_svid_expires_at, \
+         previous_x509_svid_serial, previous_x509_svid_expires_at, selectors, banned, \
+         attested_at"
     };
 }
 
@@ -28,13 +29,16 @@ impl Datastore {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, x509_svid_serial, \
-             x509_svid_expires_at, selectors, banned, attested_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+             x509_svid_expires_at, previous_x509_svid_serial, previous_x509_svid_expires_at, \
+             selectors, banned, attested_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(agent.spiffe_id.as_str())
         .bind(agent.attestation_type.as_str())
         .bind(agent.x509_svid_serial.as_str())
         .bind(agent.x509_svid_expires_at)
+        .bind(agent.previous_x509_svid_serial.as_deref())
+        .bind(agent.previous_x509_svid_expires_at)
         .bind(to_json(&agent.selectors))
         .bind(agent.banned)
         .bind(agent.attested_at)
@@ -47,24 +51,39 @@ impl Datastore {
         Ok(())
     }
 
-    /// Stores `agent`, replacing every column of a stored agent with the same SPIFFE ID in
-    /// one statement, so a concurrent reader finds either the old or the new record. The server
-    /// uses it when a platform attests again with evidence.
+    /// Stores `agent`, replacing a stored agent with the same SPIFFE ID in one statement, so a
+    /// concurrent reader finds either the old or the new record. The server uses it when a
+    /// platform attests again with evidence.
+    ///
+    /// When a record is replaced, the previous fields of `agent` are ignored. The stored current
+    /// X.509-SVID becomes the previous one, unless `presented_serial` (the SVID the caller
+    /// presented) is the stored previous one: then the caller never received the current SVID,
+    /// and the previous one stays. A new record stores the previous fields of `agent`.
     ///
     /// # Errors
     /// Returns the database failure.
     pub async fn replace_attested_agent(
         &self,
         agent: &AttestedAgent,
+        presented_serial: Option<&str>,
     ) -> Result<(), DatastoreError> {
         let mut tx = self.pool.begin().await?;
         // SQLite (3.24 and later) and PostgreSQL (9.5 and later) both accept this upsert.
         sqlx::query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, x509_svid_serial, \
-             x509_svid_expires_at, selectors, banned, attested_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             x509_svid_expires_at, previous_x509_svid_serial, previous_x509_svid_expires_at, \
+             selectors, banned, attested_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
              ON CONFLICT (spiffe_id) DO UPDATE SET \
              attestation_type = excluded.attestation_type, \
+             previous_x509_svid_serial = CASE \
+             WHEN attested_agents.previous_x509_svid_serial = $10 \
+             THEN attested_agents.previous_x509_svid_serial \
+             ELSE attested_agents.x509_svid_serial END, \
+             previous_x509_svid_expires_at = CASE \
+             WHEN attested_agents.previous_x509_svid_serial = $10 \
+             THEN attested_agents.previous_x509_svid_expires_at \
+             ELSE attested_agents.x509_svid_expires_at END, \
              x509_svid_serial = excluded.x509_svid_serial, \
              x509_svid_expires_at = excluded.x509_svid_expires_at, \
              selectors = excluded.selectors, \
@@ -75,9 +94,12 @@ impl Datastore {
         .bind(agent.attestation_type.as_str())
         .bind(agent.x509_svid_serial.as_str())
         .bind(agent.x509_svid_expires_at)
+        .bind(agent.previous_x509_svid_serial.as_deref())
+        .bind(agent.previous_x509_svid_expires_at)
         .bind(to_json(&agent.selectors))
         .bind(agent.banned)
         .bind(agent.attested_at)
+        .bind(presented_serial)
         .execute(&mut *tx)
         .await?;
         bump_revision(&mut tx).await?;
@@ -120,7 +142,10 @@ impl Datastore {
         rows.iter().map(agent_from_row).collect()
     }
 
-    /// Records the agent's new X.509-SVID after a renewal.
+    /// Records the agent's new X.509-SVID after a renewal by a caller that presented the SVID
+    /// with `presented_serial`. The current SVID becomes the previous one, unless
+    /// `presented_serial` is the previous one: then the caller never received the current SVID,
+    /// and the previous one stays.
     ///
     /// # Errors
     /// Returns [`DatastoreError::NotFound`] if no agent has `spiffe_id`, or the database
@@ -128,17 +153,25 @@ impl Datastore {
     pub async fn update_agent_svid(
         &self,
         spiffe_id: &SpiffeId,
+        presented_serial: &str,
         serial: &str,
         expires_at: i64,
     ) -> Result<(), DatastoreError> {
         let mut tx = self.pool.begin().await?;
+        // Every right-hand side reads the row as it was before this statement.
         let updated = sqlx::query(
-            "UPDATE attested_agents SET x509_svid_serial = $1, x509_svid_expires_at = $2 \
+            "UPDATE attested_agents SET \
+             previous_x509_svid_serial = CASE WHEN previous_x509_svid_serial = $4 \
+             THEN previous_x509_svid_serial ELSE x509_svid_serial END, \
+             previous_x509_svid_expires_at = CASE WHEN previous_x509_svid_serial = $4 \
+             THEN previous_x509_svid_expires_at ELSE x509_svid_expires_at END, \
+             x509_svid_serial = $1, x509_svid_expires_at = $2 \
              WHERE spiffe_id = $3",
         )
         .bind(serial)
         .bind(expires_at)
         .bind(spiffe_id.as_str())
+        .bind(presented_serial)
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -149,6 +182,39 @@ impl Datastore {
         tx.commit().await?;
         tracing::debug!(agent_id = %spiffe_id, serial, "agent SVID recorded");
         Ok(())
+    }
+
+    /// Clears the agent's previous X.509-SVID once the agent has used its current one. Nothing
+    /// changes unless the current serial is still `expected_current_serial`, so a renewal that
+    /// lands in between keeps its previous SVID. Returns whether a previous SVID was cleared.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn clear_previous_agent_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        expected_current_serial: &str,
+    ) -> Result<bool, DatastoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE attested_agents SET previous_x509_svid_serial = NULL, \
+             previous_x509_svid_expires_at = NULL \
+             WHERE spiffe_id = $1 AND x509_svid_serial = $2 \
+             AND (previous_x509_svid_serial IS NOT NULL \
+             OR previous_x509_svid_expires_at IS NOT NULL)",
+        )
+        .bind(spiffe_id.as_str())
+        .bind(expected_current_serial)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        bump_revision(&mut tx).await?;
+        tx.commit().await?;
+        tracing::debug!(agent_id = %spiffe_id, "previous agent SVID cleared");
+        Ok(true)
     }
 
     /// Deletes the agent, so it must attest again.
@@ -211,6 +277,8 @@ fn agent_from_row(row: &AnyRow) -> Result<AttestedAgent, DatastoreError> {
         attestation_type: row.try_get("attestation_type")?,
         x509_svid_serial: row.try_get("x509_svid_serial")?,
         x509_svid_expires_at: row.try_get("x509_svid_expires_at")?,
+        previous_x509_svid_serial: row.try_get("previous_x509_svid_serial")?,
+        previous_x509_svid_expires_at: row.try_get("previous_x509_svid_expires_at")?,
         selectors: from_json(&field("selectors"), &row.try_get::<String, _>("selectors")?)?,
         banned: get_bool(row, "banned")?,
         attested_at: row.try_get("attested_at")?,

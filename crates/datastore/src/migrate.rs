@@ -28,6 +28,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0002_issuance_log.sql"),
         postgres: include_str!("../migrations/postgres/0002_issuance_log.sql"),
     },
+    Migration {
+        version: 3,
+        sqlite: include_str!("../migrations/sqlite/0003_previous_agent_svid.sql"),
+        postgres: include_str!("../migrations/postgres/0003_previous_agent_svid.sql"),
+    },
 ];
 
 /// Returns the newest schema version this binary supports.

@@ -194,6 +194,7 @@ on_both_backends!(
     entry_prune,
     agent_lifecycle,
     agent_replace,
+    agent_previous_svid,
     join_token_lifecycle,
     join_token_single_use,
     bundle_sequence,
@@ -237,6 +238,8 @@ fn agent(name: &str) -> AttestedAgent {
         attestation_type: "join_token".to_owned(),
         x509_svid_serial: "01ab".to_owned(),
         x509_svid_expires_at: NOW + 3600,
+        previous_x509_svid_serial: None,
+        previous_x509_svid_expires_at: None,
         selectors: vec![sel("join_token:group:blue")],
         banned: false,
         attested_at: NOW,
@@ -634,7 +637,7 @@ async fn agent_lifecycle(db: &TestDb) {
     );
 
     store
-        .update_agent_svid(&blue.spiffe_id, "ff00", NOW + 7200)
+        .update_agent_svid(&blue.spiffe_id, "01ab", "ff00", NOW + 7200)
         .await
         .expect("update SVID");
     let renewed = store
@@ -645,6 +648,14 @@ async fn agent_lifecycle(db: &TestDb) {
     assert_eq!(renewed.x509_svid_serial, "ff00");
     assert_eq!(renewed.x509_svid_expires_at, NOW + 7200);
     assert_eq!(renewed.attested_at, blue.attested_at);
+    assert_eq!(
+        renewed.previous_x509_svid_serial.as_deref(),
+        Some(blue.x509_svid_serial.as_str())
+    );
+    assert_eq!(
+        renewed.previous_x509_svid_expires_at,
+        Some(blue.x509_svid_expires_at)
+    );
 
     store
         .set_agent_banned(&blue.spiffe_id, true)
@@ -665,7 +676,7 @@ async fn agent_lifecycle(db: &TestDb) {
         .expect("get");
     assert!(!unbanned.expect("unbanned agent exists").banned);
 
-    let missing_update = store.update_agent_svid(&unknown, "00", NOW).await;
+    let missing_update = store.update_agent_svid(&unknown, "00", "00", NOW).await;
     assert!(
         matches!(missing_update, Err(DatastoreError::NotFound(ref what)) if what.contains(unknown.as_str())),
         "SVID update of unknown agent returned {missing_update:?}"
@@ -710,7 +721,7 @@ async fn agent_replace(db: &TestDb) {
 
     let before_create = revision(&store).await;
     store
-        .replace_attested_agent(&blue)
+        .replace_attested_agent(&blue, None)
         .await
         .expect("replace creates a missing agent");
     assert!(revision(&store).await > before_create);
@@ -730,7 +741,7 @@ async fn agent_replace(db: &TestDb) {
     again.attested_at = NOW + 30;
     let before_replace = revision(&store).await;
     store
-        .replace_attested_agent(&again)
+        .replace_attested_agent(&again, Some("01ab"))
         .await
         .expect("replace an existing agent");
     assert!(revision(&store).await > before_replace);
@@ -739,13 +750,19 @@ async fn agent_replace(db: &TestDb) {
         .await
         .expect("get replaced")
         .expect("replaced agent exists");
-    assert_eq!(replaced, again);
+    let mut expected = again.clone();
+    expected.previous_x509_svid_serial = Some(blue.x509_svid_serial.clone());
+    expected.previous_x509_svid_expires_at = Some(blue.x509_svid_expires_at);
+    assert_eq!(
+        replaced, expected,
+        "the replaced SVID becomes the previous one"
+    );
 
     // Replacing stores the given flag, so the caller decides about a banned agent.
     let mut banned = again.clone();
     banned.banned = true;
     store
-        .replace_attested_agent(&banned)
+        .replace_attested_agent(&banned, None)
         .await
         .expect("replace with banned flag");
     let stored = store
@@ -755,10 +772,161 @@ async fn agent_replace(db: &TestDb) {
         .expect("banned agent exists");
     assert!(stored.banned);
 
+    banned.previous_x509_svid_serial = Some(again.x509_svid_serial.clone());
+    banned.previous_x509_svid_expires_at = Some(again.x509_svid_expires_at);
     assert_eq!(
         store.list_attested_agents().await.expect("list"),
         [banned, other],
         "replacing must neither duplicate nor touch other agents"
+    );
+}
+
+async fn agent_previous_svid(db: &TestDb) {
+    let store = db.open().await;
+    let blue = agent("blue");
+    store
+        .create_attested_agent(&blue)
+        .await
+        .expect("create blue");
+    let created = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get created")
+        .expect("created agent exists");
+    assert_eq!(created.previous_x509_svid_serial, None);
+    assert_eq!(created.previous_x509_svid_expires_at, None);
+
+    let before_noop = revision(&store).await;
+    let cleared = store
+        .clear_previous_agent_svid(&blue.spiffe_id, &blue.x509_svid_serial)
+        .await
+        .expect("clear without a previous SVID");
+    assert!(!cleared, "nothing to clear");
+    assert_eq!(
+        revision(&store).await,
+        before_noop,
+        "a no-op clear keeps the revision"
+    );
+
+    // Two renewals: the second one replaces the previous SVID.
+    store
+        .update_agent_svid(&blue.spiffe_id, "01ab", "0b", NOW + 200)
+        .await
+        .expect("first renewal");
+    store
+        .update_agent_svid(&blue.spiffe_id, "0b", "0c", NOW + 300)
+        .await
+        .expect("second renewal");
+    let renewed = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get renewed")
+        .expect("renewed agent exists");
+    assert_eq!(renewed.x509_svid_serial, "0c");
+    assert_eq!(renewed.previous_x509_svid_serial.as_deref(), Some("0b"));
+    assert_eq!(renewed.previous_x509_svid_expires_at, Some(NOW + 200));
+
+    // A clear that names a stale current serial changes nothing.
+    let stale = store
+        .clear_previous_agent_svid(&blue.spiffe_id, "0b")
+        .await
+        .expect("clear with a stale serial");
+    assert!(!stale, "stale serial clears nothing");
+    let kept = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get kept")
+        .expect("kept agent exists");
+    assert_eq!(kept.previous_x509_svid_serial.as_deref(), Some("0b"));
+
+    let before_clear = revision(&store).await;
+    let cleared = store
+        .clear_previous_agent_svid(&blue.spiffe_id, "0c")
+        .await
+        .expect("clear with the current serial");
+    assert!(cleared, "current serial clears the previous SVID");
+    assert!(
+        revision(&store).await > before_clear,
+        "a clear bumps the revision"
+    );
+    let used = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get used")
+        .expect("used agent exists");
+    assert_eq!(used.x509_svid_serial, "0c");
+    assert_eq!(used.x509_svid_expires_at, NOW + 300);
+    assert_eq!(used.previous_x509_svid_serial, None);
+    assert_eq!(used.previous_x509_svid_expires_at, None);
+
+    let unknown = id("spiffe://example.org/spire/agent/join_token/none");
+    let missing = store
+        .clear_previous_agent_svid(&unknown, "0c")
+        .await
+        .expect("clear for an unknown agent");
+    assert!(!missing, "unknown agent clears nothing");
+
+    // A renewal by the holder of the previous SVID keeps that SVID as the previous one,
+    // because the caller never received the current one.
+    store
+        .update_agent_svid(&blue.spiffe_id, "0c", "0d", NOW + 400)
+        .await
+        .expect("renewal with the current SVID");
+    store
+        .update_agent_svid(&blue.spiffe_id, "0c", "0e", NOW + 500)
+        .await
+        .expect("renewal with the previous SVID");
+    let retried = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get retried")
+        .expect("retried agent exists");
+    assert_eq!(retried.x509_svid_serial, "0e");
+    assert_eq!(retried.x509_svid_expires_at, NOW + 500);
+    assert_eq!(retried.previous_x509_svid_serial.as_deref(), Some("0c"));
+    assert_eq!(retried.previous_x509_svid_expires_at, Some(NOW + 300));
+
+    // Re-attestation follows the same rule.
+    let mut attested = blue.clone();
+    attested.x509_svid_serial = "0f".to_owned();
+    attested.x509_svid_expires_at = NOW + 600;
+    store
+        .replace_attested_agent(&attested, Some("0c"))
+        .await
+        .expect("re-attestation with the previous SVID");
+    let reattested = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get re-attested")
+        .expect("re-attested agent exists");
+    assert_eq!(reattested.x509_svid_serial, "0f");
+    assert_eq!(reattested.previous_x509_svid_serial.as_deref(), Some("0c"));
+    assert_eq!(reattested.previous_x509_svid_expires_at, Some(NOW + 300));
+    attested.x509_svid_serial = "10".to_owned();
+    store
+        .replace_attested_agent(&attested, Some("0f"))
+        .await
+        .expect("re-attestation with the current SVID");
+    let moved = store
+        .get_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("get moved")
+        .expect("moved agent exists");
+    assert_eq!(moved.x509_svid_serial, "10");
+    assert_eq!(moved.previous_x509_svid_serial.as_deref(), Some("0f"));
+    assert_eq!(moved.previous_x509_svid_expires_at, Some(NOW + 600));
+
+    // Deleting the agent removes both SVIDs.
+    store
+        .delete_attested_agent(&blue.spiffe_id)
+        .await
+        .expect("delete blue");
+    assert_eq!(
+        store
+            .get_attested_agent(&blue.spiffe_id)
+            .await
+            .expect("get deleted"),
+        None
     );
 }
 
@@ -1005,7 +1173,7 @@ async fn revision_tracking(db: &TestDb) {
     )
     .await;
     store
-        .update_agent_svid(&blue.spiffe_id, "02", NOW)
+        .update_agent_svid(&blue.spiffe_id, "01ab", "02", NOW)
         .await
         .expect("svid");
     check(&store, &mut last, true, "update_agent_svid").await;
@@ -1121,7 +1289,7 @@ async fn migration_idempotent(db: &TestDb) {
         .iter()
         .map(|row| row.try_get("version").expect("version column"))
         .collect();
-    assert_eq!(versions, [1, 2], "each migration is recorded once");
+    assert_eq!(versions, [1, 2, 3], "each migration is recorded once");
     let counters = sqlx::query("SELECT COUNT(*) AS count FROM changes")
         .fetch_one(&mut raw)
         .await
@@ -1157,7 +1325,7 @@ async fn concurrent_open_migrates_once(db: &TestDb) {
         .await
         .expect("count schema_migrations rows");
     let recorded: i64 = rows.try_get("count").expect("count column");
-    assert_eq!(recorded, 2, "migration rows after concurrent opens");
+    assert_eq!(recorded, 3, "migration rows after concurrent opens");
     raw.close().await.expect("close raw connection");
 }
 
@@ -1175,7 +1343,7 @@ async fn schema_too_new(db: &TestDb) {
     match Datastore::open(&db.config).await {
         Err(DatastoreError::SchemaTooNew { found, supported }) => {
             assert_eq!(found, 999);
-            assert_eq!(supported, 2);
+            assert_eq!(supported, 3);
         }
         Err(other) => panic!("opening a newer schema failed with the wrong error: {other}"),
         Ok(_) => panic!("opening a newer schema succeeded"),

@@ -2,8 +2,8 @@
 //! over mutual TLS.
 //!
 //! Invariant: every RPC but `AttestAgent` runs only for a caller whose TLS client certificate
-//! is the current SVID of an attested, unbanned agent, and signs only for entries authorized for
-//! that agent.
+//! is the current SVID of an attested, unbanned agent (or its unexpired previous SVID, until the
+//! agent uses the current one), and signs only for entries authorized for that agent.
 //!
 //! Every SVID is recorded in the issuance log before it is returned (see [`crate::provenance`]),
 //! and so is every request for an unauthorized entry and every rejected join token.
@@ -115,11 +115,24 @@ pub(crate) fn internal(error: ServerError) -> Status {
 }
 
 impl NodeService {
-    /// Returns the attested agent that presented the request's TLS client certificate.
+    /// Returns the attested agent that presented the request's TLS client certificate, which
+    /// must be the agent's current SVID or its unexpired previous one. The first request with
+    /// the current SVID clears the previous one.
     pub(crate) async fn authenticate<T>(
         &self,
         request: &Request<T>,
     ) -> Result<AttestedAgent, Status> {
+        self.authenticate_serial(request)
+            .await
+            .map(|(agent, _)| agent)
+    }
+
+    /// Authenticates the caller as [`NodeService::authenticate`] does, and also returns the
+    /// serial number of the SVID that the caller presented.
+    async fn authenticate_serial<T>(
+        &self,
+        request: &Request<T>,
+    ) -> Result<(AttestedAgent, String), Status> {
         let leaf = request
             .extensions()
             .get::<twid_tls::TlsConnectInfo>()
@@ -131,7 +144,7 @@ impl NodeService {
                 )
             })?;
         let (spiffe_id, serial) = leaf_identity(&leaf)?;
-        let agent = self
+        let mut agent = self
             .shared
             .datastore
             .get_attested_agent(&spiffe_id)
@@ -147,12 +160,53 @@ impl NodeService {
                 "agent {spiffe_id} is banned"
             )));
         }
-        if agent.x509_svid_serial != serial {
-            return Err(Status::permission_denied(format!(
-                "the SVID presented by agent {spiffe_id} is not its current one; attest again"
-            )));
+        if agent.x509_svid_serial == serial {
+            self.clear_previous_svid(&mut agent).await;
+            return Ok((agent, serial));
         }
-        Ok(agent)
+        // The previous SVID stays valid until the agent uses its current one, so an agent
+        // whose renewal or re-attestation reply was lost is not locked out.
+        let previous_unexpired = agent
+            .previous_x509_svid_expires_at
+            .is_some_and(|expires_at| expires_at > unix_now());
+        if previous_unexpired && agent.previous_x509_svid_serial.as_deref() == Some(&serial) {
+            tracing::info!(
+                agent_id = %spiffe_id,
+                serial = %serial,
+                "agent authenticated with its previous SVID"
+            );
+            return Ok((agent, serial));
+        }
+        Err(Status::permission_denied(format!(
+            "the SVID presented by agent {spiffe_id} is neither its current one nor its \
+             unexpired previous one; attest again"
+        )))
+    }
+
+    /// Forgets the agent's previous SVID after the agent used its current one. A failed
+    /// write is logged and ignored, because the previous SVID then only stays valid longer.
+    async fn clear_previous_svid(&self, agent: &mut AttestedAgent) {
+        if agent.previous_x509_svid_serial.is_none()
+            && agent.previous_x509_svid_expires_at.is_none()
+        {
+            return;
+        }
+        let cleared = self
+            .shared
+            .datastore
+            .clear_previous_agent_svid(&agent.spiffe_id, &agent.x509_svid_serial)
+            .await;
+        match cleared {
+            Ok(_) => {
+                agent.previous_x509_svid_serial = None;
+                agent.previous_x509_svid_expires_at = None;
+            }
+            Err(error) => tracing::warn!(
+                agent_id = %agent.spiffe_id,
+                error = %error,
+                "clearing the previous agent SVID failed"
+            ),
+        }
     }
 
     pub(crate) fn agent_ttl(&self) -> Duration {
@@ -350,7 +404,7 @@ impl Node for NodeService {
         &self,
         request: Request<RenewAgentRequest>,
     ) -> Result<Response<RenewAgentResponse>, Status> {
-        let agent = self.authenticate(&request).await?;
+        let (agent, presented_serial) = self.authenticate_serial(&request).await?;
         let now = crate::node_evidence::whole_seconds(SystemTime::now());
         let ttl = self.renewal_ttl(&agent, now)?;
         let csr = &request.get_ref().csr;
@@ -363,9 +417,16 @@ impl Node for NodeService {
         );
         provenance::append_issuance(&self.shared, record).await?;
         let serial = signed.serial;
+        // A caller that presented its previous SVID keeps it as the previous one, so it can
+        // retry when this reply is lost too.
         self.shared
             .datastore
-            .update_agent_svid(&agent.spiffe_id, &serial, cert_expiry(&signed.cert))
+            .update_agent_svid(
+                &agent.spiffe_id,
+                &presented_serial,
+                &serial,
+                cert_expiry(&signed.cert),
+            )
             .await
             .map_err(|error| internal(error.into()))?;
         tracing::debug!(agent_id = %agent.spiffe_id, serial = %serial, "agent SVID renewed");
@@ -608,6 +669,8 @@ impl NodeService {
             attestation_type: "join_token".to_owned(),
             x509_svid_serial: signed.serial,
             x509_svid_expires_at: cert_expiry(&cert),
+            previous_x509_svid_serial: None,
+            previous_x509_svid_expires_at: None,
             selectors: Vec::new(),
             banned: false,
             attested_at: unix_now(),

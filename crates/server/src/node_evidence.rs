@@ -202,7 +202,8 @@ impl NodeService {
 
     /// Signs the agent SVID and stores the agent record. An earlier record of the same ID is
     /// replaced only when its SVID has expired, or when `client_leaf` (the TLS client
-    /// certificate of the request) is that SVID. A banned agent is always rejected.
+    /// certificate of the request) is that SVID or its unexpired previous SVID. A banned agent
+    /// is always rejected.
     async fn store_evidence_agent(
         &self,
         issued: IssuedAgent<'_>,
@@ -229,10 +230,16 @@ impl NodeService {
                 "agent {agent_id} is banned; an operator must unban it before it may attest"
             )));
         }
+        let presented = client_leaf.and_then(presented_svid);
         if let Some(holder) = &existing {
-            let presented = client_leaf.and_then(presented_svid);
             check_holder(holder, presented.as_ref(), unix_seconds(now))?;
         }
+        // The SVID the caller presented decides which SVID stays valid as the previous one
+        // (see `Datastore::replace_attested_agent`).
+        let presented_serial = presented
+            .as_ref()
+            .filter(|svid| svid.spiffe_id == *agent_id)
+            .map(|svid| svid.serial.as_str());
 
         let cert = self.sign_x509_with_extensions(agent_id, csr, ttl, &extensions, now)?;
         let agent = AttestedAgent {
@@ -240,6 +247,8 @@ impl NodeService {
             attestation_type: attestor_name.to_owned(),
             x509_svid_serial: serial_hex(&cert)?,
             x509_svid_expires_at: cert_expiry(&cert),
+            previous_x509_svid_serial: None,
+            previous_x509_svid_expires_at: None,
             selectors,
             banned: false,
             attested_at: unix_seconds(now),
@@ -251,7 +260,7 @@ impl NodeService {
         // NOTE: an operator's ban that lands between the check above and this write is
         // overwritten; the ban must then be set again.
         datastore
-            .replace_attested_agent(&agent)
+            .replace_attested_agent(&agent, presented_serial)
             .await
             .map_err(|error| internal(error.into()))?;
         Ok(self.agent_svid(agent_id, cert))
@@ -313,11 +322,8 @@ fn presented_svid(der: &[u8]) -> Option<PresentedSvid> {
 }
 
 /// Allows replacing the stored record `holder` only when its SVID has expired at `now` (Unix
-/// seconds), or when the caller presented that SVID, unexpired.
-// Limit: only the newest serial counts. If the reply carrying a re-attested SVID is lost, the
-// agent still holds the previous one and is locked out until the stored SVID expires or an
-// operator evicts the agent. Keeping the previous serial until the new one is first used
-// would close this; it needs a datastore column.
+/// seconds), or when the caller presented that SVID or the record's previous SVID, unexpired.
+/// The previous SVID counts because the reply carrying the current one may have been lost.
 fn check_holder(
     holder: &AttestedAgent,
     presented: Option<&PresentedSvid>,
@@ -328,8 +334,9 @@ fn check_holder(
     }
     let proven = presented.is_some_and(|svid| {
         svid.spiffe_id == holder.spiffe_id
-            && svid.serial == holder.x509_svid_serial
             && svid.not_after > now
+            && (svid.serial == holder.x509_svid_serial
+                || holder.previous_x509_svid_serial.as_deref() == Some(svid.serial.as_str()))
     });
     if proven {
         return Ok(());
@@ -405,6 +412,8 @@ mod tests {
             attestation_type: "tdx".to_owned(),
             x509_svid_serial: "0a".to_owned(),
             x509_svid_expires_at: expires_at,
+            previous_x509_svid_serial: None,
+            previous_x509_svid_expires_at: None,
             selectors: Vec::new(),
             banned: false,
             attested_at: 0,
@@ -447,6 +456,42 @@ mod tests {
                 status.message()
             );
         }
+    }
+
+    #[test]
+    fn holder_check_previous_serial() {
+        let own = "spiffe://example.org/spire/agent/tdx/7d";
+        let now = 1_000;
+        let mut renewed = holder(2_000);
+        renewed.x509_svid_serial = "0b".to_owned();
+        renewed.previous_x509_svid_serial = Some("0a".to_owned());
+        renewed.previous_x509_svid_expires_at = Some(1_500);
+
+        let previous = presented(own, "0a", 1_500);
+        assert!(
+            check_holder(&renewed, Some(&previous), now).is_ok(),
+            "previous SVID"
+        );
+        let current = presented(own, "0b", 2_000);
+        assert!(
+            check_holder(&renewed, Some(&current), now).is_ok(),
+            "current SVID"
+        );
+
+        let expired_previous = presented(own, "0a", now);
+        let status = check_holder(&renewed, Some(&expired_previous), now)
+            .expect_err("expired previous SVID");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+
+        let unrelated = presented(own, "0c", 2_000);
+        let status = check_holder(&renewed, Some(&unrelated), now).expect_err("unrelated serial");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
+
+        renewed.previous_x509_svid_serial = None;
+        renewed.previous_x509_svid_expires_at = None;
+        let status =
+            check_holder(&renewed, Some(&previous), now).expect_err("cleared previous SVID");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied);
     }
 
     #[test]

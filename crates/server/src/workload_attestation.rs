@@ -795,6 +795,8 @@ mod tests {
             attestation_type: "join_token".to_owned(),
             x509_svid_serial: "01".to_owned(),
             x509_svid_expires_at: 0,
+            previous_x509_svid_serial: None,
+            previous_x509_svid_expires_at: None,
             selectors: selectors
                 .iter()
                 .map(|s| Selector::parse(s).expect("test selector must parse"))

@@ -16,6 +16,13 @@ pub struct AttestedAgent {
     pub x509_svid_serial: String,
     /// When the agent's current X.509-SVID expires, in unix seconds.
     pub x509_svid_expires_at: i64,
+    /// Serial number of the agent's X.509-SVID before its latest renewal or re-attestation,
+    /// kept until the agent first uses the current one.
+    #[serde(default)]
+    pub previous_x509_svid_serial: Option<String>,
+    /// When the previous X.509-SVID expires, in unix seconds.
+    #[serde(default)]
+    pub previous_x509_svid_expires_at: Option<i64>,
     /// The node selectors the attestor produced.
     pub selectors: Vec<Selector>,
     /// Whether the agent is banned from re-attesting and renewing.

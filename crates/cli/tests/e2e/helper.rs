@@ -232,13 +232,22 @@ fn helper_follows_two_svid_rotations() {
             leaves.len() >= 3
         },
     );
-    let helper_text = std::fs::read_to_string(&helper_log).unwrap_or_default();
     // The signal follows the file writes; a loaded machine can delay the handler's output.
-    wait_until(
-        Duration::from_secs(30),
-        "SIGHUP after each rotation",
-        || line_count(&pid_hups) >= 2 && line_count(&cmd_hups) >= 2,
-    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !(line_count(&pid_hups) >= 2 && line_count(&cmd_hups) >= 2) {
+        if std::time::Instant::now() > deadline {
+            panic!(
+                "timed out waiting for SIGHUP after each rotation: {} to the pid_file process, \
+                 {} to cmd, {} distinct leaves; helper log:\n{}",
+                line_count(&pid_hups),
+                line_count(&cmd_hups),
+                leaves.len(),
+                std::fs::read_to_string(&helper_log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let helper_text = std::fs::read_to_string(&helper_log).unwrap_or_default();
     assert_eq!(
         line_count(&cmd_starts),
         1,
