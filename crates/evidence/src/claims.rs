@@ -28,7 +28,7 @@ impl Kind {
         Kind::Tpm,
     ];
 
-    /// The name used by `twid attest verify --kind` and in agent IDs.
+    /// Returns the name that `twid attest verify --kind` and evidence envelopes use.
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::SgxDcap => "sgx-dcap",
@@ -40,8 +40,8 @@ impl Kind {
         }
     }
 
-    /// The selector type: both SGX kinds share `sgx` so one entry matches an enclave however
-    /// it attested.
+    /// Returns the selector type. Both SGX kinds share `sgx`, so one entry matches an enclave
+    /// however it attested.
     pub fn selector_type(self) -> &'static str {
         match self {
             Kind::SgxDcap | Kind::SgxIas => "sgx",
@@ -155,8 +155,9 @@ pub struct Verified {
 }
 
 impl Verified {
-    /// The 64 bytes (or fewer, for TPM and Nitro) that the attester bound into the evidence:
-    /// report data for SGX, TDX and SEV-SNP, `user_data` for Nitro, `extraData` for TPM.
+    /// Returns the bytes (64, or fewer for TPM and Nitro) that the attester bound into the
+    /// evidence: report data for SGX, TDX and SEV-SNP, `user_data` for Nitro, `extraData` for
+    /// TPM.
     pub fn bound_data(&self) -> Option<&[u8]> {
         match &self.claims {
             Claims::Sgx(c) => Some(&c.report_data),
@@ -167,7 +168,7 @@ impl Verified {
         }
     }
 
-    /// Whether the claims say the TEE runs in debug mode, which lets the host read its memory.
+    /// Returns whether the claims show a TEE in debug mode, which lets the host read its memory.
     pub fn debug(&self) -> bool {
         match &self.claims {
             Claims::Sgx(c) => c.debug,
@@ -265,7 +266,7 @@ pub struct SgxClaims {
     pub platform: Option<PckPlatform>,
 }
 
-/// What the PCK certificate says about the platform that produced a DCAP quote.
+/// Platform facts from the PCK certificate of the platform that produced a DCAP quote.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PckPlatform {
     #[serde(serialize_with = "hex_serialize")]
@@ -326,7 +327,7 @@ pub struct TdxClaims {
     pub platform: Option<PckPlatform>,
 }
 
-/// Which AMD key signed an SEV-SNP report.
+/// The AMD key that signed an SEV-SNP report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SnpSigningKey {

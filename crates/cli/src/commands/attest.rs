@@ -320,7 +320,7 @@ fn decode_bytes(raw: &[u8]) -> Vec<u8> {
     raw.to_vec()
 }
 
-/// The roots given with `--root`, or the vendor's production roots.
+/// Returns the roots given with `--root`, or the vendor's production roots.
 fn trust_anchors(kind: Kind, paths: &[PathBuf]) -> anyhow::Result<TrustAnchors> {
     if paths.is_empty() {
         return Ok(TrustAnchors::production(kind));
@@ -347,14 +347,14 @@ fn read_certificates(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         certificates.push(certificate.to_vec());
     }
     if certificates.is_empty() {
-        bail!("{} holds no CERTIFICATE block", path.display());
+        bail!("{} contains no PEM CERTIFICATE block", path.display());
     }
     Ok(certificates)
 }
 
 /// Loads DCAP collateral from a dcap-qvl JSON file or a folder of PCS files.
 fn load_collateral(path: &Path, quote: &[u8]) -> anyhow::Result<dcap::Collateral> {
-    // A server's collateral_dir holds one folder per FMSPC, or a <fmspc>.json, so the same
+    // A server's collateral_dir contains one folder per FMSPC, or a <fmspc>.json, so the same
     // cache can be checked offline.
     if path.is_dir() && !path.join(dcap::PCS_FILE_NAMES.tcb_info).exists() {
         let fmspc = dcap::quote_fmspc(quote)
@@ -368,7 +368,7 @@ fn load_collateral(path: &Path, quote: &[u8]) -> anyhow::Result<dcap::Collateral
             return load_collateral(&json, quote);
         }
         bail!(
-            "{} holds neither the PCS files ({}, ...) nor a cache entry for FMSPC {} ({} or {})",
+            "{} contains neither the PCS files ({}, ...) nor a cache entry for FMSPC {} ({} or {})",
             path.display(),
             dcap::PCS_FILE_NAMES.tcb_info,
             hex::encode_upper(fmspc),
