@@ -257,7 +257,8 @@ fn helper_follows_two_svid_rotations() {
     }
     // The signal follows the file writes; a loaded machine can delay the handler's output.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !hup_ignored && !(line_count(&pid_hups) >= 2 && line_count(&cmd_hups) >= 2) {
+    let signals_seen = || line_count(&pid_hups) >= 2 && line_count(&cmd_hups) >= 2;
+    while !hup_ignored && !signals_seen() {
         if std::time::Instant::now() > deadline {
             panic!(
                 "timed out waiting for SIGHUP after each rotation: {} to the pid_file process, \
