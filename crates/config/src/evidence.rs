@@ -459,7 +459,7 @@ fn tcb_statuses(expr: &Expression) -> Result<Vec<twid_evidence::TcbStatus>, Stri
                      OutOfDateConfigurationNeeded"
                 )
             })?;
-            // The verifier rejects a revoked TCB whatever the policy says, so listing it
+            // The verifier rejects a revoked TCB whatever the policy allows, so listing it
             // would suggest an acceptance that never happens.
             if status == twid_evidence::TcbStatus::Revoked {
                 return Err(

@@ -2,7 +2,7 @@
 //!
 //! The attester puts `SHA-512(nonce || public key)` into the evidence's report data (SGX, TDX
 //! and SEV-SNP report data, Nitro `user_data`). A TPM gets the SHA-256 of that value as its
-//! `extraData` instead, because a TPM's qualifying data holds at most one digest of its largest
+//! `extraData` instead, because a TPM's qualifying data contains at most one digest of its largest
 //! hash algorithm, and many TPMs implement nothing larger than SHA-256 or SHA-384. The verifier
 //! recomputes the value from
 //! the nonce it issued and the public key of the credential it is about to sign, so evidence

@@ -1,6 +1,6 @@
 //! The envelope an attester sends: evidence of one kind plus what the verifier needs beside it.
 //!
-//! The agent sends it as the answer to the server's challenge during node attestation, and
+//! The agent sends it as the response to the server's challenge during node attestation, and
 //! `twid attest verify` reads it. It is JSON with base64 (standard alphabet, padded) byte fields.
 
 use base64::Engine;

@@ -29,7 +29,7 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// A short, stable name for logs and metrics.
+    /// Returns a short, stable name for logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Malformed => "malformed",

@@ -1,6 +1,6 @@
 //! Appraisal policy: which verified claims a relying party accepts.
 //!
-//! A [`Verified`] only says that the evidence is genuine. [`Policy::check`] decides whether the
+//! A [`Verified`] only shows that the evidence is genuine. [`Policy::check`] decides whether the
 //! platform it describes is acceptable: no debug mode, a known measurement, a TCB level that is
 //! recent enough, fresh collateral and evidence. The configuration crate fills one policy per
 //! node attestor; `Policy::default()` is the policy of `twid attest verify`.

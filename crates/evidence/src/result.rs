@@ -1,7 +1,7 @@
-//! Attestation Results: what a verifier tells a relying party about evidence (RFC 9334).
+//! Attestation Results: what a verifier reports to a relying party about evidence (RFC 9334).
 //!
 //! twid encodes them as EAT claims (RFC 9711) in the shape of the EAR profile draft
-//! (draft-fv-rats-ear): `ear.status` says whether the relying party should trust the attester,
+//! (draft-fv-rats-ear): `ear.status` states whether the relying party should trust the attester,
 //! and `twid.*` claims carry the typed claims of [`Verified`].
 
 use serde_json::{Map, Value, json};
@@ -39,12 +39,12 @@ pub struct AttestationResult {
     /// The claims, when the evidence passed its cryptographic checks (even if the policy then
     /// rejected it).
     pub verified: Option<Verified>,
-    /// Why verification or the policy failed.
+    /// The reason verification or the policy failed.
     pub error: Option<VerifyError>,
     /// The version of the policy applied, when the policy is versioned.
     pub policy_version: Option<u64>,
     /// Whether the evidence was checked to bind the relying party's nonce and key. Without
-    /// that check an echoed `eat_nonce` says nothing about freshness.
+    /// that check an echoed `eat_nonce` proves nothing about freshness.
     pub binding_checked: bool,
 }
 

@@ -37,7 +37,7 @@ pub struct TrustAnchors {
 }
 
 impl TrustAnchors {
-    /// An empty set, which trusts nothing.
+    /// Creates an empty set, which trusts nothing.
     pub fn new() -> Self {
         Self::default()
     }
@@ -63,7 +63,7 @@ impl TrustAnchors {
         Ok(())
     }
 
-    /// The vendors' production roots for evidence of `kind`.
+    /// Returns the vendors' production roots for evidence of `kind`.
     pub fn production(kind: crate::Kind) -> Self {
         use crate::Kind;
         let pins: &[&str] = match kind {
@@ -85,7 +85,7 @@ impl TrustAnchors {
         anchors
     }
 
-    /// Whether the certificate with this DER encoding is a trusted root.
+    /// Returns whether the certificate with this DER encoding is a trusted root.
     pub fn contains(&self, der: &[u8]) -> bool {
         self.fingerprints.contains(&sha256(der))
     }

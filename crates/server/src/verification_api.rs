@@ -58,13 +58,13 @@ impl Verification for VerificationService {
             self.shared.evidence.get(&request.attestor)
         };
         let Some(attestor) = attestor else {
-            let wanted = if request.attestor.is_empty() {
+            let requested = if request.attestor.is_empty() {
                 format!("for {} evidence", envelope.kind)
             } else {
                 format!("named {:?}", request.attestor)
             };
             return Err(Status::failed_precondition(format!(
-                "this server has no evidence node attestor {wanted}; configured: {}",
+                "this server has no evidence node attestor {requested}; configured: {}",
                 self.shared.evidence.names().join(", ")
             )));
         };

@@ -1,7 +1,7 @@
 //! Agent-side evidence collection for node attestation in a TEE or on a TPM.
 //!
 //! The server sends a nonce; the agent computes the binding report data from it and the public
-//! key of its new SVID, and a [`Collector`] asks the platform for evidence that carries that
+//! key of its new SVID, and a [`Collector`] requests from the platform for evidence that carries that
 //! report data. Each platform interface sits behind the trait so tests can drive node
 //! attestation without the hardware.
 
@@ -11,7 +11,7 @@ pub mod configfs_tsm;
 pub mod exec;
 pub mod tpm;
 
-/// Why a collector could not produce evidence.
+/// The reason a collector could not produce evidence.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
     /// The platform interface is missing, for example no `/dev/tpmrm0` or configfs-tsm folder.
@@ -24,7 +24,7 @@ pub enum CollectError {
 
 /// A source of evidence of one kind, bound to caller-chosen report data.
 pub trait Collector: Send + Sync + std::fmt::Debug {
-    /// The kind of evidence this collector produces.
+    /// Returns the kind of evidence this collector produces.
     fn kind(&self) -> Kind;
 
     /// Produces evidence whose report data (or `user_data`, or TPM `extraData`) is exactly

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use crate::common::{TempDir, repo_root, twid};
 
-/// The attestation fixtures folder, or `None` (with a skip line) when it is absent.
+/// Returns the attestation fixtures folder, or `None` (with a skip line) when it is absent.
 fn fixtures() -> Option<PathBuf> {
     let base = std::env::var_os("TWID_FIXTURES")
         .map(PathBuf::from)

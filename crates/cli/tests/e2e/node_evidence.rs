@@ -941,7 +941,7 @@ async fn tpm_node_attestation_swtpm() {
     agent.shutdown().await;
 
     // A quote made for other report data (here the enrolment quote) fails the binding, so an
-    // old quote cannot answer a new challenge.
+    // old quote cannot respond to a new challenge.
     let records = deployment.agents();
     let key = new_key();
     let (_, stream) = deployment.challenge(&key).await;
