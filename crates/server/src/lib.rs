@@ -15,6 +15,7 @@ mod convert;
 mod entries;
 mod error;
 mod evidence;
+mod hints;
 mod identity;
 mod issuers;
 mod node_api;
@@ -64,6 +65,8 @@ pub(crate) struct Shared {
     pub(crate) evidence: evidence::EvidenceAttestors,
     /// The tamper-evident log of every SVID issued and every request rejected.
     pub(crate) issuance_log: provenance::Provenance,
+    /// Sync hints for agents holding a `Watch` stream; see [`hints::Hints`].
+    pub(crate) hints: hints::Hints,
 }
 
 /// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
@@ -118,6 +121,7 @@ impl Server {
             publish_lock: tokio::sync::Mutex::new(()),
             evidence,
             issuance_log,
+            hints: hints::Hints::new(),
         });
         tasks::publish_bundle(&shared).await?;
 

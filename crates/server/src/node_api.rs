@@ -23,8 +23,8 @@ use twid_proto::node::node_server::{Node, NodeServer};
 use twid_proto::node::{
     AgentSvid, AttestAgentRequest, AttestAgentResponse, BatchNewX509SvidRequest,
     BatchNewX509SvidResponse, NewJwtSvidRequest, NewJwtSvidResponse, NewWitSvidRequest,
-    NewWitSvidResponse, RenewAgentRequest, RenewAgentResponse, SyncRequest, SyncResponse,
-    X509SvidResult, attest_agent_request, attest_agent_response,
+    NewWitSvidResponse, RenewAgentRequest, RenewAgentResponse, SyncHint, SyncRequest, SyncResponse,
+    WatchRequest, X509SvidResult, attest_agent_request, attest_agent_response,
 };
 use twid_spiffe::SpiffeId;
 use twid_telemetry::names;
@@ -72,11 +72,12 @@ pub(crate) async fn serve(
     let incoming = twid_tls::TlsIncoming::new(listener, tls);
     let service = NodeServer::new(NodeService {
         shared: Arc::clone(shared),
+        shutdown: shutdown.clone(),
     })
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(64 * 1024 * 1024);
     let verification = crate::verification_api::service(shared);
-    let workload_attestation = crate::workload_attestation::service(shared);
+    let workload_attestation = crate::workload_attestation::service(shared, &shutdown);
     let shutdown = shutdown.clone();
     tasks.spawn(
         async move {
@@ -103,10 +104,15 @@ pub(crate) async fn serve(
 
 pub(crate) struct NodeService {
     pub(crate) shared: Arc<Shared>,
+    /// Ends `Watch` streams, which never end on their own, so that shutdown does not wait on
+    /// them.
+    pub(crate) shutdown: CancellationToken,
 }
 
 pub(crate) type AttestStream =
     Pin<Box<dyn Stream<Item = Result<AttestAgentResponse, Status>> + Send>>;
+
+pub(crate) type WatchStream = Pin<Box<dyn Stream<Item = Result<SyncHint, Status>> + Send>>;
 
 /// Turns an internal failure into a status that reveals no internals to the peer.
 pub(crate) fn internal(error: ServerError) -> Status {
@@ -444,7 +450,38 @@ impl Node for NodeService {
             entries: entries.iter().map(entry_to_pb).collect(),
             bundle: Some((*self.shared.bundle.load_full()).clone()),
             federated_bundles: Vec::new(),
+            revoked_x509_serials: Vec::new(),
+            revoked_jtis: Vec::new(),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let agent = self.authenticate(&request).await?;
+        tracing::debug!(agent_id = %agent.spiffe_id, "agent watching for changes");
+        let mut changes = self.shared.hints.subscribe();
+        let shutdown = self.shutdown.clone();
+        let stream = async_stream::stream! {
+            // The first hint makes a reconnecting agent sync whatever it missed.
+            let first = *changes.borrow_and_update();
+            yield Ok(SyncHint { revision: first.revision, reason: "connected".to_owned() });
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                        let change = *changes.borrow_and_update();
+                        yield Ok(SyncHint {
+                            revision: change.revision,
+                            reason: change.reason.to_owned(),
+                        });
+                    }
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 
     #[tracing::instrument(skip_all)]

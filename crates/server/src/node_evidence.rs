@@ -45,6 +45,7 @@ impl NodeService {
         let (sender, receiver) = mpsc::channel(2);
         let service = NodeService {
             shared: Arc::clone(&self.shared),
+            shutdown: self.shutdown.clone(),
         };
         let span = tracing::Span::current();
         tokio::spawn(tracing::Instrument::instrument(

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use twid_evidence::svid_claims::{AttestationClaims, EXTENSION_OID, JWT_CLAIM};
 use twid_evidence::{Envelope, Verified};
@@ -54,10 +55,12 @@ pub(crate) const WIT_TYPE: &str = "wit+jwt";
 /// Builds the service for the node API port.
 pub(crate) fn service(
     shared: &Arc<Shared>,
+    shutdown: &CancellationToken,
 ) -> WorkloadAttestationServer<WorkloadAttestationService> {
     WorkloadAttestationServer::new(WorkloadAttestationService {
         node: NodeService {
             shared: Arc::clone(shared),
+            shutdown: shutdown.clone(),
         },
         nonces: NonceStore::new(
             NONCE_TTL,
