@@ -120,6 +120,8 @@ pub struct Proof {
 ///   or does not sign with its `alg`.
 /// - [`WimseError::InvalidInput`] for an empty `audience` or `jti`.
 /// - [`WimseError::InvalidTtl`] for a zero `ttl` or one above [`MAX_PROOF_TTL`].
+/// - [`WimseError::WitExpired`] when the WIT's `exp` is at or before `now`, because a
+///   workload must not use its key once the WIT has expired.
 /// - [`WimseError::Signing`] or [`WimseError::Random`] when the crypto library fails.
 pub fn create_wpt(
     workload_key: &SigningKey,
@@ -132,6 +134,14 @@ pub fn create_wpt(
 ) -> Result<String, WimseError> {
     let wit_claims = jose::split_compact(wit, TokenKind::Wit)?.claims;
     let (confirmation_key, confirmation_algorithm) = read_confirmation(&wit_claims)?;
+    if let Some(exp) = wit_claims.get("exp").and_then(Value::as_i64)
+        && exp <= unix_seconds(now)
+    {
+        return Err(WimseError::WitExpired {
+            exp,
+            now: unix_seconds(now),
+        });
+    }
     if confirmation_algorithm != workload_key.algorithm()
         || !confirmation_key.same_key(&workload_key.public_jwk())
     {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{AUDIENCE, Fixture, decode, fixed_now, unix};
 use serde_json::{Value, json};
@@ -569,4 +569,28 @@ fn create_wpt_checks_key_and_ttl() {
         create(&fixture.workload_key, Duration::ZERO),
         Err(WimseError::InvalidTtl { .. })
     ));
+}
+
+#[test]
+fn create_wpt_rejects_expired_wit() {
+    let fixture = Fixture::es256(fixed_now());
+    let (_, wit_claims) = decode(&fixture.wit);
+    let exp = wit_claims["exp"].as_i64().unwrap();
+    let at = |unix: i64| UNIX_EPOCH + Duration::from_secs(u64::try_from(unix).unwrap());
+    let create = |now: SystemTime| {
+        create_wpt(
+            &fixture.workload_key,
+            &fixture.wit,
+            AUDIENCE,
+            DEFAULT_PROOF_TTL,
+            None,
+            &BoundTokens::default(),
+            now,
+        )
+    };
+    assert!(create(at(exp - 1)).is_ok());
+    assert_eq!(
+        create(at(exp)),
+        Err(WimseError::WitExpired { exp, now: exp })
+    );
 }
