@@ -1,12 +1,13 @@
 //! Starting and stopping the agent: the Workload API socket, telemetry listeners, the identity
-//! and first sync ([`crate::startup`]), the sync loop and the Workload API server.
+//! and first sync ([`crate::startup`]), the sync loop with its Watch stream, and the Workload
+//! API server.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use twid_attestation::node::evidence::Collector;
 use twid_attestation::workload::WorkloadAttestor;
@@ -21,7 +22,7 @@ use crate::settings::AgentSettings;
 use crate::sync::RetryState;
 use crate::workload_api::attestation::AttestationRelay;
 use crate::workload_api::{NodeWitIssuer, SecretDiscovery, WorkloadApi};
-use crate::{AgentError, listener, startup};
+use crate::{AgentError, listener, startup, watcher};
 
 /// How long [`AgentHandle::shutdown`] waits for each task before aborting it.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -218,10 +219,23 @@ impl Agent {
         let agent_id = syncer.agent.check()?;
         let connection = Arc::clone(&syncer.connection);
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let mut tasks = Vec::with_capacity(2);
+        let mut tasks = Vec::with_capacity(3);
         let mut retry = RetryState::new();
         if let Some(delay) = syncer.after_sync(first, &mut retry, settings.sync_interval) {
-            let run = syncer.run(settings.sync_interval, delay, retry, shutdown_rx.clone());
+            let hints = Arc::new(Notify::new());
+            let watch = watcher::run(
+                Arc::clone(&connection),
+                Arc::clone(&hints),
+                shutdown_rx.clone(),
+            );
+            tasks.push(tokio::spawn(watch));
+            let run = syncer.run(
+                settings.sync_interval,
+                delay,
+                retry,
+                hints,
+                shutdown_rx.clone(),
+            );
             tasks.push(tokio::spawn(run));
         }
 

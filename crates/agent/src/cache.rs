@@ -12,6 +12,8 @@ use tokio::sync::watch;
 use twid_proto::types::{Entry, JwtAuthority};
 use twid_types::Selector;
 
+use crate::revocation::Revoked;
+
 /// A signed X.509-SVID and its private key.
 #[derive(Clone)]
 pub(crate) struct CachedSvid {
@@ -64,6 +66,9 @@ pub(crate) struct CachedEntry {
     /// The entry's selectors, converted once for matching.
     pub(crate) selectors: Vec<Selector>,
     pub(crate) svid: Option<Arc<CachedSvid>>,
+    /// Whether the server revoked the entry's last SVID and has not signed a new one. Such an
+    /// entry is no identity of any caller until a new SVID is signed.
+    pub(crate) svid_revoked: bool,
 }
 
 impl CachedEntry {
@@ -78,6 +83,7 @@ impl CachedEntry {
             entry,
             selectors,
             svid,
+            svid_revoked: false,
         }
     }
 
@@ -88,7 +94,7 @@ impl CachedEntry {
             (None, None) => true,
             _ => false,
         };
-        same_svid && self.entry == other.entry
+        same_svid && self.svid_revoked == other.svid_revoked && self.entry == other.entry
     }
 }
 
@@ -116,6 +122,9 @@ pub(crate) struct Snapshot {
     pub(crate) jwt_authorities: Vec<JwtAuthority>,
     /// Bundles of federated trust domains, keyed by trust domain name (`example.com`).
     pub(crate) federated: BTreeMap<String, TrustDomainBundle>,
+    /// The credentials the latest Sync listed as revoked. Cached JWT-SVIDs and WITs among them
+    /// are not served.
+    pub(crate) revoked: Arc<Revoked>,
 }
 
 impl Snapshot {
@@ -157,6 +166,7 @@ impl Snapshot {
             && self.x509_authorities == other.x509_authorities
             && self.jwt_authorities == other.jwt_authorities
             && self.federated == other.federated
+            && self.revoked == other.revoked
             && self.entries.len() == other.entries.len()
             && self
                 .entries
@@ -326,6 +336,23 @@ mod tests {
         changed.x509_authorities = vec![vec![7]];
         assert!(cache.publish_if_changed(changed));
         assert_eq!(cache.current().generation, 2);
+    }
+
+    #[test]
+    fn revocation_changes_are_published() {
+        let cache = Cache::new("spiffe://example.org".to_owned());
+        let first = Snapshot {
+            entries: vec![entry("a", &["unix:uid:1"], &[])],
+            ..Snapshot::default()
+        };
+        assert!(cache.publish_if_changed(first.clone()));
+        let mut revoked = first.clone();
+        revoked.revoked = Arc::new(Revoked::new(Vec::new(), vec!["jti-1".to_owned()]));
+        assert!(cache.publish_if_changed(revoked.clone()));
+        let mut withheld = revoked;
+        withheld.entries[0].svid_revoked = true;
+        assert!(cache.publish_if_changed(withheld));
+        assert_eq!(cache.current().generation, 3);
     }
 
     #[test]

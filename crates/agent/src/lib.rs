@@ -15,6 +15,7 @@ mod jwks;
 mod listener;
 mod node;
 mod reattest;
+mod revocation;
 mod settings;
 mod startup;
 mod state;
@@ -22,6 +23,7 @@ mod svid_manager;
 mod sync;
 #[cfg(test)]
 mod test_support;
+mod watcher;
 mod workload_api;
 
 pub use agent::{Agent, AgentHandle, AgentOptions};

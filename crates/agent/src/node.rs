@@ -13,6 +13,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use futures::future::BoxFuture;
 use rustls::ClientConfig;
+use tokio::sync::watch;
 use tonic::Status;
 use tonic::transport::Channel;
 use twid_proto::node::NewJwtSvidRequest;
@@ -35,6 +36,9 @@ pub(crate) struct ServerConnection {
     client: ArcSwap<NodeClient<Channel>>,
     /// The channel under `client`, for the other services on the node API port.
     channel: ArcSwap<Channel>,
+    /// Counts [`ServerConnection::reconnect`] calls, so that long-lived streams move to the
+    /// new connection.
+    reconnects: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for ServerConnection {
@@ -56,6 +60,7 @@ impl ServerConnection {
             tls,
             client: ArcSwap::from_pointee(client),
             channel: ArcSwap::from_pointee(channel),
+            reconnects: watch::channel(0).0,
         })
     }
 
@@ -76,7 +81,13 @@ impl ServerConnection {
         let (client, channel) = new_client(&self.host, self.port, &self.tls)?;
         self.client.store(Arc::new(client));
         self.channel.store(Arc::new(channel));
+        self.reconnects.send_modify(|count| *count += 1);
         Ok(())
+    }
+
+    /// Returns a receiver that sees a change after every [`ServerConnection::reconnect`].
+    pub(crate) fn subscribe_reconnects(&self) -> watch::Receiver<u64> {
+        self.reconnects.subscribe()
     }
 }
 

@@ -3,7 +3,9 @@
 //! workload that owns them.
 //!
 //! An entry keeps its current SVID until a replacement is signed, so a failed signing (server
-//! unreachable, entry rejected) leaves workloads with the SVID they had until it expires.
+//! unreachable, entry rejected) leaves workloads with the SVID they had until it expires. The
+//! exception is an SVID the server revoked: it is dropped before signing, and the entry stays
+//! without an SVID (and is no caller's identity) until the server signs a new one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use twid_proto::types::Entry;
 use twid_spiffe::X509Svid;
 
 use crate::cache::{CachedEntry, CachedSvid, Snapshot};
+use crate::revocation::Revoked;
 use crate::{AgentError, node, state};
 
 /// Entries per BatchNewX509Svid request.
@@ -27,37 +30,58 @@ pub(crate) struct Plan {
     pub(crate) entries: Vec<CachedEntry>,
     /// Indexes into `entries`.
     pub(crate) due: Vec<usize>,
+    /// IDs of the entries whose SVID was dropped because the server revoked it.
+    pub(crate) revoked: Vec<String>,
 }
 
 /// Pairs each synced entry with its SVID from `previous` when that SVID still names the
-/// entry's SPIFFE ID and has not expired at `now`. An entry is due for signing when it has no
-/// such SVID, when its SVID is past half its lifetime, or when the entry changed (its revision
-/// number differs), for example in its TTL or DNS names.
-pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, now: i64) -> Plan {
+/// entry's SPIFFE ID, has not expired at `now` and is not in `revoked`. An entry is due for
+/// signing when it has no such SVID, when its SVID is past half its lifetime, or when the entry
+/// changed (its revision number differs), for example in its TTL or DNS names.
+///
+/// An entry whose SVID is dropped as revoked is marked [`CachedEntry::svid_revoked`], and an
+/// entry marked so in `previous` stays marked, until [`sign_due`] stores a new SVID.
+pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, now: i64, revoked: &Revoked) -> Plan {
     let old: HashMap<&str, &CachedEntry> = previous
         .entries
         .iter()
         .map(|cached| (cached.entry.id.as_str(), cached))
         .collect();
     let mut due = Vec::new();
+    let mut dropped = Vec::new();
     let entries = entries
         .into_iter()
         .enumerate()
         .map(|(index, entry)| {
             let old = old.get(entry.id.as_str());
-            let svid = old
+            let mut svid = old
                 .filter(|cached| cached.entry.spiffe_id == entry.spiffe_id)
                 .and_then(|cached| cached.svid.clone())
                 .filter(|svid| !svid.is_expired(now));
+            let mut svid_revoked = old.is_some_and(|cached| cached.svid_revoked);
+            if svid
+                .as_ref()
+                .is_some_and(|svid| revoked.contains_svid(svid))
+            {
+                svid = None;
+                svid_revoked = true;
+                dropped.push(entry.id.clone());
+            }
             let changed =
                 old.is_none_or(|cached| cached.entry.revision_number != entry.revision_number);
             if changed || svid.as_ref().is_none_or(|svid| svid.needs_renewal(now)) {
                 due.push(index);
             }
-            CachedEntry::new(entry, svid)
+            let mut cached = CachedEntry::new(entry, svid);
+            cached.svid_revoked = svid_revoked;
+            cached
         })
         .collect();
-    Plan { entries, due }
+    Plan {
+        entries,
+        due,
+        revoked: dropped,
+    }
 }
 
 /// The outcome of one signing round.
@@ -114,6 +138,7 @@ async fn sign_batch(
         match checked_svid(&entries[index].entry, result, &key) {
             Ok(svid) => {
                 entries[index].svid = Some(Arc::new(svid));
+                entries[index].svid_revoked = false;
                 report.signed += 1;
             }
             Err(reason) => report.failed.push((entry_id, reason)),
@@ -210,12 +235,57 @@ mod tests {
             entry("e", 1),
             entry("f", 1),
         ];
-        let plan = plan(&previous, synced, 60);
+        let plan = plan(&previous, synced, 60, &Revoked::default());
         let has_svid: Vec<bool> = plan.entries.iter().map(|c| c.svid.is_some()).collect();
         // a fresh; b changed but keeps its SVID until replaced; c past half-life but valid;
         // d new; e's SPIFFE ID changed; f expired.
         assert_eq!(has_svid, [true, true, true, false, false, false]);
         assert_eq!(plan.due, [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn plan_drops_revoked_svids() {
+        let ca = crate::test_support::TestCa::new("example.org");
+        let signed = |id: &str| {
+            let key = state::generate_key().expect("key");
+            let leaf = ca.leaf(&key, &format!("spiffe://example.org/{id}"));
+            let svid = CachedSvid {
+                chain: vec![leaf],
+                key_pkcs8: vec![2],
+                not_before: 0,
+                not_after: 1000,
+            };
+            CachedEntry::new(entry(id, 1), Some(Arc::new(svid)))
+        };
+        let revoked_entry = signed("a");
+        let kept_entry = signed("b");
+        let mut still_revoked = CachedEntry::new(entry("c", 1), None);
+        still_revoked.svid_revoked = true;
+        let serial = |cached: &CachedEntry| {
+            let svid = cached.svid.as_ref().expect("signed");
+            crate::revocation::leaf_serial(&svid.chain[0]).expect("serial")
+        };
+        let revoked = Revoked::new(vec![serial(&revoked_entry)], Vec::new());
+        let kept_serial = serial(&kept_entry);
+        let previous = Snapshot {
+            entries: vec![revoked_entry, kept_entry, still_revoked],
+            ..Snapshot::default()
+        };
+        let plan = plan(
+            &previous,
+            vec![entry("a", 1), entry("b", 1), entry("c", 1)],
+            60,
+            &revoked,
+        );
+
+        assert!(plan.entries[0].svid.is_none());
+        assert!(plan.entries[0].svid_revoked);
+        assert_eq!(serial(&plan.entries[1]), kept_serial);
+        assert!(!plan.entries[1].svid_revoked);
+        assert!(plan.entries[2].svid.is_none());
+        assert!(plan.entries[2].svid_revoked);
+        assert_eq!(plan.due, [0, 2]);
+        assert_eq!(plan.revoked, ["a"]);
     }
 
     fn signed_result(entry: &Entry, key: &rcgen::KeyPair, spiffe_id: &str) -> X509SvidResult {

@@ -1,7 +1,11 @@
-//! The sync loop: every interval, fetch the authorized entries and the bundles with Sync, sign
-//! missing or aging workload SVIDs, publish a new cache snapshot, and renew the agent's own
-//! SVID at half-life. An agent with an evidence attestor attests again instead of renewing
-//! (see [`crate::reattest`]).
+//! The sync loop. Every interval, and at once after each hint from the server's Watch stream
+//! (see [`crate::watcher`]), it fetches the authorized entries, the bundles and the revoked
+//! credentials with Sync. It then drops revoked SVIDs, signs missing or aging workload SVIDs,
+//! publishes a new cache snapshot, and renews the agent's own SVID at half-life. An agent with
+//! an evidence attestor attests again instead of renewing (see [`crate::reattest`]).
+//!
+//! Hints coalesce: any number of hints that arrive during a round cause exactly one more round
+//! after it. A server without Watch leaves the agent on its interval.
 //!
 //! While the server is unreachable the cache keeps its last snapshot, so workloads keep their
 //! SVIDs. Limit: an SVID that expires during the outage stays in the snapshot until the next
@@ -21,17 +25,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::Instrument as _;
 use twid_proto::node::{RenewAgentRequest, SyncRequest};
-use twid_proto::types::Bundle;
+use twid_proto::types::{Bundle, JwtAuthority};
 use twid_spiffe::TrustDomain;
 use twid_telemetry::Health;
 use twid_tls::{SvidSource, TrustSource};
 
-use crate::cache::{Cache, Snapshot, TrustDomainBundle, half_life, sort_entries};
+use crate::cache::{Cache, CachedEntry, Snapshot, TrustDomainBundle, half_life, sort_entries};
 use crate::node::{self, ServerConnection};
 use crate::reattest::Reattestation;
+use crate::revocation::Revoked;
 use crate::state::{self, AgentState};
 use crate::{AgentError, svid_manager};
 
@@ -113,17 +118,21 @@ pub(crate) struct Syncer {
 impl Syncer {
     /// Runs rounds until `shutdown` turns true or the server rejects a join token agent, and
     /// re-attests an evidence agent between rounds when due. The first round starts after
-    /// `delay`.
+    /// `delay` or at the next notification of `hints`, whichever comes first. Each later
+    /// round starts after the delay that `after_sync` returns or at the next hint. A hint also
+    /// cuts a retry backoff short, because it shows that the server is reachable.
     pub(crate) async fn run(
         mut self,
         interval: Duration,
         mut delay: Duration,
         mut retry: RetryState,
+        hints: Arc<Notify>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
+                () = hints.notified() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let result = self
@@ -169,6 +178,7 @@ impl Syncer {
                 );
                 self.health
                     .set_not_ready(format!("the server rejected the agent: {error}"));
+                self.withdraw_all_if_agent_revoked(&error);
                 if let Some(schedule) = self.reattestation.as_mut() {
                     schedule.mark_rejected();
                 }
@@ -176,11 +186,19 @@ impl Syncer {
                 retry.backoff.step()
             }
             Err(error) if error.is_agent_rejected() => {
-                tracing::error!(
-                    %error,
-                    "the server rejected this agent; syncing stopped and cached SVIDs are \
-                     served until they expire"
-                );
+                if self.withdraw_all_if_agent_revoked(&error) {
+                    tracing::error!(
+                        %error,
+                        "the server revoked this agent's SVID; syncing stopped and no cached \
+                         SVID is served"
+                    );
+                } else {
+                    tracing::error!(
+                        %error,
+                        "the server rejected this agent; syncing stopped and cached SVIDs are \
+                         served until they expire"
+                    );
+                }
                 self.health
                     .set_not_ready(format!("the server rejected the agent: {error}"));
                 return None;
@@ -200,6 +218,35 @@ impl Syncer {
         };
         self.check_agent_expiry();
         Some(delay)
+    }
+
+    /// Stops serving every cached SVID when the server rejected the agent because its own SVID
+    /// was revoked, and returns whether it did. A revocation that covers an agent's SVID also
+    /// covers every credential obtained through that agent, but the agent cannot Sync to learn
+    /// their serials. The entries stay cached, marked revoked, so that an evidence agent that
+    /// attests again signs them anew.
+    fn withdraw_all_if_agent_revoked(&self, error: &AgentError) -> bool {
+        let AgentError::Rpc { message, .. } = error else {
+            return false;
+        };
+        // Limit: the node API reports a revoked agent SVID only in the PermissionDenied
+        // message ("... was revoked by revocation N ..."), so this matches that text.
+        if !message.contains("was revoked") {
+            return false;
+        }
+        let current = self.cache.current();
+        let mut next = Snapshot::clone(&current);
+        for cached in &mut next.entries {
+            cached.svid = None;
+            cached.svid_revoked = true;
+        }
+        if self.cache.publish_if_changed(next) {
+            tracing::warn!(
+                entries = current.entries.len(),
+                "the server revoked the agent SVID; withdrew every cached SVID"
+            );
+        }
+        true
     }
 
     /// Marks the agent not ready once its own SVID has expired: it cannot reach the server
@@ -237,21 +284,31 @@ impl Syncer {
         self.update_bundle(&bundle);
         let federated = federated_bundles(&self.trust_domain, response.federated_bundles);
 
+        let revoked = Arc::new(Revoked::new(
+            response.revoked_x509_serials,
+            response.revoked_jtis,
+        ));
+
         let previous = self.cache.current();
-        let mut plan = svid_manager::plan(&previous, response.entries, now);
+        let mut plan = svid_manager::plan(&previous, response.entries, now, &revoked);
+        let published_early = if !plan.revoked.is_empty() || revoked != previous.revoked {
+            // Workloads lose revoked credentials now rather than after the signing calls.
+            self.log_revocations(&plan.revoked, &revoked);
+            let snapshot = self.snapshot(
+                plan.entries.clone(),
+                bundle.jwt_authorities.clone(),
+                federated.clone(),
+                Arc::clone(&revoked),
+            );
+            self.cache.publish_if_changed(snapshot)
+        } else {
+            false
+        };
         let report = svid_manager::sign_due(&mut client, &mut plan).await;
         self.log_signing_failures(&report.failed);
-        let mut entries = plan.entries;
-        sort_entries(&mut entries);
-        let entry_count = entries.len();
-        let published = self.cache.publish_if_changed(Snapshot {
-            generation: 0,
-            trust_domain_id: self.trust_domain.id_string(),
-            entries,
-            x509_authorities: self.agent.bundle.clone(),
-            jwt_authorities: bundle.jwt_authorities,
-            federated,
-        });
+        let entry_count = plan.entries.len();
+        let snapshot = self.snapshot(plan.entries, bundle.jwt_authorities, federated, revoked);
+        let published = self.cache.publish_if_changed(snapshot) || published_early;
         tracing::debug!(
             entries = entry_count,
             signed = report.signed,
@@ -272,6 +329,46 @@ impl Syncer {
             return Ok(());
         }
         self.renew_agent_if_due(now).await
+    }
+
+    /// Builds the snapshot of one round from its entries, in the order workloads see.
+    fn snapshot(
+        &self,
+        mut entries: Vec<CachedEntry>,
+        jwt_authorities: Vec<JwtAuthority>,
+        federated: BTreeMap<String, TrustDomainBundle>,
+        revoked: Arc<Revoked>,
+    ) -> Snapshot {
+        sort_entries(&mut entries);
+        Snapshot {
+            generation: 0,
+            trust_domain_id: self.trust_domain.id_string(),
+            entries,
+            x509_authorities: self.agent.bundle.clone(),
+            jwt_authorities,
+            federated,
+            revoked,
+        }
+    }
+
+    /// Logs the SVIDs dropped in this round and the size of the revoked set.
+    fn log_revocations(&self, dropped: &[String], revoked: &Revoked) {
+        if dropped.is_empty() {
+            tracing::debug!(
+                revoked_x509_svids = revoked.x509_count(),
+                revoked_jwts = revoked.jti_count(),
+                "the server's list of revoked credentials changed"
+            );
+            return;
+        }
+        tracing::info!(
+            dropped = dropped.len(),
+            revoked_x509_svids = revoked.x509_count(),
+            revoked_jwts = revoked.jti_count(),
+            "dropped X.509-SVIDs that the server revoked; their entries are not served until \
+             the server signs new ones"
+        );
+        tracing::debug!(entry_ids = ?dropped, "entries whose X.509-SVID was revoked");
     }
 
     fn log_signing_failures(&mut self, failed: &[(String, String)]) {

@@ -22,8 +22,8 @@ use twid_proto::node::node_server::{Node, NodeServer};
 use twid_proto::node::{
     AgentSvid, AttestAgentRequest, AttestAgentResponse, BatchNewX509SvidRequest,
     BatchNewX509SvidResponse, NewJwtSvidRequest, NewJwtSvidResponse, RenewAgentRequest,
-    RenewAgentResponse, SyncRequest, SyncResponse, X509SvidResult, attest_agent_request,
-    attest_agent_response,
+    RenewAgentResponse, SyncHint, SyncRequest, SyncResponse, WatchRequest, X509SvidResult,
+    attest_agent_request, attest_agent_response,
 };
 use twid_proto::types::{Bundle, Entry};
 use twid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
@@ -133,6 +133,20 @@ pub(crate) struct FakeState {
     pub(crate) syncs: usize,
     pub(crate) renewals: usize,
     pub(crate) signed_svids: usize,
+    /// Entry ID to the serials (hex) of every SVID signed for it.
+    pub(crate) issued: HashMap<String, Vec<String>>,
+    /// Watch streams opened.
+    pub(crate) watches: usize,
+    /// Lowercase hex serials that Sync lists as revoked.
+    pub(crate) revoked_serials: Vec<String>,
+    /// `jti` values that Sync lists as revoked.
+    pub(crate) revoked_jtis: Vec<String>,
+    /// Entry IDs that BatchNewX509Svid refuses to sign.
+    pub(crate) refused_entries: HashSet<String>,
+    /// Whether Watch returns Unimplemented, as on a server without it.
+    pub(crate) watch_unimplemented: bool,
+    /// Whether every authenticated call fails as for a revoked agent SVID.
+    pub(crate) agent_revoked: bool,
 }
 
 /// An in-process node API server. Like the real server, it authenticates every call but
@@ -145,6 +159,8 @@ pub(crate) struct FakeNode {
     pub(crate) svid_ttl: Duration,
     pub(crate) entries: Mutex<Vec<Entry>>,
     state: Mutex<FakeState>,
+    /// The revision of the latest change; Watch streams send a hint for each new value.
+    hints: watch::Sender<u64>,
 }
 
 impl FakeNode {
@@ -161,7 +177,27 @@ impl FakeNode {
             svid_ttl,
             entries: Mutex::new(Vec::new()),
             state: Mutex::new(state),
+            hints: watch::channel(0).0,
         })
+    }
+
+    /// Sends a sync hint to every open Watch stream.
+    pub(crate) fn notify(&self) {
+        self.hints.send_modify(|revision| *revision += 1);
+    }
+
+    /// Revokes the current SVIDs of `entry_ids`: Sync lists their serials, signing them is
+    /// refused from now on, and watchers get a hint.
+    pub(crate) fn revoke_entries(&self, entry_ids: &[&str]) {
+        {
+            let mut state = self.state();
+            for id in entry_ids {
+                let serials = state.issued.get(*id).cloned().unwrap_or_default();
+                state.revoked_serials.extend(serials);
+                state.refused_entries.insert((*id).to_owned());
+            }
+        }
+        self.notify();
     }
 
     /// Returns the CA certificate, DER.
@@ -212,7 +248,7 @@ impl FakeNode {
         let listener = tokio::net::TcpListener::bind(address).await.expect("bind");
         let bound = listener.local_addr().expect("address");
         let incoming = twid_tls::TlsIncoming::new(listener, tls);
-        let service = NodeServer::new(FakeService(Arc::clone(self)));
+        let service = NodeServer::new(FakeService(Arc::clone(self), shutdown.clone()));
         tokio::spawn(async move {
             tonic::transport::Server::builder()
                 .add_service(service)
@@ -307,6 +343,12 @@ impl FakeNode {
             .map_err(|e| Status::unauthenticated(e.to_string()))?
             .to_string();
         let serial = serial_hex(&leaf);
+        if self.state().agent_revoked {
+            return Err(Status::permission_denied(format!(
+                "the SVID of agent {spiffe_id} (serial {serial}) was revoked by revocation 1; \
+                 the agent must attest again"
+            )));
+        }
         match self.state().agents.get(&spiffe_id) {
             Some(current) if *current == serial => Ok(spiffe_id),
             Some(_) => Err(Status::permission_denied(format!(
@@ -319,7 +361,8 @@ impl FakeNode {
     }
 }
 
-struct FakeService(Arc<FakeNode>);
+/// The node service over a [`FakeNode`]; Watch streams end when the receiver turns true.
+struct FakeService(Arc<FakeNode>, watch::Receiver<bool>);
 
 #[tonic::async_trait]
 impl Node for FakeService {
@@ -398,10 +441,16 @@ impl Node for FakeService {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone();
+        let (revoked_x509_serials, revoked_jtis) = {
+            let state = node.state();
+            (state.revoked_serials.clone(), state.revoked_jtis.clone())
+        };
         Ok(Response::new(SyncResponse {
             entries,
             bundle: Some(node.bundle()),
             federated_bundles: Vec::new(),
+            revoked_x509_serials,
+            revoked_jtis,
         }))
     }
 
@@ -418,6 +467,14 @@ impl Node for FakeService {
             .clone();
         let mut results = Vec::new();
         for params in &request.get_ref().params {
+            if node.state().refused_entries.contains(&params.entry_id) {
+                results.push(X509SvidResult {
+                    entry_id: params.entry_id.clone(),
+                    error: "the entry's SVIDs were revoked".to_owned(),
+                    ..X509SvidResult::default()
+                });
+                continue;
+            }
             let Some(entry) = entries.iter().find(|e| e.id == params.entry_id) else {
                 results.push(X509SvidResult {
                     entry_id: params.entry_id.clone(),
@@ -429,7 +486,12 @@ impl Node for FakeService {
             let cert = node
                 .ca
                 .sign_csr(&params.csr, &entry.spiffe_id, node.svid_ttl)?;
-            node.state().signed_svids += 1;
+            {
+                let mut state = node.state();
+                state.signed_svids += 1;
+                let serials = state.issued.entry(entry.id.clone()).or_default();
+                serials.push(serial_hex(&cert));
+            }
             results.push(X509SvidResult {
                 entry_id: entry.id.clone(),
                 cert_chain: vec![cert],
@@ -446,5 +508,39 @@ impl Node for FakeService {
     ) -> Result<Response<NewJwtSvidResponse>, Status> {
         self.0.authenticate(&request)?;
         Err(Status::unimplemented("the fake server signs no JWT-SVIDs"))
+    }
+
+    async fn watch(
+        &self,
+        request: Request<WatchRequest>,
+    ) -> Result<Response<BoxStream<SyncHint>>, Status> {
+        let node = &self.0;
+        node.authenticate(&request)?;
+        {
+            let mut state = node.state();
+            if state.watch_unimplemented {
+                return Err(Status::unimplemented("Watch is not supported"));
+            }
+            state.watches += 1;
+        }
+        let mut changes = node.hints.subscribe();
+        let mut shutdown = self.1.clone();
+        let stream = async_stream::stream! {
+            let first = *changes.borrow_and_update();
+            yield Ok(SyncHint { revision: first, reason: "connected".to_owned() });
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() {
+                            break;
+                        }
+                    }
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                }
+                let revision = *changes.borrow_and_update();
+                yield Ok(SyncHint { revision, reason: "entry".to_owned() });
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 }

@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, log, oidc_provider, run,
-    svid, token, wimse,
+    agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, log, oidc_provider, policy,
+    revoke, run, svid, token, wimse,
 };
 
 /// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
@@ -50,6 +50,12 @@ enum Command {
     /// Show and verify the issuance log of SVIDs issued and requests rejected.
     #[command(subcommand)]
     Log(log::LogCommand),
+    /// Revoke every unexpired credential issued on a selector, TCB status or agent, or list
+    /// revocations.
+    Revoke(revoke::RevokeArgs),
+    /// Sign, apply, list and show versions of the signed appraisal policy document.
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
     /// Call the SPIFFE Workload API as a workload would.
     #[command(subcommand)]
     Api(api::ApiCommand),
@@ -124,6 +130,8 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Token(command) => token::run(command).await,
         Command::Bundle(command) => bundle::run(command).await,
         Command::Log(command) => log::run(command).await,
+        Command::Revoke(args) => revoke::run(args).await,
+        Command::Policy(command) => policy::run(command).await,
         Command::Api(command) => api::run(command).await,
         Command::Svid(command) => svid::run(command).await,
         Command::Attest(command) => attest::run(command).await,

@@ -6,12 +6,13 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use hcl_edit::expr::Expression;
+use hcl_edit::structure::Body;
 use twid_evidence::Kind;
 use twid_evidence::claims::SnpTcb;
 use twid_evidence::policy::Policy;
 
 use crate::ConfigError;
-use crate::document::{Node, Schema, Section};
+use crate::document::{Entry, Node, Schema, Section, Source};
 use crate::plugins::Plugin;
 use crate::values;
 
@@ -121,6 +122,7 @@ const SERVER_SGX_DCAP: Schema = Schema {
         "allowed_tcb_statuses",
         "max_collateral_age",
         "pcs_url",
+        "max_evidence_age",
     ],
     hints: &[],
     nested: None,
@@ -135,6 +137,7 @@ const SERVER_TDX: Schema = Schema {
         "allowed_tcb_statuses",
         "max_collateral_age",
         "pcs_url",
+        "max_evidence_age",
     ],
     hints: &[],
     nested: None,
@@ -164,6 +167,7 @@ const SERVER_SNP: Schema = Schema {
         "min_tcb",
         "allowed_chip_ids",
         "kds_url",
+        "max_evidence_age",
     ],
     hints: &[],
     nested: None,
@@ -182,7 +186,7 @@ const SERVER_NITRO: Schema = Schema {
 };
 
 const SERVER_TPM: Schema = Schema {
-    keys: &["pcrs", "allowed_ak_sha256"],
+    keys: &["pcrs", "allowed_ak_sha256", "max_evidence_age"],
     hints: &[],
     nested: None,
 };
@@ -207,54 +211,7 @@ pub(crate) fn server_attestor(
         Kind::Tpm => &SERVER_TPM,
     };
     plugin.check_data(schema)?;
-    let mut policy = Policy::default();
-    if let Some(allow) = plugin.optional("allow_debug", values::boolean)? {
-        policy.allow_debug = allow;
-    }
-    let measurement_len = match kind {
-        Kind::SgxDcap | Kind::SgxIas => 32,
-        Kind::Tdx | Kind::Snp | Kind::Nitro | Kind::Tpm => 48,
-    };
-    policy.allowed_measurements = plugin
-        .optional("allowed_measurements", |expr| {
-            hex_list(expr, measurement_len)
-        })?
-        .unwrap_or_default();
-    policy.allowed_signers = plugin
-        .optional("allowed_signers", |expr| hex_list(expr, 32))?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|signer| to_array(&signer))
-        .collect();
-    policy.min_isv_svn = plugin.optional("min_isv_svn", u16_value)?;
-    if let Some(statuses) = plugin.optional("allowed_tcb_statuses", tcb_statuses)? {
-        policy.allowed_tcb_statuses = statuses;
-    }
-    policy.max_collateral_age = plugin.optional("max_collateral_age", values::positive_duration)?;
-    policy.max_evidence_age = plugin.optional("max_evidence_age", values::positive_duration)?;
-    policy.allowed_chip_ids = plugin
-        .optional("allowed_chip_ids", |expr| {
-            let ids = hex_list(expr, 64)?;
-            // VLEK-signed and masked reports carry an all-zero chip ID, so allowing zero
-            // would allow every such report.
-            if ids.iter().any(|id| id.iter().all(|byte| *byte == 0)) {
-                return Err(
-                    "an all-zero chip ID would match every VLEK-signed or masked report".to_owned(),
-                );
-            }
-            Ok(ids)
-        })?
-        .unwrap_or_default();
-    policy.allowed_ak_sha256 = plugin
-        .optional("allowed_ak_sha256", |expr| hex_list(expr, 32))?
-        .unwrap_or_default()
-        .into_iter()
-        .map(|digest| to_array(&digest))
-        .collect();
-    if let Some(data) = &plugin.data {
-        policy.min_snp_tcb = min_tcb(data)?;
-        policy.pcrs = pcr_values(data, kind)?;
-    }
+    let policy = read_policy(plugin.data.as_ref(), kind)?;
 
     let pcs_url = plugin.optional("pcs_url", service_url)?;
     let kds_url = plugin.optional("kds_url", service_url)?;
@@ -277,6 +234,223 @@ pub(crate) fn server_attestor(
         kds_url,
         policy,
     })
+}
+
+/// Converts an optional key of a section that may be absent.
+fn optional<T>(
+    data: Option<&Section<'_>>,
+    key: &str,
+    convert: impl FnOnce(&Expression) -> Result<T, String>,
+) -> Result<Option<T>, ConfigError> {
+    match data {
+        Some(data) => data.optional(key, convert),
+        None => Ok(None),
+    }
+}
+
+/// Hint for a `plugin_data` key that a policy document may not set.
+const CONFIG_ONLY: &str = "trust roots, collateral and fetch settings stay in the server \
+                           configuration's NodeAttestor block";
+
+const CONFIG_ONLY_KEYS: &[(&str, &str)] = &[
+    ("trusted_roots", CONFIG_ONLY),
+    ("collateral_dir", CONFIG_ONLY),
+    ("vek_chain_path", CONFIG_ONLY),
+    ("pcs_url", CONFIG_ONLY),
+    ("kds_url", CONFIG_ONLY),
+];
+
+const POLICY_SGX_DCAP: Schema = Schema {
+    keys: &[
+        "allow_debug",
+        "allowed_measurements",
+        "allowed_signers",
+        "min_isv_svn",
+        "allowed_tcb_statuses",
+        "max_collateral_age",
+        "max_evidence_age",
+    ],
+    hints: CONFIG_ONLY_KEYS,
+    nested: None,
+};
+
+const POLICY_TDX: Schema = Schema {
+    keys: &[
+        "allow_debug",
+        "allowed_measurements",
+        "allowed_tcb_statuses",
+        "max_collateral_age",
+        "max_evidence_age",
+    ],
+    hints: CONFIG_ONLY_KEYS,
+    nested: None,
+};
+
+const POLICY_SGX_IAS: Schema = Schema {
+    keys: &[
+        "allow_debug",
+        "allowed_measurements",
+        "allowed_signers",
+        "min_isv_svn",
+        "allowed_tcb_statuses",
+        "max_evidence_age",
+    ],
+    hints: CONFIG_ONLY_KEYS,
+    nested: None,
+};
+
+const POLICY_SNP: Schema = Schema {
+    keys: &[
+        "allow_debug",
+        "allowed_measurements",
+        "min_tcb",
+        "allowed_chip_ids",
+        "max_evidence_age",
+    ],
+    hints: CONFIG_ONLY_KEYS,
+    nested: None,
+};
+
+const POLICY_NITRO: Schema = Schema {
+    keys: &[
+        "allow_debug",
+        "allowed_measurements",
+        "pcrs",
+        "max_evidence_age",
+    ],
+    hints: CONFIG_ONLY_KEYS,
+    nested: None,
+};
+
+const POLICY_TPM: Schema = Schema {
+    keys: &["pcrs", "allowed_ak_sha256", "max_evidence_age"],
+    hints: &[],
+    nested: None,
+};
+
+const ATTESTOR_NAMES: Schema = Schema {
+    keys: &["sgx_dcap", "tdx", "sgx_ias", "snp", "nitro", "tpm"],
+    hints: &[("join_token", "join tokens are not appraised with a policy")],
+    nested: None,
+};
+
+/// The policy of one evidence attestor in a policy document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentPolicy {
+    /// The attestor name, such as `tdx`.
+    pub attestor: String,
+    /// The evidence kind of that attestor.
+    pub kind: Kind,
+    /// The rules, read with the same keys and value formats as `plugin_data`.
+    pub policy: Policy,
+}
+
+/// Reads the `attestors` object of a policy document, JSON text such as
+/// `{"version": 2, "attestors": {"tdx": {"allowed_measurements": ["..."]}}}`, into one policy
+/// per attestor. Each attestor object takes the policy keys of that attestor's `plugin_data`
+/// (not its roots, collateral or fetch settings), with the same value formats, and a missing
+/// key has its `plugin_data` default. Other members of the document are not read here.
+/// `source_name` names the document in errors, such as `policy version 2`; line numbers count
+/// lines of `json`.
+///
+/// # Errors
+/// Returns an error naming the attestor, key and value for an unknown attestor name or key,
+/// or for a value that the `plugin_data` key would reject. JSON that the HCL parser cannot
+/// read, such as string escapes other than `\n`, `\r`, `\t`, `\"`, `\\` and `\uXXXX`, is a
+/// syntax error.
+pub fn document_policies(
+    source_name: &str,
+    json: &str,
+) -> Result<Vec<DocumentPolicy>, ConfigError> {
+    let source = Source::new(source_name, json);
+    let expr = hcl_edit::parser::parse_expr(json).map_err(|error| ConfigError::Syntax {
+        file: source_name.to_owned(),
+        line: error.location().line(),
+        column: error.location().column(),
+        message: error.message().to_owned(),
+    })?;
+    let body = Body::default();
+    let root = Section::root(&source, &body);
+    let top = Entry {
+        key: "",
+        line: 1,
+        node: Node::Value(&expr),
+    };
+    let document = root.child(&top)?;
+    let Some(attestors) = document.section("attestors")? else {
+        return Ok(Vec::new());
+    };
+    attestors.check_keys(&ATTESTOR_NAMES)?;
+    let mut policies = Vec::with_capacity(attestors.entries.len());
+    for entry in &attestors.entries {
+        let kind = evidence_kind(entry.key)
+            .ok_or_else(|| attestors.unknown_key(entry, &ATTESTOR_NAMES))?;
+        let section = attestors.child(entry)?;
+        section.check_keys(match kind {
+            Kind::SgxDcap => &POLICY_SGX_DCAP,
+            Kind::Tdx => &POLICY_TDX,
+            Kind::SgxIas => &POLICY_SGX_IAS,
+            Kind::Snp => &POLICY_SNP,
+            Kind::Nitro => &POLICY_NITRO,
+            Kind::Tpm => &POLICY_TPM,
+        })?;
+        policies.push(DocumentPolicy {
+            attestor: entry.key.to_owned(),
+            kind,
+            policy: read_policy(Some(&section), kind)?,
+        });
+    }
+    Ok(policies)
+}
+
+/// Reads the policy keys of a server `NodeAttestor` block's `plugin_data`, or of one attestor
+/// object of a policy document; `None` reads as an empty section.
+fn read_policy(data: Option<&Section<'_>>, kind: Kind) -> Result<Policy, ConfigError> {
+    let mut policy = Policy::default();
+    if let Some(allow) = optional(data, "allow_debug", values::boolean)? {
+        policy.allow_debug = allow;
+    }
+    let measurement_len = match kind {
+        Kind::SgxDcap | Kind::SgxIas => 32,
+        Kind::Tdx | Kind::Snp | Kind::Nitro | Kind::Tpm => 48,
+    };
+    policy.allowed_measurements = optional(data, "allowed_measurements", |expr| {
+        hex_list(expr, measurement_len)
+    })?
+    .unwrap_or_default();
+    policy.allowed_signers = optional(data, "allowed_signers", |expr| hex_list(expr, 32))?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|signer| to_array(&signer))
+        .collect();
+    policy.min_isv_svn = optional(data, "min_isv_svn", u16_value)?;
+    if let Some(statuses) = optional(data, "allowed_tcb_statuses", tcb_statuses)? {
+        policy.allowed_tcb_statuses = statuses;
+    }
+    policy.max_collateral_age = optional(data, "max_collateral_age", values::positive_duration)?;
+    policy.max_evidence_age = optional(data, "max_evidence_age", values::positive_duration)?;
+    policy.allowed_chip_ids = optional(data, "allowed_chip_ids", |expr| {
+        let ids = hex_list(expr, 64)?;
+        // VLEK-signed and masked reports carry an all-zero chip ID, so allowing zero
+        // would allow every such report.
+        if ids.iter().any(|id| id.iter().all(|byte| *byte == 0)) {
+            return Err(
+                "an all-zero chip ID would match every VLEK-signed or masked report".to_owned(),
+            );
+        }
+        Ok(ids)
+    })?
+    .unwrap_or_default();
+    policy.allowed_ak_sha256 = optional(data, "allowed_ak_sha256", |expr| hex_list(expr, 32))?
+        .unwrap_or_default()
+        .into_iter()
+        .map(|digest| to_array(&digest))
+        .collect();
+    if let Some(data) = data {
+        policy.min_snp_tcb = min_tcb(data)?;
+        policy.pcrs = pcr_values(data, kind)?;
+    }
+    Ok(policy)
 }
 
 const AGENT_CONFIGFS_TSM: Schema = Schema {
@@ -636,6 +810,93 @@ mod tests {
         assert!(parse("https://user@pccs.example").is_err());
         assert!(parse("https://pccs.example/?a=b").is_err());
         assert!(parse("pccs.example").is_err());
+    }
+
+    #[test]
+    fn document_policies_read_plugin_data_keys() {
+        let mrtd = "ab".repeat(48);
+        let json = format!(
+            r#"{{
+  "version": 2,
+  "attestors": {{
+    "tdx": {{"allowed_measurements": ["{mrtd}"], "max_collateral_age": "720h",
+             "allowed_tcb_statuses": ["UpToDate"]}},
+    "snp": {{"min_tcb": {{"bootloader": 3, "snp": 14}}, "allow_debug": false}},
+    "tpm": {{"pcrs": {{"7": "{pcr}"}}, "allowed_ak_sha256": ["{ak}"]}}
+  }}
+}}"#,
+            pcr = "01".repeat(32),
+            ak = "02".repeat(32)
+        );
+        let policies = document_policies("policy version 2", &json).expect("valid document");
+        let names: Vec<(&str, Kind)> = policies
+            .iter()
+            .map(|entry| (entry.attestor.as_str(), entry.kind))
+            .collect();
+        assert_eq!(
+            names,
+            [("tdx", Kind::Tdx), ("snp", Kind::Snp), ("tpm", Kind::Tpm)]
+        );
+        let tdx = &policies[0].policy;
+        assert_eq!(tdx.allowed_measurements, vec![vec![0xab; 48]]);
+        assert_eq!(
+            tdx.max_collateral_age,
+            Some(std::time::Duration::from_secs(720 * 3600))
+        );
+        assert_eq!(
+            tdx.allowed_tcb_statuses,
+            vec![twid_evidence::TcbStatus::UpToDate]
+        );
+        let snp = policies[1].policy.min_snp_tcb.as_ref().expect("min_tcb");
+        assert_eq!(
+            (snp.bootloader, snp.tee, snp.snp, snp.microcode),
+            (3, 0, 14, 0)
+        );
+        assert_eq!(policies[2].policy.pcrs.get(&7), Some(&vec![1u8; 32]));
+        assert_eq!(policies[2].policy.allowed_ak_sha256, vec![[2u8; 32]]);
+        assert!(
+            document_policies("doc", r#"{"version": 1}"#)
+                .expect("no attestors")
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn document_policy_errors_name_key_and_value() {
+        let error = document_policies(
+            "policy version 3",
+            "{\"attestors\": {\"tdx\": {\"allowed_measurements\": [\"abcd\"]}}}",
+        )
+        .expect_err("short measurement")
+        .to_string();
+        assert!(
+            error.starts_with("policy version 3:1: allowed_measurements = [\"abcd\"]"),
+            "{error}"
+        );
+        assert!(error.contains("expected 48 bytes"), "{error}");
+
+        let error = document_policies("doc", r#"{"attestors": {"tdx": {"collateral_dir": "/x"}}}"#)
+            .expect_err("config-only key")
+            .to_string();
+        assert!(error.contains("\"collateral_dir\""), "{error}");
+        assert!(
+            error.contains("stay in the server configuration"),
+            "{error}"
+        );
+
+        let error = document_policies("doc", r#"{"attestors": {"tdxx": {}}}"#)
+            .expect_err("unknown attestor")
+            .to_string();
+        assert!(error.contains("\"tdxx\""), "{error}");
+        assert!(error.contains("did you mean \"tdx\""), "{error}");
+
+        let error = document_policies(
+            "doc",
+            r#"{"attestors": {"snp": {"min_tcb": {"tee": 300}}}}"#,
+        )
+        .expect_err("component out of range")
+        .to_string();
+        assert!(error.contains("tee = 300"), "{error}");
     }
 
     #[test]

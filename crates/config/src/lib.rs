@@ -31,8 +31,9 @@ pub use common::{HealthChecks, LogFormat, LogLevel, ParseValueError, Prometheus,
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
 pub use evidence::{
-    CollectorConfig, DEFAULT_PCR_BANK, DEFAULT_TPM_PCRS, DEFAULT_TSM_PATH, EvidenceAttestorConfig,
-    EvidenceNodeAttestor, TpmCollectorConfig, attestor_name, evidence_kind,
+    CollectorConfig, DEFAULT_PCR_BANK, DEFAULT_TPM_PCRS, DEFAULT_TSM_PATH, DocumentPolicy,
+    EvidenceAttestorConfig, EvidenceNodeAttestor, TpmCollectorConfig, attestor_name,
+    document_policies, evidence_kind,
 };
 pub use helper::{HelperConfig, HelperFileFormat, JwtSvidFile};
 pub use issuers::{JwtIssuerConfig, OidcDiscoveryConfig};

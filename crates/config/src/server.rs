@@ -77,6 +77,9 @@ pub struct ServerConfig {
     /// The `NodeAttestor` blocks of evidence kinds (`sgx_dcap`, `tdx`, `sgx_ias`, `snp`,
     /// `nitro`, `tpm`) in file order. Join tokens are always accepted beside them.
     pub evidence_attestors: Vec<EvidenceAttestorConfig>,
+    /// PEM SubjectPublicKeyInfo files of the P-256 keys that may sign version 1 of the
+    /// appraisal policy document. Empty means version 1 names its own owners.
+    pub policy_owner_keys: Vec<PathBuf>,
 }
 
 /// Key algorithm of a CA or JWT signing key, spelled as in SPIRE (`ec-p256`).
@@ -188,6 +191,7 @@ const SERVER_KEYS: &[&str] = &[
     "socket_path",
     "ca_subject",
     "public_url",
+    "policy_owner_keys",
 ];
 
 const FILE: Schema = Schema {
@@ -365,6 +369,9 @@ impl ServerConfig {
             jwt_issuers,
             oidc_discovery,
             evidence_attestors,
+            policy_owner_keys: server
+                .optional("policy_owner_keys", owner_key_paths)?
+                .unwrap_or_default(),
             trust_domain,
             data_dir,
         })
@@ -398,8 +405,24 @@ impl ServerConfig {
             jwt_issuers: Vec::new(),
             oidc_discovery: None,
             evidence_attestors: Vec::new(),
+            policy_owner_keys: Vec::new(),
         }
     }
+}
+
+/// Reads `policy_owner_keys`: a non-empty list of non-empty paths.
+fn owner_key_paths(expr: &hcl_edit::expr::Expression) -> Result<Vec<PathBuf>, String> {
+    let paths = values::string_list(expr)?;
+    if paths.is_empty() {
+        return Err(
+            "the list is empty; remove the key to let version 1 of the policy name its owners"
+                .to_owned(),
+        );
+    }
+    if paths.iter().any(String::is_empty) {
+        return Err("paths must not be empty".to_owned());
+    }
+    Ok(paths.into_iter().map(PathBuf::from).collect())
 }
 
 /// Rejects plugin types and names that twid does not implement, and returns the evidence
@@ -571,6 +594,7 @@ impl fmt::Debug for ServerConfig {
             .field("jwt_issuers", &self.jwt_issuers)
             .field("oidc_discovery", &self.oidc_discovery)
             .field("evidence_attestors", &self.evidence_attestors)
+            .field("policy_owner_keys", &self.policy_owner_keys)
             .finish()
     }
 }

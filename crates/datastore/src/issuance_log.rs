@@ -9,11 +9,22 @@
 //! head row from [`Datastore::begin_issuance_log_append`] until it commits. On PostgreSQL the
 //! lock is `SELECT ... FOR UPDATE`, so appenders in several server processes take turns. On
 //! SQLite the transaction starts with `BEGIN IMMEDIATE`, which takes the database's write lock.
+//!
+//! [`IssuanceLogWriter`] is the faster path that the appender uses. It continues from a head
+//! that the caller remembers and stores a whole batch only if the head row still holds that
+//! value, so a batch needs no read of the head. On PostgreSQL it uses a connection of its own
+//! and stores a batch, its checkpoints and the new head with one statement.
 
 use std::fmt;
+use std::time::{Duration, Instant};
 
 use sqlx::any::AnyRow;
-use sqlx::{Any, AnyConnection, AssertSqlSafe, Row, Transaction};
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{PgConnectOptions, PgConnection};
+use sqlx::{
+    Any, AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions as _, Connection as _, Row,
+    Transaction,
+};
 
 use crate::{DatabaseType, Datastore, DatastoreError, to_u64};
 
@@ -169,6 +180,35 @@ impl Datastore {
             next_seq: row.try_get("next_seq")?,
             head_hash: row.try_get("head_hash")?,
         })
+    }
+
+    /// Returns a writer for [`IssuanceLogWriter::append`]. On PostgreSQL it connects on first
+    /// use, so call this from the Tokio runtime that will drive the appends.
+    ///
+    /// # Errors
+    /// Returns [`DatastoreError::InvalidConfig`] if the pool's PostgreSQL URL cannot be parsed
+    /// again.
+    pub fn issuance_log_writer(&self) -> Result<IssuanceLogWriter, DatastoreError> {
+        let backend = match self.backend {
+            DatabaseType::Sqlite => WriterBackend::Sqlite {
+                pool: self.pool.clone(),
+                held: None,
+            },
+            DatabaseType::Postgres => {
+                let url = self.pool.connect_options().database_url.clone();
+                let options = PgConnectOptions::from_url(&url).map_err(|error| {
+                    DatastoreError::InvalidConfig(format!(
+                        "the PostgreSQL connection string cannot be parsed for the issuance \
+                         log writer: {error}"
+                    ))
+                })?;
+                WriterBackend::Postgres {
+                    options: Box::new(options),
+                    conn: None,
+                }
+            }
+        };
+        Ok(IssuanceLogWriter { backend })
     }
 
     /// Returns up to `limit` records with `seq >= from_seq`, in seq order.
@@ -412,6 +452,303 @@ impl IssuanceLogAppend {
         self.tx.commit().await?;
         Ok(())
     }
+}
+
+/// The result of [`IssuanceLogWriter::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// The records, the checkpoints and the new head are committed.
+    Committed,
+    /// The head row no longer holds the expected value, for example because another process
+    /// appended. Nothing was stored; read the head again and rebuild the chain.
+    HeadMoved,
+}
+
+/// Appends batches of chained records for one appender. Dropping it closes its PostgreSQL
+/// connection.
+pub struct IssuanceLogWriter {
+    backend: WriterBackend,
+}
+
+enum WriterBackend {
+    /// SQLite allows one writer at a time, and the pool's single connection avoids
+    /// `SQLITE_BUSY` on lock upgrades in other transactions, so appends borrow that connection.
+    /// The pool pings a connection when it is acquired and again when it is returned, so the
+    /// writer keeps it across consecutive batches, for at most [`MAX_SQLITE_HOLD`].
+    Sqlite {
+        pool: AnyPool,
+        held: Option<(PoolConnection<Any>, Instant)>,
+    },
+    /// A connection of the writer's own, opened on first use and again after a failure. It is
+    /// registered with the runtime that opened it, so it never waits for a busy pool or for
+    /// the I/O driver of another runtime.
+    Postgres {
+        options: Box<PgConnectOptions>,
+        conn: Option<PgConnection>,
+    },
+}
+
+impl fmt::Debug for IssuanceLogWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = match &self.backend {
+            WriterBackend::Sqlite { .. } => "sqlite",
+            WriterBackend::Postgres { .. } => "postgres",
+        };
+        f.debug_struct("IssuanceLogWriter")
+            .field("backend", &backend)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The longest time the SQLite writer keeps the pool's connection across batches. Other
+/// datastore operations wait for the connection meanwhile.
+const MAX_SQLITE_HOLD: Duration = Duration::from_millis(10);
+
+/// Stores a PostgreSQL batch in one statement, so that it costs one round trip and commits
+/// when the statement ends. The head row is updated only if it holds `$3` and `$4`, and both
+/// inserts depend on that update: a head moved by another process stores nothing. Under READ
+/// COMMITTED, a concurrent appender's lock on the head row makes the update wait, and the
+/// update then rechecks its condition against the committed row.
+const POSTGRES_APPEND: &str = concat!(
+    "WITH head AS (UPDATE issuance_log_head SET next_seq = $1, head_hash = $2 \
+     WHERE next_seq = $3 AND head_hash = $4 RETURNING 1), \
+     checkpoints AS (INSERT INTO issuance_log_checkpoints \
+     (seq, hash, algorithm, key_id, signature, created_at_ms) \
+     SELECT * FROM UNNEST($5::int8[], $6::bytea[], $7::text[], $8::text[], $9::bytea[], \
+     $10::int8[]) WHERE EXISTS (SELECT 1 FROM head) ON CONFLICT (seq) DO NOTHING) \
+     INSERT INTO issuance_log (",
+    record_columns!(),
+    ") SELECT * FROM UNNEST($11::int8[], $12::bytea[], $13::bytea[], $14::text[], \
+     $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], \
+     $21::bytea[], $22::bytea[], $23::text[], $24::text[], $25::text[], $26::int8[]) \
+     WHERE EXISTS (SELECT 1 FROM head)"
+);
+
+impl IssuanceLogWriter {
+    /// Stores `records` and `checkpoints` and moves the head past the last record, in one
+    /// transaction, if the head row holds `next_seq` and `head_hash`. Returns once the
+    /// transaction has committed, or with [`WriteOutcome::HeadMoved`] having stored nothing.
+    ///
+    /// As for [`IssuanceLogAppend::insert_records`], the caller builds the chain: consecutive
+    /// seqs from `next_seq`, the first `prev_hash` equal to `head_hash`. A checkpoint whose seq
+    /// is stored already is skipped.
+    ///
+    /// On SQLite, the writer keeps the pool's only connection after a committed batch if it
+    /// has held it for less than [`MAX_SQLITE_HOLD`], and every other use of the datastore
+    /// waits for it until [`release`](Self::release) or a later call returns it.
+    ///
+    /// # Errors
+    /// Returns the database failure, after which nothing is stored unless the connection broke
+    /// during the commit. On PostgreSQL the writer then reconnects on its next call.
+    pub async fn append(
+        &mut self,
+        next_seq: i64,
+        head_hash: &[u8],
+        records: &[IssuanceLogRecord],
+        checkpoints: &[IssuanceLogCheckpoint],
+    ) -> Result<WriteOutcome, DatastoreError> {
+        let Some(last) = records.last() else {
+            return Ok(WriteOutcome::Committed);
+        };
+        let new_next_seq = last.seq.checked_add(1).ok_or_else(|| {
+            DatastoreError::Corrupt(format!("issuance log seq {} cannot grow", last.seq))
+        })?;
+        let head = HeadUpdate {
+            expected_next_seq: next_seq,
+            expected_hash: head_hash,
+            new_next_seq,
+            new_hash: &last.hash,
+        };
+        match &mut self.backend {
+            WriterBackend::Sqlite { pool, held } => {
+                let (mut conn, since) = match held.take() {
+                    Some(held) => held,
+                    None => (pool.acquire().await?, Instant::now()),
+                };
+                let outcome = append_sqlite(&mut conn, &head, records, checkpoints).await;
+                // After a failure the connection goes back to the pool, which tests it. After a
+                // moved head it goes back too, because the caller's next step, the locked
+                // append, takes a connection from the pool.
+                if matches!(outcome, Ok(WriteOutcome::Committed))
+                    && since.elapsed() < MAX_SQLITE_HOLD
+                {
+                    *held = Some((conn, since));
+                }
+                outcome
+            }
+            WriterBackend::Postgres { options, conn } => {
+                let result = async {
+                    let connection = postgres_connection(options, conn).await?;
+                    append_postgres(connection, &head, records, checkpoints).await
+                }
+                .await;
+                if result.is_err() {
+                    *conn = None;
+                }
+                result
+            }
+        }
+    }
+
+    /// Returns a connection kept from the pool for further batches. Call it when no batch
+    /// follows at once, so that other datastore operations get the connection.
+    pub fn release(&mut self) {
+        if let WriterBackend::Sqlite { held, .. } = &mut self.backend {
+            *held = None;
+        }
+    }
+}
+
+/// The compare-and-set of the head row that makes a batch conditional.
+struct HeadUpdate<'a> {
+    expected_next_seq: i64,
+    expected_hash: &'a [u8],
+    new_next_seq: i64,
+    new_hash: &'a [u8],
+}
+
+/// Returns the writer's PostgreSQL connection, connecting first if it has none.
+async fn postgres_connection<'c>(
+    options: &PgConnectOptions,
+    conn: &'c mut Option<PgConnection>,
+) -> Result<&'c mut PgConnection, DatastoreError> {
+    match conn {
+        Some(connection) => Ok(connection),
+        None => Ok(conn.insert(options.connect().await?)),
+    }
+}
+
+async fn append_sqlite(
+    conn: &mut AnyConnection,
+    head: &HeadUpdate<'_>,
+    records: &[IssuanceLogRecord],
+    checkpoints: &[IssuanceLogCheckpoint],
+) -> Result<WriteOutcome, DatastoreError> {
+    // IMMEDIATE takes the write lock first, so the head cannot move before the commit.
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+    let updated = sqlx::query(
+        "UPDATE issuance_log_head SET next_seq = $1, head_hash = $2 \
+         WHERE next_seq = $3 AND head_hash = $4",
+    )
+    .bind(head.new_next_seq)
+    .bind(head.new_hash.to_vec())
+    .bind(head.expected_next_seq)
+    .bind(head.expected_hash.to_vec())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        // Dropping the transaction rolls it back.
+        return Ok(WriteOutcome::HeadMoved);
+    }
+    let mut rest = records;
+    for size in INSERT_CHUNK_ROWS {
+        while rest.len() >= size {
+            let (chunk, tail) = rest.split_at(size);
+            insert_record_chunk(&mut tx, DatabaseType::Sqlite, chunk).await?;
+            rest = tail;
+        }
+    }
+    for checkpoint in checkpoints {
+        insert_checkpoint(&mut tx, checkpoint).await?;
+    }
+    tx.commit().await?;
+    Ok(WriteOutcome::Committed)
+}
+
+async fn append_postgres(
+    conn: &mut PgConnection,
+    head: &HeadUpdate<'_>,
+    records: &[IssuanceLogRecord],
+    checkpoints: &[IssuanceLogCheckpoint],
+) -> Result<WriteOutcome, DatastoreError> {
+    let column = |get: fn(&IssuanceLogRecord) -> Option<&str>| -> Vec<Option<&str>> {
+        records.iter().map(get).collect()
+    };
+    let bytes_column = |get: fn(&IssuanceLogRecord) -> Option<&[u8]>| -> Vec<Option<&[u8]>> {
+        records.iter().map(get).collect()
+    };
+    let query = sqlx::query(POSTGRES_APPEND)
+        .bind(head.new_next_seq)
+        .bind(head.new_hash)
+        .bind(head.expected_next_seq)
+        .bind(head.expected_hash)
+        .bind(checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>())
+        .bind(
+            checkpoints
+                .iter()
+                .map(|c| c.hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            checkpoints
+                .iter()
+                .map(|c| c.algorithm.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            checkpoints
+                .iter()
+                .map(|c| c.key_id.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            checkpoints
+                .iter()
+                .map(|c| c.signature.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            checkpoints
+                .iter()
+                .map(|c| c.created_at_ms)
+                .collect::<Vec<_>>(),
+        )
+        .bind(records.iter().map(|r| r.seq).collect::<Vec<_>>())
+        .bind(
+            records
+                .iter()
+                .map(|r| r.prev_hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            records
+                .iter()
+                .map(|r| r.hash.as_slice())
+                .collect::<Vec<_>>(),
+        )
+        .bind(records.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
+        .bind(column(|r| r.serial.as_deref()))
+        .bind(column(|r| r.jti.as_deref()))
+        .bind(column(|r| r.spiffe_id.as_deref()))
+        .bind(column(|r| r.entry_id.as_deref()))
+        .bind(column(|r| r.agent_id.as_deref()))
+        .bind(
+            records
+                .iter()
+                .map(|r| r.selectors.as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(bytes_column(|r| r.key_fingerprint.as_deref()))
+        .bind(bytes_column(|r| r.evidence_digest.as_deref()))
+        .bind(column(|r| r.attestation_result.as_deref()))
+        .bind(column(|r| r.policy_version.as_deref()))
+        .bind(column(|r| r.refusal_reason.as_deref()))
+        .bind(records.iter().map(|r| r.time_unix_ms).collect::<Vec<_>>());
+    // execute() reads the server's replies up to ReadyForQuery, which PostgreSQL sends after
+    // the statement's implicit transaction has committed (synchronous_commit stays on), so a
+    // commit failure is returned here too.
+    let inserted = query.execute(conn).await?.rows_affected();
+    if inserted == 0 {
+        return Ok(WriteOutcome::HeadMoved);
+    }
+    let expected = u64::try_from(records.len()).unwrap_or(u64::MAX);
+    if inserted != expected {
+        return Err(DatastoreError::Corrupt(format!(
+            "the issuance log append stored {inserted} of {expected} records"
+        )));
+    }
+    Ok(WriteOutcome::Committed)
 }
 
 /// Inserts `records` with one multi-row INSERT, which costs one round trip instead of one per

@@ -17,6 +17,8 @@ mod error;
 mod issuance_log;
 mod join_tokens;
 mod migrate;
+mod policy;
+mod revocation;
 mod sqlite;
 
 use std::path::Path;
@@ -32,8 +34,11 @@ pub use entries::EntryFilter;
 pub use error::DatastoreError;
 pub use issuance_log::{
     IssuanceLogAppend, IssuanceLogCheckpoint, IssuanceLogHead, IssuanceLogRecord,
+    IssuanceLogWriter, WriteOutcome,
 };
 pub use join_tokens::JoinToken;
+pub use policy::PolicyVersion;
+pub use revocation::{IssuedCredential, NewRevocation, RevocationRule, RevokedCredential};
 
 /// The SQL backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -33,6 +33,16 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0003_previous_agent_svid.sql"),
         postgres: include_str!("../migrations/postgres/0003_previous_agent_svid.sql"),
     },
+    Migration {
+        version: 4,
+        sqlite: include_str!("../migrations/sqlite/0004_policy_versions.sql"),
+        postgres: include_str!("../migrations/postgres/0004_policy_versions.sql"),
+    },
+    Migration {
+        version: 5,
+        sqlite: include_str!("../migrations/sqlite/0005_revocations.sql"),
+        postgres: include_str!("../migrations/postgres/0005_revocations.sql"),
+    },
 ];
 
 /// Returns the newest schema version this binary supports.

@@ -1289,7 +1289,7 @@ async fn migration_idempotent(db: &TestDb) {
         .iter()
         .map(|row| row.try_get("version").expect("version column"))
         .collect();
-    assert_eq!(versions, [1, 2, 3], "each migration is recorded once");
+    assert_eq!(versions, [1, 2, 3, 4, 5], "each migration is recorded once");
     let counters = sqlx::query("SELECT COUNT(*) AS count FROM changes")
         .fetch_one(&mut raw)
         .await
@@ -1325,7 +1325,7 @@ async fn concurrent_open_migrates_once(db: &TestDb) {
         .await
         .expect("count schema_migrations rows");
     let recorded: i64 = rows.try_get("count").expect("count column");
-    assert_eq!(recorded, 3, "migration rows after concurrent opens");
+    assert_eq!(recorded, 5, "migration rows after concurrent opens");
     raw.close().await.expect("close raw connection");
 }
 
@@ -1343,7 +1343,7 @@ async fn schema_too_new(db: &TestDb) {
     match Datastore::open(&db.config).await {
         Err(DatastoreError::SchemaTooNew { found, supported }) => {
             assert_eq!(found, 999);
-            assert_eq!(supported, 3);
+            assert_eq!(supported, 5);
         }
         Err(other) => panic!("opening a newer schema failed with the wrong error: {other}"),
         Ok(_) => panic!("opening a newer schema succeeded"),

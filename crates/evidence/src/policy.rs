@@ -44,7 +44,8 @@ pub struct Policy {
     /// unenrolled key.
     pub allowed_ak_sha256: Vec<[u8; 32]>,
     /// Maximum age of the evidence's own timestamp (the Nitro document timestamp, or for IAS
-    /// the report timestamp that the verifier puts in `collateral_issued_at`).
+    /// the report timestamp that the verifier puts in `collateral_issued_at`). The server also
+    /// caps every SVID issued on evidence of any kind at the attestation time plus this age.
     pub max_evidence_age: Option<Duration>,
 }
 

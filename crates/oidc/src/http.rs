@@ -29,12 +29,15 @@ use twid_telemetry::Health;
 
 use crate::document::{Issuer, discovery_document, public_jwks};
 use crate::tls::ReloadingTls;
-use crate::{KeySource, MAX_AWS_KEYS};
+use crate::{KeySource, MAX_AWS_KEYS, RevocationSource};
 
 const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 const KEYS_PATH: &str = "/keys";
 const LIVE_PATH: &str = "/live";
 const READY_PATH: &str = "/ready";
+const REVOCATIONS_PATH: &str = "/revocations";
+/// `Cache-Control` of the revocation list, which changes with every revocation.
+const CACHE_CONTROL_REVOCATIONS: &str = "no-cache";
 
 /// `Cache-Control` of the discovery document and the keys. A key published at least five
 /// minutes before it signs anything reaches every cache in time.
@@ -57,6 +60,7 @@ enum Cors {
 pub(crate) struct AppState {
     issuer: Issuer,
     keys: Arc<dyn KeySource>,
+    revocations: Option<Arc<dyn RevocationSource>>,
     health: Health,
     cors: Cors,
     /// Set once the "more than 100 keys" warning was logged, so it is logged once per listener.
@@ -67,6 +71,7 @@ impl AppState {
     pub(crate) fn new(
         issuer: Issuer,
         keys: Arc<dyn KeySource>,
+        revocations: Option<Arc<dyn RevocationSource>>,
         health: Health,
         cors_origins: &[String],
     ) -> Arc<Self> {
@@ -83,6 +88,7 @@ impl AppState {
         Arc::new(Self {
             issuer,
             keys,
+            revocations,
             health,
             cors,
             truncation_logged: AtomicBool::new(false),
@@ -127,12 +133,15 @@ pub(crate) struct App {
 
 impl App {
     pub(crate) fn new(state: Arc<AppState>) -> Arc<Self> {
-        let router = Router::new()
+        let mut router = Router::new()
             .route(DISCOVERY_PATH, get(discovery))
             .route(KEYS_PATH, get(keys))
             .route(LIVE_PATH, get(live))
-            .route(READY_PATH, get(ready))
-            .with_state(state.clone());
+            .route(READY_PATH, get(ready));
+        if state.revocations.is_some() {
+            router = router.route(REVOCATIONS_PATH, get(revocations));
+        }
+        let router = router.with_state(state.clone());
         Arc::new(Self { state, router })
     }
 
@@ -176,7 +185,8 @@ impl App {
     }
 
     fn options(&self, path: &str, origin: Option<&HeaderValue>) -> Response<Body> {
-        let known = [DISCOVERY_PATH, KEYS_PATH, LIVE_PATH, READY_PATH].contains(&path);
+        let known = [DISCOVERY_PATH, KEYS_PATH, LIVE_PATH, READY_PATH].contains(&path)
+            || (path == REVOCATIONS_PATH && self.state.revocations.is_some());
         let status = if known {
             StatusCode::NO_CONTENT
         } else {
@@ -234,6 +244,32 @@ async fn keys(State(state): State<Arc<AppState>>) -> Response<Body> {
         CACHE_CONTROL_PUBLIC,
         &json!({ "keys": keys }),
     )
+}
+
+async fn revocations(State(state): State<Arc<AppState>>) -> Response<Body> {
+    let Some(source) = &state.revocations else {
+        return json_response(StatusCode::NOT_FOUND, "no-store", &json!({}));
+    };
+    match source.signed_list().await {
+        Ok(jws) => {
+            let mut response = Response::new(Body::from(jws));
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/jwt"));
+            headers.insert(
+                CACHE_CONTROL,
+                HeaderValue::from_static(CACHE_CONTROL_REVOCATIONS),
+            );
+            response
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "the revocation list is unavailable");
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no-store",
+                &json!({ "error": "the revocation list is unavailable; retry later" }),
+            )
+        }
+    }
 }
 
 async fn live(State(state): State<Arc<AppState>>) -> Response<Body> {

@@ -43,6 +43,16 @@ pub trait KeySource: Send + Sync + 'static {
     fn jwks(&self) -> Vec<serde_json::Value>;
 }
 
+/// The signed revocation list of a trust domain, served at `/revocations` when given to
+/// [`serve_with_revocations`]. The endpoint does not parse or check the list.
+pub trait RevocationSource: Send + Sync + 'static {
+    /// Returns the current list as a compact JWS, or a message for the log when it cannot be
+    /// built. The endpoint then responds with 503.
+    fn signed_list(
+        &self,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+}
+
 /// Settings of the discovery listener.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OidcConfig {
@@ -100,6 +110,20 @@ pub async fn serve(
     keys: Arc<dyn KeySource>,
     health: Health,
 ) -> Result<OidcHandle, OidcError> {
+    serve_with_revocations(config, keys, None, health).await
+}
+
+/// Starts the listener as [`serve`] does, and also serves the signed revocation list of
+/// `revocations` at `/revocations` when it is given.
+///
+/// # Errors
+/// Returns the errors of [`serve`].
+pub async fn serve_with_revocations(
+    config: OidcConfig,
+    keys: Arc<dyn KeySource>,
+    revocations: Option<Arc<dyn RevocationSource>>,
+    health: Health,
+) -> Result<OidcHandle, OidcError> {
     let issuer = document::Issuer::parse(&config.issuer)?;
     let source_issuer = keys.issuer();
     if source_issuer != config.issuer {
@@ -139,6 +163,7 @@ pub async fn serve(
     let app = http::App::new(http::AppState::new(
         issuer,
         keys,
+        revocations,
         health,
         &config.cors_origins,
     ));

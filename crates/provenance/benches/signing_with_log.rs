@@ -33,7 +33,8 @@ use twid_provenance::{IssuanceLog, LogOptions, NewRecord, SigningKey, key_finger
 use twid_spiffe::{SpiffeId, TrustDomain};
 use twid_types::Selector;
 
-const CALLERS: u64 = 64;
+/// Concurrent signers, unless `TWID_BENCH_CALLERS` sets another number.
+const DEFAULT_CALLERS: u64 = 64;
 const HOUR: Duration = Duration::from_secs(3600);
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -95,12 +96,27 @@ impl Signer {
     }
 }
 
-/// Signs `count` SVIDs from [`CALLERS`] tasks, appending each record to `log` when given, and
+/// Returns the number of concurrent signers: `TWID_BENCH_CALLERS`, or [`DEFAULT_CALLERS`].
+fn callers() -> u64 {
+    match std::env::var("TWID_BENCH_CALLERS") {
+        Ok(text) => text
+            .parse()
+            .unwrap_or_else(|_| panic!("TWID_BENCH_CALLERS={text:?} is not a positive integer")),
+        Err(_) => DEFAULT_CALLERS,
+    }
+}
+
+/// Signs `count` SVIDs from `callers` tasks, appending each record to `log` when given, and
 /// returns the elapsed time.
-async fn sign_many(signer: &Arc<Signer>, log: Option<&IssuanceLog>, count: u64) -> Duration {
+async fn sign_many(
+    signer: &Arc<Signer>,
+    log: Option<&IssuanceLog>,
+    callers: u64,
+    count: u64,
+) -> Duration {
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..CALLERS {
+    for task in 0..callers {
         let signer = Arc::clone(signer);
         let log = log.cloned();
         tasks.spawn(async move {
@@ -110,7 +126,7 @@ async fn sign_many(signer: &Arc<Signer>, log: Option<&IssuanceLog>, count: u64) 
                 if let Some(log) = &log {
                     log.append(record).await.unwrap();
                 }
-                n += CALLERS;
+                n += callers;
             }
         });
     }
@@ -193,18 +209,29 @@ fn signing_with_log(c: &mut Criterion) {
         .as_ref()
         .map(|config| open_log(&runtime, config));
 
+    let callers = callers();
     let mut group = c.benchmark_group("signing_with_log");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("sign_only_64_concurrent", |b| {
-        b.iter_custom(|iters| runtime.block_on(sign_many(&signer, None, iters)));
+    group.bench_function(format!("sign_only_{callers}_concurrent"), |b| {
+        b.iter_custom(|iters| runtime.block_on(sign_many(&signer, None, callers, iters)));
     });
-    group.bench_function("sign_and_append_sqlite_64_concurrent", |b| {
-        b.iter_custom(|iters| runtime.block_on(sign_many(&signer, Some(&sqlite_log), iters)));
-    });
+    group.bench_function(
+        format!("sign_and_append_sqlite_{callers}_concurrent"),
+        |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(sign_many(&signer, Some(&sqlite_log), callers, iters))
+            });
+        },
+    );
     if let Some(log) = &postgres_log {
-        group.bench_function("sign_and_append_postgres_64_concurrent", |b| {
-            b.iter_custom(|iters| runtime.block_on(sign_many(&signer, Some(log), iters)));
-        });
+        group.bench_function(
+            format!("sign_and_append_postgres_{callers}_concurrent"),
+            |b| {
+                b.iter_custom(|iters| {
+                    runtime.block_on(sign_many(&signer, Some(log), callers, iters))
+                });
+            },
+        );
     }
     group.finish();
 

@@ -4,12 +4,21 @@
 //! One commit per batch instead of one per record is what makes the log cheap: a commit waits
 //! for a disk sync (SQLite with `synchronous=FULL`) or a WAL flush (PostgreSQL), while hashing
 //! and inserting a record costs microseconds.
+//!
+//! The task runs on a thread of its own with a single-threaded Tokio runtime. On the caller's
+//! runtime, a task woken by the database driver waits in the queue behind every runnable
+//! task, and a server busy signing SVIDs has many, so each of the several awaits of a batch
+//! could wait about a millisecond. The appender also remembers the head it wrote last, so a
+//! batch needs no read of the head row unless another process has appended.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
-use twid_datastore::{Datastore, DatastoreError, IssuanceLogRecord};
+use twid_datastore::{
+    Datastore, DatastoreError, IssuanceLogCheckpoint, IssuanceLogRecord, IssuanceLogWriter,
+    WriteOutcome,
+};
 
 use crate::checkpoint::SigningKey;
 use crate::encoding::record_hash;
@@ -32,20 +41,54 @@ pub(crate) struct Pending {
 /// The state of the appender task.
 pub(crate) struct Appender {
     pub(crate) store: Datastore,
+    pub(crate) writer: IssuanceLogWriter,
     pub(crate) signing_key: Option<Arc<SigningKey>>,
     pub(crate) checkpoint_every: u64,
+    /// The seq and hash the next record continues from, as this task last wrote or read them,
+    /// or `None` when they must be read from the head row.
+    pub(crate) head: Option<(u64, [u8; 32])>,
 }
 
 impl Appender {
+    /// Starts the appender on a thread of its own and returns at once. If the thread or its
+    /// runtime cannot start, the queue closes and every append fails with
+    /// [`LogError::Closed`].
+    pub(crate) fn start(self, queue: mpsc::Receiver<Pending>) {
+        let spawned = std::thread::Builder::new()
+            .name("issuance-log-appender".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime.block_on(self.run(queue)),
+                    Err(error) => tracing::error!(
+                        error = %error,
+                        "starting the issuance log appender runtime failed; appends will fail"
+                    ),
+                }
+            });
+        if let Err(error) = spawned {
+            tracing::error!(
+                error = %error,
+                "starting the issuance log appender thread failed; appends will fail"
+            );
+        }
+    }
+
     /// Writes queued records until every sender is dropped and the queue is empty.
-    pub(crate) async fn run(self, mut queue: mpsc::Receiver<Pending>) {
+    async fn run(mut self, mut queue: mpsc::Receiver<Pending>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let (mut rows, replies): (Vec<_>, Vec<_>) = batch
                 .drain(..)
                 .map(|pending| (pending.row, pending.reply))
                 .unzip();
-            match self.write_with_retry(&mut rows).await {
+            let outcome = self.write_with_retry(&mut rows).await;
+            if queue.is_empty() {
+                self.writer.release();
+            }
+            match outcome {
                 Ok(()) => {
                     for (row, reply) in rows.iter().zip(replies) {
                         // A caller that stopped waiting has dropped its receiver; its record
@@ -68,7 +111,7 @@ impl Appender {
         tracing::debug!("issuance log appender stopped");
     }
 
-    async fn write_with_retry(&self, rows: &mut [IssuanceLogRecord]) -> Result<(), LogError> {
+    async fn write_with_retry(&mut self, rows: &mut [IssuanceLogRecord]) -> Result<(), LogError> {
         let mut attempt = 1;
         loop {
             match self.write(rows).await {
@@ -89,9 +132,33 @@ impl Appender {
         }
     }
 
-    /// Chains `rows` onto the stored head, inserts them with any checkpoints that fall due,
-    /// and commits. The head stays locked from the first read to the commit.
-    async fn write(&self, rows: &mut [IssuanceLogRecord]) -> Result<(), LogError> {
+    /// Chains `rows` onto the head, signs any checkpoints that fall due, and stores them all
+    /// in one transaction.
+    ///
+    /// With a remembered head, the batch is stored on the condition that the head row still
+    /// holds it. When another process has appended since, or no head is remembered, the batch
+    /// is written in a transaction that locks the head row first, which always makes
+    /// progress; the conditional path alone could starve behind a replica that keeps winning.
+    async fn write(&mut self, rows: &mut [IssuanceLogRecord]) -> Result<(), LogError> {
+        // A failure leaves the remembered head unknown, so the next batch reads it again.
+        if let Some((first_seq, head_hash)) = self.head.take() {
+            let (last, checkpoints) = self.chain(first_seq, head_hash, rows)?;
+            let outcome = self
+                .writer
+                .append(stored_seq(first_seq)?, &head_hash, rows, &checkpoints)
+                .await?;
+            if outcome == WriteOutcome::Committed {
+                self.committed(first_seq, rows.len(), last, &checkpoints);
+                return Ok(());
+            }
+            tracing::debug!(
+                records = rows.len(),
+                "issuance log head moved; writing the batch under the head row's lock"
+            );
+        }
+
+        // On SQLite the pool has one connection, which the writer may keep.
+        self.writer.release();
         let mut tx = self.store.begin_issuance_log_append().await?;
         let head_seq = tx.next_seq();
         let head_corrupt = |reason: &str| LogError::Corrupt {
@@ -99,14 +166,32 @@ impl Appender {
             reason: format!("the issuance_log_head row {reason}"),
         };
         let first_seq = u64::try_from(head_seq).map_err(|_| head_corrupt("has a negative seq"))?;
-        let mut prev = hash_array(tx.head_hash())
+        let head_hash = hash_array(tx.head_hash())
             .ok_or_else(|| head_corrupt("has a hash that is not 32 bytes"))?;
+        let (last, checkpoints) = self.chain(first_seq, head_hash, rows)?;
+        tx.insert_records(rows).await?;
+        for checkpoint in &checkpoints {
+            tx.insert_checkpoint(checkpoint).await?;
+        }
+        tx.commit().await?;
+        self.committed(first_seq, rows.len(), last, &checkpoints);
+        Ok(())
+    }
 
+    /// Sets the seq, `prev_hash` and hash of `rows` as a chain that starts at `first_seq`
+    /// after `head_hash`, and signs the checkpoints that fall due. Returns the last hash and
+    /// the checkpoints.
+    fn chain(
+        &self,
+        first_seq: u64,
+        head_hash: [u8; 32],
+        rows: &mut [IssuanceLogRecord],
+    ) -> Result<([u8; 32], Vec<IssuanceLogCheckpoint>), LogError> {
         let now = SystemTime::now();
+        let mut prev = head_hash;
         let mut checkpoints = Vec::new();
         for (seq, row) in (first_seq..).zip(rows.iter_mut()) {
-            row.seq =
-                i64::try_from(seq).map_err(|_| head_corrupt("has reached the maximum seq"))?;
+            row.seq = stored_seq(seq)?;
             row.prev_hash = prev.to_vec();
             let hash = record_hash(seq, &prev, row).map_err(LogError::InvalidRecord)?;
             row.hash = hash.to_vec();
@@ -118,17 +203,31 @@ impl Appender {
             }
             prev = hash;
         }
+        Ok((prev, checkpoints))
+    }
 
-        tx.insert_records(rows).await?;
-        for checkpoint in &checkpoints {
-            tx.insert_checkpoint(checkpoint).await?;
-        }
-        tx.commit().await?;
+    /// Remembers the head after a committed batch.
+    fn committed(
+        &mut self,
+        first_seq: u64,
+        count: usize,
+        last_hash: [u8; 32],
+        checkpoints: &[IssuanceLogCheckpoint],
+    ) {
+        // usize is at most 64 bits on every supported target.
+        self.head = Some((first_seq + count as u64, last_hash));
         if let Some(last) = checkpoints.last() {
             tracing::debug!(seq = last.seq, "issuance log checkpoint signed");
         }
-        Ok(())
     }
+}
+
+/// Converts a seq to the stored type.
+fn stored_seq(seq: u64) -> Result<i64, LogError> {
+    i64::try_from(seq).map_err(|_| LogError::Corrupt {
+        seq: i64::MAX,
+        reason: format!("seq {seq} is beyond the largest seq the datastore can store"),
+    })
 }
 
 fn position(row: &IssuanceLogRecord) -> RecordPosition {

@@ -62,10 +62,13 @@
 //!
 //! # Concurrency
 //!
-//! One chain spans every server replica that shares a PostgreSQL database: each append
-//! transaction locks the head row with `SELECT ... FOR UPDATE`, so appends from several
-//! processes take turns. SQLite has one writer at a time. Within a process, an appender task
-//! batches concurrent [`IssuanceLog::append`] calls into one transaction (group commit).
+//! One chain spans every server replica that shares a PostgreSQL database. Within a process,
+//! an appender task on a thread of its own batches concurrent [`IssuanceLog::append`] calls
+//! into one transaction (group commit). It remembers the head it wrote last and stores the
+//! next batch on the condition that the head row still holds that head, which on PostgreSQL
+//! is one statement. When another process has appended in between, the batch is rebuilt in a
+//! transaction that locks the head row with `SELECT ... FOR UPDATE` (SQLite: `BEGIN
+//! IMMEDIATE`), so appends from several processes take turns and each makes progress.
 
 #![forbid(unsafe_code)]
 
@@ -129,19 +132,26 @@ struct Inner {
 }
 
 impl IssuanceLog {
-    /// Opens the log stored in `store` and starts its appender task.
-    ///
-    /// # Panics
-    /// Panics when called outside a Tokio runtime.
+    /// Opens the log stored in `store` and starts its appender task on a thread of its own.
+    /// If the appender cannot start, the error is logged and every append fails with
+    /// [`LogError::Closed`].
     pub fn new(store: Datastore, options: LogOptions) -> Self {
         let signing_key = options.signing_key.map(Arc::new);
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
-        let appender = Appender {
-            store: store.clone(),
-            signing_key: signing_key.clone(),
-            checkpoint_every: options.checkpoint_every,
-        };
-        tokio::spawn(appender.run(receiver));
+        match store.issuance_log_writer() {
+            Ok(writer) => Appender {
+                store: store.clone(),
+                writer,
+                signing_key: signing_key.clone(),
+                checkpoint_every: options.checkpoint_every,
+                head: None,
+            }
+            .start(receiver),
+            Err(error) => tracing::error!(
+                error = %error,
+                "opening the issuance log writer failed; appends will fail"
+            ),
+        }
         Self {
             inner: Arc::new(Inner {
                 store,

@@ -14,7 +14,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
 use sqlx::{AnyConnection, AssertSqlSafe, Connection};
-use twid_datastore::{DatabaseType, Datastore, DatastoreConfig, IssuanceLogRecord};
+use twid_datastore::{
+    DatabaseType, Datastore, DatastoreConfig, IssuanceLogCheckpoint, IssuanceLogRecord,
+    WriteOutcome,
+};
 use twid_provenance::{
     AlterationKind, GENESIS_HASH, IssuanceLog, LogError, LogOptions, NewRecord, RecordKind,
     SigningKey, VerifyReport, evidence_digest, key_fingerprint, record_hash,
@@ -184,6 +187,7 @@ on_both_backends!(
     lookups_and_listing,
     on_demand_checkpoint,
     moved_records_classified,
+    writer_checks_head,
 );
 
 fn ed25519_key() -> SigningKey {
@@ -798,5 +802,96 @@ async fn moved_records_classified(db: &TestDb) {
     assert_altered(&report, 10, AlterationKind::Deleted);
 
     raw.close().await.expect("close raw connection");
+    store.close().await;
+}
+
+/// The writer stores a batch only while the head row holds the head the batch continues,
+/// and a batch it stores brings its checkpoints and the new head along.
+async fn writer_checks_head(db: &TestDb) {
+    let store = db.open().await;
+    let mut writer = store.issuance_log_writer().expect("writer");
+    let row = |seq: i64, prev_hash: Vec<u8>, hash: Vec<u8>| IssuanceLogRecord {
+        seq,
+        prev_hash,
+        hash,
+        kind: "x509".into(),
+        serial: Some(format!("{seq:02x}")),
+        jti: None,
+        spiffe_id: Some("spiffe://example.org/w".into()),
+        entry_id: None,
+        agent_id: None,
+        selectors: r#"[{"type":"unix","value":"uid:0"}]"#.into(),
+        key_fingerprint: Some(vec![7; 32]),
+        evidence_digest: None,
+        attestation_result: None,
+        policy_version: None,
+        refusal_reason: None,
+        time_unix_ms: 1_700_000_000_000,
+    };
+    let first = [
+        row(0, GENESIS_HASH.to_vec(), vec![1; 32]),
+        row(1, vec![1; 32], vec![2; 32]),
+    ];
+    let checkpoint = IssuanceLogCheckpoint {
+        seq: 1,
+        hash: vec![2; 32],
+        algorithm: "ed25519".into(),
+        key_id: "test-key".into(),
+        signature: vec![3; 64],
+        created_at_ms: 1_700_000_000_000,
+    };
+
+    let stale_hash = writer
+        .append(0, &[9; 32], &first, std::slice::from_ref(&checkpoint))
+        .await
+        .expect("append");
+    assert_eq!(stale_hash, WriteOutcome::HeadMoved);
+    let stale_seq = writer
+        .append(1, &GENESIS_HASH, &first, std::slice::from_ref(&checkpoint))
+        .await
+        .expect("append");
+    assert_eq!(stale_seq, WriteOutcome::HeadMoved);
+    let head = store.issuance_log_head().await.expect("head");
+    assert_eq!(head.next_seq, 0, "a batch on a moved head stores nothing");
+    assert_eq!(head.max_record_seq, None);
+    assert_eq!(head.max_checkpoint_seq, None);
+
+    let stored = writer
+        .append(0, &GENESIS_HASH, &first, std::slice::from_ref(&checkpoint))
+        .await
+        .expect("append");
+    assert_eq!(stored, WriteOutcome::Committed);
+    // On SQLite the writer may keep the pool's only connection after a committed batch.
+    writer.release();
+    let head = store.issuance_log_head().await.expect("head");
+    assert_eq!(head.next_seq, 2);
+    assert_eq!(head.head_hash, vec![2; 32]);
+    assert_eq!(head.max_record_seq, Some(1));
+    assert_eq!(head.max_checkpoint_seq, Some(1));
+    assert_eq!(stored_row(&store, 0).await, first[0]);
+    assert_eq!(stored_row(&store, 1).await, first[1]);
+    let checkpoints = store
+        .issuance_log_checkpoints(0, 10)
+        .await
+        .expect("read checkpoints");
+    assert_eq!(checkpoints, [checkpoint]);
+
+    // The same head again is stale now, and the next batch continues from the new one.
+    let replayed = writer
+        .append(0, &GENESIS_HASH, &first, &[])
+        .await
+        .expect("append");
+    assert_eq!(replayed, WriteOutcome::HeadMoved);
+    let next = [row(2, vec![2; 32], vec![4; 32])];
+    let continued = writer
+        .append(2, &[2; 32], &next, &[])
+        .await
+        .expect("append");
+    assert_eq!(continued, WriteOutcome::Committed);
+    writer.release();
+    assert_eq!(store.count_issuance_log_records().await.expect("count"), 3);
+    assert_eq!(stored_row(&store, 2).await, next[0]);
+
+    drop(writer);
     store.close().await;
 }

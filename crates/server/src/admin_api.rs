@@ -19,7 +19,8 @@ use twid_proto::admin::{
     DeleteEntryResponse, EvictAgentRequest, EvictAgentResponse, GetAgentRequest, GetBundleRequest,
     GetEntryRequest, GetIssuanceRecordRequest, IssuanceLogAlteration, IssuanceRecord,
     ListAgentsRequest, ListAgentsResponse, ListEntriesRequest, ListEntriesResponse,
-    ListIssuanceRecordsRequest, ListIssuanceRecordsResponse, UpdateEntryRequest,
+    ListIssuanceRecordsRequest, ListIssuanceRecordsResponse, ListRevocationsRequest,
+    ListRevocationsResponse, RevokeRequest, RevokeResponse, UpdateEntryRequest,
     VerifyIssuanceLogRequest, VerifyIssuanceLogResponse, get_issuance_record_request,
 };
 use twid_proto::types as pb;
@@ -113,6 +114,7 @@ impl Admin for AdminService {
             .await
             .map_err(datastore_status)?;
         tracing::debug!(entry_id = %created.id, spiffe_id = %created.spiffe_id, "entry created");
+        self.shared.hints.notify("entry");
         Ok(Response::new(entry_to_pb(&created)))
     }
 
@@ -179,6 +181,7 @@ impl Admin for AdminService {
             .update_entry(&entry.id, &new, unix_now())
             .await
             .map_err(datastore_status)?;
+        self.shared.hints.notify("entry");
         Ok(Response::new(entry_to_pb(&updated)))
     }
 
@@ -193,6 +196,7 @@ impl Admin for AdminService {
             .delete_entry(&id)
             .await
             .map_err(datastore_status)?;
+        self.shared.hints.notify("entry");
         Ok(Response::new(DeleteEntryResponse {}))
     }
 
@@ -249,6 +253,7 @@ impl Admin for AdminService {
                 .create_entry(&new, unix_now())
                 .await
                 .map_err(datastore_status)?;
+            self.shared.hints.notify("entry");
         }
         self.shared
             .datastore
@@ -309,6 +314,7 @@ impl Admin for AdminService {
             .await
             .map_err(datastore_status)?;
         tracing::info!(agent_id = %id, "agent evicted");
+        self.shared.hints.notify("entry");
         Ok(Response::new(EvictAgentResponse {}))
     }
 
@@ -324,6 +330,7 @@ impl Admin for AdminService {
             .await
             .map_err(datastore_status)?;
         tracing::info!(agent_id = %id, "agent banned");
+        self.shared.hints.notify("entry");
         Ok(Response::new(BanAgentResponse {}))
     }
 
@@ -403,6 +410,53 @@ impl Admin for AdminService {
             signatures_checked: report.signatures_checked,
             alteration: report.alteration.as_ref().map(alteration_to_pb),
         }))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke(
+        &self,
+        request: Request<RevokeRequest>,
+    ) -> Result<Response<RevokeResponse>, Status> {
+        crate::revocation::revoke(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_revocations(
+        &self,
+        _request: Request<ListRevocationsRequest>,
+    ) -> Result<Response<ListRevocationsResponse>, Status> {
+        crate::revocation::list(&self.shared)
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn apply_policy(
+        &self,
+        request: Request<twid_proto::admin::ApplyPolicyRequest>,
+    ) -> Result<Response<twid_proto::admin::ApplyPolicyResponse>, Status> {
+        crate::policy::apply_request(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_policies(
+        &self,
+        _request: Request<twid_proto::admin::ListPoliciesRequest>,
+    ) -> Result<Response<twid_proto::admin::ListPoliciesResponse>, Status> {
+        crate::policy::list_request(&self.shared)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_policy(
+        &self,
+        request: Request<twid_proto::admin::GetPolicyRequest>,
+    ) -> Result<Response<twid_proto::admin::PolicyVersion>, Status> {
+        crate::policy::get_request(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

@@ -681,7 +681,11 @@ mod tests {
     async fn appraise(setup: &Setup, envelope: &Envelope, now: i64) -> AttestationResult {
         let attestor = Arc::clone(setup.attestors.get(&setup.name).expect("attestor"));
         let json = envelope.to_json();
-        tokio::task::spawn_blocking(move || attestor.appraise(&json, None, now))
+        let applied = crate::policy::AppliedPolicy {
+            policy: Arc::new(attestor.config.policy.clone()),
+            version: None,
+        };
+        tokio::task::spawn_blocking(move || attestor.appraise(&json, None, &applied, now))
             .await
             .expect("join")
     }

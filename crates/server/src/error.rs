@@ -71,6 +71,14 @@ pub enum ServerError {
         /// Description of the problem.
         reason: String,
     },
+    /// A `policy_owner_keys` file cannot be read or contains no P-256 public key.
+    #[error("server.policy_owner_keys: {}: {reason}", path.display())]
+    PolicyOwnerKey {
+        /// The file.
+        path: PathBuf,
+        /// Description of the problem and of the fix.
+        reason: String,
+    },
     /// No active authority exists, which the CA manager never allows after start.
     #[error("no active {0} authority")]
     NoActiveAuthority(&'static str),

@@ -135,13 +135,14 @@ fn read_pem_certificates(
 
 impl EvidenceAttestor {
     /// Verifies an envelope at `now`: its signatures and chains, that it binds `nonce` and
-    /// the CSR key, and the attestor's policy. Blocking: reads collateral files and verifies
-    /// signatures.
+    /// the CSR key, and `policy`, the attestor's policy that `PolicyStore::applied` returned.
+    /// Blocking: reads collateral files and verifies signatures.
     pub(crate) fn verify(
         &self,
         envelope_json: &[u8],
         nonce: &[u8],
         public_key_spki_der: &[u8],
+        policy: &twid_evidence::policy::Policy,
         now: i64,
     ) -> Result<Verified, VerifyError> {
         let mut envelope = Envelope::from_json(envelope_json)?;
@@ -154,7 +155,7 @@ impl EvidenceAttestor {
         let inputs = self.inputs(&mut envelope, now)?;
         let verified = twid_evidence::verify::verify_envelope(&envelope, &inputs, now)?;
         twid_evidence::binding::check(&verified, nonce, public_key_spki_der)?;
-        self.config.policy.check(&verified, now)?;
+        policy.check(&verified, now)?;
         Ok(verified)
     }
 
@@ -166,6 +167,7 @@ impl EvidenceAttestor {
         &self,
         envelope_json: &[u8],
         binding: Option<(&[u8], &[u8])>,
+        applied: &crate::policy::AppliedPolicy,
         now: i64,
     ) -> AttestationResult {
         let verified = Envelope::from_json(envelope_json).and_then(|mut envelope| {
@@ -186,7 +188,7 @@ impl EvidenceAttestor {
                 return AttestationResult {
                     verified: None,
                     error: Some(error),
-                    policy_version: None,
+                    policy_version: applied.version,
                     binding_checked: false,
                 };
             }
@@ -195,11 +197,11 @@ impl EvidenceAttestor {
             .map_or(Ok(()), |(nonce, key)| {
                 twid_evidence::binding::check(&verified, nonce, key)
             })
-            .and_then(|()| self.config.policy.check(&verified, now));
+            .and_then(|()| applied.policy.check(&verified, now));
         AttestationResult {
             verified: Some(verified),
             error: checked.err(),
-            policy_version: None,
+            policy_version: applied.version,
             binding_checked: binding.is_some(),
         }
     }

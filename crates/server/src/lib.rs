@@ -20,7 +20,9 @@ mod identity;
 mod issuers;
 mod node_api;
 mod node_evidence;
+mod policy;
 mod provenance;
+mod revocation;
 mod tasks;
 mod verification_api;
 mod wit;
@@ -41,6 +43,10 @@ use twid_telemetry::Health;
 
 pub use error::ServerError;
 pub use issuers::OidcKeys;
+pub use policy::{
+    MAX_POLICY_JWS_BYTES, OwnerKey, POLICY_JWS_TYPE, PolicyDocument, PolicyError, SignedPolicy,
+    sign_document,
+};
 
 use crate::ca::{CaManager, CaSettings};
 use crate::entries::EntryCache;
@@ -67,6 +73,8 @@ pub(crate) struct Shared {
     pub(crate) issuance_log: provenance::Provenance,
     /// Sync hints for agents holding a `Watch` stream; see [`hints::Hints`].
     pub(crate) hints: hints::Hints,
+    /// The signed appraisal policy versions; see [`policy::PolicyStore`].
+    pub(crate) policies: policy::PolicyStore,
 }
 
 /// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
@@ -100,6 +108,7 @@ impl Server {
         }
         issuers::check_key_files(&config.jwt_issuers)?;
         let evidence = evidence::EvidenceAttestors::load(&config.evidence_attestors)?;
+        let policies = policy::PolicyStore::load(&config)?;
         ca::create_private_dir(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
         let issuance_log = provenance::open(&config.data_dir, &datastore)?;
@@ -122,6 +131,7 @@ impl Server {
             evidence,
             issuance_log,
             hints: hints::Hints::new(),
+            policies,
         });
         tasks::publish_bundle(&shared).await?;
 
@@ -132,7 +142,7 @@ impl Server {
         tasks::spawn_background(&shared, &shutdown, &mut tasks);
         twid_telemetry_listeners(&shared, &shutdown, &mut tasks).await?;
         let oidc_keys = OidcKeys::new(issuers);
-        let oidc = start_oidc_discovery(&shared.config, &oidc_keys, &health).await?;
+        let oidc = start_oidc_discovery(&shared, &oidc_keys, &health).await?;
         health.set_ready(true);
         tracing::info!(
             trust_domain = %shared.config.trust_domain,
@@ -247,12 +257,14 @@ fn key_type(configured: twid_config::KeyType) -> twid_ca::KeyType {
     }
 }
 
-/// Starts the OIDC discovery endpoint when `endpoints.oidc_discovery` enables it.
+/// Starts the OIDC discovery endpoint when `endpoints.oidc_discovery` enables it, with the
+/// signed revocation list at `/revocations`.
 async fn start_oidc_discovery(
-    config: &ServerConfig,
+    shared: &Arc<Shared>,
     keys: &OidcKeys,
     health: &Health,
 ) -> Result<Option<twid_oidc::OidcHandle>, ServerError> {
+    let config = &shared.config;
     let Some(oidc) = config.oidc_discovery.as_ref().filter(|oidc| oidc.enabled) else {
         return Ok(None);
     };
@@ -267,7 +279,16 @@ async fn start_oidc_discovery(
         tls,
         cors_origins: oidc.cors_origins.clone(),
     };
-    let handle = twid_oidc::serve(oidc_config, Arc::new(source), health.clone()).await?;
+    let revocations = revocation::SignedListSource {
+        shared: Arc::clone(shared),
+    };
+    let handle = twid_oidc::serve_with_revocations(
+        oidc_config,
+        Arc::new(source),
+        Some(Arc::new(revocations)),
+        health.clone(),
+    )
+    .await?;
     if oidc.tls_cert_file.is_none() {
         tracing::warn!(
             address = %handle.local_addr(),

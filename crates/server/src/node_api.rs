@@ -77,7 +77,7 @@ pub(crate) async fn serve(
     .max_decoding_message_size(MAX_REQUEST_BYTES)
     .max_encoding_message_size(64 * 1024 * 1024);
     let verification = crate::verification_api::service(shared);
-    let workload_attestation = crate::workload_attestation::service(shared, &shutdown);
+    let workload_attestation = crate::workload_attestation::service(shared, shutdown);
     let shutdown = shutdown.clone();
     tasks.spawn(
         async move {
@@ -166,6 +166,7 @@ impl NodeService {
                 "agent {spiffe_id} is banned"
             )));
         }
+        crate::revocation::check_agent_svid(&self.shared, &spiffe_id, &serial).await?;
         if agent.x509_svid_serial == serial {
             self.clear_previous_svid(&mut agent).await;
             return Ok((agent, serial));
@@ -411,6 +412,7 @@ impl Node for NodeService {
         request: Request<RenewAgentRequest>,
     ) -> Result<Response<RenewAgentResponse>, Status> {
         let (agent, presented_serial) = self.authenticate_serial(&request).await?;
+        crate::revocation::check_request(&self.shared, &agent, None, "agent SVID renewal").await?;
         let now = crate::node_evidence::whole_seconds(SystemTime::now());
         let ttl = self.renewal_ttl(&agent, now)?;
         let csr = &request.get_ref().csr;
@@ -445,13 +447,21 @@ impl Node for NodeService {
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
         let agent = self.authenticate(&request).await?;
         let entries = self.authorized(&agent).await?;
-        tracing::debug!(agent_id = %agent.spiffe_id, entries = entries.len(), "sync");
+        let (revoked_x509_serials, revoked_jtis) =
+            crate::revocation::revoked_for_agent(&self.shared, &agent.spiffe_id, unix_now())
+                .await?;
+        tracing::debug!(
+            agent_id = %agent.spiffe_id,
+            entries = entries.len(),
+            revoked = revoked_x509_serials.len() + revoked_jtis.len(),
+            "sync"
+        );
         Ok(Response::new(SyncResponse {
             entries: entries.iter().map(entry_to_pb).collect(),
             bundle: Some((*self.shared.bundle.load_full()).clone()),
             federated_bundles: Vec::new(),
-            revoked_x509_serials: Vec::new(),
-            revoked_jtis: Vec::new(),
+            revoked_x509_serials,
+            revoked_jtis,
         }))
     }
 
@@ -491,6 +501,7 @@ impl Node for NodeService {
     ) -> Result<Response<BatchNewX509SvidResponse>, Status> {
         let agent = self.authenticate(&request).await?;
         let authorized = self.authorized(&agent).await?;
+        let rules = crate::revocation::rules_for_agent(&self.shared, &agent).await?;
         let by_id: HashMap<&str, &RegistrationEntry> = authorized
             .iter()
             .map(|entry| (entry.id.as_str(), entry))
@@ -520,6 +531,16 @@ impl Node for NodeService {
                 });
                 continue;
             };
+            if let Some(rule) = crate::revocation::refusing_rule(&rules, &agent, Some(entry)) {
+                let reason = crate::revocation::refusal_message(rule, &agent, "X.509-SVID");
+                crate::revocation::record_refusal(&self.shared, &agent, Some(entry), &reason).await;
+                results.push(X509SvidResult {
+                    entry_id: entry.id.clone(),
+                    error: reason,
+                    ..X509SvidResult::default()
+                });
+                continue;
+            }
             let ttl = ttl_or(entry.x509_svid_ttl, default_ttl);
             let result = match self.sign_x509(&entry.spiffe_id, &params.csr, ttl, &entry.dns_names)
             {
@@ -581,6 +602,7 @@ impl Node for NodeService {
                 reason,
             )));
         };
+        crate::revocation::check_request(&self.shared, &agent, Some(entry), "JWT-SVID").await?;
         let now = SystemTime::now();
         let issuer = self
             .shared
@@ -628,6 +650,7 @@ impl Node for NodeService {
         &self,
         request: Request<NewWitSvidRequest>,
     ) -> Result<Response<NewWitSvidResponse>, Status> {
+        self.check_wit_revocation(&request).await?;
         self.handle_new_wit_svid(request).await
     }
 }
@@ -640,6 +663,31 @@ fn ttl_or(seconds: i64, default: Duration) -> Duration {
 }
 
 impl NodeService {
+    /// Refuses a WIT request on a basis that a revocation newer than the agent's attestation
+    /// matches. An unknown or unauthorized entry is left to the WIT handler, which rejects it.
+    ///
+    /// Limit: this authenticates the caller a second time, before the WIT handler does.
+    async fn check_wit_revocation(
+        &self,
+        request: &Request<NewWitSvidRequest>,
+    ) -> Result<(), Status> {
+        let agent = self.authenticate(request).await?;
+        let rules = crate::revocation::rules_for_agent(&self.shared, &agent).await?;
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let authorized = self.authorized(&agent).await?;
+        let entry = authorized
+            .iter()
+            .find(|entry| entry.id == request.get_ref().entry_id);
+        let Some(rule) = crate::revocation::refusing_rule(&rules, &agent, entry) else {
+            return Ok(());
+        };
+        let reason = crate::revocation::refusal_message(rule, &agent, "WIT-SVID");
+        crate::revocation::record_refusal(&self.shared, &agent, entry, &reason).await;
+        Err(Status::permission_denied(reason))
+    }
+
     /// Attests an agent with a join token: the token is consumed whether or not the rest
     /// succeeds, except that it is restored when the server itself fails afterwards.
     async fn attest_join_token(&self, payload: &[u8], csr: &[u8]) -> Result<AgentSvid, Status> {

@@ -119,13 +119,18 @@ impl NodeService {
         let now = unix_seconds(now_time);
         let shared = Arc::clone(&self.shared);
         let name = attestor_name.to_owned();
+        let applied = crate::policy::applied_for(&self.shared, attestor_name).await?;
+        let policy = Arc::clone(&applied.policy);
         let verification = tokio::task::spawn_blocking(move || {
             let attestor = shared.evidence.get(&name).ok_or_else(|| {
                 twid_evidence::VerifyError::policy(format!("node attestor {name} is gone"))
             })?;
             attestor
-                .verify(&envelope, &nonce, &public_key_spki_der, now)
-                .map(|verified| (verified, attestor.config.kind))
+                .verify(&envelope, &nonce, &public_key_spki_der, &policy, now)
+                .map(|verified| {
+                    let max_age = policy.max_evidence_age;
+                    (verified, attestor.config.kind, max_age)
+                })
         })
         .await
         .map_err(|error| {
@@ -133,7 +138,7 @@ impl NodeService {
                 "verifier task failed: {error}"
             )))
         })?;
-        let (verified, kind) = match verification {
+        let (verified, kind, max_evidence_age) = match verification {
             Ok(result) => result,
             Err(error) => {
                 // Parse errors can quote bytes of the evidence, which the agent chose.
@@ -158,7 +163,8 @@ impl NodeService {
                 stable_id(&verified)
             ))
             .map_err(|error| Status::invalid_argument(format!("invalid agent ID: {error}")))?;
-        let ttl = evidence_ttl(self.agent_ttl(), verified.valid_until, now).ok_or_else(|| {
+        let evidence_end = evidence_expiry(verified.valid_until, max_evidence_age, now);
+        let ttl = evidence_ttl(self.agent_ttl(), evidence_end, now).ok_or_else(|| {
             Status::permission_denied(format!(
                 "{attestor_name} evidence rejected: its certificates or collateral stop being \
                  valid at {:?}, which is not after now {now}",
@@ -172,7 +178,7 @@ impl NodeService {
             .collect();
         // The agent SVID carries the attestation result, so relying parties can see why it
         // was issued without asking the server.
-        let claims = AttestationClaims::from_verified(&verified, now, None);
+        let claims = AttestationClaims::from_verified(&verified, now, applied.version);
         let extension = twid_ca::SvidExtension {
             oid: EXTENSION_OID.to_owned(),
             value_der: claims
@@ -189,7 +195,8 @@ impl NodeService {
             extensions: vec![extension],
         };
         let svid = self.store_evidence_agent(issued, client_leaf).await?;
-        crate::provenance::record_evidence_agent(&self.shared, &svid, &verified).await?;
+        crate::provenance::record_evidence_agent(&self.shared, &svid, &verified, applied.version)
+            .await?;
         tracing::info!(
             agent_id = %agent_id,
             attestor = attestor_name,
@@ -269,7 +276,8 @@ impl NodeService {
 
     /// Returns the lifetime of a renewed agent SVID. A renewed SVID of an evidence-attested
     /// agent expires no later than its current one, because the validity of the evidence's
-    /// certificates and collateral bounds that expiry. Such an agent attests again to get more.
+    /// certificates and collateral and the policy's `max_evidence_age` bound that expiry. Such
+    /// an agent attests again to get more.
     pub(crate) fn renewal_ttl(
         &self,
         agent: &AttestedAgent,
@@ -367,6 +375,25 @@ fn format_time(seconds: i64) -> String {
         .unwrap_or_else(|| format!("{seconds} (Unix seconds)"))
 }
 
+/// Returns the latest expiry (Unix seconds) of a credential issued on evidence verified at
+/// `now`: `valid_until`, the end of the validity of the evidence's certificates, CRLs and
+/// collateral, and `now + max_evidence_age` when the policy sets a maximum age. `None` means
+/// neither bounds it.
+pub(crate) fn evidence_expiry(
+    valid_until: Option<i64>,
+    max_evidence_age: Option<Duration>,
+    now: i64,
+) -> Option<i64> {
+    let age_end = max_evidence_age.map(|age| {
+        let seconds = i64::try_from(age.as_secs()).unwrap_or(i64::MAX);
+        now.saturating_add(seconds)
+    });
+    match (valid_until, age_end) {
+        (Some(until), Some(end)) => Some(until.min(end)),
+        (until, end) => until.or(end),
+    }
+}
+
 /// Returns `ttl` shortened so that `now + ttl` does not pass `valid_until`, or `None` when
 /// nothing of it is left.
 fn evidence_ttl(ttl: Duration, valid_until: Option<i64>, now: i64) -> Option<Duration> {
@@ -405,6 +432,18 @@ mod tests {
         assert_eq!(evidence_ttl(hour, Some(100_000), 100), Some(hour));
         assert_eq!(evidence_ttl(hour, Some(100), 100), None);
         assert_eq!(evidence_ttl(hour, Some(50), 100), None);
+    }
+
+    #[test]
+    fn evidence_expiry_takes_earliest() {
+        let two_minutes = Some(Duration::from_secs(120));
+        assert_eq!(evidence_expiry(None, None, 100), None);
+        assert_eq!(evidence_expiry(Some(500), None, 100), Some(500));
+        assert_eq!(evidence_expiry(None, two_minutes, 100), Some(220));
+        assert_eq!(evidence_expiry(Some(500), two_minutes, 100), Some(220));
+        assert_eq!(evidence_expiry(Some(150), two_minutes, 100), Some(150));
+        let huge = Some(Duration::from_secs(u64::MAX));
+        assert_eq!(evidence_expiry(None, huge, 100), Some(i64::MAX));
     }
 
     fn holder(expires_at: i64) -> AttestedAgent {

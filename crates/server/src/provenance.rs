@@ -457,12 +457,18 @@ pub(crate) async fn record_evidence_agent(
     shared: &Arc<Shared>,
     svid: &AgentSvid,
     verified: &Verified,
+    policy_version: Option<u64>,
 ) -> Result<(), Status> {
-    let record = evidence_agent_record(svid, verified).map_err(crate::node_api::internal)?;
+    let record =
+        evidence_agent_record(svid, verified, policy_version).map_err(crate::node_api::internal)?;
     append_issuance(shared, record).await
 }
 
-fn evidence_agent_record(svid: &AgentSvid, verified: &Verified) -> Result<NewRecord, ServerError> {
+fn evidence_agent_record(
+    svid: &AgentSvid,
+    verified: &Verified,
+    policy_version: Option<u64>,
+) -> Result<NewRecord, ServerError> {
     let agent_id = SpiffeId::new(&svid.spiffe_id).map_err(|error| {
         ServerError::Encode(format!("invalid agent ID {:?}: {error}", svid.spiffe_id))
     })?;
@@ -479,7 +485,7 @@ fn evidence_agent_record(svid: &AgentSvid, verified: &Verified) -> Result<NewRec
     let result = AttestationResult {
         verified: Some(verified.clone()),
         error: None,
-        policy_version: None,
+        policy_version,
         // Node attestation always checks the binding before an agent SVID is issued.
         binding_checked: true,
     };
@@ -487,6 +493,7 @@ fn evidence_agent_record(svid: &AgentSvid, verified: &Verified) -> Result<NewRec
     let mut record = agent_x509_record(&agent_id, &selectors, &serial, fingerprint);
     record.evidence_digest = Some(verified.evidence_sha256);
     record.attestation_result = Some(Value::Object(claims));
+    record.policy_version = policy_version.map(|version| version.to_string());
     Ok(record)
 }
 
@@ -507,7 +514,14 @@ pub(crate) async fn record_rejected_attestation<T>(
             "{attestor} node attestation rejected: {}",
             status.message()
         ));
-        append_refusal(shared, NewRecord::refusal(reason)).await;
+        let mut record = NewRecord::refusal(reason);
+        if shared.evidence.get(attestor).is_some() {
+            record.policy_version = shared
+                .policies
+                .last_read_version()
+                .map(|version| version.to_string());
+        }
+        append_refusal(shared, record).await;
     }
 }
 

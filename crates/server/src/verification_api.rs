@@ -71,6 +71,7 @@ impl Verification for VerificationService {
         let now = SystemTime::now();
         let binding = (!request.nonce.is_empty() && !request.public_key.is_empty())
             .then(|| (request.nonce.clone(), request.public_key.clone()));
+        let applied = crate::policy::applied_for(&self.shared, &attestor.config.name).await?;
         let result = {
             let envelope_json = request.envelope.clone();
             let attestor = Arc::clone(attestor);
@@ -79,6 +80,7 @@ impl Verification for VerificationService {
                 attestor.appraise(
                     &envelope_json,
                     binding.as_ref().map(|(n, k)| (n.as_slice(), k.as_slice())),
+                    &applied,
                     now_unix,
                 )
             })

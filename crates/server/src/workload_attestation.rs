@@ -1,6 +1,11 @@
 //! Direct workload attestation (`twid.workload_attestation.v1.WorkloadAttestation`): a workload
 //! in a TEE sends evidence bound to a server nonce and to its own key, and receives an
-//! X.509-SVID and a WIT for that key.
+//! X.509-SVID and a WIT for that key, and on request a JWT-SVID.
+//!
+//! Every credential expires no later than the X.509-SVID. The X.509-SVID ends no later than
+//! the attestation time plus the policy's `max_evidence_age`, and no later than the end of the
+//! evidence's certificates, CRLs and collateral. Nothing here renews a credential, so a
+//! workload keeps its identity only by attesting again with fresh evidence.
 //!
 //! Only attested agents may call it, because each agent relays its workloads' requests over its
 //! mutual TLS connection. The agent's word about the workload counts for nothing: the SPIFFE ID
@@ -207,6 +212,8 @@ struct Issued {
     cert: Vec<u8>,
     serial: String,
     wit: Option<(String, String)>,
+    /// The JWT-SVID, its `jti` and its expiry in Unix seconds.
+    jwt_svid: Option<(String, String, i64)>,
     claims: AttestationClaims,
 }
 
@@ -283,6 +290,12 @@ impl WorkloadAttestation for WorkloadAttestationService {
                         status.message()
                     ));
                     record.agent_id = Some(agent.spiffe_id.clone());
+                    record.policy_version = self
+                        .node
+                        .shared
+                        .policies
+                        .last_read_version()
+                        .map(|version| version.to_string());
                     provenance::append_refusal(&self.node.shared, record).await;
                 }
                 // Messages can quote evidence parse errors, which echo attacker bytes.
@@ -314,9 +327,11 @@ impl WorkloadAttestationService {
                  evidence binds",
             ));
         }
+        self.check_audiences(&request.jwt_audiences)?;
         let now_time = crate::node_evidence::whole_seconds(SystemTime::now());
         let now = unix_seconds(now_time);
-        let (verified, attestor_name) = self.verify(request, now).await?;
+        let (verified, attestor_name, policy_version, max_evidence_age) =
+            self.verify(request, now).await?;
         let selectors: Vec<Selector> = verified
             .selectors()
             .into_iter()
@@ -328,20 +343,22 @@ impl WorkloadAttestationService {
             entry.x509_svid_ttl,
             self.node.shared.config.default_x509_svid_ttl,
         );
-        let ttl = remaining_ttl(x509_ttl, verified.valid_until, now).ok_or_else(|| {
+        let evidence_end =
+            crate::node_evidence::evidence_expiry(verified.valid_until, max_evidence_age, now);
+        let ttl = remaining_ttl(x509_ttl, evidence_end, now).ok_or_else(|| {
             Status::permission_denied(format!(
                 "{attestor_name} evidence rejected: its certificates or collateral stop being \
                  valid at {:?}, which is not after now {now}",
                 verified.valid_until
             ))
         })?;
-        let claims = AttestationClaims::from_verified(&verified, now, None);
+        let claims = AttestationClaims::from_verified(&verified, now, policy_version);
         let cert = self.sign_x509(&entry, &request.public_key, &claims, ttl, now_time)?;
         let serial = serial_hex(&cert)?;
+        let expiry = cert_expiry(&cert);
         let wit = if request.skip_wit {
             None
         } else {
-            let expiry = cert_expiry(&cert);
             Some(self.sign_wit(
                 &entry.spiffe_id,
                 &request.public_key,
@@ -350,12 +367,18 @@ impl WorkloadAttestationService {
                 now_time,
             )?)
         };
+        let jwt_svid = if request.jwt_audiences.is_empty() {
+            None
+        } else {
+            Some(self.sign_jwt_svid(&entry, &request.jwt_audiences, &claims, expiry, now_time)?)
+        };
         let issued = Issued {
             entry,
             other_entry_ids,
             cert,
             serial,
             wit,
+            jwt_svid,
             claims,
         };
         self.record(agent, &verified, &selectors, &issued).await?;
@@ -366,18 +389,21 @@ impl WorkloadAttestationService {
             attestor = %attestor_name,
             serial = %issued.serial,
             wit = issued.wit.is_some(),
+            jwt_svid = issued.jwt_svid.is_some(),
+            expires_at = expiry,
             "workload attested with hardware evidence"
         );
         self.response(issued)
     }
 
     /// Verifies the envelope with the attestor for its kind: signatures, chains, the binding
-    /// of the request's nonce and key, and the attestor's policy.
+    /// of the request's nonce and key, and the attestor's policy. Returns the verified
+    /// evidence, the attestor's name, and the policy's version and `max_evidence_age`.
     async fn verify(
         &self,
         request: &AttestRequest,
         now: i64,
-    ) -> Result<(Verified, String), Status> {
+    ) -> Result<(Verified, String, Option<u64>, Option<Duration>), Status> {
         let shared = &self.node.shared;
 
         let envelope = Envelope::from_json(&request.evidence_envelope).map_err(|error| {
@@ -393,11 +419,13 @@ impl WorkloadAttestationService {
 
         let attestor = Arc::clone(attestor);
         let name = attestor.config.name.clone();
+        let applied = crate::policy::applied_for(shared, &name).await?;
+        let policy = Arc::clone(&applied.policy);
         let envelope_json = request.evidence_envelope.clone();
         let nonce = request.nonce.clone();
         let public_key = request.public_key.clone();
         let verification = tokio::task::spawn_blocking(move || {
-            attestor.verify(&envelope_json, &nonce, &public_key, now)
+            attestor.verify(&envelope_json, &nonce, &public_key, &policy, now)
         })
         .await
         .map_err(|error| {
@@ -407,7 +435,12 @@ impl WorkloadAttestationService {
         })?;
 
         match verification {
-            Ok(verified) => Ok((verified, name)),
+            Ok(verified) => Ok((
+                verified,
+                name,
+                applied.version,
+                applied.policy.max_evidence_age,
+            )),
             Err(error) => Err(Status::permission_denied(format!(
                 "{name} evidence rejected: {error}"
             ))),
@@ -527,8 +560,73 @@ impl WorkloadAttestationService {
         Ok((token, jti))
     }
 
-    /// Appends the issuance records of the X.509-SVID and the WIT, with the evidence digest
-    /// and the attestation claims. The caller must drop both credentials on an error.
+    /// Rejects JWT-SVID audiences that are empty or belong to a named JWT issuer.
+    fn check_audiences(&self, audiences: &[String]) -> Result<(), Status> {
+        if audiences.iter().any(String::is_empty) {
+            return Err(Status::invalid_argument(
+                "jwt_audiences contains an empty audience; remove it or name the relying party",
+            ));
+        }
+        // Limit: named issuers sign with their own key, `iss` and TTL, and their signing path
+        // takes no attestation claims, so their audiences are rejected here.
+        match self.node.shared.issuers.for_audience(audiences) {
+            Ok(None) => Ok(()),
+            Ok(Some(issuer)) => Err(Status::invalid_argument(format!(
+                "jwt_audiences {audiences:?} belong to JWT issuer {:?}, but attested workloads \
+                 get JWT-SVIDs signed with the trust domain's JWT key only; request other \
+                 audiences",
+                issuer.config.name
+            ))),
+            Err(message) => Err(Status::invalid_argument(message)),
+        }
+    }
+
+    /// Signs a JWT-SVID for the entry's SPIFFE ID with the trust domain's JWT key, as the node
+    /// API does for agents, with a `jti` and the attestation claims. It expires after the
+    /// entry's or the server's JWT-SVID TTL, and no later than `max_expiry` (Unix seconds).
+    /// Returns the token, its `jti` and its expiry.
+    fn sign_jwt_svid(
+        &self,
+        entry: &RegistrationEntry,
+        audiences: &[String],
+        claims: &AttestationClaims,
+        max_expiry: i64,
+        now: SystemTime,
+    ) -> Result<(String, String, i64), Status> {
+        let shared = &self.node.shared;
+        let ttl = ttl_or(entry.jwt_svid_ttl, shared.config.default_jwt_svid_ttl);
+        let ttl = remaining_ttl(ttl, Some(max_expiry), unix_seconds(now)).ok_or_else(|| {
+            Status::unavailable("the X.509-SVID expires now; retry after the CA rotates")
+        })?;
+        let claims_json = claims.to_json().map_err(|error| {
+            internal(ServerError::Encode(format!(
+                "the attestation claims cannot be encoded: {error}"
+            )))
+        })?;
+        let jti = uuid::Uuid::new_v4().simple().to_string();
+        let mut extra = Map::new();
+        extra.insert("jti".into(), Value::from(jti.as_str()));
+        extra.insert(JWT_CLAIM.into(), claims_json);
+
+        let snapshot = shared.ca.snapshot();
+        let key = snapshot.active_jwt().ok_or_else(|| {
+            Status::unavailable("the server has no active JWT key yet; retry in a few seconds")
+        })?;
+        let (token, expiry) = key
+            .sign_jwt_svid(&entry.spiffe_id, audiences, ttl, now, Some(&extra))
+            .map_err(|error| match error {
+                twid_ca::CaError::Expired { .. } => Status::unavailable(
+                    "the server's JWT key expires now; retry after the key rotates",
+                ),
+                error => internal(error.into()),
+            })?;
+        metrics::counter!(twid_telemetry::names::JWT_SVIDS_SIGNED_TOTAL).increment(1);
+        Ok((token, jti, unix_seconds(expiry)))
+    }
+
+    /// Appends the issuance records of the X.509-SVID, the WIT and the JWT-SVID, with the
+    /// evidence digest and the attestation claims. The caller must drop every credential on an
+    /// error.
     async fn record(
         &self,
         agent: &AttestedAgent,
@@ -557,8 +655,24 @@ impl WorkloadAttestationService {
             wit.selectors = selectors.to_vec();
             wit.key_fingerprint = Some(key_fingerprint);
             wit.evidence_digest = Some(verified.evidence_sha256);
-            wit.attestation_result = claims_json;
+            wit.attestation_result.clone_from(&claims_json);
             records.push(wit);
+        }
+        if let Some((_, jti, _)) = &issued.jwt_svid {
+            let mut jwt = NewRecord::jwt(jti.as_str(), issued.entry.spiffe_id.clone());
+            jwt.entry_id = Some(issued.entry.id.clone());
+            jwt.agent_id = Some(agent.spiffe_id.clone());
+            jwt.selectors = selectors.to_vec();
+            jwt.evidence_digest = Some(verified.evidence_sha256);
+            jwt.attestation_result = claims_json;
+            records.push(jwt);
+        }
+        let policy_version = issued
+            .claims
+            .policy_version
+            .map(|version| version.to_string());
+        for record in &mut records {
+            record.policy_version.clone_from(&policy_version);
         }
         provenance::append_issuances(&self.node.shared, records).await
     }
@@ -570,6 +684,9 @@ impl WorkloadAttestationService {
             )))
         })?;
         let bundle = self.node.shared.bundle.load_full();
+        let (jwt_svid, jwt_svid_expires_at) = issued
+            .jwt_svid
+            .map_or((String::new(), 0), |(token, _, expiry)| (token, expiry));
         Ok(AttestResponse {
             expires_at: cert_expiry(&issued.cert),
             svid_chain: vec![issued.cert],
@@ -579,6 +696,8 @@ impl WorkloadAttestationService {
             attestation_claims: claims_json.to_string().into_bytes(),
             entry_id: issued.entry.id,
             other_entry_ids: issued.other_entry_ids,
+            jwt_svid,
+            jwt_svid_expires_at,
         })
     }
 }

@@ -449,5 +449,259 @@ async fn evidence_agent_reattests_after_failure() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(stored_serial, second_serial);
+    assert!(
+        eventually(Duration::from_secs(5), || node.state().watches >= 2).await,
+        "the Watch stream did not move to the new connection"
+    );
+    agent.shutdown().await;
+}
+
+/// Returns an entry for the test process's uid, created at `created_at`.
+fn own_entry(id: &str, created_at: i64) -> Entry {
+    Entry {
+        id: id.to_owned(),
+        spiffe_id: format!("spiffe://example.org/{id}"),
+        parent_id: "spiffe://example.org/spire/agent/join_token/any".to_owned(),
+        selectors: vec![Selector {
+            r#type: "unix".to_owned(),
+            value: format!("uid:{}", own_euid()),
+        }],
+        revision_number: 1,
+        created_at,
+        ..Entry::default()
+    }
+}
+
+/// Returns the lowercase hex serial of a DER certificate chain's leaf.
+fn leaf_serial(chain: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(chain).expect("certificate");
+    cert.raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Starts an agent with a 60 s sync interval, so that only hints make it sync soon.
+async fn start_slow(setup: &Setup) -> AgentHandle {
+    let mut settings = setup.settings(Some("good"));
+    settings.sync_interval = Duration::from_secs(60);
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    agent
+}
+
+#[tokio::test]
+async fn hint_syncs_before_interval() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    let agent = start_slow(&setup).await;
+    let node = Arc::clone(&setup.node);
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().watches == 1).await,
+        "the agent did not open a Watch stream"
+    );
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let first = stream.next().await.expect("message").expect("ok");
+    assert_eq!(first.svids.len(), 1);
+
+    node.entries
+        .lock()
+        .expect("entries")
+        .push(own_entry("added", 2));
+    node.notify();
+    let update = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the hint did not lead to a sync within 10 s of a 60 s interval")
+        .expect("message")
+        .expect("ok");
+    let ids: Vec<&str> = update.svids.iter().map(|s| s.spiffe_id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            "spiffe://example.org/workload",
+            "spiffe://example.org/added"
+        ]
+    );
+    drop(stream);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn hints_during_sync_coalesce() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    let agent = start_slow(&setup).await;
+    let node = Arc::clone(&setup.node);
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().watches == 1).await,
+        "the agent did not open a Watch stream"
+    );
+    // The hint sent when the stream opened causes one sync; wait for it to pass.
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().syncs >= 2).await,
+        "the first hint did not cause a sync"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = node.state().syncs;
+    for _ in 0..20 {
+        node.notify();
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().syncs > before).await,
+        "the hints caused no sync"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let extra = node.state().syncs - before;
+    // The watch channel of the fake server may merge the burst into fewer hints, and the
+    // agent merges hints that arrive during a round into one more round.
+    assert!(extra <= 2, "20 hints in a burst caused {extra} syncs");
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_unimplemented_keeps_interval_sync() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    setup.node.state().watch_unimplemented = true;
+    let agent = setup.start(Some("good")).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    let node = Arc::clone(&setup.node);
+    let syncs = node.state().syncs;
+    assert!(
+        eventually(Duration::from_secs(5), || node.state().syncs >= syncs + 3).await,
+        "the interval sync stopped without Watch"
+    );
+    assert_eq!(node.state().watches, 0);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn watch_reopens_after_server_restart() {
+    let mut setup = Setup::new(&["good"], LONG, LONG).await;
+    let agent = start_slow(&setup).await;
+    let node = Arc::clone(&setup.node);
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().watches == 1).await,
+        "the agent did not open a Watch stream"
+    );
+    setup.stop_server.send(true).expect("server running");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    setup.restart_server().await;
+    // The backoff after the drop starts at 1 s.
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().watches >= 2).await,
+        "the agent did not reopen the Watch stream"
+    );
+    let syncs = node.state().syncs;
+    node.notify();
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().syncs > syncs).await,
+        "a hint on the reopened stream caused no sync"
+    );
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoked_svids_are_never_served_again() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    setup
+        .node
+        .entries
+        .lock()
+        .expect("entries")
+        .push(own_entry("second", 2));
+    let agent = start_slow(&setup).await;
+    let node = Arc::clone(&setup.node);
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let first = stream.next().await.expect("message").expect("ok");
+    assert_eq!(first.svids.len(), 2);
+    let kept_serial = leaf_serial(&first.svids[0].x509_svid);
+    let revoked_serial = leaf_serial(&first.svids[1].x509_svid);
+
+    node.revoke_entries(&["second"]);
+    let update = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("no update within 10 s of the revocation")
+        .expect("message")
+        .expect("ok");
+    assert_eq!(update.svids.len(), 1);
+    assert_eq!(update.svids[0].spiffe_id, "spiffe://example.org/workload");
+    assert_eq!(leaf_serial(&update.svids[0].x509_svid), kept_serial);
+
+    // Later syncs, with the serial still listed and signing still refused, serve it no more.
+    let syncs = node.state().syncs;
+    node.notify();
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().syncs > syncs).await,
+        "the hint caused no sync"
+    );
+    let mut again = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("second stream opens")
+        .into_inner();
+    let current = again.next().await.expect("message").expect("ok");
+    let serials: Vec<String> = current
+        .svids
+        .iter()
+        .map(|svid| leaf_serial(&svid.x509_svid))
+        .collect();
+    assert_eq!(serials, [kept_serial]);
+    assert!(!serials.contains(&revoked_serial));
+
+    // Revoking the last identity ends the streams with PermissionDenied, as for a caller
+    // without entries.
+    node.revoke_entries(&["e1"]);
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("no update within 10 s of the revocation")
+        .expect("status");
+    let status = ended.expect_err("the stream must end with an error");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let refused = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect_err("a caller without identities gets no stream");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    drop(again);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn revoked_agent_svid_withdraws_every_svid() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    let agent = start_slow(&setup).await;
+    let node = Arc::clone(&setup.node);
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let first = stream.next().await.expect("message").expect("ok");
+    assert_eq!(first.svids.len(), 1);
+
+    node.state().agent_revoked = true;
+    node.notify();
+    let ended = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("no update within 10 s of the revocation")
+        .expect("status");
+    let status = ended.expect_err("the stream must end with an error");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(!agent.health().is_ready());
     agent.shutdown().await;
 }

@@ -15,6 +15,7 @@ use super::caller::Identity;
 use super::responses::identities;
 use crate::cache::{CachedEntry, Snapshot, half_life};
 use crate::jwks::jwt_bundle;
+use crate::revocation::Revoked;
 use crate::sync::unix_now;
 
 /// A JWT-SVID the server signed.
@@ -114,7 +115,9 @@ impl JwtSvids {
         audience.dedup();
         let mut svids = Vec::with_capacity(chosen.len());
         for cached in chosen {
-            let token = self.token(&cached.entry, &audience).await?;
+            let token = self
+                .token(&cached.entry, &audience, &snapshot.revoked)
+                .await?;
             svids.push(Jwtsvid {
                 spiffe_id: cached.entry.spiffe_id.clone(),
                 svid: token,
@@ -124,18 +127,26 @@ impl JwtSvids {
         Ok(JwtsvidResponse { svids })
     }
 
-    /// Returns a cached token still before half its lifetime, or has a new one signed.
+    /// Returns a cached token still before half its lifetime, or has a new one signed. A
+    /// cached token whose `jti` is in `revoked` is removed and never returned.
     async fn token(
         &self,
         entry: &twid_proto::types::Entry,
         audience: &[String],
+        revoked: &Revoked,
     ) -> Result<String, Status> {
         let key = (entry.id.clone(), entry.spiffe_id.clone(), audience.to_vec());
         let now = unix_now();
-        if let Some(cached) = self.lock().get(&key)
-            && now < half_life(cached.issued_at, cached.expires_at)
         {
-            return Ok(cached.token.clone());
+            let mut tokens = self.lock();
+            if let Some(cached) = tokens.get(&key) {
+                if revoked.contains_token(&cached.token) {
+                    tracing::debug!(entry_id = %entry.id, "dropping a revoked cached JWT-SVID");
+                    tokens.remove(&key);
+                } else if now < half_life(cached.issued_at, cached.expires_at) {
+                    return Ok(cached.token.clone());
+                }
+            }
         }
         let issued = self.issuer.issue(key.0.clone(), key.2.clone()).await?;
         let token = issued.token.clone();

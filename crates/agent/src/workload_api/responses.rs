@@ -57,7 +57,8 @@ pub(crate) fn x509_view(snapshot: &Snapshot, selectors: &[Selector]) -> X509View
 }
 
 /// Returns the caller's identities: matching entries in snapshot order, without those whose
-/// non-empty hint an earlier entry already has.
+/// SVID the server revoked (until it signs a new one) and without those whose non-empty hint
+/// an earlier entry already has. A caller left with none gets PermissionDenied.
 pub(crate) fn identities<'a>(
     snapshot: &'a Snapshot,
     selectors: &[Selector],
@@ -66,6 +67,7 @@ pub(crate) fn identities<'a>(
     snapshot
         .matching_entries(selectors)
         .into_iter()
+        .filter(|cached| !cached.svid_revoked)
         .filter(|cached| {
             let hint = cached.entry.hint.as_str();
             if hint.is_empty() || seen.insert(hint) {

@@ -153,6 +153,7 @@ fn snapshot_with_key(entries: Vec<CachedEntry>, key: &JwtKey) -> Snapshot {
         x509_authorities: vec![ca],
         jwt_authorities: vec![key.authority.clone()],
         federated: BTreeMap::new(),
+        revoked: Arc::default(),
     }
 }
 
@@ -910,5 +911,152 @@ mod wit_svid {
             .expect("local trust domain");
         let jwks: serde_json::Value = serde_json::from_str(jwks).expect("JSON");
         assert_eq!(jwks["keys"][0]["kid"], "k1");
+    }
+}
+
+mod revoked_tokens {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::*;
+    use crate::revocation::Revoked;
+    use crate::workload_api::wit::IssuedWit;
+
+    /// Returns an unsigned compact JWS whose payload carries `jti`.
+    fn token_with_jti(jti: &str) -> String {
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"ES256","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(json!({ "jti": jti }).to_string());
+        format!("{header}.{payload}.c2lnbmF0dXJl")
+    }
+
+    /// Issues JWT-SVIDs and WITs with `jti` `jti-<call>`; WIT signing fails after `wit_limit`
+    /// calls, as the server refuses revoked entries.
+    struct JtiIssuer {
+        calls: AtomicUsize,
+        wit_limit: usize,
+    }
+
+    impl JwtIssuer for JtiIssuer {
+        fn issue(
+            &self,
+            _entry_id: String,
+            _audience: Vec<String>,
+        ) -> futures::future::BoxFuture<'static, Result<IssuedJwt, Status>> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = crate::sync::unix_now();
+            Box::pin(async move {
+                Ok(IssuedJwt {
+                    token: token_with_jti(&format!("jti-{call}")),
+                    issued_at: now,
+                    expires_at: now + 3600,
+                })
+            })
+        }
+    }
+
+    impl WitIssuer for JtiIssuer {
+        fn issue(
+            &self,
+            _entry_id: String,
+            _public_key: Vec<u8>,
+        ) -> futures::future::BoxFuture<'static, Result<IssuedWit, Status>> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            let now = crate::sync::unix_now();
+            let refused = call >= self.wit_limit;
+            Box::pin(async move {
+                if refused {
+                    return Err(Status::unavailable("the entry's credentials were revoked"));
+                }
+                Ok(IssuedWit {
+                    token: token_with_jti(&format!("jti-{call}")),
+                    issued_at: now,
+                    expires_at: now + 3600,
+                })
+            })
+        }
+    }
+
+    async fn start_api(
+        issuer: Arc<JtiIssuer>,
+    ) -> (tempfile::TempDir, Cache, SpiffeWorkloadApiClient<Channel>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("api.sock");
+        let incoming = crate::listener::bind(&path).expect("bind test socket");
+        let cache = Cache::new("spiffe://example.org".to_owned());
+        let attestor = Arc::new(UnixAttestor::new(UnixAttestorOptions::default()));
+        let api = WorkloadApi::new(
+            cache.clone(),
+            attestor,
+            Arc::clone(&issuer) as Arc<dyn JwtIssuer>,
+            Duration::from_secs(1),
+        )
+        .with_wit(issuer);
+        tokio::spawn(
+            Server::builder()
+                .add_service(SpiffeWorkloadApiServer::new(api))
+                .serve_with_incoming(incoming),
+        );
+        let client = workload_client(path).await;
+        (dir, cache, client)
+    }
+
+    fn revoking(jtis: &[&str]) -> Snapshot {
+        let mut next = snapshot(vec![own_entry("e1", "spiffe://example.org/w", "")]);
+        let jtis = jtis.iter().map(|jti| (*jti).to_owned()).collect();
+        next.revoked = Arc::new(Revoked::new(Vec::new(), jtis));
+        next
+    }
+
+    #[tokio::test]
+    async fn revoked_jwt_svid_is_replaced() {
+        let issuer = Arc::new(JtiIssuer {
+            calls: AtomicUsize::new(0),
+            wit_limit: usize::MAX,
+        });
+        let (_dir, cache, mut client) = start_api(Arc::clone(&issuer)).await;
+        cache.publish(revoking(&[]));
+        let mut fetch = async || {
+            client
+                .fetch_jwtsvid(jwt_request(&["aud"], ""))
+                .await
+                .expect("issued")
+                .into_inner()
+                .svids[0]
+                .svid
+                .clone()
+        };
+        let first = fetch().await;
+        assert_eq!(first, token_with_jti("jti-0"));
+        assert_eq!(fetch().await, first, "an unrevoked token is reused");
+
+        cache.publish(revoking(&["jti-0"]));
+        let replaced = fetch().await;
+        assert_eq!(replaced, token_with_jti("jti-1"));
+        assert_eq!(issuer.calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn revoked_wit_is_not_served_when_renewal_fails() {
+        let issuer = Arc::new(JtiIssuer {
+            calls: AtomicUsize::new(0),
+            wit_limit: 1,
+        });
+        let (_dir, cache, mut client) = start_api(issuer).await;
+        cache.publish(revoking(&[]));
+        let mut stream = client
+            .fetch_witsvid(with_header(WitsvidRequest::default()))
+            .await
+            .expect("stream opens")
+            .into_inner();
+        let first = stream.next().await.expect("first").expect("ok");
+        assert_eq!(first.svids[0].wit_svid, token_with_jti("jti-0"));
+
+        cache.publish(revoking(&["jti-0"]));
+        let ended = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("the stream did not react to the revocation within 5 s")
+            .expect("a status");
+        let status = ended.expect_err("the revoked WIT must not be sent again");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     }
 }

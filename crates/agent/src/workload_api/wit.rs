@@ -30,6 +30,7 @@ use super::jwt::choose_identities;
 use super::responses::{identities, jwt_bundles};
 use crate::cache::{CachedEntry, Snapshot, half_life};
 use crate::node::{ServerConnection, call};
+use crate::revocation::Revoked;
 use crate::sync::unix_now;
 
 /// A WIT the server signed.
@@ -203,7 +204,7 @@ impl WitSvids {
         let mut svids = Vec::with_capacity(chosen.len());
         let mut refresh_at = i64::MAX;
         for cached in chosen {
-            let (wit, renew_at) = self.wit(cached).await?;
+            let (wit, renew_at) = self.wit(cached, &snapshot.revoked).await?;
             refresh_at = refresh_at.min(renew_at);
             svids.push(Witsvid {
                 spiffe_id: cached.entry.spiffe_id.clone(),
@@ -218,11 +219,24 @@ impl WitSvids {
     /// Returns the cached WIT of `cached` while it is before half its lifetime, or has a new
     /// one signed for a new key, with the Unix time at which to renew it. When renewal fails,
     /// a WIT that has not expired is returned again and renewal is retried after
-    /// [`RETRY_DELAY`].
-    async fn wit(&self, cached: &CachedEntry) -> Result<(CachedWit, i64), Status> {
+    /// [`RETRY_DELAY`]. A cached WIT whose `jti` is in `revoked` is removed and never
+    /// returned, not even when renewal fails.
+    async fn wit(
+        &self,
+        cached: &CachedEntry,
+        revoked: &Revoked,
+    ) -> Result<(CachedWit, i64), Status> {
         let key = (cached.entry.id.clone(), cached.entry.spiffe_id.clone());
         let now = unix_now();
-        let current = self.lock().get(&key).cloned();
+        let mut current = self.lock().get(&key).cloned();
+        if current
+            .as_ref()
+            .is_some_and(|wit| revoked.contains_token(&wit.issued.token))
+        {
+            tracing::debug!(entry_id = %cached.entry.id, "dropping a revoked cached WIT-SVID");
+            self.lock().remove(&key);
+            current = None;
+        }
         if let Some(current) = &current {
             let renew_at = half_life(current.issued.issued_at, current.issued.expires_at);
             if now < renew_at {

@@ -1,4 +1,5 @@
-//! `twid api fetch x509|jwt|wit` and `twid api validate jwt`: the Workload API from a shell.
+//! `twid api fetch x509|jwt|wit`, `twid api watch x509` and `twid api validate jwt`: the
+//! Workload API from a shell.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -23,6 +24,26 @@ pub(crate) enum ApiCommand {
     /// Validate a credential with the Workload API.
     #[command(subcommand)]
     Validate(ValidateCommand),
+    /// Stream updates from the Workload API, one JSON line per update.
+    #[command(subcommand)]
+    Watch(WatchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum WatchCommand {
+    /// Stream FetchX509SVID: print the receive time, SPIFFE IDs and serial numbers of every
+    /// update, and reconnect after the stream ends.
+    X509(WatchX509Args),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct WatchX509Args {
+    /// Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, else the agent's default socket).
+    #[arg(long)]
+    socket_path: Option<PathBuf>,
+    /// Exit after printing this many lines; 0 streams until interrupted.
+    #[arg(long, default_value_t = 0)]
+    count: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -113,7 +134,127 @@ pub(crate) async fn run(command: ApiCommand) -> anyhow::Result<()> {
         ApiCommand::Fetch(FetchCommand::Jwt(args)) => fetch_jwt(args).await,
         ApiCommand::Fetch(FetchCommand::Wit(args)) => fetch_wit(args).await,
         ApiCommand::Validate(ValidateCommand::Jwt(args)) => validate_jwt(args).await,
+        ApiCommand::Watch(WatchCommand::X509(args)) => watch_x509(args).await,
     }
+}
+
+/// First delay before `twid api watch x509` opens the stream again after it ended.
+const WATCH_RETRY_START: Duration = Duration::from_millis(500);
+/// Maximum delay between attempts to open the stream again.
+const WATCH_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// Streams FetchX509SVID and prints one JSON line per update. A stream that ends, such as with
+/// PermissionDenied once the caller has no identity left, is printed as a line with the status
+/// and no SVIDs. The stream is then opened again after a delay that doubles from 0.5 s to 10 s,
+/// and a repeated status is not printed again until an update arrives.
+async fn watch_x509(args: WatchX509Args) -> anyhow::Result<()> {
+    let path = client::workload_socket(args.socket_path.clone())?;
+    let mut printed: u64 = 0;
+    let mut last_error: Option<(tonic::Code, String)> = None;
+    let mut delay = WATCH_RETRY_START;
+    loop {
+        let outcome = watch_x509_once(&path, &args, &mut printed, &mut last_error).await;
+        if args.count > 0 && printed >= args.count {
+            return Ok(());
+        }
+        match outcome {
+            WatchOutcome::Received => delay = WATCH_RETRY_START,
+            WatchOutcome::Nothing => delay = (delay * 2).min(WATCH_RETRY_MAX),
+        }
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Whether one stream delivered any message before it ended.
+enum WatchOutcome {
+    Received,
+    Nothing,
+}
+
+/// Opens one FetchX509SVID stream and prints its updates until it ends or `args.count` lines
+/// are printed.
+async fn watch_x509_once(
+    path: &Path,
+    args: &WatchX509Args,
+    printed: &mut u64,
+    last_error: &mut Option<(tonic::Code, String)>,
+) -> WatchOutcome {
+    let mut print = |line: serde_json::Value| {
+        println!("{line}");
+        *printed += 1;
+        args.count > 0 && *printed >= args.count
+    };
+    let mut outcome = WatchOutcome::Nothing;
+    let status = match client::workload(path).await {
+        Err(error) => tonic::Status::unavailable(format!("{error:#}")),
+        Ok(mut workload) => match workload.fetch_x509svid(X509svidRequest {}).await {
+            Err(status) => status,
+            Ok(response) => {
+                let mut stream = response.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(update)) => {
+                            outcome = WatchOutcome::Received;
+                            *last_error = None;
+                            if print(x509_update_line(&update)) {
+                                return outcome;
+                            }
+                        }
+                        Ok(None) => break tonic::Status::unavailable("the agent ended the stream"),
+                        Err(status) => break status,
+                    }
+                }
+            }
+        },
+    };
+    let error = (status.code(), status.message().to_owned());
+    if last_error.as_ref() != Some(&error) {
+        print(serde_json::json!({
+            "received_unix_ms": unix_millis(),
+            "error": { "code": format!("{:?}", error.0), "message": error.1 },
+            "svids": [],
+        }));
+        *last_error = Some(error);
+    }
+    outcome
+}
+
+/// Builds the JSON line of one FetchX509SVID update.
+fn x509_update_line(update: &X509svidResponse) -> serde_json::Value {
+    let received = unix_millis();
+    let svids: Vec<serde_json::Value> = update
+        .svids
+        .iter()
+        .map(|svid| {
+            serde_json::json!({
+                "spiffe_id": svid.spiffe_id,
+                "serial": leaf_serial_hex(&svid.x509_svid),
+            })
+        })
+        .collect();
+    serde_json::json!({ "received_unix_ms": received, "svids": svids })
+}
+
+/// Returns the serial number of a chain's leaf as lowercase hex (the DER INTEGER content
+/// octets, as the server's issuance log stores it), or an empty string for a malformed chain.
+fn leaf_serial_hex(chain: &[u8]) -> String {
+    let leaf = split_der_certificates(chain)
+        .ok()
+        .and_then(|certs| certs.into_iter().next());
+    leaf.and_then(|leaf| {
+        x509_parser::parse_x509_certificate(&leaf)
+            .ok()
+            .map(|(_, cert)| hex::encode(cert.raw_serial()))
+    })
+    .unwrap_or_default()
+}
+
+/// Returns the current time in Unix milliseconds.
+fn unix_millis() -> u64 {
+    let elapsed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
 async fn first_x509_response(socket: &SocketArgs) -> anyhow::Result<X509svidResponse> {

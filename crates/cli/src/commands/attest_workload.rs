@@ -1,5 +1,5 @@
 //! `twid attest workload`: attest this workload with its own TEE evidence through the agent's
-//! Workload API socket, and write the key, X.509-SVID, bundle and WIT it receives.
+//! Workload API socket, and write the key, X.509-SVID, bundle, WIT and JWT-SVID it receives.
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ use twid_proto::workload_attestation::{AttestRequest, AttestResponse};
 
 use crate::client::{WorkloadHeader, unix_channel, workload_socket};
 
-/// Largest message accepted from the agent: an SVID chain, a bundle and a WIT.
+/// Largest message accepted from the agent: an SVID chain, a bundle, a WIT and a JWT-SVID.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The evidence collector.
@@ -59,11 +59,42 @@ pub(crate) struct WorkloadArgs {
     /// Output file for the WIT (compact JWS, mode 0600). Without it no WIT is requested.
     #[arg(long)]
     wit_out: Option<PathBuf>,
+    /// Audience of a JWT-SVID to request; repeat for several audiences. Without it no JWT-SVID
+    /// is requested.
+    #[arg(long = "audience", value_name = "AUDIENCE")]
+    audiences: Vec<String>,
+    /// Output file for the JWT-SVID (compact JWS, mode 0600). Defaults to `jwt_svid.token` in
+    /// the folder of `--svid-out`. Requires `--audience`.
+    #[arg(long, requires = "audiences")]
+    jwt_svid_out: Option<PathBuf>,
+}
+
+/// The file name of the JWT-SVID when `--jwt-svid-out` is not given.
+const JWT_SVID_FILE: &str = "jwt_svid.token";
+
+impl WorkloadArgs {
+    /// Returns where the JWT-SVID goes, or `None` when no audience was requested.
+    fn jwt_svid_path(&self) -> Option<PathBuf> {
+        if self.audiences.is_empty() {
+            return None;
+        }
+        if let Some(path) = &self.jwt_svid_out {
+            return Some(path.clone());
+        }
+        Some(self.svid_out.with_file_name(JWT_SVID_FILE))
+    }
 }
 
 /// Generates a key, obtains a nonce, collects evidence bound to both and sends it. Prints the
 /// SPIFFE ID, entry and attestation claims as JSON.
 pub(crate) async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
+    if let Some(audience) = args
+        .audiences
+        .iter()
+        .find(|audience| audience.trim().is_empty())
+    {
+        bail!("--audience {audience:?} is empty; name the relying party that accepts the JWT-SVID");
+    }
     let socket = workload_socket(args.socket.clone())?;
     let key = twid_ca::PrivateKey::generate(twid_ca::KeyType::EcP256)
         .context("failed to generate an ECDSA P-256 key")?;
@@ -105,6 +136,7 @@ pub(crate) async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
         public_key,
         csr,
         skip_wit: args.wit_out.is_none(),
+        jwt_audiences: args.audiences.clone(),
     };
     let response = client
         .attest(request)
@@ -119,18 +151,22 @@ pub(crate) async fn run(args: WorkloadArgs) -> anyhow::Result<()> {
 
     let claims: Value = serde_json::from_slice(&response.attestation_claims)
         .unwrap_or_else(|_| Value::String("invalid JSON".to_owned()));
-    let summary = json!({
+    let mut summary = json!({
         "spiffe_id": response.spiffe_id,
         "entry_id": response.entry_id,
         "other_entry_ids": response.other_entry_ids,
         "expires_at": response.expires_at,
         "attestation_claims": claims,
     });
+    if let Some(path) = args.jwt_svid_path() {
+        summary["jwt_svid_path"] = Value::from(path.display().to_string());
+        summary["jwt_svid_expires_at"] = Value::from(response.jwt_svid_expires_at);
+    }
     println!("{}", serde_json::to_string_pretty(&summary)?);
     Ok(())
 }
 
-/// Writes the key, SVID chain, bundle and WIT to the files the arguments name.
+/// Writes the key, SVID chain, bundle, WIT and JWT-SVID to the files the arguments name.
 fn write_outputs(
     args: &WorkloadArgs,
     key: &twid_ca::PrivateKey,
@@ -149,6 +185,15 @@ fn write_outputs(
             bail!("the server returned no WIT");
         }
         write_private(path, response.wit.as_bytes())?;
+    }
+    if let Some(path) = args.jwt_svid_path() {
+        if response.jwt_svid.is_empty() {
+            bail!(
+                "the server returned no JWT-SVID for audiences {:?}",
+                args.audiences
+            );
+        }
+        write_private(&path, response.jwt_svid.as_bytes())?;
     }
     Ok(())
 }

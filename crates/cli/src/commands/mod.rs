@@ -12,6 +12,8 @@ pub(crate) mod healthcheck;
 pub(crate) mod helper;
 pub(crate) mod log;
 pub(crate) mod oidc_provider;
+pub(crate) mod policy;
+pub(crate) mod revoke;
 pub(crate) mod run;
 pub(crate) mod svid;
 pub(crate) mod token;

@@ -2,8 +2,10 @@
 //! with a join token, so it is no TEE itself, and only relays. The workload calls the
 //! WorkloadAttestation service on the agent's socket with evidence from the test generators,
 //! which stand in for TDX and SEV-SNP hardware, bound to the server's nonce and its own key.
+//! A second agent in one test attests itself with TDX evidence, to check its SVID's lifetime.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -14,8 +16,9 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 use tonic::{Code, Request, Status};
 use twid_agent::{Agent, AgentHandle, AgentOptions};
+use twid_attestation::node::evidence::{CollectError, Collector};
 use twid_ca::{KeyType, PrivateKey};
-use twid_config::{AgentConfig, EvidenceAttestorConfig, ServerConfig};
+use twid_config::{AgentConfig, EvidenceAttestorConfig, JwtIssuerConfig, ServerConfig};
 use twid_evidence::policy::Policy;
 use twid_evidence::svid_claims::{AttestationClaims, JWT_CLAIM};
 use twid_evidence::{Envelope, Kind, binding};
@@ -24,10 +27,10 @@ use twid_evidence_testkit::snp::{ReportSpec, SnpTcb, TestAmd};
 use twid_proto::workload_attestation::workload_attestation_client::WorkloadAttestationClient;
 use twid_proto::workload_attestation::{AttestRequest, AttestResponse, GetNonceRequest};
 use twid_server::{Server, ServerHandle};
-use twid_spiffe::{JwtBundleSet, SpiffeBundle, TrustDomain, X509BundleSet};
+use twid_spiffe::{JwtBundleSet, JwtSvid, SpiffeBundle, TrustDomain, X509BundleSet};
 use twid_wimse::{IssuerKeys, JwsAlgorithm, SigningKey, WitValidation};
 
-use crate::common::{TRUST_DOMAIN, TempDir, run_ok};
+use crate::common::{TRUST_DOMAIN, TempDir, python, repo_root, run_ok};
 
 /// The TDX MRTD the server's policy allows and an entry selects.
 const MR_TD: [u8; 48] = [0x7d; 48];
@@ -46,6 +49,15 @@ const SNP_ID: &str = "spiffe://example.org/snp-workload";
 
 /// An entry parented to the agent with a Unix selector, which the agent's sync signs.
 const UNIX_ID: &str = "spiffe://example.org/unix-workload";
+
+/// The audiences of the JWT-SVIDs that workloads request.
+const AUDIENCES: [&str; 2] = ["relying-party", "audit"];
+
+/// The audience of the server's named JWT issuer, which signs with its own key.
+const ISSUER_AUDIENCE: &str = "sts.example.org";
+
+/// The `max_evidence_age` of the TDX policy in the tests of lifetime caps.
+const MAX_EVIDENCE_AGE: Duration = Duration::from_secs(120);
 
 fn unix_now() -> i64 {
     let seconds = SystemTime::now()
@@ -144,19 +156,34 @@ type Client = WorkloadAttestationClient<InterceptedService<Channel, WorkloadHead
 /// A server with `tdx` and `snp` evidence attestors, a join-token agent, one entry per
 /// platform parented to the agent, and a workload client on the agent's socket.
 struct Deployment {
-    _dir: TempDir,
-    _server: ServerHandle,
+    dir: TempDir,
+    server: ServerHandle,
     agent: AgentHandle,
     client: Client,
     bundle: SpiffeBundle,
+    /// The trust bundle in the SPIFFE bundle JSON format, with the JWT keys.
+    bundle_json: String,
     admin_socket: String,
 }
 
 impl Deployment {
     async fn start(platforms: &Platforms) -> Self {
+        Self::start_with(platforms, None).await
+    }
+
+    /// Starts the deployment with `tdx_max_evidence_age` as the `max_evidence_age` of the TDX
+    /// attestor's policy. The SEV-SNP policy sets none.
+    async fn start_with(platforms: &Platforms, tdx_max_evidence_age: Option<Duration>) -> Self {
         let dir = TempDir::new();
         let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
         let mut config = ServerConfig::new_dev(trust_domain.clone(), &dir.path().join("server"));
+        config.jwt_issuers = vec![JwtIssuerConfig {
+            name: "cloud".to_owned(),
+            issuer: "https://issuer.example.org".to_owned(),
+            key_file: None,
+            audience: vec![ISSUER_AUDIENCE.to_owned()],
+            ttl: None,
+        }];
         let attestors = [
             (
                 "tdx",
@@ -184,6 +211,7 @@ impl Deployment {
                 kds_url: None,
                 policy: Policy {
                     allowed_measurements: measurements,
+                    max_evidence_age: tdx_max_evidence_age.filter(|_| kind == Kind::Tdx),
                     ..Policy::default()
                 },
             });
@@ -248,11 +276,12 @@ impl Deployment {
         let channel = unix_channel(agent.socket_path()).await;
         let client = WorkloadAttestationClient::with_interceptor(channel, WorkloadHeader);
         Self {
-            _dir: dir,
-            _server: server,
+            dir,
+            server,
             agent,
             client,
             bundle,
+            bundle_json,
             admin_socket,
         }
     }
@@ -365,6 +394,186 @@ impl Deployment {
         assert_eq!(wit.claims[JWT_CLAIM], claims_json);
         assert!(wit.expiry <= response.expires_at);
     }
+
+    /// Checks the JWT-SVID of a successful attestation as `spiffe_id`. twid-spiffe and then
+    /// PyJWT verify it with the trust domain's JWT keys and check `aud`, `sub` and `exp`. Its
+    /// attestation claim must equal `claims` and the claims that `twid svid inspect` prints for
+    /// the X.509-SVID. Returns the token's claims.
+    fn check_jwt_svid(
+        &self,
+        response: &AttestResponse,
+        spiffe_id: &str,
+        audiences: &[&str],
+        claims: &Value,
+    ) -> serde_json::Map<String, Value> {
+        assert!(!response.jwt_svid.is_empty(), "no JWT-SVID in the response");
+        let mut jwt_bundles = JwtBundleSet::new();
+        jwt_bundles.insert(self.bundle.jwt_bundle());
+        for audience in audiences {
+            let svid = JwtSvid::parse_and_validate(
+                &response.jwt_svid,
+                &jwt_bundles,
+                &[audience],
+                SystemTime::now(),
+            )
+            .unwrap_or_else(|error| panic!("the JWT-SVID for {audience} must verify: {error}"));
+            assert_eq!(svid.spiffe_id.as_str(), spiffe_id);
+        }
+        let svid = JwtSvid::parse_insecure(&response.jwt_svid).unwrap();
+        assert_eq!(svid.audience, audiences);
+        assert_eq!(svid.expiry, response.jwt_svid_expires_at);
+        assert!(
+            svid.expiry <= response.expires_at,
+            "outlives the X.509-SVID"
+        );
+        assert!(svid.expiry > unix_now());
+        assert_eq!(&svid.claims[JWT_CLAIM], claims);
+        let jti = svid.claims["jti"]
+            .as_str()
+            .expect("the JWT-SVID needs a jti");
+        assert!(!jti.is_empty());
+
+        // `twid svid inspect` decodes the X.509 extension into the same claims.
+        let work = TempDir::new();
+        let leaf_path = work.path().join("svid.pem");
+        std::fs::write(&leaf_path, pem(&response.svid_chain[0])).unwrap();
+        let inspected = run_ok(&[
+            "svid",
+            "inspect",
+            leaf_path.to_str().unwrap(),
+            "--output",
+            "json",
+        ]);
+        let inspected: Value = serde_json::from_str(&inspected).unwrap();
+        let mut x509_claims = inspected["attestation"]
+            .as_object()
+            .expect("svid inspect must print the attestation claims")
+            .clone();
+        x509_claims.retain(|name, _| !name.ends_with("_rfc3339"));
+        let x509_claims = Value::Object(x509_claims);
+        assert_eq!(&x509_claims, claims);
+
+        let jwt_path = work.path().join("jwt_svid.token");
+        std::fs::write(&jwt_path, &response.jwt_svid).unwrap();
+        let bundle_path = work.path().join("bundle.json");
+        std::fs::write(&bundle_path, &self.bundle_json).unwrap();
+        let claims_path = work.path().join("claims.json");
+        std::fs::write(&claims_path, x509_claims.to_string()).unwrap();
+        if let Some(python) = python() {
+            let output = std::process::Command::new(python)
+                .arg(repo_root().join("tests/python/attested_jwt_check.py"))
+                .arg(&jwt_path)
+                .arg(&bundle_path)
+                .arg(audiences[0])
+                .arg(spiffe_id)
+                .arg(response.expires_at.to_string())
+                .arg(&claims_path)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "attested_jwt_check.py failed: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let checked: Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(checked["jti"], jti);
+        }
+        svid.claims
+    }
+
+    /// Returns the issuance record of `kind` whose `jti` (JWT-SVID, WIT) or `serial` (X.509)
+    /// is `id`.
+    fn log_record(&self, kind: &str, id: &str) -> Value {
+        let field = if kind == "x509" { "serial" } else { "jti" };
+        self.log_records()
+            .into_iter()
+            .find(|record| record["kind"] == kind && record[field] == id)
+            .unwrap_or_else(|| panic!("no {kind} record with {field} {id} in the issuance log"))
+    }
+
+    /// Starts an agent that attests itself with TDX evidence of `mr_td` from `platforms`.
+    /// `collections` counts the evidence it collects.
+    async fn start_tdx_agent(
+        &self,
+        platforms: &Platforms,
+        mr_td: [u8; 48],
+        collections: Arc<AtomicUsize>,
+    ) -> AgentHandle {
+        let address = self.server.node_api_address();
+        let mut config = AgentConfig::new_dev(
+            TrustDomain::new(TRUST_DOMAIN).unwrap(),
+            address.ip().to_string(),
+            address.port(),
+            &self.dir.path().join("tdx-agent"),
+            self.dir.path().join("tdx-agent.sock"),
+        );
+        config.insecure_bootstrap = true;
+        let mut options = AgentOptions::default();
+        options.sync_interval = Some(Duration::from_millis(500));
+        options.collector = Some(Arc::new(TdxCollector {
+            platform: Arc::clone(&platforms.tdx),
+            collateral: platforms.tdx_collateral.clone(),
+            mr_td,
+            collections,
+        }));
+        Agent::start(config, options)
+            .await
+            .expect("the agent should attest with TDX evidence")
+    }
+
+    /// Returns the `agent list` record of `agent_id`.
+    fn agent_record(&self, agent_id: &str) -> Value {
+        let output = run_ok(&[
+            "agent",
+            "list",
+            "--output",
+            "json",
+            "--socket-path",
+            &self.admin_socket,
+        ]);
+        let list: Value = serde_json::from_str(&output).unwrap();
+        list["agents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|agent| agent["spiffe_id"] == agent_id)
+            .unwrap_or_else(|| panic!("agent {agent_id} is not listed: {list}"))
+            .clone()
+    }
+}
+
+/// A node evidence collector that makes TDX evidence as a TD would.
+struct TdxCollector {
+    platform: Arc<TestPlatform>,
+    /// The TDX collateral in dcap-qvl's JSON layout, sent inside each envelope.
+    collateral: Vec<u8>,
+    mr_td: [u8; 48],
+    /// The number of envelopes collected so far.
+    collections: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for TdxCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TdxCollector")
+    }
+}
+
+impl Collector for TdxCollector {
+    fn kind(&self) -> Kind {
+        Kind::Tdx
+    }
+
+    fn collect(&self, report_data: &[u8; 64]) -> Result<Envelope, CollectError> {
+        self.collections.fetch_add(1, Ordering::SeqCst);
+        let report = TdReportSpec {
+            mr_td: self.mr_td,
+            report_data: *report_data,
+            ..TdReportSpec::default()
+        };
+        let mut envelope = Envelope::new(Kind::Tdx, self.platform.tdx_quote(&report, 4));
+        envelope.collateral = Some(self.collateral.clone());
+        Ok(envelope)
+    }
 }
 
 async fn unix_channel(path: &std::path::Path) -> Channel {
@@ -401,6 +610,7 @@ fn request(
         public_key: key.public_key_spki_der(),
         csr: twid_ca::build_csr(key).unwrap(),
         skip_wit: false,
+        jwt_audiences: Vec::new(),
     }
 }
 
@@ -531,6 +741,233 @@ async fn snp_workload_attests_through_agent() {
         .expect("attestation without WIT");
     assert!(response.wit.is_empty());
     assert_eq!(response.svid_chain.len(), 1);
+    deployment.agent.shutdown().await;
+}
+
+/// Returns the `exp` claim of a compact JWT without verifying it.
+fn token_expiry(token: &str) -> i64 {
+    let payload = token.split('.').nth(1).unwrap();
+    let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    let claims: Value = serde_json::from_slice(&payload).unwrap();
+    claims["exp"].as_i64().unwrap()
+}
+
+/// Returns the notAfter of a DER certificate in Unix seconds.
+fn not_after(der: &[u8]) -> i64 {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.validity().not_after.timestamp()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attested_workloads_get_jwt_svids() {
+    let platforms = Platforms::new();
+    let deployment = Deployment::start(&platforms).await;
+    let audiences: Vec<String> = AUDIENCES.iter().map(ToString::to_string).collect();
+    for (spiffe_id, kind) in [(TDX_ID, Kind::Tdx), (SNP_ID, Kind::Snp)] {
+        let key = new_key();
+        let nonce = deployment.nonce().await;
+        let mut attest = request(nonce, &key, &key, |data| {
+            if kind == Kind::Tdx {
+                platforms.tdx(data, MR_TD)
+            } else {
+                platforms.snp(data, SNP_MEASUREMENT)
+            }
+        });
+        attest.jwt_audiences.clone_from(&audiences);
+        let response = deployment
+            .attest(attest)
+            .await
+            .unwrap_or_else(|status| panic!("{kind} attestation with audiences: {status:?}"));
+        deployment.check_credentials(&response, &key, spiffe_id, kind);
+        let claims: Value = serde_json::from_slice(&response.attestation_claims).unwrap();
+        let token_claims = deployment.check_jwt_svid(&response, spiffe_id, &AUDIENCES, &claims);
+
+        // The issuance log names the JWT-SVID by its jti, with the evidence and the result.
+        let jti = token_claims["jti"].as_str().unwrap();
+        let record = deployment.log_record("jwt", jti);
+        assert_eq!(record["spiffe_id"], spiffe_id);
+        assert_eq!(record["entry_id"], response.entry_id.as_str());
+        assert_eq!(
+            record["agent_id"],
+            deployment.agent.agent_id().to_string().as_str()
+        );
+        assert_eq!(record["evidence_digest"], claims["evidence_sha256"]);
+        assert_eq!(record["attestation_result"], claims);
+    }
+
+    // Without audiences there is no JWT-SVID.
+    let key = new_key();
+    let nonce = deployment.nonce().await;
+    let response = deployment
+        .attest(request(nonce, &key, &key, |data| {
+            platforms.tdx(data, MR_TD)
+        }))
+        .await
+        .expect("TDX workload attestation without audiences");
+    assert!(response.jwt_svid.is_empty());
+    assert_eq!(response.jwt_svid_expires_at, 0);
+
+    // An empty audience is a malformed request.
+    let nonce = deployment.nonce().await;
+    let mut empty = request(nonce, &key, &key, |data| platforms.tdx(data, MR_TD));
+    empty.jwt_audiences = vec![AUDIENCES[0].to_owned(), String::new()];
+    let status = deployment.attest(empty).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("empty audience"), "{status:?}");
+
+    // A named issuer's audience, alone or beside another, needs that issuer's key.
+    for audiences in [vec![ISSUER_AUDIENCE], vec![AUDIENCES[0], ISSUER_AUDIENCE]] {
+        let nonce = deployment.nonce().await;
+        let mut named = request(nonce, &key, &key, |data| platforms.tdx(data, MR_TD));
+        named.jwt_audiences = audiences.iter().map(ToString::to_string).collect();
+        let status = deployment.attest(named).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{audiences:?}: {status:?}"
+        );
+        assert!(
+            status.message().contains("\"cloud\""),
+            "{audiences:?}: {status:?}"
+        );
+    }
+    deployment.agent.shutdown().await;
+}
+
+/// With `max_evidence_age = 2m` on the TDX policy, every credential issued on TDX evidence ends
+/// within two minutes of the attestation time, although the default TTLs are longer. SEV-SNP
+/// credentials from the same server, whose policy sets no maximum age, keep the default TTLs.
+/// The test sets the key in code, because the `tdx` configuration block does not accept it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_age_caps_credential_lifetimes() {
+    let platforms = Platforms::new();
+    let deployment = Deployment::start_with(&platforms, Some(MAX_EVIDENCE_AGE)).await;
+    let max_age = i64::try_from(MAX_EVIDENCE_AGE.as_secs()).unwrap();
+    let audiences: Vec<String> = AUDIENCES.iter().map(ToString::to_string).collect();
+
+    let key = new_key();
+    let nonce = deployment.nonce().await;
+    let mut attest = request(nonce, &key, &key, |data| platforms.tdx(data, MR_TD));
+    attest.jwt_audiences.clone_from(&audiences);
+    let response = deployment.attest(attest).await.expect("TDX attestation");
+    deployment.check_credentials(&response, &key, TDX_ID, Kind::Tdx);
+    let claims: Value = serde_json::from_slice(&response.attestation_claims).unwrap();
+    deployment.check_jwt_svid(&response, TDX_ID, &AUDIENCES, &claims);
+    let attested_at = claims["attested_at"].as_i64().unwrap();
+    let cap = attested_at + max_age;
+    let lifetimes = [
+        ("X.509-SVID", not_after(&response.svid_chain[0])),
+        ("WIT", token_expiry(&response.wit)),
+        ("JWT-SVID", token_expiry(&response.jwt_svid)),
+    ];
+    for (credential, expiry) in lifetimes {
+        assert!(
+            expiry <= cap,
+            "the {credential} expires at {expiry}, after attested_at {attested_at} + {max_age}"
+        );
+    }
+    // The cap decides: the X.509-SVID ends at the cap, not earlier for another reason.
+    assert_eq!(not_after(&response.svid_chain[0]), cap);
+    assert_eq!(response.expires_at, cap);
+
+    // The same server's SEV-SNP policy has no maximum age, so the default TTLs apply: an hour
+    // for the X.509-SVID and the WIT, five minutes for the JWT-SVID.
+    let nonce = deployment.nonce().await;
+    let mut attest = request(nonce, &key, &key, |data| {
+        platforms.snp(data, SNP_MEASUREMENT)
+    });
+    attest.jwt_audiences.clone_from(&audiences);
+    let uncapped = deployment
+        .attest(attest)
+        .await
+        .expect("SEV-SNP attestation");
+    let snp_claims: Value = serde_json::from_slice(&uncapped.attestation_claims).unwrap();
+    let snp_cap = snp_claims["attested_at"].as_i64().unwrap() + max_age;
+    let defaults = [
+        ("X.509-SVID", not_after(&uncapped.svid_chain[0]), 3600),
+        ("WIT", token_expiry(&uncapped.wit), 3600),
+        ("JWT-SVID", token_expiry(&uncapped.jwt_svid), 300),
+    ];
+    for (credential, expiry, ttl) in defaults {
+        let attested_at = snp_claims["attested_at"].as_i64().unwrap();
+        assert!(
+            expiry > snp_cap,
+            "the uncapped {credential} expires at {expiry}, within {max_age} s"
+        );
+        assert_eq!(expiry, attested_at + ttl, "the uncapped {credential}");
+    }
+    deployment.agent.shutdown().await;
+}
+
+/// An agent attested with TDX evidence under `max_evidence_age = 2m` gets an SVID that ends two
+/// minutes after its attestation, while the join-token agent keeps the default hour. Past half
+/// of that lifetime the agent attests again with fresh evidence, and its new SVID is capped from
+/// the new attestation time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evidence_age_caps_agent_svid() {
+    let platforms = Platforms::new();
+    let deployment = Deployment::start_with(&platforms, Some(MAX_EVIDENCE_AGE)).await;
+    let max_age = i64::try_from(MAX_EVIDENCE_AGE.as_secs()).unwrap();
+    let collections = Arc::new(AtomicUsize::new(0));
+    let tdx_agent = deployment
+        .start_tdx_agent(&platforms, MR_TD, Arc::clone(&collections))
+        .await;
+    let agent_id = tdx_agent.agent_id().to_string();
+    assert_eq!(
+        agent_id,
+        format!(
+            "spiffe://{TRUST_DOMAIN}/spire/agent/tdx/{}",
+            hex::encode(MR_TD)
+        )
+    );
+
+    let record = deployment.agent_record(&agent_id);
+    let first_serial = record["x509_svid_serial"].as_str().unwrap().to_owned();
+    let first_attested_at = record["attested_at"].as_i64().unwrap();
+    let first_expiry = record["x509_svid_expires_at"].as_i64().unwrap();
+    assert_eq!(
+        first_expiry,
+        first_attested_at + max_age,
+        "the evidence agent's SVID must end max_evidence_age after its attestation"
+    );
+    assert_eq!(collections.load(Ordering::SeqCst), 1);
+
+    let join_token_agent = deployment.agent.agent_id().to_string();
+    let record = deployment.agent_record(&join_token_agent);
+    let attested_at = record["attested_at"].as_i64().unwrap();
+    let expires_at = record["x509_svid_expires_at"].as_i64().unwrap();
+    // The join-token path reads the clock separately for the SVID and the record.
+    assert!(
+        (attested_at + 3595..=attested_at + 3600).contains(&expires_at),
+        "the join-token agent's SVID ends at {expires_at}, attested at {attested_at}"
+    );
+
+    // The agent gets a new SVID only by attesting again with fresh evidence, before the first
+    // one expires.
+    let deadline = tokio::time::Instant::now() + MAX_EVIDENCE_AGE;
+    let record = loop {
+        let record = deployment.agent_record(&agent_id);
+        if record["x509_svid_serial"] != first_serial.as_str() {
+            break record;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the TDX agent did not attest again within {max_age} s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(collections.load(Ordering::SeqCst), 2, "no fresh evidence");
+    let attested_at = record["attested_at"].as_i64().unwrap();
+    let expires_at = record["x509_svid_expires_at"].as_i64().unwrap();
+    assert!(attested_at > first_attested_at, "{record}");
+    assert!(
+        attested_at < first_expiry,
+        "attested again after expiry: {record}"
+    );
+    assert_eq!(expires_at, attested_at + max_age, "the new SVID: {record}");
+    tdx_agent.shutdown().await;
     deployment.agent.shutdown().await;
 }
 
@@ -665,6 +1102,7 @@ async fn attest_workload_command_writes_credentials() {
         .arg(out("bundle.pem"))
         .arg("--wit-out")
         .arg(out("wit.jwt"))
+        .args(["--audience", AUDIENCES[0], "--audience", AUDIENCES[1]])
         .arg("--command")
         .arg(&script)
         .arg(&exchange)
@@ -721,6 +1159,12 @@ async fn attest_workload_command_writes_credentials() {
         .map(|cert| cert.unwrap().to_vec())
         .collect();
     let wit = std::fs::read_to_string(out("wit.jwt")).unwrap();
+    // The JWT-SVID goes beside the SVID under its default name.
+    let jwt_path = out("jwt_svid.token");
+    assert_eq!(summary["jwt_svid_path"], jwt_path.display().to_string());
+    let jwt_mode = std::fs::metadata(&jwt_path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(jwt_mode, 0o600);
+    let jwt_svid = std::fs::read_to_string(&jwt_path).unwrap();
     let response = AttestResponse {
         svid_chain: chain,
         bundle,
@@ -730,7 +1174,11 @@ async fn attest_workload_command_writes_credentials() {
         entry_id: summary["entry_id"].as_str().unwrap().to_owned(),
         other_entry_ids: Vec::new(),
         expires_at: summary["expires_at"].as_i64().unwrap(),
+        jwt_svid,
+        jwt_svid_expires_at: summary["jwt_svid_expires_at"].as_i64().unwrap(),
     };
     deployment.check_credentials(&response, &key, TDX_ID, Kind::Tdx);
+    let claims: Value = serde_json::from_slice(&response.attestation_claims).unwrap();
+    deployment.check_jwt_svid(&response, TDX_ID, &AUDIENCES, &claims);
     deployment.agent.shutdown().await;
 }

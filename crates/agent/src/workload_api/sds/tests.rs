@@ -80,6 +80,7 @@ fn snapshot(entries: Vec<CachedEntry>) -> Snapshot {
                 jwt_authorities: Vec::new(),
             },
         )]),
+        revoked: Arc::default(),
     }
 }
 

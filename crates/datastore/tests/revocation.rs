@@ -1,0 +1,418 @@
+//! Revocation rules, revoked credentials and the issuance log scan on both backends: each test
+//! body runs once on a temporary SQLite file (module `sqlite`) and once on a fresh PostgreSQL
+//! database (module `postgres`).
+//!
+//! The PostgreSQL tests connect to `postgres://postgres@127.0.0.1:5432/postgres`, create a
+//! uniquely named database per test and drop it afterwards. When the connection fails they
+//! fail too, unless `TWID_SKIP_POSTGRES=1` is set, in which case they return early.
+
+// A failed step panics where it broke, which names the failing call.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::{AnyConnection, Connection};
+use twid_datastore::{
+    DatabaseType, Datastore, DatastoreConfig, IssuanceLogRecord, NewRevocation, RevokedCredential,
+};
+
+const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const POSTGRES_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
+const SKIP_POSTGRES_ENV: &str = "TWID_SKIP_POSTGRES";
+
+/// One test's database, removed when dropped.
+struct TestDb {
+    config: DatastoreConfig,
+    _dir: Option<tempfile::TempDir>,
+    postgres_name: Option<String>,
+}
+
+impl TestDb {
+    fn sqlite() -> Self {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let path = dir.path().join("revocation.db");
+        Self {
+            config: DatastoreConfig {
+                database_type: DatabaseType::Sqlite,
+                connection_string: path.to_str().expect("temp path is UTF-8").to_owned(),
+            },
+            _dir: Some(dir),
+            postgres_name: None,
+        }
+    }
+
+    /// Creates a fresh PostgreSQL database, or returns `None` when the connection fails and
+    /// `TWID_SKIP_POSTGRES=1`.
+    async fn postgres() -> Option<Self> {
+        sqlx::any::install_default_drivers();
+        let connect = AnyConnection::connect(POSTGRES_ADMIN_URL);
+        let mut admin = match tokio::time::timeout(Duration::from_secs(20), connect).await {
+            Ok(Ok(conn)) => conn,
+            failure => {
+                let reason = match failure {
+                    Ok(Err(error)) => error.to_string(),
+                    _ => "timed out after 20 s".to_owned(),
+                };
+                if std::env::var(SKIP_POSTGRES_ENV).as_deref() == Ok("1") {
+                    eprintln!("skipping PostgreSQL test: {reason}");
+                    return None;
+                }
+                panic!(
+                    "PostgreSQL at 127.0.0.1:5432 (user postgres) is unreachable: {reason}; \
+                     start it, or set {SKIP_POSTGRES_ENV}=1 to skip the PostgreSQL tests"
+                );
+            }
+        };
+        let name = unique_database_name();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.expect("close admin connection");
+        Some(Self {
+            config: DatastoreConfig {
+                database_type: DatabaseType::Postgres,
+                connection_string: format!("{POSTGRES_BASE_URL}/{name}"),
+            },
+            _dir: None,
+            postgres_name: Some(name),
+        })
+    }
+
+    async fn open(&self) -> Datastore {
+        Datastore::open(&self.config)
+            .await
+            .expect("open the test datastore")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(name) = self.postgres_name.take() else {
+            return;
+        };
+        // Drop runs inside the test's runtime, which cannot block on a future, so the cleanup
+        // gets its own thread and runtime.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("build cleanup runtime");
+            runtime.block_on(async {
+                let mut admin = AnyConnection::connect(POSTGRES_ADMIN_URL).await?;
+                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                    .execute(&mut admin)
+                    .await?;
+                admin.close().await
+            })
+        });
+        match cleanup.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("failed to drop test database: {error}"),
+            Err(_) => eprintln!("test database cleanup thread panicked"),
+        }
+    }
+}
+
+fn unique_database_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_nanos();
+    let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "twid_revocation_test_{}_{nanos}_{sequence}",
+        std::process::id()
+    )
+}
+
+/// Defines, for each listed body `async fn name(db: &TestDb)`, the tests `sqlite::name` and
+/// `postgres::name`.
+macro_rules! on_both_backends {
+    ($($body:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    let db = super::TestDb::sqlite();
+                    super::$body(&db).await;
+                }
+            )*
+        }
+
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $body() {
+                    let Some(db) = super::TestDb::postgres().await else {
+                        return;
+                    };
+                    super::$body(&db).await;
+                }
+            )*
+        }
+    };
+}
+
+on_both_backends!(
+    rules_listed_by_time,
+    credentials_by_agent_and_expiry,
+    serial_lookup,
+    scan_pages_and_filters,
+    many_credentials_stored,
+);
+
+const AGENT_A: &str = "spiffe://example.org/spire/agent/join_token/a";
+const AGENT_B: &str = "spiffe://example.org/spire/agent/join_token/b";
+
+fn rule(kind: &str, value: &str, created_at: i64) -> NewRevocation {
+    NewRevocation {
+        kind: kind.to_owned(),
+        value: value.to_owned(),
+        reason: format!("test {kind}"),
+        created_at,
+    }
+}
+
+fn x509(serial: &str, agent_id: &str, expires_at: i64) -> RevokedCredential {
+    RevokedCredential {
+        revocation_id: 0,
+        kind: "x509".to_owned(),
+        serial: Some(serial.to_owned()),
+        jti: None,
+        spiffe_id: "spiffe://example.org/w".to_owned(),
+        agent_id: Some(agent_id.to_owned()),
+        expires_at,
+    }
+}
+
+fn jwt(jti: &str, agent_id: &str, expires_at: i64) -> RevokedCredential {
+    RevokedCredential {
+        kind: "jwt".to_owned(),
+        serial: None,
+        jti: Some(jti.to_owned()),
+        ..x509("", agent_id, expires_at)
+    }
+}
+
+async fn rules_listed_by_time(db: &TestDb) {
+    let store = db.open().await;
+    let before = store.current_revision().await.unwrap();
+    let first = store
+        .create_revocation(&rule("selector", "unix:gid:2000", 100))
+        .await
+        .unwrap();
+    let second = store
+        .create_revocation(&rule("tcb_status", "OutOfDate", 200))
+        .await
+        .unwrap();
+    assert!(second.id > first.id, "{} then {}", first.id, second.id);
+    assert_eq!(first.value, "unix:gid:2000");
+    assert_eq!(first.reason, "test selector");
+    assert!(store.current_revision().await.unwrap() > before);
+
+    let all = store.list_revocations().await.unwrap();
+    assert_eq!(all, [first.clone(), second.clone()]);
+    // A rule created at the agent's attestation second still applies to it.
+    let since: Vec<i64> = store
+        .revocations_since(100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|rule| rule.id)
+        .collect();
+    assert_eq!(since, [first.id, second.id]);
+    let since: Vec<i64> = store
+        .revocations_since(101)
+        .await
+        .unwrap()
+        .iter()
+        .map(|rule| rule.id)
+        .collect();
+    assert_eq!(since, [second.id]);
+    assert!(store.revocations_since(201).await.unwrap().is_empty());
+}
+
+async fn credentials_by_agent_and_expiry(db: &TestDb) {
+    let store = db.open().await;
+    let rule = store
+        .create_revocation(&rule("agent", AGENT_A, 100))
+        .await
+        .unwrap();
+    let credentials = [
+        x509("0a", AGENT_A, 1000),
+        jwt("jti-a", AGENT_A, 1000),
+        x509("0b", AGENT_B, 1000),
+        x509("0c", AGENT_A, 500),
+    ];
+    store
+        .add_revoked_credentials(rule.id, &credentials)
+        .await
+        .unwrap();
+
+    let of_a = store
+        .unexpired_revoked_credentials_of_agent(AGENT_A, 600)
+        .await
+        .unwrap();
+    let mut names: Vec<String> = of_a
+        .iter()
+        .map(|c| c.serial.clone().or(c.jti.clone()).unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["0a", "jti-a"]);
+    assert!(of_a.iter().all(|c| c.revocation_id == rule.id));
+    let jwt = of_a.iter().find(|c| c.kind == "jwt").unwrap();
+    assert_eq!(jwt.serial, None);
+    assert_eq!(jwt.agent_id.as_deref(), Some(AGENT_A));
+    assert_eq!(jwt.expires_at, 1000);
+
+    // Expiry is exclusive: a credential that expires at `now` is gone.
+    let at_expiry = store
+        .unexpired_revoked_credentials_of_agent(AGENT_A, 1000)
+        .await
+        .unwrap();
+    assert!(at_expiry.is_empty(), "{at_expiry:?}");
+    assert_eq!(
+        store
+            .unexpired_revoked_credentials_of_agent(AGENT_A, 400)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+
+    let all = store.unexpired_revoked_credentials(600).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(
+        store
+            .unexpired_revoked_credentials(1000)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn serial_lookup(db: &TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.serial_revocation("0a").await.unwrap(), None);
+    let first = store
+        .create_revocation(&rule("agent", AGENT_A, 100))
+        .await
+        .unwrap();
+    let second = store
+        .create_revocation(&rule("selector", "unix:uid:1", 200))
+        .await
+        .unwrap();
+    store
+        .add_revoked_credentials(second.id, &[x509("0a", AGENT_A, 1000)])
+        .await
+        .unwrap();
+    store
+        .add_revoked_credentials(
+            first.id,
+            &[x509("0a", AGENT_A, 1000), jwt("0b", AGENT_A, 1000)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.serial_revocation("0a").await.unwrap(), Some(first.id));
+    // A JWT ID that looks like a serial is not a revoked serial.
+    assert_eq!(store.serial_revocation("0b").await.unwrap(), None);
+}
+
+fn log_row(seq: i64, kind: &str, time_unix_ms: i64) -> IssuanceLogRecord {
+    IssuanceLogRecord {
+        seq,
+        prev_hash: vec![0; 32],
+        hash: vec![seq as u8; 32],
+        kind: kind.to_owned(),
+        serial: (kind == "x509").then(|| format!("{seq:02x}")),
+        jti: (kind == "jwt").then(|| format!("jti-{seq}")),
+        spiffe_id: Some("spiffe://example.org/w".to_owned()),
+        entry_id: Some(format!("entry-{seq}")),
+        agent_id: Some(AGENT_A.to_owned()),
+        selectors: r#"[{"type":"unix","value":"uid:1000"}]"#.to_owned(),
+        key_fingerprint: None,
+        evidence_digest: None,
+        attestation_result: (seq == 3).then(|| r#"{"tcb_status":"OutOfDate"}"#.to_owned()),
+        policy_version: None,
+        refusal_reason: (kind == "refusal").then(|| "no".to_owned()),
+        time_unix_ms,
+    }
+}
+
+async fn scan_pages_and_filters(db: &TestDb) {
+    let store = db.open().await;
+    let rows = [
+        log_row(0, "x509", 1_000),
+        log_row(1, "x509", 5_000),
+        log_row(2, "refusal", 6_000),
+        log_row(3, "jwt", 7_000),
+        log_row(4, "wit", 8_000),
+        log_row(5, "x509", 9_000),
+    ];
+    let mut append = store.begin_issuance_log_append().await.unwrap();
+    append.insert_records(&rows).await.unwrap();
+    append.commit().await.unwrap();
+
+    let page = store.issued_credentials_since(5_000, -1, 2).await.unwrap();
+    let seqs: Vec<i64> = page.iter().map(|r| r.seq).collect();
+    assert_eq!(
+        seqs,
+        [1, 3],
+        "the refusal and the record before 5000 ms are skipped"
+    );
+    let next = store.issued_credentials_since(5_000, 3, 2).await.unwrap();
+    let seqs: Vec<i64> = next.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, [4, 5]);
+    assert!(
+        store
+            .issued_credentials_since(5_000, 5, 2)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let jwt = &page[1];
+    assert_eq!(jwt.kind, "jwt");
+    assert_eq!(jwt.jti.as_deref(), Some("jti-3"));
+    assert_eq!(jwt.serial, None);
+    assert_eq!(jwt.entry_id.as_deref(), Some("entry-3"));
+    assert_eq!(jwt.agent_id.as_deref(), Some(AGENT_A));
+    assert_eq!(jwt.selectors, r#"[{"type":"unix","value":"uid:1000"}]"#);
+    assert_eq!(
+        jwt.attestation_result.as_deref(),
+        Some(r#"{"tcb_status":"OutOfDate"}"#)
+    );
+    assert_eq!(jwt.time_unix_ms, 7_000);
+}
+
+async fn many_credentials_stored(db: &TestDb) {
+    // 85 rows take every statement size: 64, 16, 4 and 1.
+    const COUNT: usize = 85;
+    let store = db.open().await;
+    let rule = store
+        .create_revocation(&rule("agent", AGENT_A, 100))
+        .await
+        .unwrap();
+    let credentials: Vec<RevokedCredential> = (0..COUNT)
+        .map(|index| x509(&format!("{index:04x}"), AGENT_A, 1000 + index as i64))
+        .collect();
+    store
+        .add_revoked_credentials(rule.id, &credentials)
+        .await
+        .unwrap();
+
+    let mut stored = store.unexpired_revoked_credentials(0).await.unwrap();
+    stored.sort_by(|a, b| a.serial.cmp(&b.serial));
+    let expected: Vec<RevokedCredential> = credentials
+        .into_iter()
+        .map(|credential| RevokedCredential {
+            revocation_id: rule.id,
+            ..credential
+        })
+        .collect();
+    assert_eq!(stored, expected);
+}
