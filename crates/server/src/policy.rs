@@ -544,6 +544,44 @@ pub(crate) fn check_next(
     Ok(admission)
 }
 
+/// Verifies the stored versions from version 1 up to `version` as `apply` admitted them, and
+/// returns the document of `version`. Each row's JWS must verify under an owner of the version
+/// before it (for version 1, a `policy_owner_keys` key or, without one, an owner it names
+/// itself), and its payload must equal the stored document. So a row written into the database
+/// directly, without an owner's signature, does not change the policy.
+fn verify_stored_chain(
+    stored: &[PolicyVersion],
+    genesis_owners: &[OwnerKey],
+    version: u64,
+) -> Result<PolicyDocument, String> {
+    let mut current: Option<PolicyDocument> = None;
+    for row in stored.iter().take_while(|row| row.version <= version) {
+        let signed = SignedPolicy::decode(&row.jws)
+            .map_err(|error| format!("version {}: {error}", row.version))?;
+        if signed.document.version != row.version {
+            return Err(format!(
+                "the row of version {} holds a document of version {}",
+                row.version, signed.document.version
+            ));
+        }
+        if signed.payload != row.document.as_bytes() {
+            return Err(format!(
+                "the stored document of version {} differs from its signed payload",
+                row.version
+            ));
+        }
+        check_next(current.as_ref(), genesis_owners, &signed)
+            .map_err(|status| format!("version {}: {}", row.version, status.message()))?;
+        current = Some(signed.document);
+    }
+    match current {
+        Some(document) if document.version == version => Ok(document),
+        _ => Err(format!(
+            "version {version} is missing from the stored chain"
+        )),
+    }
+}
+
 /// The policy an attestation is appraised with, and its document version (`None` while no
 /// document has been applied and the `plugin_data` policy applies).
 #[derive(Debug, Clone)]
@@ -709,18 +747,14 @@ impl PolicyStore {
             Some(loaded) => loaded,
             None => {
                 let stored = datastore
-                    .get_policy_version(version)
+                    .list_policy_versions()
                     .await
-                    .map_err(unavailable)?
-                    .ok_or_else(|| {
-                        Status::unavailable(format!(
-                            "policy version {version} disappeared while it was read; retry"
-                        ))
-                    })?;
-                let document =
-                    PolicyDocument::parse(stored.document.as_bytes()).map_err(|error| {
+                    .map_err(unavailable)?;
+                let document = verify_stored_chain(&stored, &self.genesis_owners, version)
+                    .map_err(|error| {
                         crate::node_api::internal(ServerError::Corrupt(format!(
-                            "stored policy version {version}: {error}"
+                            "the stored policy versions failed verification, so evidence \
+                             is rejected until the policy_versions table is restored: {error}"
                         )))
                     })?;
                 let loaded = Arc::new(Loaded {
@@ -1232,6 +1266,51 @@ mod tests {
         assert_eq!(stored[1].signer_kid, owner.kid());
         assert_eq!(stored[1].jws, v2);
         assert_eq!(stored[1].applied_at, 200);
+    }
+
+    #[test]
+    fn stored_chain_rejects_rows_written_without_signature() {
+        let (key, stranger) = (new_key(), new_key());
+        let genesis = owner(&stranger);
+        let owner = owner(&key);
+        let row = |version: u64, jws: String| {
+            let signed = SignedPolicy::decode(&jws).expect("decode");
+            PolicyVersion {
+                version,
+                document: String::from_utf8(signed.payload).expect("utf-8"),
+                signer_kid: signed.kid,
+                jws,
+                applied_at: 0,
+            }
+        };
+        let chain = vec![
+            row(1, jws(&key, &document(1, &[&owner], 1))),
+            row(2, jws(&key, &document(2, &[&owner], 2))),
+        ];
+        let current = verify_stored_chain(&chain, &[], 2).expect("intact chain");
+        assert_eq!(current.version, 2);
+
+        // A stored document edited after signing.
+        let mut edited = chain.clone();
+        edited[1].document = edited[1].document.replace("0202", "0303");
+        let error = verify_stored_chain(&edited, &[], 2).expect_err("edited");
+        assert!(error.contains("differs from its signed payload"), "{error}");
+
+        // A version signed by a key the previous version does not name.
+        let mut forged = chain.clone();
+        forged.push(row(3, jws(&stranger, &document(3, &[&owner], 3))));
+        let error = verify_stored_chain(&forged, &[], 3).expect_err("forged");
+        assert!(error.contains("version 3"), "{error}");
+
+        // A genuine version 2 stored as version 3, with version 2 deleted.
+        let mut renumbered = vec![chain[0].clone(), chain[1].clone()];
+        renumbered[1].version = 3;
+        let error = verify_stored_chain(&renumbered, &[], 3).expect_err("renumbered");
+        assert!(error.contains("holds a document of version 2"), "{error}");
+
+        // A self-named version 1 is rejected when policy_owner_keys names another key.
+        let error = verify_stored_chain(&chain, &[genesis], 2).expect_err("genesis");
+        assert!(error.contains("version 1"), "{error}");
     }
 
     #[tokio::test]
