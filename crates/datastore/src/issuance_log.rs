@@ -11,7 +11,7 @@
 //! SQLite the transaction starts with `BEGIN IMMEDIATE`, which takes the database's write lock.
 //!
 //! [`IssuanceLogWriter`] is the faster path that the appender uses. It continues from a head
-//! that the caller remembers and stores a whole batch only if the head row still holds that
+//! that the caller remembers and stores a whole batch only if the head row still contains that
 //! value, so a batch needs no read of the head. On PostgreSQL it uses a connection of its own
 //! and stores a batch, its checkpoints and the new head with one statement.
 
@@ -192,7 +192,7 @@ impl Datastore {
         let backend = match self.backend {
             DatabaseType::Sqlite => WriterBackend::Sqlite {
                 pool: self.pool.clone(),
-                held: None,
+                kept_connection: None,
             },
             DatabaseType::Postgres => {
                 let url = self.pool.connect_options().database_url.clone();
@@ -459,7 +459,7 @@ impl IssuanceLogAppend {
 pub enum WriteOutcome {
     /// The records, the checkpoints and the new head are committed.
     Committed,
-    /// The head row no longer holds the expected value, for example because another process
+    /// The head row no longer contains the expected value, for example because another process
     /// appended. Nothing was stored; read the head again and rebuild the chain.
     HeadMoved,
 }
@@ -477,11 +477,11 @@ enum WriterBackend {
     /// writer keeps it across consecutive batches, for at most [`MAX_SQLITE_HOLD`].
     Sqlite {
         pool: AnyPool,
-        held: Option<(PoolConnection<Any>, Instant)>,
+        kept_connection: Option<(PoolConnection<Any>, Instant)>,
     },
-    /// A connection of the writer's own, opened on first use and again after a failure. It is
-    /// registered with the runtime that opened it, so it never waits for a busy pool or for
-    /// the I/O driver of another runtime.
+    /// A connection of the writer's own, opened on first use and again after a failure. It
+    /// belongs to the runtime that drives the writer, so appends do not wait for the pool or
+    /// for the I/O driver of another runtime.
     Postgres {
         options: Box<PgConnectOptions>,
         conn: Option<PgConnection>,
@@ -500,12 +500,12 @@ impl fmt::Debug for IssuanceLogWriter {
     }
 }
 
-/// The longest time the SQLite writer keeps the pool's connection across batches. Other
+/// Maximum time the SQLite writer keeps the pool's connection across batches. Other
 /// datastore operations wait for the connection meanwhile.
 const MAX_SQLITE_HOLD: Duration = Duration::from_millis(10);
 
 /// Stores a PostgreSQL batch in one statement, so that it costs one round trip and commits
-/// when the statement ends. The head row is updated only if it holds `$3` and `$4`, and both
+/// when the statement ends. The head row is updated only if it contains `$3` and `$4`, and both
 /// inserts depend on that update: a head moved by another process stores nothing. Under READ
 /// COMMITTED, a concurrent appender's lock on the head row makes the update wait, and the
 /// update then rechecks its condition against the committed row.
@@ -526,7 +526,7 @@ const POSTGRES_APPEND: &str = concat!(
 
 impl IssuanceLogWriter {
     /// Stores `records` and `checkpoints` and moves the head past the last record, in one
-    /// transaction, if the head row holds `next_seq` and `head_hash`. Returns once the
+    /// transaction, if the head row contains `next_seq` and `head_hash`. Returns once the
     /// transaction has committed, or with [`WriteOutcome::HeadMoved`] having stored nothing.
     ///
     /// As for [`IssuanceLogAppend::insert_records`], the caller builds the chain: consecutive
@@ -534,7 +534,7 @@ impl IssuanceLogWriter {
     /// is stored already is skipped.
     ///
     /// On SQLite, the writer keeps the pool's only connection after a committed batch if it
-    /// has held it for less than [`MAX_SQLITE_HOLD`], and every other use of the datastore
+    /// has kept it for less than [`MAX_SQLITE_HOLD`], and every other use of the datastore
     /// waits for it until [`release`](Self::release) or a later call returns it.
     ///
     /// # Errors
@@ -560,9 +560,12 @@ impl IssuanceLogWriter {
             new_hash: &last.hash,
         };
         match &mut self.backend {
-            WriterBackend::Sqlite { pool, held } => {
-                let (mut conn, since) = match held.take() {
-                    Some(held) => held,
+            WriterBackend::Sqlite {
+                pool,
+                kept_connection,
+            } => {
+                let (mut conn, since) = match kept_connection.take() {
+                    Some(kept_connection) => kept_connection,
                     None => (pool.acquire().await?, Instant::now()),
                 };
                 let outcome = append_sqlite(&mut conn, &head, records, checkpoints).await;
@@ -572,7 +575,7 @@ impl IssuanceLogWriter {
                 if matches!(outcome, Ok(WriteOutcome::Committed))
                     && since.elapsed() < MAX_SQLITE_HOLD
                 {
-                    *held = Some((conn, since));
+                    *kept_connection = Some((conn, since));
                 }
                 outcome
             }
@@ -593,8 +596,11 @@ impl IssuanceLogWriter {
     /// Returns a connection kept from the pool for further batches. Call it when no batch
     /// follows at once, so that other datastore operations get the connection.
     pub fn release(&mut self) {
-        if let WriterBackend::Sqlite { held, .. } = &mut self.backend {
-            *held = None;
+        if let WriterBackend::Sqlite {
+            kept_connection, ..
+        } = &mut self.backend
+        {
+            *kept_connection = None;
         }
     }
 }
@@ -626,6 +632,7 @@ async fn append_sqlite(
 ) -> Result<WriteOutcome, DatastoreError> {
     // IMMEDIATE takes the write lock first, so the head cannot move before the commit.
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
+
     let updated = sqlx::query(
         "UPDATE issuance_log_head SET next_seq = $1, head_hash = $2 \
          WHERE next_seq = $3 AND head_hash = $4",
@@ -641,6 +648,7 @@ async fn append_sqlite(
         // Dropping the transaction rolls it back.
         return Ok(WriteOutcome::HeadMoved);
     }
+
     let mut rest = records;
     for size in INSERT_CHUNK_ROWS {
         while rest.len() >= size {
@@ -745,7 +753,8 @@ async fn append_postgres(
     let expected = u64::try_from(records.len()).unwrap_or(u64::MAX);
     if inserted != expected {
         return Err(DatastoreError::Corrupt(format!(
-            "the issuance log append stored {inserted} of {expected} records"
+            "the issuance log append committed {inserted} of {expected} records; run \
+             `twid log verify` to find where the chain breaks"
         )));
     }
     Ok(WriteOutcome::Committed)

@@ -5,10 +5,10 @@
 //! for a disk sync (SQLite with `synchronous=FULL`) or a WAL flush (PostgreSQL), while hashing
 //! and inserting a record costs microseconds.
 //!
-//! The task runs on a thread of its own with a single-threaded Tokio runtime. On the caller's
-//! runtime, a task woken by the database driver waits in the queue behind every runnable
-//! task, and a server busy signing SVIDs has many, so each of the several awaits of a batch
-//! could wait about a millisecond. The appender also remembers the head it wrote last, so a
+//! The task runs on a thread of its own with a single-threaded Tokio runtime. On the callers'
+//! runtime, a task woken by the database driver waits behind the runnable tasks, and a server
+//! busy signing SVIDs has many. In the signing benchmark, each await of a batch waited there
+//! for up to a millisecond. The appender also remembers the head it wrote last, so a
 //! batch needs no read of the head row unless another process has appended.
 
 use std::sync::Arc;
@@ -136,7 +136,7 @@ impl Appender {
     /// in one transaction.
     ///
     /// With a remembered head, the batch is stored on the condition that the head row still
-    /// holds it. When another process has appended since, or no head is remembered, the batch
+    /// contains it. When another process has appended since, or no head is remembered, the batch
     /// is written in a transaction that locks the head row first, which always makes
     /// progress; the conditional path alone could starve behind a replica that keeps winning.
     async fn write(&mut self, rows: &mut [IssuanceLogRecord]) -> Result<(), LogError> {

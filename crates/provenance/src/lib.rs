@@ -65,10 +65,10 @@
 //! One chain spans every server replica that shares a PostgreSQL database. Within a process,
 //! an appender task on a thread of its own batches concurrent [`IssuanceLog::append`] calls
 //! into one transaction (group commit). It remembers the head it wrote last and stores the
-//! next batch on the condition that the head row still holds that head, which on PostgreSQL
-//! is one statement. When another process has appended in between, the batch is rebuilt in a
-//! transaction that locks the head row with `SELECT ... FOR UPDATE` (SQLite: `BEGIN
-//! IMMEDIATE`), so appends from several processes take turns and each makes progress.
+//! next batch on the condition that the head row still contains that head, which on
+//! PostgreSQL is one statement. When another process has appended in between, the batch is
+//! rebuilt in a transaction that locks the head row with `SELECT ... FOR UPDATE` (SQLite:
+//! `BEGIN IMMEDIATE`), so appends from several processes take turns and each makes progress.
 
 #![forbid(unsafe_code)]
 

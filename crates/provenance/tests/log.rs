@@ -805,7 +805,7 @@ async fn moved_records_classified(db: &TestDb) {
     store.close().await;
 }
 
-/// The writer stores a batch only while the head row holds the head the batch continues,
+/// The writer stores a batch only while the head row contains the head the batch continues,
 /// and a batch it stores brings its checkpoints and the new head along.
 async fn writer_checks_head(db: &TestDb) {
     let store = db.open().await;

@@ -46,6 +46,41 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// How long an attestation stream may stay open before its first message.
 const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Maximum number of audiences in one JWT-SVID, as the agent's Workload API allows.
+const MAX_JWT_AUDIENCES: usize = 32;
+
+/// Maximum length in bytes of one JWT-SVID audience.
+const MAX_JWT_AUDIENCE_LEN: usize = 512;
+
+/// Rejects an audience list that is empty, contains an empty or duplicate audience, or is
+/// larger than a token should carry. `field` names the request field in the message.
+pub(crate) fn check_jwt_audiences(audiences: &[String], field: &str) -> Result<(), Status> {
+    if audiences.is_empty() || audiences.iter().any(String::is_empty) {
+        return Err(Status::invalid_argument(format!(
+            "{field} must contain at least one audience and no empty one"
+        )));
+    }
+    if audiences.len() > MAX_JWT_AUDIENCES {
+        return Err(Status::invalid_argument(format!(
+            "{field} has {} audiences; at most {MAX_JWT_AUDIENCES} are allowed",
+            audiences.len()
+        )));
+    }
+    if let Some(long) = audiences.iter().find(|a| a.len() > MAX_JWT_AUDIENCE_LEN) {
+        return Err(Status::invalid_argument(format!(
+            "{field} has an audience of {} bytes; at most {MAX_JWT_AUDIENCE_LEN} are allowed",
+            long.len()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    if let Some(duplicate) = audiences.iter().find(|a| !seen.insert(a.as_str())) {
+        return Err(Status::invalid_argument(format!(
+            "{field} names audience {duplicate:?} twice; list each audience once"
+        )));
+    }
+    Ok(())
+}
+
 /// Binds the node API listener and starts serving it.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
@@ -150,10 +185,22 @@ impl NodeService {
                 )
             })?;
         let (spiffe_id, serial) = leaf_identity(&leaf)?;
+        let agent = self.authenticate_agent(&spiffe_id, &serial).await?;
+        Ok((agent, serial))
+    }
+
+    /// Returns the attested agent `spiffe_id` if it may call the node API with the SVID of
+    /// `serial`: it is attested and not banned, the SVID is not revoked, and it is the
+    /// agent's current SVID or its unexpired previous one.
+    async fn authenticate_agent(
+        &self,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+    ) -> Result<AttestedAgent, Status> {
         let mut agent = self
             .shared
             .datastore
-            .get_attested_agent(&spiffe_id)
+            .get_attested_agent(spiffe_id)
             .await
             .map_err(|error| internal(error.into()))?
             .ok_or_else(|| {
@@ -166,23 +213,23 @@ impl NodeService {
                 "agent {spiffe_id} is banned"
             )));
         }
-        crate::revocation::check_agent_svid(&self.shared, &spiffe_id, &serial).await?;
+        crate::revocation::check_agent_svid(&self.shared, spiffe_id, serial).await?;
         if agent.x509_svid_serial == serial {
             self.clear_previous_svid(&mut agent).await;
-            return Ok((agent, serial));
+            return Ok(agent);
         }
         // The previous SVID stays valid until the agent uses its current one, so an agent
         // whose renewal or re-attestation reply was lost is not locked out.
         let previous_unexpired = agent
             .previous_x509_svid_expires_at
             .is_some_and(|expires_at| expires_at > unix_now());
-        if previous_unexpired && agent.previous_x509_svid_serial.as_deref() == Some(&serial) {
+        if previous_unexpired && agent.previous_x509_svid_serial.as_deref() == Some(serial) {
             tracing::info!(
                 agent_id = %spiffe_id,
                 serial = %serial,
                 "agent authenticated with its previous SVID"
             );
-            return Ok((agent, serial));
+            return Ok(agent);
         }
         Err(Status::permission_denied(format!(
             "the SVID presented by agent {spiffe_id} is neither its current one nor its \
@@ -467,11 +514,25 @@ impl Node for NodeService {
 
     #[tracing::instrument(skip_all)]
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let agent = self.authenticate(&request).await?;
-        tracing::debug!(agent_id = %agent.spiffe_id, "agent watching for changes");
+        let (agent, serial) = self.authenticate_serial(&request).await?;
+        let agent_id = agent.spiffe_id;
+        let slot = self.shared.hints.open_stream(&agent_id).map_err(|open| {
+            tracing::info!(agent_id = %agent_id, open, "Watch stream rejected: per-agent limit");
+            Status::resource_exhausted(format!(
+                "agent {agent_id} already holds {open} Watch streams, the maximum; an agent \
+                 needs one, so close the others before opening another"
+            ))
+        })?;
+        tracing::debug!(agent_id = %agent_id, "agent watching for changes");
         let mut changes = self.shared.hints.subscribe();
         let shutdown = self.shutdown.clone();
+        let node = NodeService {
+            shared: Arc::clone(&self.shared),
+            shutdown: self.shutdown.clone(),
+        };
         let stream = async_stream::stream! {
+            // Dropped with the stream, which releases the agent's slot.
+            let _slot = slot;
             // The first hint makes a reconnecting agent sync whatever it missed.
             let first = *changes.borrow_and_update();
             yield Ok(SyncHint { revision: first.revision, reason: "connected".to_owned() });
@@ -483,6 +544,17 @@ impl Node for NodeService {
                             break;
                         }
                         let change = *changes.borrow_and_update();
+                        // Bans, evictions and revocations all send a hint, so checking the
+                        // agent again here ends the stream of an agent that lost its standing.
+                        if let Err(status) = node.authenticate_agent(&agent_id, &serial).await {
+                            tracing::info!(
+                                agent_id = %agent_id,
+                                code = ?status.code(),
+                                "Watch stream ended: the agent no longer authenticates"
+                            );
+                            yield Err(status);
+                            break;
+                        }
                         yield Ok(SyncHint {
                             revision: change.revision,
                             reason: change.reason.to_owned(),
@@ -584,11 +656,7 @@ impl Node for NodeService {
     ) -> Result<Response<NewJwtSvidResponse>, Status> {
         let agent = self.authenticate(&request).await?;
         let params = request.get_ref();
-        if params.audience.is_empty() || params.audience.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument(
-                "a JWT-SVID needs at least one non-empty audience",
-            ));
-        }
+        check_jwt_audiences(&params.audience, "audience")?;
         let authorized = self.authorized(&agent).await?;
         let Some(entry) = authorized.iter().find(|entry| entry.id == params.entry_id) else {
             let reason = format!(

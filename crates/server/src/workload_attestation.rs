@@ -560,13 +560,13 @@ impl WorkloadAttestationService {
         Ok((token, jti))
     }
 
-    /// Rejects JWT-SVID audiences that are empty or belong to a named JWT issuer.
+    /// Rejects JWT-SVID audiences that are empty, duplicated, too many or too long, or that
+    /// belong to a named JWT issuer. An empty list is accepted and means no JWT-SVID.
     fn check_audiences(&self, audiences: &[String]) -> Result<(), Status> {
-        if audiences.iter().any(String::is_empty) {
-            return Err(Status::invalid_argument(
-                "jwt_audiences contains an empty audience; remove it or name the relying party",
-            ));
+        if audiences.is_empty() {
+            return Ok(());
         }
+        crate::node_api::check_jwt_audiences(audiences, "jwt_audiences")?;
         // Limit: named issuers sign with their own key, `iss` and TTL, and their signing path
         // takes no attestation claims, so their audiences are rejected here.
         match self.node.shared.issuers.for_audience(audiences) {

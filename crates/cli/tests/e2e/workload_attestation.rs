@@ -815,7 +815,26 @@ async fn attested_workloads_get_jwt_svids() {
     empty.jwt_audiences = vec![AUDIENCES[0].to_owned(), String::new()];
     let status = deployment.attest(empty).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
-    assert!(status.message().contains("empty audience"), "{status:?}");
+    assert!(status.message().contains("no empty one"), "{status:?}");
+
+    // Duplicate, too many and too long audiences are malformed too.
+    let too_many: Vec<String> = (0..33).map(|n| format!("aud-{n}")).collect();
+    let cases = [
+        (
+            vec![AUDIENCES[0].to_owned(), AUDIENCES[0].to_owned()],
+            "twice",
+        ),
+        (too_many, "at most 32"),
+        (vec!["a".repeat(513)], "at most 512"),
+    ];
+    for (audiences, expected) in cases {
+        let nonce = deployment.nonce().await;
+        let mut bad = request(nonce, &key, &key, |data| platforms.tdx(data, MR_TD));
+        bad.jwt_audiences = audiences;
+        let status = deployment.attest(bad).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(expected), "{status:?}");
+    }
 
     // A named issuer's audience, alone or beside another, needs that issuer's key.
     for audiences in [vec![ISSUER_AUDIENCE], vec![AUDIENCES[0], ISSUER_AUDIENCE]] {
