@@ -212,6 +212,9 @@ impl Syncer {
             bundle: self.agent.bundle.clone(),
         };
         self.connection.reconnect()?;
+        // A new attestation is newer than every revocation so far, so the server may again
+        // sign entries whose SVID was revoked.
+        self.revoked_retry_at = 0;
 
         if spiffe_id != previous_id {
             // Entries parented to the old ID no longer reach this agent.

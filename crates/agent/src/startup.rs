@@ -267,6 +267,8 @@ fn new_syncer(
         health: health.clone(),
         failing_entries: std::collections::HashSet::new(),
         reattestation: reattestation(settings),
+        revoked_retry_interval: settings.sync_interval,
+        revoked_retry_at: 0,
     })
 }
 

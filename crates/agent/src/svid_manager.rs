@@ -40,8 +40,16 @@ pub(crate) struct Plan {
 /// changed (its revision number differs), for example in its TTL or DNS names.
 ///
 /// An entry whose SVID is dropped as revoked is marked [`CachedEntry::svid_revoked`], and an
-/// entry marked so in `previous` stays marked, until [`sign_due`] stores a new SVID.
-pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, now: i64, revoked: &Revoked) -> Plan {
+/// entry marked so in `previous` stays marked, until [`sign_due`] stores a new SVID. A marked
+/// entry is due only when `retry_revoked` is true, because the server rejects it until the
+/// agent attests again.
+pub(crate) fn plan(
+    previous: &Snapshot,
+    entries: Vec<Entry>,
+    now: i64,
+    revoked: &Revoked,
+    retry_revoked: bool,
+) -> Plan {
     let old: HashMap<&str, &CachedEntry> = previous
         .entries
         .iter()
@@ -69,7 +77,8 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, now: i64, revoked: 
             }
             let changed =
                 old.is_none_or(|cached| cached.entry.revision_number != entry.revision_number);
-            if changed || svid.as_ref().is_none_or(|svid| svid.needs_renewal(now)) {
+            let wanted = changed || svid.as_ref().is_none_or(|svid| svid.needs_renewal(now));
+            if wanted && (!svid_revoked || retry_revoked) {
                 due.push(index);
             }
             let mut cached = CachedEntry::new(entry, svid);
@@ -235,7 +244,7 @@ mod tests {
             entry("e", 1),
             entry("f", 1),
         ];
-        let plan = plan(&previous, synced, 60, &Revoked::default());
+        let plan = plan(&previous, synced, 60, &Revoked::default(), true);
         let has_svid: Vec<bool> = plan.entries.iter().map(|c| c.svid.is_some()).collect();
         // a fresh; b changed but keeps its SVID until replaced; c past half-life but valid;
         // d new; e's SPIFFE ID changed; f expired.
@@ -271,12 +280,10 @@ mod tests {
             entries: vec![revoked_entry, kept_entry, still_revoked],
             ..Snapshot::default()
         };
-        let plan = plan(
-            &previous,
-            vec![entry("a", 1), entry("b", 1), entry("c", 1)],
-            60,
-            &revoked,
-        );
+        let synced = vec![entry("a", 1), entry("b", 1), entry("c", 1)];
+        let held_back = plan(&previous, synced.clone(), 60, &revoked, false);
+        assert!(held_back.due.is_empty(), "{:?}", held_back.due);
+        let plan = plan(&previous, synced, 60, &revoked, true);
 
         assert!(plan.entries[0].svid.is_none());
         assert!(plan.entries[0].svid_revoked);

@@ -113,6 +113,12 @@ pub(crate) struct Syncer {
     /// The schedule for attesting again with fresh evidence; `None` for a join token agent,
     /// which renews its SVID with RenewAgent instead.
     pub(crate) reattestation: Option<Reattestation>,
+    /// Time between the requests to sign entries whose SVID was revoked: the sync interval.
+    pub(crate) revoked_retry_interval: Duration,
+    /// Unix seconds from which entries whose SVID was revoked are requested again. The server
+    /// rejects them until the agent attests again, so they are not requested in every round
+    /// that a hint starts. Attesting again resets it to 0.
+    pub(crate) revoked_retry_at: i64,
 }
 
 impl Syncer {
@@ -290,7 +296,13 @@ impl Syncer {
         ));
 
         let previous = self.cache.current();
-        let mut plan = svid_manager::plan(&previous, response.entries, now, &revoked);
+        let retry_revoked = now >= self.revoked_retry_at;
+        let mut plan =
+            svid_manager::plan(&previous, response.entries, now, &revoked, retry_revoked);
+        if retry_revoked && plan.entries.iter().any(|cached| cached.svid_revoked) {
+            let interval = i64::try_from(self.revoked_retry_interval.as_secs()).unwrap_or(i64::MAX);
+            self.revoked_retry_at = now.saturating_add(interval);
+        }
         let published_early = if !plan.revoked.is_empty() || revoked != previous.revoked {
             // Workloads lose revoked credentials now rather than after the signing calls.
             self.log_revocations(&plan.revoked, &revoked);

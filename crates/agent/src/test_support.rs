@@ -143,6 +143,8 @@ pub(crate) struct FakeState {
     pub(crate) revoked_jtis: Vec<String>,
     /// Entry IDs that BatchNewX509Svid refuses to sign.
     pub(crate) refused_entries: HashSet<String>,
+    /// Signing requests refused for entries in `refused_entries`.
+    pub(crate) refusals: usize,
     /// Whether Watch returns Unimplemented, as on a server without it.
     pub(crate) watch_unimplemented: bool,
     /// Whether every authenticated call fails as for a revoked agent SVID.
@@ -468,6 +470,7 @@ impl Node for FakeService {
         let mut results = Vec::new();
         for params in &request.get_ref().params {
             if node.state().refused_entries.contains(&params.entry_id) {
+                node.state().refusals += 1;
                 results.push(X509SvidResult {
                     entry_id: params.entry_id.clone(),
                     error: "the entry's SVIDs were revoked".to_owned(),

@@ -44,7 +44,8 @@ impl X509Authority {
     /// keyUsage keyCertSign and cRLSign (critical), a subject key identifier, and the URI SAN
     /// `spiffe://<trust_domain>`. `notBefore` is `now` minus 10 seconds so that verifiers
     /// with slightly slow clocks accept it at once; `notAfter` is `now + ttl`. Times are
-    /// truncated to whole seconds. `serial` defaults to 128 random bits.
+    /// truncated to whole seconds. `serial` defaults to 48 bits of `now` in milliseconds followed
+    /// by 80 random bits.
     ///
     /// # Errors
     /// Returns [`CaError::InvalidTtl`] for a TTL under one second, [`CaError::InvalidSerial`]
@@ -63,7 +64,7 @@ impl X509Authority {
         let serial = match serial {
             Some(0) => return Err(CaError::InvalidSerial),
             Some(value) => value.to_be_bytes(),
-            None => random_serial()?,
+            None => random_serial(now)?,
         };
         let now_unix = unix_seconds(now);
         let not_after = now_unix

@@ -27,11 +27,27 @@ pub(crate) fn key_identifier(public_key_bits: &[u8]) -> [u8; KEY_ID_LEN] {
     id
 }
 
-/// Returns 128 random bits for a serial number, never all zero.
-pub(crate) fn random_serial() -> Result<[u8; 16], CaError> {
+/// Length of the time prefix of a serial number: milliseconds since the Unix epoch, big-endian.
+const SERIAL_TIME_LEN: usize = 6;
+
+/// Returns a 16-byte serial number, never all zero: the low 48 bits of `now` in milliseconds
+/// since the Unix epoch (0 before the epoch), big-endian, followed by 80 bits from the CSPRNG.
+///
+/// Serials made in later milliseconds compare greater, so the issuance log's serial index
+/// grows at its right-most pages instead of on a random page per certificate. The top bit
+/// stays 0, and the DER INTEGER stays positive and 16 bytes long, until the year 6429. The 80
+/// random bits exceed the 64 bits of CSPRNG output that the CA/Browser Forum Baseline
+/// Requirements (section 7.1) ask of a serial number.
+pub(crate) fn random_serial(now: SystemTime) -> Result<[u8; 16], CaError> {
+    let millis = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    // Truncation keeps the low 48 bits.
+    let millis = millis as u64;
     let mut serial = [0u8; 16];
+    serial[..SERIAL_TIME_LEN].copy_from_slice(&millis.to_be_bytes()[8 - SERIAL_TIME_LEN..]);
     loop {
-        aws_lc_rs::rand::fill(&mut serial).map_err(|_| CaError::Random)?;
+        aws_lc_rs::rand::fill(&mut serial[SERIAL_TIME_LEN..]).map_err(|_| CaError::Random)?;
         if serial.iter().any(|&b| b != 0) {
             return Ok(serial);
         }
@@ -134,6 +150,36 @@ pub fn serial_hex(cert: &CertificateDer<'_>) -> Result<String, CaError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serials_sort_by_millisecond() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_000_000_000);
+        let first = random_serial(now).unwrap();
+        let second = random_serial(now + std::time::Duration::from_millis(1)).unwrap();
+        assert!(first < second, "{first:02x?} then {second:02x?}");
+        assert_eq!(
+            first[..SERIAL_TIME_LEN],
+            1_796_000_000_000u64.to_be_bytes()[2..]
+        );
+        assert_ne!(first[SERIAL_TIME_LEN..], second[SERIAL_TIME_LEN..]);
+        assert_eq!(first[0] & 0x80, 0, "the top bit must stay 0");
+    }
+
+    #[test]
+    fn serial_random_part_differs_within_millisecond() {
+        let now = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_796_000_000_000);
+        let first = random_serial(now).unwrap();
+        let second = random_serial(now).unwrap();
+        assert_eq!(first[..SERIAL_TIME_LEN], second[..SERIAL_TIME_LEN]);
+        assert_ne!(first[SERIAL_TIME_LEN..], second[SERIAL_TIME_LEN..]);
+    }
+
+    #[test]
+    fn serial_before_epoch_is_not_zero() {
+        let serial = random_serial(SystemTime::UNIX_EPOCH).unwrap();
+        assert_eq!(serial[..SERIAL_TIME_LEN], [0; SERIAL_TIME_LEN]);
+        assert!(serial.iter().any(|&b| b != 0));
+    }
 
     #[test]
     fn validity_rejects_out_of_range_times() {

@@ -102,7 +102,7 @@ impl X509Authority {
         }
         let not_after = now.saturating_add(ttl_seconds).min(self.not_after_unix);
         let validity = validity_der(now - NOT_BEFORE_BACKDATE_SECONDS, not_after)?;
-        let serial = random_serial()?;
+        let serial = random_serial(request.now)?;
         let subject_key_id = key_identifier(&spki.subject_public_key.data);
         let common_name = request
             .dns_names

@@ -353,17 +353,30 @@ pub struct DocumentPolicy {
 /// `source_name` names the document in errors, such as `policy version 2`; line numbers count
 /// lines of `json`.
 ///
+/// The caller validates `json` with a JSON parser first. This function rewrites it into HCL
+/// that means the same (see [`json_as_hcl`]) and reads it with the configuration's HCL value
+/// reader, which also rejects a member that appears twice in one object.
+///
 /// # Errors
 /// Returns an error naming the attestor, key and value for an unknown attestor name or key,
-/// or for a value that the `plugin_data` key would reject. JSON that the HCL parser cannot
-/// read, such as string escapes other than `\n`, `\r`, `\t`, `\"`, `\\` and `\uXXXX`, is a
-/// syntax error.
+/// for a value that the `plugin_data` key would reject, or for a member that appears twice.
 pub fn document_policies(
     source_name: &str,
     json: &str,
 ) -> Result<Vec<DocumentPolicy>, ConfigError> {
-    let source = Source::new(source_name, json);
-    let expr = hcl_edit::parser::parse_expr(json).map_err(|error| ConfigError::Syntax {
+    let hcl = json_as_hcl(json).map_err(|(offset, message)| {
+        let before = &json[..offset.min(json.len())];
+        let line_start = before.rfind('\n').map_or(0, |index| index + 1);
+        ConfigError::Syntax {
+            file: source_name.to_owned(),
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+            message,
+        }
+    })?;
+
+    let source = Source::new(source_name, &hcl);
+    let expr = hcl_edit::parser::parse_expr(&hcl).map_err(|error| ConfigError::Syntax {
         file: source_name.to_owned(),
         line: error.location().line(),
         column: error.location().column(),
@@ -401,6 +414,158 @@ pub fn document_policies(
         });
     }
     Ok(policies)
+}
+
+/// Rewrites JSON text into an HCL expression with the same value, keeping each object member
+/// on its original line so that errors name lines of the JSON text. The HCL parser differs
+/// from JSON in three ways that this handles:
+///
+/// - It rejects whitespace around the expression, so leading and trailing whitespace is dropped.
+/// - Newlines end object members, so a newline after a member's key, after its `:` or before
+///   its `,` is moved forward to the next place after `{`, `[` or `,`, or before `}` or `]`.
+///   Every key keeps the number of newlines before it.
+/// - It reads `${` and `%{` in strings as templates, and lacks the escapes `\/`, `\b`, `\f`
+///   and UTF-16 surrogate pairs, so every string is decoded and written again with HCL escapes
+///   (`\u0024{` for a literal `${`).
+///
+/// Carriage returns and tabs become spaces, so only `\n` separates lines in the HCL text.
+/// Returns the byte offset in `json` and a message for text that is not JSON. Structure
+/// errors such as a missing `,` are left to the HCL parser.
+fn json_as_hcl(json: &str) -> Result<String, (usize, String)> {
+    let mut hcl = String::with_capacity(json.len() + 16);
+    let mut pending_newlines = 0usize;
+    // Whether the last token written is `{`, `[` or `,`, after which a newline is allowed.
+    let mut after_opening = false;
+    let mut chars = json.char_indices().peekable();
+    while let Some((offset, c)) = chars.next() {
+        match c {
+            '\n' => pending_newlines += 1,
+            ' ' | '\t' | '\r' => {
+                if !hcl.is_empty() {
+                    hcl.push(' ');
+                }
+            }
+            _ => {
+                if after_opening || c == '}' || c == ']' {
+                    hcl.extend(std::iter::repeat_n('\n', pending_newlines));
+                    pending_newlines = 0;
+                }
+                after_opening = matches!(c, '{' | '[' | ',');
+                match c {
+                    '{' | '}' | '[' | ']' | ',' | ':' => hcl.push(c),
+                    '"' => {
+                        let text = json_string(json, offset, &mut chars)?;
+                        push_hcl_string(&mut hcl, &text);
+                    }
+                    c if c.is_ascii_alphanumeric() || matches!(c, '-' | '+' | '.') => hcl.push(c),
+                    c => return Err((offset, format!("unexpected character {c:?} in JSON"))),
+                }
+            }
+        }
+    }
+    hcl.truncate(hcl.trim_end().len());
+    Ok(hcl)
+}
+
+/// Decodes the JSON string that starts with the `"` at `start`, consuming it from `chars`.
+fn json_string(
+    json: &str,
+    start: usize,
+    chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+) -> Result<String, (usize, String)> {
+    let unterminated = || (start, "unterminated JSON string".to_owned());
+    let mut text = String::new();
+    loop {
+        let (offset, c) = chars.next().ok_or_else(unterminated)?;
+        match c {
+            '"' => return Ok(text),
+            '\\' => {
+                let (_, escape) = chars.next().ok_or_else(unterminated)?;
+                let decoded = match escape {
+                    '"' => '"',
+                    '\\' => '\\',
+                    '/' => '/',
+                    'b' => '\u{8}',
+                    'f' => '\u{c}',
+                    'n' => '\n',
+                    'r' => '\r',
+                    't' => '\t',
+                    'u' => {
+                        let first = hex4(json, chars, offset)?;
+                        let code = if (0xd800..0xdc00).contains(&first) {
+                            let low = match (chars.next(), chars.next()) {
+                                (Some((_, '\\')), Some((_, 'u'))) => hex4(json, chars, offset)?,
+                                _ => return Err((offset, "unpaired UTF-16 surrogate".to_owned())),
+                            };
+                            if !(0xdc00..0xe000).contains(&low) {
+                                return Err((offset, "unpaired UTF-16 surrogate".to_owned()));
+                            }
+                            0x10000 + ((first - 0xd800) << 10) + (low - 0xdc00)
+                        } else {
+                            first
+                        };
+                        char::from_u32(code)
+                            .ok_or_else(|| (offset, "unpaired UTF-16 surrogate".to_owned()))?
+                    }
+                    other => return Err((offset, format!("invalid escape \\{other} in a string"))),
+                };
+                text.push(decoded);
+            }
+            c if c < ' ' => {
+                return Err((
+                    offset,
+                    "control character in a string; write it as an escape such as \\n".to_owned(),
+                ));
+            }
+            c => text.push(c),
+        }
+    }
+}
+
+/// Reads the four hex digits of a `\uXXXX` escape.
+fn hex4(
+    json: &str,
+    chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+    escape_offset: usize,
+) -> Result<u32, (usize, String)> {
+    let invalid = || {
+        let escape: String = json[escape_offset..].chars().take(6).collect();
+        (
+            escape_offset,
+            format!("invalid escape {escape}: expected \\u and four hex digits"),
+        )
+    };
+    let mut code = 0;
+    for _ in 0..4 {
+        let (_, digit) = chars.next().ok_or_else(invalid)?;
+        code = code * 16 + digit.to_digit(16).ok_or_else(invalid)?;
+    }
+    Ok(code)
+}
+
+/// Writes `text` as a quoted HCL string that the HCL parser reads back as exactly `text`.
+fn push_hcl_string(hcl: &mut String, text: &str) {
+    use std::fmt::Write as _;
+    hcl.push('"');
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => hcl.push_str("\\\""),
+            '\\' => hcl.push_str("\\\\"),
+            '\n' => hcl.push_str("\\n"),
+            '\r' => hcl.push_str("\\r"),
+            '\t' => hcl.push_str("\\t"),
+            // An escaped `$` or `%` before `{` is a literal, not the start of a template.
+            '$' | '%' if chars.peek() == Some(&'{') => {
+                let _ = write!(hcl, "\\u{:04x}", u32::from(c));
+            }
+            c if c.is_control() => {
+                let _ = write!(hcl, "\\U{:08x}", u32::from(c));
+            }
+            c => hcl.push(c),
+        }
+    }
+    hcl.push('"');
 }
 
 /// Reads the policy keys of a server `NodeAttestor` block's `plugin_data`, or of one attestor
@@ -897,6 +1062,101 @@ mod tests {
         .expect_err("component out of range")
         .to_string();
         assert!(error.contains("tee = 300"), "{error}");
+    }
+
+    #[test]
+    fn document_whitespace_as_editors_write_it() {
+        let body = "{\"version\": 1,\n\"comment\": \"c\",\n\"attestors\": {\"tdx\": {\n\"allowed_measurements\": [\"abcd\"]}}}";
+        let cases = [
+            ("trailing newline", format!("{body}\n"), 4),
+            ("CRLF", format!("{}\r\n", body.replace('\n', "\r\n")), 4),
+            ("leading spaces", format!("  \t{body}"), 4),
+            ("leading newlines", format!("\n\n{body}\n\n"), 6),
+            (
+                "comma first",
+                "{\"version\": 1\n, \"attestors\"\n:\n{\"tdx\"\n: {\"allowed_measurements\"\n: [\"abcd\"\n]\n}\n}\n}"
+                    .to_owned(),
+                5,
+            ),
+        ];
+        for (name, json, line) in cases {
+            let error = document_policies("doc", &json).expect_err(name).to_string();
+            // The document parses, so the error is the value check, on the line of its key.
+            assert!(
+                error.starts_with(&format!("doc:{line}: allowed_measurements = [")),
+                "{name}: {error}"
+            );
+            assert!(error.contains("\"abcd\" is 2 bytes"), "{name}: {error}");
+            let valid = json.replace("abcd", &"ab".repeat(48));
+            let policies = document_policies("doc", &valid).expect(name);
+            assert_eq!(policies.len(), 1, "{name}");
+            assert_eq!(
+                policies[0].policy.allowed_measurements,
+                vec![vec![0xab; 48]],
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn document_strings_are_json_literals() {
+        let comments = [
+            r#""keep %{ and ${ as text""#,
+            r#""a \\${b} \u0024{c} %%{d} $${e}""#,
+            r#""escapes \/ \b \f \t \" \\ \ud83d\ude00 \u00e9""#,
+        ];
+        for comment in comments {
+            let json = format!(
+                "{{\"comment\": {comment},\n\"attestors\": {{\"tdx\": \
+                 {{\"allowed_tcb_statuses\": [\"Up\\u0054oDate\"]}}}}}}\n"
+            );
+            let policies = document_policies("doc", &json).expect(comment);
+            assert_eq!(
+                policies[0].policy.allowed_tcb_statuses,
+                vec![twid_evidence::TcbStatus::UpToDate],
+                "{comment}"
+            );
+        }
+        // A template in a value is a literal string, so the value check rejects it by name.
+        let error = document_policies(
+            "doc",
+            r#"{"attestors": {"tdx": {"allowed_tcb_statuses": ["${\"UpToDate\"}"]}}}"#,
+        )
+        .expect_err("template text is not a status")
+        .to_string();
+        assert!(error.contains("allowed_tcb_statuses"), "{error}");
+        assert!(error.contains("UpToDate"), "{error}");
+    }
+
+    #[test]
+    fn document_duplicate_members_rejected() {
+        let cases = [
+            r#"{"version": 1, "vers\u0069on": 2}"#,
+            r#"{"attestors": {"tdx": {}, "td\u0078": {}}}"#,
+            "{\"attestors\": {\"tdx\": {\"allow_debug\": false,\n\"allow_d\\u0065bug\": true}}}\n",
+        ];
+        for json in cases {
+            let error = document_policies("doc", json).expect_err(json).to_string();
+            assert!(
+                error.contains("found redefined object key"),
+                "{json}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn json_as_hcl_rejects_non_json_text() {
+        for (json, expected) in [
+            ("{\"a\": \"x", "unterminated"),
+            ("{\"a\": \"\\q\"}", "invalid escape \\q"),
+            ("{\"a\": \"\\ud800\"}", "unpaired UTF-16 surrogate"),
+            ("{\"a\": \"\\u12\"}", "four hex digits"),
+            ("{\"a\": \"tab\there\"}", "control character"),
+            ("{\"a\": #}", "unexpected character '#'"),
+        ] {
+            let (_, message) = json_as_hcl(json).expect_err(json);
+            assert!(message.contains(expected), "{json}: {message}");
+        }
     }
 
     #[test]

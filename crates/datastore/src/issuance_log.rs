@@ -568,7 +568,11 @@ impl IssuanceLogWriter {
                     Some(kept_connection) => kept_connection,
                     None => (pool.acquire().await?, Instant::now()),
                 };
-                let outcome = append_sqlite(&mut conn, &head, records, checkpoints).await;
+                let outcome = if records.iter().any(has_text_with_nul) {
+                    append_sqlite_chunked(&mut conn, &head, records, checkpoints).await
+                } else {
+                    append_sqlite(&mut conn, &head, records, checkpoints).await
+                };
                 // After a failure the connection goes back to the pool, which tests it. After a
                 // moved head it goes back too, because the caller's next step, the locked
                 // append, takes a connection from the pool.
@@ -624,7 +628,189 @@ async fn postgres_connection<'c>(
     }
 }
 
+/// Stores a SQLite batch with one call to the connection's worker thread, which runs every
+/// statement from `BEGIN IMMEDIATE` to `COMMIT`. The records and checkpoints arrive as JSON
+/// arrays, one array per row with the columns in order and byte strings in hex, so the
+/// statement text is the same for every batch size and stays prepared.
+///
+/// Each step depends on the one before through `changes()`, the row count of the most recently
+/// completed INSERT, UPDATE or DELETE: the records are inserted only if the head update
+/// matched `$3` and `$4`, the `SELECT` returns how many were inserted (0 when the head had
+/// moved), and the checkpoints are inserted only if all `$7` records were. sqlx's rows-affected
+/// sum cannot serve, because it adds the previous batch's count to `BEGIN IMMEDIATE`, which
+/// SQLite does not mark read-only.
+const SQLITE_APPEND: &str = concat!(
+    "BEGIN IMMEDIATE; \
+     UPDATE issuance_log_head SET next_seq = $1, head_hash = $2 \
+     WHERE next_seq = $3 AND head_hash = $4; \
+     INSERT INTO issuance_log (",
+    record_columns!(),
+    ") SELECT value ->> 0, unhex(value ->> 1), unhex(value ->> 2), value ->> 3, value ->> 4, \
+     value ->> 5, value ->> 6, value ->> 7, value ->> 8, value ->> 9, unhex(value ->> 10), \
+     unhex(value ->> 11), value ->> 12, value ->> 13, value ->> 14, value ->> 15 \
+     FROM json_each($5) WHERE changes() = 1; \
+     SELECT changes() AS inserted; \
+     INSERT INTO issuance_log_checkpoints \
+     (seq, hash, algorithm, key_id, signature, created_at_ms) \
+     SELECT value ->> 0, unhex(value ->> 1), value ->> 2, value ->> 3, unhex(value ->> 4), \
+     value ->> 5 FROM json_each($6) WHERE changes() = $7 \
+     ON CONFLICT (seq) DO NOTHING; \
+     COMMIT"
+);
+
+/// One issuance log row as a JSON array for [`SQLITE_APPEND`].
+type RecordJson<'a> = (
+    i64,
+    String,
+    String,
+    &'a str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    &'a str,
+    Option<String>,
+    Option<String>,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    i64,
+);
+
+/// Returns whether a text column of `record` contains U+0000. Such a batch takes the
+/// statement-per-step path, which binds text as given, because a NUL in a JSON string is
+/// not certain to come back unchanged from SQLite's JSON functions.
+fn has_text_with_nul(record: &IssuanceLogRecord) -> bool {
+    let optional = [
+        &record.serial,
+        &record.jti,
+        &record.spiffe_id,
+        &record.entry_id,
+        &record.agent_id,
+        &record.attestation_result,
+        &record.policy_version,
+        &record.refusal_reason,
+    ];
+    record.kind.contains('\0')
+        || record.selectors.contains('\0')
+        || optional
+            .iter()
+            .any(|text| text.as_deref().is_some_and(|text| text.contains('\0')))
+}
+
+/// Encodes `records` as the JSON array of rows that [`SQLITE_APPEND`] reads.
+fn sqlite_records_json(records: &[IssuanceLogRecord]) -> Result<String, DatastoreError> {
+    let rows: Vec<RecordJson<'_>> = records
+        .iter()
+        .map(|r| {
+            (
+                r.seq,
+                hex::encode(&r.prev_hash),
+                hex::encode(&r.hash),
+                r.kind.as_str(),
+                r.serial.as_deref(),
+                r.jti.as_deref(),
+                r.spiffe_id.as_deref(),
+                r.entry_id.as_deref(),
+                r.agent_id.as_deref(),
+                r.selectors.as_str(),
+                r.key_fingerprint.as_ref().map(hex::encode),
+                r.evidence_digest.as_ref().map(hex::encode),
+                r.attestation_result.as_deref(),
+                r.policy_version.as_deref(),
+                r.refusal_reason.as_deref(),
+                r.time_unix_ms,
+            )
+        })
+        .collect();
+    serde_json::to_string(&rows).map_err(|error| {
+        DatastoreError::Corrupt(format!(
+            "encoding issuance log records as JSON failed: {error}"
+        ))
+    })
+}
+
+/// Encodes `checkpoints` as the JSON array of rows that [`SQLITE_APPEND`] reads.
+fn sqlite_checkpoints_json(
+    checkpoints: &[IssuanceLogCheckpoint],
+) -> Result<String, DatastoreError> {
+    let rows: Vec<_> = checkpoints
+        .iter()
+        .map(|c| {
+            (
+                c.seq,
+                hex::encode(&c.hash),
+                c.algorithm.as_str(),
+                c.key_id.as_str(),
+                hex::encode(&c.signature),
+                c.created_at_ms,
+            )
+        })
+        .collect();
+    serde_json::to_string(&rows).map_err(|error| {
+        DatastoreError::Corrupt(format!(
+            "encoding issuance log checkpoints as JSON failed: {error}"
+        ))
+    })
+}
+
 async fn append_sqlite(
+    conn: &mut PoolConnection<Any>,
+    head: &HeadUpdate<'_>,
+    records: &[IssuanceLogRecord],
+    checkpoints: &[IssuanceLogCheckpoint],
+) -> Result<WriteOutcome, DatastoreError> {
+    let expected = i64::try_from(records.len()).unwrap_or(i64::MAX);
+    let records_json = sqlite_records_json(records)?;
+    let checkpoints_json = sqlite_checkpoints_json(checkpoints)?;
+    let result = sqlx::query(SQLITE_APPEND)
+        .bind(head.new_next_seq)
+        .bind(head.new_hash.to_vec())
+        .bind(head.expected_next_seq)
+        .bind(head.expected_hash.to_vec())
+        .bind(records_json)
+        .bind(checkpoints_json)
+        .bind(expected)
+        .fetch_all(&mut **conn)
+        .await;
+    // fetch_all runs the statements up to the end of the text, the COMMIT included, and
+    // returns the first failure.
+    let rows = match result {
+        Ok(rows) => rows,
+        Err(error) => {
+            // A statement that failed, the COMMIT included, leaves the transaction open.
+            if sqlx::query("ROLLBACK").execute(&mut **conn).await.is_err() {
+                // The rollback fails if the transaction never began. The connection may still
+                // be inside one, so the pool discards it rather than lend it out again.
+                conn.close_on_drop();
+            }
+            return Err(error.into());
+        }
+    };
+    let inserted: i64 = match rows.as_slice() {
+        [row] => row.try_get("inserted")?,
+        _ => {
+            return Err(DatastoreError::Corrupt(format!(
+                "the issuance log append returned {} rows instead of 1",
+                rows.len()
+            )));
+        }
+    };
+    if inserted == 0 {
+        return Ok(WriteOutcome::HeadMoved);
+    }
+    if inserted != expected {
+        return Err(DatastoreError::Corrupt(format!(
+            "the issuance log append committed {inserted} of {expected} records; run \
+             `twid log verify` to find where the chain breaks"
+        )));
+    }
+    Ok(WriteOutcome::Committed)
+}
+
+/// Stores a SQLite batch with one statement per step, binding every value as given.
+async fn append_sqlite_chunked(
     conn: &mut AnyConnection,
     head: &HeadUpdate<'_>,
     records: &[IssuanceLogRecord],

@@ -44,7 +44,8 @@ impl Datastore {
             .transpose()
     }
 
-    /// Returns the stored policy `version`, or `None` when there is no such version.
+    /// Returns the stored policy `version`, or `None` when there is no such version, which
+    /// includes every version above `i64::MAX` because none can be stored.
     ///
     /// # Errors
     /// Returns the database failure or a corrupt row.
@@ -52,10 +53,13 @@ impl Datastore {
         &self,
         version: u64,
     ) -> Result<Option<PolicyVersion>, DatastoreError> {
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(None);
+        };
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM policy_versions WHERE version = $1"
         )))
-        .bind(to_i64(version)?)
+        .bind(version)
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(read_row).transpose()

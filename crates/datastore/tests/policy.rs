@@ -194,6 +194,13 @@ async fn versions_are_kept_and_listed_in_order(db: &TestDb) {
         Some(version(2, "owner2"))
     );
     assert_eq!(store.get_policy_version(4).await.expect("query"), None);
+    // Versions that no column can store are absent, not an error.
+    for unstorable in [1 << 63, u64::MAX] {
+        assert_eq!(
+            store.get_policy_version(unstorable).await.expect("query"),
+            None
+        );
+    }
     let listed: Vec<u64> = store
         .list_policy_versions()
         .await

@@ -47,10 +47,12 @@ pub trait KeySource: Send + Sync + 'static {
 /// [`serve_with_revocations`]. The endpoint does not parse or check the list.
 pub trait RevocationSource: Send + Sync + 'static {
     /// Returns the current list as a compact JWS, or a message for the log when it cannot be
-    /// built. The endpoint then responds with 503.
+    /// built. The endpoint then responds with 503. The endpoint requires no authentication
+    /// and has no rate limit, so a source should return a cached list rather than build one
+    /// per call; [`axum::body::Bytes`] lets it hand out the cached bytes without copying.
     fn signed_list(
         &self,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>>;
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<axum::body::Bytes, String>> + Send + '_>>;
 }
 
 /// Settings of the discovery listener.

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
+use axum::body::Bytes;
 use twid_ca::KeyType;
 use twid_oidc::RevocationSource;
 
@@ -20,8 +21,8 @@ const ISSUER: &str = "https://oidc.example.org";
 struct TestList(Mutex<Option<String>>);
 
 impl RevocationSource for TestList {
-    fn signed_list(&self) -> Pin<Box<dyn Future<Output = Result<String, String>> + Send + '_>> {
-        let list = self.0.lock().unwrap().clone();
+    fn signed_list(&self) -> Pin<Box<dyn Future<Output = Result<Bytes, String>> + Send + '_>> {
+        let list = self.0.lock().unwrap().clone().map(Bytes::from);
         Box::pin(async move { list.ok_or_else(|| "no JWT key yet".to_owned()) })
     }
 }

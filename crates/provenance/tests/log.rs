@@ -188,6 +188,7 @@ on_both_backends!(
     on_demand_checkpoint,
     moved_records_classified,
     writer_checks_head,
+    writer_stores_values_exactly,
 );
 
 fn ed25519_key() -> SigningKey {
@@ -891,6 +892,65 @@ async fn writer_checks_head(db: &TestDb) {
     writer.release();
     assert_eq!(store.count_issuance_log_records().await.expect("count"), 3);
     assert_eq!(stored_row(&store, 2).await, next[0]);
+
+    drop(writer);
+    store.close().await;
+}
+
+/// Checks that the writer stores text and byte strings exactly as given: JSON escapes,
+/// non-ASCII text, an empty byte string and extreme integers. On SQLite also a NUL in text,
+/// which takes the statement-per-step path instead of the JSON batch statement; PostgreSQL
+/// rejects NUL in text.
+async fn writer_stores_values_exactly(db: &TestDb) {
+    let store = db.open().await;
+    let mut writer = store.issuance_log_writer().expect("writer");
+    let unusual = IssuanceLogRecord {
+        seq: 0,
+        prev_hash: GENESIS_HASH.to_vec(),
+        hash: vec![1; 32],
+        kind: "refusal".into(),
+        serial: None,
+        jti: Some("quote \" backslash \\ slash / tab \t newline \n".into()),
+        spiffe_id: Some("spiffe://example.org/\u{e9}t\u{e9}/\u{1f980}".into()),
+        entry_id: Some(String::new()),
+        agent_id: Some("\u{1}\u{1f}\u{7f}\u{2028}".into()),
+        selectors: r#"[{"type":"unix","value":"uid:0"}]"#.into(),
+        key_fingerprint: Some(Vec::new()),
+        evidence_digest: Some(vec![0, 255, 0x80]),
+        attestation_result: Some(r#"{"a":"\"","b":[1,2.5e3,null]}"#.into()),
+        policy_version: Some("v1".into()),
+        refusal_reason: Some("{\"not\": \"json\"".into()),
+        time_unix_ms: i64::MIN,
+    };
+    let with_nul = IssuanceLogRecord {
+        seq: 1,
+        prev_hash: vec![1; 32],
+        hash: vec![2; 32],
+        refusal_reason: Some("before\0after".into()),
+        time_unix_ms: i64::MAX,
+        ..unusual.clone()
+    };
+
+    let stored = writer
+        .append(0, &GENESIS_HASH, std::slice::from_ref(&unusual), &[])
+        .await
+        .expect("append");
+    assert_eq!(stored, WriteOutcome::Committed);
+    writer.release();
+    assert_eq!(stored_row(&store, 0).await, unusual);
+
+    if store.database_type() == DatabaseType::Sqlite {
+        let stored = writer
+            .append(1, &[1; 32], std::slice::from_ref(&with_nul), &[])
+            .await
+            .expect("append with NUL");
+        assert_eq!(stored, WriteOutcome::Committed);
+        writer.release();
+        assert_eq!(stored_row(&store, 1).await, with_nul);
+        let head = store.issuance_log_head().await.expect("head");
+        assert_eq!(head.next_seq, 2);
+        assert_eq!(head.head_hash, vec![2; 32]);
+    }
 
     drop(writer);
     store.close().await;

@@ -8,7 +8,16 @@
 //! Limit: every change wakes every connected agent, and each then syncs in full. Hints that name
 //! the affected agents, and syncs that carry only what changed, are needed for large fleets.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
 use tokio::sync::watch;
+use twid_spiffe::SpiffeId;
+
+/// Maximum number of Watch streams one agent may have open at a time, over all its connections.
+/// An agent needs one, and the others leave room for a stream that outlives its connection for
+/// a moment while the agent reconnects.
+pub(crate) const MAX_WATCH_STREAMS_PER_AGENT: usize = 4;
 
 /// The latest change, as watchers see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,9 +29,13 @@ pub(crate) struct Change {
 }
 
 /// The sender side, shared by everything that changes agent-visible state.
-#[derive(Debug)]
 pub(crate) struct Hints {
     sender: watch::Sender<Change>,
+    /// Open Watch streams per agent SPIFFE ID.
+    streams: Arc<Mutex<HashMap<SpiffeId, usize>>>,
+    /// The signed revocation list, which every revocation makes stale like a hint. It lives
+    /// here because `Hints` is the change notifier that every part of the server reaches.
+    pub(crate) revocation_list: crate::revocation::ListCache,
 }
 
 impl Hints {
@@ -31,7 +44,36 @@ impl Hints {
             revision: 0,
             reason: "connected",
         });
-        Self { sender }
+        Self {
+            sender,
+            streams: Arc::new(Mutex::new(HashMap::new())),
+            revocation_list: crate::revocation::ListCache::new(),
+        }
+    }
+
+    /// Reserves one of the agent's [`MAX_WATCH_STREAMS_PER_AGENT`] Watch streams until the
+    /// returned slot is dropped.
+    ///
+    /// # Errors
+    /// Returns the number of streams the agent has open when all are taken.
+    pub(crate) fn open_stream(&self, agent_id: &SpiffeId) -> Result<StreamSlot, usize> {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = streams.entry(agent_id.clone()).or_insert(0);
+        if *open >= MAX_WATCH_STREAMS_PER_AGENT {
+            return Err(*open);
+        }
+        *open += 1;
+        Ok(StreamSlot {
+            agent_id: agent_id.clone(),
+            streams: Arc::clone(&self.streams),
+        })
+    }
+
+    /// Returns the number of Watch streams the agent has open.
+    #[cfg(test)]
+    pub(crate) fn open_streams(&self, agent_id: &SpiffeId) -> usize {
+        let streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.get(agent_id).copied().unwrap_or(0)
     }
 
     /// Records a change and wakes every watcher.
@@ -45,6 +87,24 @@ impl Hints {
     /// Returns a receiver that sees every later change.
     pub(crate) fn subscribe(&self) -> watch::Receiver<Change> {
         self.sender.subscribe()
+    }
+}
+
+/// One open Watch stream of an agent, released on drop.
+pub(crate) struct StreamSlot {
+    agent_id: SpiffeId,
+    streams: Arc<Mutex<HashMap<SpiffeId, usize>>>,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = streams.get_mut(&self.agent_id) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                streams.remove(&self.agent_id);
+            }
+        }
     }
 }
 
@@ -63,5 +123,33 @@ mod tests {
         assert_eq!(change.revision, 2);
         assert_eq!(change.reason, "revocation");
         assert!(!receiver.has_changed().unwrap());
+    }
+
+    #[test]
+    fn stream_slots_capped_per_agent() {
+        let hints = Hints::new();
+        let agent = SpiffeId::new("spiffe://example.org/spire/agent/join_token/a").unwrap();
+        let other = SpiffeId::new("spiffe://example.org/spire/agent/join_token/b").unwrap();
+        let mut slots: Vec<StreamSlot> = (0..MAX_WATCH_STREAMS_PER_AGENT)
+            .map(|_| hints.open_stream(&agent).expect("a free slot"))
+            .collect();
+        assert_eq!(
+            hints.open_stream(&agent).err(),
+            Some(MAX_WATCH_STREAMS_PER_AGENT)
+        );
+        let other_slot = hints
+            .open_stream(&other)
+            .expect("other agents are not limited");
+
+        slots.pop();
+        assert_eq!(hints.open_streams(&agent), MAX_WATCH_STREAMS_PER_AGENT - 1);
+        let reopened = hints.open_stream(&agent).expect("a released slot");
+
+        drop(reopened);
+        drop(slots);
+        assert_eq!(hints.open_streams(&agent), 0);
+        assert_eq!(hints.open_streams(&other), 1);
+        drop(other_slot);
+        assert_eq!(hints.open_streams(&other), 0);
     }
 }

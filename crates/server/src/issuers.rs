@@ -142,7 +142,7 @@ impl Issuer {
         claims.insert("iss".into(), Value::from(self.config.issuer.clone()));
         claims.insert(
             "jti".into(),
-            Value::from(uuid::Uuid::new_v4().simple().to_string()),
+            Value::from(uuid::Uuid::now_v7().simple().to_string()),
         );
         self.keys()
             .active

@@ -517,10 +517,14 @@ impl Node for NodeService {
         let (agent, serial) = self.authenticate_serial(&request).await?;
         let agent_id = agent.spiffe_id;
         let slot = self.shared.hints.open_stream(&agent_id).map_err(|open| {
-            tracing::info!(agent_id = %agent_id, open, "Watch stream rejected: per-agent limit");
+            tracing::info!(
+                agent_id = %agent_id,
+                open,
+                "Watch stream rejected: the agent has the maximum number open"
+            );
             Status::resource_exhausted(format!(
-                "agent {agent_id} already holds {open} Watch streams, the maximum; an agent \
-                 needs one, so close the others before opening another"
+                "agent {agent_id} already has {open} Watch streams open, the maximum; an \
+                 agent needs one, so close the others before opening another"
             ))
         })?;
         tracing::debug!(agent_id = %agent_id, "agent watching for changes");
@@ -692,7 +696,7 @@ impl Node for NodeService {
             let mut claims = serde_json::Map::new();
             claims.insert(
                 "jti".into(),
-                uuid::Uuid::new_v4().simple().to_string().into(),
+                uuid::Uuid::now_v7().simple().to_string().into(),
             );
             key.sign_jwt_svid(&entry.spiffe_id, &params.audience, ttl, now, Some(&claims))
                 .map_err(|error| internal(error.into()))?

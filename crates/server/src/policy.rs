@@ -8,8 +8,9 @@
 //! Version N+1 is accepted only when an owner named in version N signed it and its number is
 //! exactly N+1; every version is kept. Version 1 must be signed by a key of the server's
 //! `policy_owner_keys`, or, when that setting is absent, by an owner it names itself (trust on
-//! first use). Once a version exists, its attestor policies replace the `plugin_data` policies,
-//! and an evidence attestor that it does not name gets [`Policy::default`].
+//! first use). A document names the trust domain it is for, and a server rejects a document
+//! for another trust domain. Once a version exists, its attestor policies replace the
+//! `plugin_data` policies, and evidence for an attestor that it does not name is rejected.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,6 +30,7 @@ use twid_config::{DocumentPolicy, ServerConfig};
 use twid_datastore::{Datastore, DatastoreError, PolicyVersion};
 use twid_evidence::policy::Policy;
 use twid_proto::admin as pb;
+use twid_spiffe::TrustDomain;
 use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY};
 use x509_parser::prelude::FromDer as _;
 use x509_parser::x509::SubjectPublicKeyInfo;
@@ -43,7 +45,7 @@ pub const POLICY_JWS_TYPE: &str = "twid-policy+jws";
 pub const MAX_POLICY_JWS_BYTES: usize = 1024 * 1024;
 
 /// Members a policy document may have.
-const DOCUMENT_MEMBERS: [&str; 4] = ["version", "owners", "attestors", "comment"];
+const DOCUMENT_MEMBERS: [&str; 5] = ["version", "trust_domain", "owners", "attestors", "comment"];
 
 /// A malformed policy document, JWS or key. The message names the value and what to change.
 #[derive(Debug, thiserror::Error)]
@@ -224,6 +226,8 @@ impl OwnerKey {
 pub struct PolicyDocument {
     /// The version number, from 1.
     pub version: u64,
+    /// The trust domain of the servers that may apply the document.
+    pub trust_domain: TrustDomain,
     /// The keys that may sign the next version.
     pub owners: Vec<OwnerKey>,
     /// The policy of each attestor the document names.
@@ -233,9 +237,11 @@ pub struct PolicyDocument {
 }
 
 impl PolicyDocument {
-    /// Parses and checks a policy document: JSON with `version` (an integer from 1), `owners`
-    /// (a non-empty list of P-256 JWKs), `attestors` (optional, one object per evidence
-    /// attestor with the keys of its `plugin_data` policy) and `comment` (optional text).
+    /// Parses and checks a policy document: JSON with `version` (an integer from 1),
+    /// `trust_domain` (the name of the trust domain it is for), `owners` (a non-empty list of
+    /// P-256 JWKs), `attestors` (optional, one object per evidence attestor with the keys of its
+    /// `plugin_data` policy) and `comment` (optional text). Whitespace around the JSON value is
+    /// allowed.
     ///
     /// # Errors
     /// Returns an error naming the member, attestor, key or value at fault.
@@ -268,6 +274,27 @@ impl PolicyDocument {
                 })?,
             None => return Err(invalid("the document has no version".to_owned())),
         };
+        let trust_domain = match object.get("trust_domain") {
+            Some(Value::String(name)) => TrustDomain::new(name).map_err(|error| {
+                invalid(format!(
+                    "trust_domain = {name:?} is not a valid trust domain name ({error}); set \
+                     it to the server's trust_domain, such as \"example.org\""
+                ))
+            })?,
+            Some(other) => {
+                return Err(invalid(format!(
+                    "trust_domain = {other}: expected the server's trust domain name as a \
+                     string, such as \"example.org\""
+                )));
+            }
+            None => {
+                return Err(invalid(
+                    "the document has no trust_domain; add \"trust_domain\": \"<the server's \
+                     trust_domain>\" so that it applies only to that deployment"
+                        .to_owned(),
+                ));
+            }
+        };
         let owners = owners(object)?;
         if !matches!(object.get("attestors"), None | Some(Value::Object(_))) {
             return Err(invalid(
@@ -284,6 +311,7 @@ impl PolicyDocument {
         };
         Ok(Self {
             version,
+            trust_domain,
             owners,
             attestors,
             comment,
@@ -544,14 +572,32 @@ pub(crate) fn check_next(
     Ok(admission)
 }
 
+/// Rejects a document for another trust domain than the server's, so that a version signed
+/// for one deployment cannot be applied to another that trusts the same owner keys.
+fn check_trust_domain(document: &PolicyDocument, trust_domain: &TrustDomain) -> Result<(), Status> {
+    if document.trust_domain == *trust_domain {
+        return Ok(());
+    }
+    Err(Status::failed_precondition(format!(
+        "policy version {} is for trust domain {:?}, but this server is in trust domain {:?}; \
+         sign a document with \"trust_domain\": {:?} for this deployment",
+        document.version,
+        document.trust_domain.name(),
+        trust_domain.name(),
+        trust_domain.name()
+    )))
+}
+
 /// Verifies the stored versions from version 1 up to `version` as `apply` admitted them, and
 /// returns the document of `version`. Each row's JWS must verify under an owner of the version
 /// before it (for version 1, a `policy_owner_keys` key or, without one, an owner it names
-/// itself), and its payload must equal the stored document. So a row written into the database
-/// directly, without an owner's signature, does not change the policy.
+/// itself), its payload must equal the stored document, and it must name `trust_domain`. So a
+/// row written into the database directly, without an owner's signature, does not change the
+/// policy.
 fn verify_stored_chain(
     stored: &[PolicyVersion],
     genesis_owners: &[OwnerKey],
+    trust_domain: &TrustDomain,
     version: u64,
 ) -> Result<PolicyDocument, String> {
     let mut current: Option<PolicyDocument> = None;
@@ -571,6 +617,7 @@ fn verify_stored_chain(
             ));
         }
         check_next(current.as_ref(), genesis_owners, &signed)
+            .and_then(|_| check_trust_domain(&signed.document, trust_domain))
             .map_err(|status| format!("version {}: {}", row.version, status.message()))?;
         current = Some(signed.document);
     }
@@ -601,6 +648,8 @@ struct Loaded {
 #[derive(Debug)]
 pub(crate) struct PolicyStore {
     genesis_owners: Vec<OwnerKey>,
+    /// The server's trust domain, which every document must name.
+    trust_domain: TrustDomain,
     /// The last version read, reused while the datastore's current version number equals it.
     cache: Mutex<Option<Arc<Loaded>>>,
 }
@@ -628,21 +677,31 @@ impl PolicyStore {
         }
         Ok(Self {
             genesis_owners,
+            trust_domain: config.trust_domain.clone(),
             cache: Mutex::new(None),
         })
     }
 
-    /// Checks and stores a signed policy document; returns its version. The check and the
+    /// Checks and stores a signed policy document; returns the document. The check and the
     /// insert run in one datastore transaction.
     pub(crate) async fn apply(
         &self,
         datastore: &Datastore,
         jws: &str,
         now: i64,
-    ) -> Result<u64, Status> {
+    ) -> Result<PolicyDocument, Status> {
         let signed = SignedPolicy::decode(jws)
             .map_err(|error| Status::invalid_argument(error.to_string()))?;
         let version = signed.document.version;
+        if let Err(status) = check_trust_domain(&signed.document, &self.trust_domain) {
+            tracing::info!(
+                version,
+                signer_kid = %signed.kid,
+                reason = status.message(),
+                "policy version rejected"
+            );
+            return Err(status);
+        }
         let document = String::from_utf8(signed.payload.clone())
             .map_err(|_| Status::invalid_argument("the policy document is not UTF-8 text"))?;
         let new = PolicyVersion {
@@ -710,13 +769,17 @@ impl PolicyStore {
                 .collect::<Vec<_>>(),
             "policy version applied"
         );
-        Ok(version)
+        Ok(signed.document)
     }
 
-    /// Returns the policy for attestor `name`: the current version's, `Policy::default()` when
-    /// the current version does not name the attestor, or `configured` while no version
-    /// exists. Reads the current version number from the datastore on every call, so a
+    /// Returns the policy for attestor `name`: the current version's, or `configured` while no
+    /// version exists. Reads the current version number from the datastore on every call, so a
     /// version applied on another server takes effect here too.
+    ///
+    /// # Errors
+    /// PermissionDenied when the current version has no object for `name`, so that a version
+    /// that leaves an attestor out does not lift its `plugin_data` rules. Unavailable or
+    /// Internal when the stored versions cannot be read or fail verification.
     pub(crate) async fn applied(
         &self,
         datastore: &Datastore,
@@ -750,13 +813,14 @@ impl PolicyStore {
                     .list_policy_versions()
                     .await
                     .map_err(unavailable)?;
-                let document = verify_stored_chain(&stored, &self.genesis_owners, version)
-                    .map_err(|error| {
-                        crate::node_api::internal(ServerError::Corrupt(format!(
-                            "the stored policy versions failed verification, so evidence \
-                             is rejected until the policy_versions table is restored: {error}"
-                        )))
-                    })?;
+                let document =
+                    verify_stored_chain(&stored, &self.genesis_owners, &self.trust_domain, version)
+                        .map_err(|error| {
+                            crate::node_api::internal(ServerError::Corrupt(format!(
+                                "the stored policy versions failed verification, so evidence \
+                                 is rejected until the policy_versions table is restored: {error}"
+                            )))
+                        })?;
                 let loaded = Arc::new(Loaded {
                     version,
                     policies: document
@@ -771,12 +835,19 @@ impl PolicyStore {
                 loaded
             }
         };
+        let Some(policy) = loaded.policies.get(name) else {
+            tracing::info!(
+                attestor = name,
+                version,
+                "evidence rejected: the current policy version has no object for the attestor"
+            );
+            return Err(Status::permission_denied(format!(
+                "policy version {version} has no object for attestor {name}; sign a version \
+                 that names it"
+            )));
+        };
         Ok(AppliedPolicy {
-            policy: loaded
-                .policies
-                .get(name)
-                .cloned()
-                .unwrap_or_else(|| Arc::new(Policy::default())),
+            policy: Arc::clone(policy),
             version: Some(version),
         })
     }
@@ -793,7 +864,8 @@ impl PolicyStore {
 }
 
 /// Returns the policy that appraises evidence for the evidence attestor `name`; see
-/// [`PolicyStore::applied`]. An unknown name gets `Policy::default()` as its configured policy.
+/// [`PolicyStore::applied`]. An unknown name gets `Policy::default()` as its configured policy
+/// while no version exists.
 pub(crate) async fn applied_for(shared: &Shared, name: &str) -> Result<AppliedPolicy, Status> {
     let default = Policy::default();
     let configured = shared
@@ -812,11 +884,38 @@ pub(crate) async fn apply_request(
     request: pb::ApplyPolicyRequest,
 ) -> Result<pb::ApplyPolicyResponse, Status> {
     let now = crate::convert::unix_now();
-    let version = shared
+    let document = shared
         .policies
         .apply(&shared.datastore, &request.jws, now)
         .await?;
-    Ok(pb::ApplyPolicyResponse { version })
+    let omitted_attestors = omitted_attestors(&document, &shared.evidence.names());
+    if !omitted_attestors.is_empty() {
+        tracing::warn!(
+            version = document.version,
+            omitted = ?omitted_attestors,
+            "the applied policy version has no object for these configured evidence attestors, \
+             so their evidence is rejected until a version names them"
+        );
+    }
+    Ok(pb::ApplyPolicyResponse {
+        version: document.version,
+        omitted_attestors,
+    })
+}
+
+/// Returns the names among `configured` that `document` has no attestor object for, in the
+/// order of `configured`.
+fn omitted_attestors(document: &PolicyDocument, configured: &[&str]) -> Vec<String> {
+    configured
+        .iter()
+        .filter(|name| {
+            !document
+                .attestors
+                .iter()
+                .any(|entry| entry.attestor == **name)
+        })
+        .map(|name| (*name).to_owned())
+        .collect()
 }
 
 /// Handles the admin API's `ListPolicies`: every version without its document.
@@ -900,6 +999,12 @@ mod tests {
     use super::*;
     use aws_lc_rs::signature::EcdsaKeyPair;
 
+    const TRUST_DOMAIN: &str = "example.org";
+
+    fn trust_domain() -> TrustDomain {
+        TrustDomain::new(TRUST_DOMAIN).expect("trust domain")
+    }
+
     fn new_key() -> Vec<u8> {
         EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
             .expect("generate key")
@@ -916,6 +1021,7 @@ mod tests {
         let owners: Vec<Value> = owners.iter().map(|owner| owner.jwk()).collect();
         json!({
             "version": version,
+            "trust_domain": TRUST_DOMAIN,
             "owners": owners,
             "attestors": {"tdx": {"allowed_measurements": [hex::encode([mrtd; 48])]}},
             "comment": "test",
@@ -1018,24 +1124,44 @@ mod tests {
     #[test]
     fn document_errors_name_the_member() {
         let key = owner(&new_key());
+        let td = TRUST_DOMAIN;
         let cases = [
-            (json!({"version": 0, "owners": [key.jwk()]}), "version = 0"),
-            (json!({"version": 1, "owners": []}), "owners is empty"),
-            (json!({"version": 1}), "owners must be"),
             (
-                json!({"version": 1, "owners": [key.jwk()], "extra": 1}),
+                json!({"version": 0, "trust_domain": td, "owners": [key.jwk()]}),
+                "version = 0",
+            ),
+            (
+                json!({"version": 1, "owners": [key.jwk()]}),
+                "the document has no trust_domain",
+            ),
+            (
+                json!({"version": 1, "trust_domain": "Example.org", "owners": [key.jwk()]}),
+                "trust_domain = \"Example.org\" is not a valid trust domain name",
+            ),
+            (
+                json!({"version": 1, "trust_domain": 7, "owners": [key.jwk()]}),
+                "trust_domain = 7: expected",
+            ),
+            (
+                json!({"version": 1, "trust_domain": td, "owners": []}),
+                "owners is empty",
+            ),
+            (json!({"version": 1, "trust_domain": td}), "owners must be"),
+            (
+                json!({"version": 1, "trust_domain": td, "owners": [key.jwk()], "extra": 1}),
                 "unknown member \"extra\"",
             ),
             (
-                json!({"version": 1, "owners": [key.jwk(), key.jwk()]}),
+                json!({"version": 1, "trust_domain": td, "owners": [key.jwk(), key.jwk()]}),
                 "owners[1] repeats",
             ),
             (
-                json!({"version": 1, "owners": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}),
+                json!({"version": 1, "trust_domain": td,
+                       "owners": [{"kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}),
                 "owners[0]: JWK member x is 1 bytes",
             ),
             (
-                json!({"version": 2, "owners": [key.jwk()],
+                json!({"version": 2, "trust_domain": td, "owners": [key.jwk()],
                        "attestors": {"tdx": {"allowed_measurements": ["zz"]}}}),
                 "policy version 2:1: allowed_measurements = [\"zz\"]",
             ),
@@ -1198,6 +1324,7 @@ mod tests {
     fn store(genesis_owners: Vec<OwnerKey>) -> PolicyStore {
         PolicyStore {
             genesis_owners,
+            trust_domain: trust_domain(),
             cache: Mutex::new(None),
         }
     }
@@ -1229,23 +1356,31 @@ mod tests {
         assert_eq!(first.last_read_version(), None);
 
         let v1 = jws(&key, &document(1, &[&owner], 1));
-        assert_eq!(first.apply(&datastore, &v1, 100).await.expect("v1"), 1);
+        let applied = first.apply(&datastore, &v1, 100).await.expect("v1");
+        assert_eq!(applied.version, 1);
         let read = first
             .applied(&datastore, "tdx", &configured)
             .await
             .expect("read");
         assert_eq!(read.version, Some(1));
         assert_eq!(read.policy.allowed_measurements, vec![vec![1u8; 48]]);
-        // An attestor the document does not name gets the default policy.
+        // Evidence for an attestor the document does not name is rejected, and the version
+        // is known for the rejection record.
         let unnamed = first
             .applied(&datastore, "snp", &configured)
             .await
-            .expect("read");
-        assert_eq!(*unnamed.policy, Policy::default());
+            .expect_err("unnamed attestor");
+        assert_eq!(unnamed.code(), tonic::Code::PermissionDenied);
+        assert_eq!(
+            unnamed.message(),
+            "policy version 1 has no object for attestor snp; sign a version that names it"
+        );
+        assert_eq!(first.last_read_version(), Some(1));
 
         // Another replica applies version 2, and the first one reads it at its next call.
         let v2 = jws(&key, &document(2, &[&owner], 2));
-        assert_eq!(second.apply(&datastore, &v2, 200).await.expect("v2"), 2);
+        let applied = second.apply(&datastore, &v2, 200).await.expect("v2");
+        assert_eq!(applied.version, 2);
         let read = first
             .applied(&datastore, "tdx", &configured)
             .await
@@ -1287,30 +1422,37 @@ mod tests {
             row(1, jws(&key, &document(1, &[&owner], 1))),
             row(2, jws(&key, &document(2, &[&owner], 2))),
         ];
-        let current = verify_stored_chain(&chain, &[], 2).expect("intact chain");
+        let current = verify_stored_chain(&chain, &[], &trust_domain(), 2).expect("intact chain");
         assert_eq!(current.version, 2);
 
         // A stored document edited after signing.
         let mut edited = chain.clone();
         edited[1].document = edited[1].document.replace("0202", "0303");
-        let error = verify_stored_chain(&edited, &[], 2).expect_err("edited");
+        let error = verify_stored_chain(&edited, &[], &trust_domain(), 2).expect_err("edited");
         assert!(error.contains("differs from its signed payload"), "{error}");
 
         // A version signed by a key the previous version does not name.
         let mut forged = chain.clone();
         forged.push(row(3, jws(&stranger, &document(3, &[&owner], 3))));
-        let error = verify_stored_chain(&forged, &[], 3).expect_err("forged");
+        let error = verify_stored_chain(&forged, &[], &trust_domain(), 3).expect_err("forged");
         assert!(error.contains("version 3"), "{error}");
 
         // A genuine version 2 stored as version 3, with version 2 deleted.
         let mut renumbered = vec![chain[0].clone(), chain[1].clone()];
         renumbered[1].version = 3;
-        let error = verify_stored_chain(&renumbered, &[], 3).expect_err("renumbered");
+        let error =
+            verify_stored_chain(&renumbered, &[], &trust_domain(), 3).expect_err("renumbered");
         assert!(error.contains("holds a document of version 2"), "{error}");
 
         // A self-named version 1 is rejected when policy_owner_keys names another key.
-        let error = verify_stored_chain(&chain, &[genesis], 2).expect_err("genesis");
+        let error =
+            verify_stored_chain(&chain, &[genesis], &trust_domain(), 2).expect_err("genesis");
         assert!(error.contains("version 1"), "{error}");
+
+        // A chain signed for another trust domain.
+        let other = TrustDomain::new("staging.example.org").expect("trust domain");
+        let error = verify_stored_chain(&chain, &[], &other, 2).expect_err("other trust domain");
+        assert!(error.contains("\"staging.example.org\""), "{error}");
     }
 
     #[tokio::test]
@@ -1332,6 +1474,73 @@ mod tests {
             datastore.current_policy_version().await.expect("read"),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn apply_rejects_other_trust_domain() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let datastore = Datastore::open_sqlite(&dir.path().join("store.db"))
+            .await
+            .expect("open");
+        let key = new_key();
+        let mut staging: Value =
+            serde_json::from_slice(&document(1, &[&owner(&key)], 1)).expect("json");
+        staging["trust_domain"] = json!("staging.example.org");
+        let status = store(Vec::new())
+            .apply(&datastore, &jws(&key, staging.to_string().as_bytes()), 1)
+            .await
+            .expect_err("other trust domain");
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(
+            status.message().contains("\"staging.example.org\""),
+            "{status:?}"
+        );
+        assert!(status.message().contains("\"example.org\""), "{status:?}");
+        assert_eq!(
+            datastore.current_policy_version().await.expect("read"),
+            None
+        );
+    }
+
+    #[test]
+    fn document_text_as_editors_write_it() {
+        let key = new_key();
+        let compact = String::from_utf8(document(1, &[&owner(&key)], 1)).expect("utf-8");
+        let pretty =
+            serde_json::to_string_pretty(&serde_json::from_str::<Value>(&compact).expect("json"))
+                .expect("pretty");
+        let templates = compact.replace("\"test\"", "\"keep %{ and ${x} as text\"");
+        assert_ne!(templates, compact);
+        let cases = [
+            ("trailing newline", format!("{pretty}\n")),
+            ("CRLF", format!("{}\r\n", pretty.replace('\n', "\r\n"))),
+            ("leading spaces", format!("   {compact}")),
+            ("comment with templates", templates.clone()),
+        ];
+        for (name, text) in cases {
+            let (jws, _) = sign_document(&key, text.as_bytes()).expect(name);
+            let signed = SignedPolicy::decode(&jws).expect(name);
+            // The signature covers the exact bytes, whitespace included.
+            assert_eq!(signed.payload, text.as_bytes(), "{name}");
+            assert!(signed.verifies_with(&owner(&key)), "{name}");
+            assert_eq!(
+                signed.document.attestors[0].policy.allowed_measurements,
+                vec![vec![1u8; 48]],
+                "{name}"
+            );
+        }
+        let parsed = PolicyDocument::parse(templates.as_bytes()).expect("templates");
+        assert_eq!(parsed.comment.as_deref(), Some("keep %{ and ${x} as text"));
+    }
+
+    #[test]
+    fn omitted_attestors_lists_configured_names() {
+        let parsed = parsed(&document(1, &[&owner(&new_key())], 1));
+        assert_eq!(
+            omitted_attestors(&parsed, &["snp", "tdx", "tpm"]),
+            ["snp", "tpm"]
+        );
+        assert!(omitted_attestors(&parsed, &["tdx"]).is_empty());
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl NodeService {
             ));
         }
 
-        let jti = uuid::Uuid::new_v4().simple().to_string();
+        let jti = uuid::Uuid::now_v7().simple().to_string();
         let issuer: SpiffeId = twid_types::server_id(&self.shared.config.trust_domain);
         let mut claims = Map::new();
         claims.insert("iss".into(), Value::from(issuer.as_str()));

@@ -539,7 +539,7 @@ impl WorkloadAttestationService {
             ));
         }
 
-        let jti = uuid::Uuid::new_v4().simple().to_string();
+        let jti = uuid::Uuid::now_v7().simple().to_string();
         let claims_json = claims.to_json().map_err(|error| {
             internal(ServerError::Encode(format!(
                 "the attestation claims cannot be encoded: {error}"
@@ -603,7 +603,7 @@ impl WorkloadAttestationService {
                 "the attestation claims cannot be encoded: {error}"
             )))
         })?;
-        let jti = uuid::Uuid::new_v4().simple().to_string();
+        let jti = uuid::Uuid::now_v7().simple().to_string();
         let mut extra = Map::new();
         extra.insert("jti".into(), Value::from(jti.as_str()));
         extra.insert(JWT_CLAIM.into(), claims_json);

@@ -110,17 +110,31 @@ async fn apply(args: ApplyArgs) -> anyhow::Result<()> {
     let jws = std::fs::read_to_string(&args.file)
         .with_context(|| format!("cannot read the signed policy {}", args.file.display()))?;
     let mut admin = client::admin(&args.common.socket_path).await?;
-    let version = admin
+    let response = admin
         .apply_policy(ApplyPolicyRequest {
             jws: jws.trim().to_owned(),
         })
         .await
         .map_err(output::status_error)?
-        .into_inner()
-        .version;
+        .into_inner();
+    let version = response.version;
+    let omitted = &response.omitted_attestors;
     match args.common.output {
-        OutputFormat::Json => println!("{}", json!({ "version": version })),
-        OutputFormat::Pretty => println!("Applied policy version {version}"),
+        OutputFormat::Json => println!(
+            "{}",
+            json!({ "version": version, "omitted_attestors": omitted })
+        ),
+        OutputFormat::Pretty => {
+            println!("Applied policy version {version}");
+            if !omitted.is_empty() {
+                eprintln!(
+                    "warning: policy version {version} has no object for the configured \
+                     evidence attestors {}, so the server rejects their evidence until a \
+                     version names them",
+                    omitted.join(", ")
+                );
+            }
+        }
     }
     Ok(())
 }

@@ -330,6 +330,7 @@ impl Deployment {
 fn document(version: u64, owners: &[&Owner], mrtds: &[[u8; 48]], comment: &str) -> Value {
     json!({
         "version": version,
+        "trust_domain": TRUST_DOMAIN,
         "owners": owners.iter().map(|owner| owner.jwk.clone()).collect::<Vec<_>>(),
         "attestors": {
             "tdx": {
@@ -584,4 +585,131 @@ async fn signed_policy_versions_govern_evidence_appraisal() {
         .await
         .expect("version 2 allows MRTD B");
     assert_eq!(claims(&svid).policy_version, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_omitting_attestor_rejects_its_evidence() {
+    let dir = TempDir::new();
+    let owner = Owner::new(dir.path(), "owner");
+    let deployment = Deployment::start(dir, Tdx::new(), &owner).await;
+
+    // A version for another trust domain is rejected, naming both trust domains.
+    let mut staging = document(1, &[&owner], &[MRTD_A], "staging");
+    staging["trust_domain"] = json!("staging.example.org");
+    let staging = deployment.sign(&owner, "v1-staging", &staging);
+    let (applied, message) = deployment.apply(&staging);
+    assert!(!applied, "{message}");
+    assert!(message.contains("\"staging.example.org\""), "{message}");
+    assert!(
+        message.contains(&format!("\"{TRUST_DOMAIN}\"")),
+        "{message}"
+    );
+
+    // A version that names only snp, written by hand as an editor saves it: CRLF line ends,
+    // a trailing newline, and a comment with template characters.
+    let text = format!(
+        "{{\r\n  \"version\": 1,\r\n  \"trust_domain\": \"{TRUST_DOMAIN}\",\r\n  \
+         \"owners\": [{jwk}],\r\n  \"attestors\": {{\"snp\": {{\"allowed_measurements\": \
+         [\"{mrtd}\"]}}}},\r\n  \"comment\": \"snp only; ${{not}} %{{a template}}\"\r\n}}\r\n",
+        jwk = owner.jwk,
+        mrtd = "3a".repeat(48),
+    );
+    let document_path = deployment.dir.path().join("v1-snp.json");
+    std::fs::write(&document_path, &text).unwrap();
+    let jws = deployment.dir.path().join("v1-snp.jws");
+    run_ok(&[
+        "policy",
+        "sign",
+        "--key",
+        owner.key.to_str().unwrap(),
+        "--document",
+        document_path.to_str().unwrap(),
+        "--out",
+        jws.to_str().unwrap(),
+    ]);
+    let output = run(&[
+        "policy",
+        "apply",
+        jws.to_str().unwrap(),
+        "--socket-path",
+        deployment.socket(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("Applied policy version 1"),
+        "{output:?}"
+    );
+    assert!(
+        stderr.contains("no object for the configured evidence attestors tdx"),
+        "{stderr}"
+    );
+    let shown: Value = serde_json::from_str(&run_ok(&[
+        "policy",
+        "show",
+        "--output",
+        "json",
+        "--socket-path",
+        deployment.socket(),
+    ]))
+    .unwrap();
+    assert_eq!(
+        shown["document"]["comment"],
+        "snp only; ${not} %{a template}"
+    );
+
+    // MRTD A, which plugin_data allows, is rejected now that the current version leaves tdx
+    // out, and the rejection is in the issuance log with version 1.
+    let status = deployment
+        .attest(MRTD_A)
+        .await
+        .expect_err("tdx is not in version 1");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    let expected = "policy version 1 has no object for attestor tdx; sign a version that names it";
+    assert!(status.message().contains(expected), "{}", status.message());
+    wait_until(Duration::from_secs(10), "the rejection record", || {
+        deployment.log_records().iter().any(|record| {
+            record["refusal_reason"]
+                .as_str()
+                .is_some_and(|reason| reason.contains(expected))
+                && record["policy_version"] == "1"
+        })
+    });
+
+    // Version 2 names tdx again; the JSON output lists no omitted attestor.
+    let v2 = deployment.sign(
+        &owner,
+        "v2",
+        &document(2, &[&owner], &[MRTD_A], "tdx again"),
+    );
+    let applied: Value = serde_json::from_str(&run_ok(&[
+        "policy",
+        "apply",
+        v2.to_str().unwrap(),
+        "--output",
+        "json",
+        "--socket-path",
+        deployment.socket(),
+    ]))
+    .unwrap();
+    assert_eq!(applied["version"], 2);
+    assert_eq!(applied["omitted_attestors"], json!([]));
+    let svid = deployment.attest(MRTD_A).await.expect("v2 allows MRTD A");
+    assert_eq!(claims(&svid).policy_version, Some(2));
+
+    // A version above the largest storable one is not found, not a server error.
+    let show = run(&[
+        "policy",
+        "show",
+        "--version",
+        "18446744073709551615",
+        "--socket-path",
+        deployment.socket(),
+    ]);
+    assert!(!show.status.success());
+    let stderr = String::from_utf8_lossy(&show.stderr);
+    assert!(
+        stderr.contains("policy version 18446744073709551615 does not exist"),
+        "{stderr}"
+    );
 }

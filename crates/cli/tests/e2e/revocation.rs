@@ -221,6 +221,14 @@ async fn revoke_selector_lists_refuses_and_publishes() {
     let first = hints.message().await.unwrap().unwrap();
     assert_eq!(first.reason, "connected");
 
+    // The server caches the signed list; the revocation below must replace the cached one.
+    let (status, _, body) =
+        tokio::task::spawn_blocking(move || http_get(oidc_port, "/revocations"))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.is_empty());
+
     let revoked: Value = serde_json::from_str(
         &twid_ok(
             [
@@ -404,6 +412,11 @@ async fn revoke_selector_lists_refuses_and_publishes() {
     );
     assert_eq!(strings(&claims["revoked_jtis"]), [revoked_jti.as_str()]);
     assert!(!body.contains(&kept_jti));
+    assert_eq!(
+        body.trim(),
+        list["signed_list"].as_str().unwrap(),
+        "GET /revocations and `twid revoke list` serve the same cached list"
+    );
 
     // Revoking the agent revokes its own SVIDs, so the node API rejects it.
     let revoked: Value = serde_json::from_str(
@@ -440,6 +453,124 @@ async fn revoke_selector_lists_refuses_and_publishes() {
         "{status:?}"
     );
     assert!(status.message().contains("attest again"), "{status:?}");
+
+    // The Watch stream opened with the revoked SVID ends at the revocation's hint.
+    let status = tokio::time::timeout(Duration::from_secs(10), hints.message())
+        .await
+        .expect("the Watch stream ends within 10 s")
+        .expect_err("the Watch stream of a revoked agent SVID sent another hint");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains(&format!("revoked by revocation {agent_revocation}")),
+        "{status:?}"
+    );
+
+    // The cached list is replaced at once, so it lists the agent's own SVID.
+    let (status, _, body) =
+        tokio::task::spawn_blocking(move || http_get(oidc_port, "/revocations"))
+            .await
+            .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let claims = verify_jws(body.trim(), &bundle);
+    assert!(
+        strings(&claims["revoked_x509_serials"]).contains(&kept_serial),
+        "{claims}"
+    );
+}
+
+/// Opens a Watch stream on a new connection and returns it after its first hint.
+async fn open_watch(
+    port: u16,
+    svid: &SvidSource,
+) -> Result<tonic::Streaming<twid_proto::node::SyncHint>, tonic::Status> {
+    let mut stream = node_client(port, Some(svid.clone()))
+        .watch(WatchRequest {})
+        .await?
+        .into_inner();
+    let first = stream.message().await?.expect("a first hint");
+    assert_eq!(first.reason, "connected");
+    Ok(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_capped_and_ended_by_ban() {
+    let dir = TempDir::new();
+    let server = ServerProcess::start(dir.path(), "");
+    let socket = server.socket_arg().to_owned();
+    let port = server.port;
+    let token = server.generate_token();
+    let agent = agent_id(&token);
+    let svid = attest(port, &token).await;
+
+    // Two streams on one connection and the rest on others: the limit is per agent.
+    let client = node_client(port, Some(svid.clone()));
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut stream = client
+            .clone()
+            .watch(WatchRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        stream.message().await.unwrap().expect("a first hint");
+        streams.push(stream);
+    }
+    for _ in 0..2 {
+        streams.push(open_watch(port, &svid).await.expect("a Watch stream"));
+    }
+    let status = open_watch(port, &svid)
+        .await
+        .expect_err("a fifth Watch stream was opened");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(&agent), "{}", status.message());
+    assert!(
+        status.message().contains("4 Watch streams open"),
+        "{}",
+        status.message()
+    );
+
+    // Closing a stream frees its slot once the server sees the reset.
+    drop(streams.pop());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let reopened = loop {
+        match open_watch(port, &svid).await {
+            Ok(stream) => break stream,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the closed stream's slot was not freed within 10 s"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(status) => panic!("reopening the Watch stream failed: {status:?}"),
+        }
+    };
+    streams.push(reopened);
+
+    // A ban sends a hint, and every stream of the banned agent ends.
+    twid_ok(
+        [
+            "agent",
+            "ban",
+            "--spiffe-id",
+            &agent,
+            "--socket-path",
+            &socket,
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+    )
+    .await;
+    for mut stream in streams {
+        let status = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the Watch stream ends within 10 s")
+            .expect_err("the Watch stream of a banned agent sent another hint");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(status.message().contains("banned"), "{status:?}");
+    }
 }
 
 #[test]
@@ -447,7 +578,7 @@ fn revoke_rejects_invalid_values() {
     let dir = TempDir::new();
     let server = ServerProcess::start(dir.path(), "");
     let socket = server.socket_arg();
-    let cases: [(&str, &str, &[&str]); 4] = [
+    let cases: [(&str, &str, &[&str]); 5] = [
         ("--selector", "unix", &["\"unix\"", "<type>:<value>"]),
         ("--tcb-status", "Outdated", &["\"Outdated\"", "OutOfDate"]),
         (
@@ -459,6 +590,14 @@ fn revoke_rejects_invalid_values() {
             "--agent",
             "spiffe://example.org/workload",
             &["spiffe://example.org/workload", "/spire/agent/"],
+        ),
+        (
+            "--agent",
+            "spiffe://other.org/spire/agent/join_token/x",
+            &[
+                "spiffe://other.org/spire/agent/join_token/x",
+                "trust domain example.org",
+            ],
         ),
     ];
     for (flag, value, expected) in cases {
