@@ -14,6 +14,9 @@ use crate::{Kind, VerifyError};
 pub const MAX_ENVELOPE_BYTES: usize = 1 << 20;
 
 /// Evidence plus its endorsements, as one attester submission.
+///
+/// Limit: an envelope carries evidence of one kind from one device, so a composite workload
+/// (a CPU TEE with a GPU or NIC, or several devices) cannot attest as one.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {

@@ -5,6 +5,10 @@
 //! moved record from an edited one, the verifier finds the position whose hash the record's
 //! contents match. Those reads look records up by hash, which has no index, so each one reads
 //! the whole table. They happen only after an alteration was found.
+//!
+//! Limit: records removed from the end of the log, together with the checkpoints past the new
+//! end and with the head row rewound, are not detected. Nothing outside the database keeps a
+//! checkpoint that the stored log could be compared with.
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -8,6 +8,9 @@
 //! Limit: a request that passed the rule check just before the rule was stored, and whose
 //! issuance record is appended after the scan has read the log's end, is neither refused nor
 //! listed. The window is the duration of one request.
+//!
+//! Limit: rules are never removed. A rule that matches an entry's selector blocks that entry for
+//! every agent attested before the rule, so a join-token agent needs a new join token.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
