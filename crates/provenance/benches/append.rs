@@ -19,9 +19,11 @@ const APPENDERS: u64 = 64;
 
 fn record(n: u64) -> NewRecord {
     let spiffe_id = SpiffeId::new("spiffe://example.org/workload/bench").expect("valid SPIFFE ID");
-    // Certificate serials are random, so each append inserts at a random place in the serial
-    // index. Hashing n gives the same spread, reproducibly.
-    let serial = hex::encode(&key_fingerprint(&n.to_be_bytes())[..16]);
+    // Certificate serials are 6 bytes of milliseconds followed by 10 random bytes, so appends
+    // insert at the right end of the serial index. Here n takes the place of the milliseconds,
+    // and a hash of n the place of the random bytes, so runs are reproducible.
+    let random = hex::encode(&key_fingerprint(&n.to_be_bytes())[..10]);
+    let serial = format!("{n:012x}{random}");
     let mut record = NewRecord::x509(serial, spiffe_id);
     record.entry_id = Some("3f2c7d1e-0000-4000-8000-000000000000".into());
     record.agent_id =

@@ -899,7 +899,7 @@ async fn writer_checks_head(db: &TestDb) {
 
 /// Checks that the writer stores text and byte strings exactly as given: JSON escapes,
 /// non-ASCII text, an empty byte string and extreme integers. On SQLite also a NUL in text,
-/// which takes the statement-per-step path instead of the JSON batch statement; PostgreSQL
+/// which takes the statement-per-step path instead of the JSON batch statement. PostgreSQL
 /// rejects NUL in text.
 async fn writer_stores_values_exactly(db: &TestDb) {
     let store = db.open().await;
