@@ -1199,5 +1199,35 @@ async fn attest_workload_command_writes_credentials() {
     deployment.check_credentials(&response, &key, TDX_ID, Kind::Tdx);
     let claims: Value = serde_json::from_slice(&response.attestation_claims).unwrap();
     deployment.check_jwt_svid(&response, TDX_ID, &AUDIENCES, &claims);
+
+    // SPIFFE validators outside twid accept the SVID with its attestation extension.
+    let openssl = std::process::Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(out("bundle.pem"))
+        .arg(out("svid.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        openssl.status.success(),
+        "openssl verify failed: {}{}",
+        String::from_utf8_lossy(&openssl.stdout),
+        String::from_utf8_lossy(&openssl.stderr)
+    );
+    if let Some(python) = python() {
+        let checked = std::process::Command::new(python)
+            .arg(repo_root().join("tests/python/attested_svid_check.py"))
+            .arg(out("svid.pem"))
+            .arg(out("svid.key"))
+            .arg(out("bundle.pem"))
+            .arg(TDX_ID)
+            .output()
+            .unwrap();
+        assert!(
+            checked.status.success(),
+            "py-spiffe check failed: {}",
+            String::from_utf8_lossy(&checked.stderr)
+        );
+    }
     deployment.agent.shutdown().await;
 }
