@@ -257,7 +257,7 @@ pub(crate) mod mtls {
     }
 
     /// Runs one handshake and returns whether both sides completed it.
-    async fn handshake(
+    pub(crate) async fn handshake(
         server: (Vec<CertificateDer<'static>>, Vec<u8>),
         client: (Vec<CertificateDer<'static>>, Vec<u8>),
         trust: TrustSource,

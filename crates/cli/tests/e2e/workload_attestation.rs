@@ -1200,7 +1200,34 @@ async fn attest_workload_command_writes_credentials() {
     let claims: Value = serde_json::from_slice(&response.attestation_claims).unwrap();
     deployment.check_jwt_svid(&response, TDX_ID, &AUDIENCES, &claims);
 
-    // SPIFFE validators outside twid accept the SVID with its attestation extension.
+    // SPIFFE validators outside twid accept the SVID with its attestation extension: rustls
+    // in a mutual TLS handshake where the workload is both client and server, openssl and
+    // py-spiffe.
+    let certs: Vec<CertificateDer<'static>> = response
+        .svid_chain
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    let trust = twid_tls::TrustSource::empty();
+    trust.set(
+        twid_spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap(),
+        response
+            .bundle
+            .iter()
+            .map(|der| CertificateDer::from(der.clone()))
+            .collect(),
+    );
+    let key_pkcs8 = key_der.secret_der().to_vec();
+    assert!(
+        crate::workload::mtls::handshake(
+            (certs.clone(), key_pkcs8.clone()),
+            (certs, key_pkcs8),
+            trust,
+            twid_spiffe::SpiffeId::new(TDX_ID).unwrap(),
+        )
+        .await,
+        "rustls mutual TLS with the attested SVID failed"
+    );
     let openssl = std::process::Command::new("openssl")
         .arg("verify")
         .arg("-CAfile")
