@@ -1210,7 +1210,7 @@ async fn attest_workload_command_writes_credentials() {
         .collect();
     let trust = twid_tls::TrustSource::empty();
     trust.set(
-        twid_spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap(),
+        TrustDomain::new(TRUST_DOMAIN).unwrap(),
         response
             .bundle
             .iter()
