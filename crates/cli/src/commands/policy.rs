@@ -99,10 +99,7 @@ fn sign(args: &SignArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", out.display()))?,
         None => println!("{jws}"),
     }
-    eprintln!(
-        "signed policy version {} with owner key {kid}",
-        parsed.version
-    );
+    eprintln!("signed policy version {} with key {kid}", parsed.version);
     Ok(())
 }
 

@@ -165,6 +165,13 @@ fn print_revoke(response: &RevokeResponse) {
     for jti in &response.revoked_jtis {
         println!("  jti    {}", escape_control(jti));
     }
+    if response.revoked_x509_count == 0 && response.revoked_jwt_count == 0 {
+        eprintln!(
+            "warning: no unexpired credential matched, but the rule still rejects new \
+             credentials on this basis and cannot be removed; check the spelling against \
+             `twid entry show` and `twid agent list`"
+        );
+    }
 }
 
 fn print_list(response: &ListRevocationsResponse) {
@@ -188,7 +195,7 @@ fn print_list(response: &ListRevocationsResponse) {
             format!("serial {}", credential.serial)
         };
         println!(
-            "  {} {} (revocation {}, expires by {})",
+            "  {} {} (revocation {}, expires at the latest {})",
             escape_control(&name),
             escape_control(&credential.spiffe_id),
             credential.revocation_id,
