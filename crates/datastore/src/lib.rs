@@ -26,7 +26,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
+use sqlx::{AnyConnection, AnyPool, Row};
 use twid_spiffe::{SpiffeId, TrustDomain};
 
 pub use bundles::StoredBundle;
@@ -99,15 +99,23 @@ impl Datastore {
             path: path.to_owned(),
             source,
         };
-        let mut probe = AnyConnection::connect(&url).await.map_err(open_error)?;
-        sqlite::configure_connection(&mut probe)
-            .await
-            .map_err(open_error)?;
-        sqlx::query("SELECT count(*) FROM sqlite_master")
-            .execute(&mut probe)
-            .await
-            .map_err(open_error)?;
-        probe.close().await.map_err(open_error)?;
+        // While another process switches a new file to WAL mode, SQLite can report the file
+        // as locked at once, without waiting for busy_timeout, so the probe retries for a while.
+        let started = std::time::Instant::now();
+        loop {
+            match sqlite::probe(&url).await {
+                Err(error)
+                    if sqlite::is_busy(&error) && started.elapsed() < sqlite::OPEN_BUSY_RETRY =>
+                {
+                    tracing::debug!(%error, "sqlite file busy while opening; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                result => {
+                    result.map_err(open_error)?;
+                    break;
+                }
+            }
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(1)
             .after_connect(|conn, _| Box::pin(sqlite::configure_connection(conn)))

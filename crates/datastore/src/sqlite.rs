@@ -4,7 +4,7 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Connection as _};
 
 use crate::DatastoreError;
 
@@ -41,6 +41,31 @@ pub(crate) fn prepare_file(path: &Path) -> Result<String, DatastoreError> {
         .replace('?', "%3F")
         .replace('#', "%23");
     Ok(format!("sqlite://{escaped}?mode=rw"))
+}
+
+/// How long opening a SQLite file retries while another connection holds it locked.
+pub(crate) const OPEN_BUSY_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Opens one connection to `url`, applies the settings and reads the schema, which fails on a
+/// file that is not a SQLite database.
+pub(crate) async fn probe(url: &str) -> Result<(), sqlx::Error> {
+    let mut probe = AnyConnection::connect(url).await?;
+    configure_connection(&mut probe).await?;
+    sqlx::query("SELECT count(*) FROM sqlite_master")
+        .execute(&mut probe)
+        .await?;
+    probe.close().await
+}
+
+/// Returns whether `error` is SQLITE_BUSY or one of its extended codes (`database is locked`).
+pub(crate) fn is_busy(error: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(database) = error else {
+        return false;
+    };
+    database
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 5)
 }
 
 /// Applies the durability and locking settings to a new connection.

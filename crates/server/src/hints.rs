@@ -1,8 +1,8 @@
-//! Sync hints: how the server tells agents holding a `Watch` stream that something they depend
-//! on changed, so that they sync now instead of at their next interval.
+//! Sync hints: how the server notifies agents holding a `Watch` stream that something they
+//! depend on changed, so that they sync now instead of at their next interval.
 //!
-//! A hint carries no data, only a revision that grows with every change; the agent answers it
-//! with `Sync`, which returns the current state. A watch channel keeps only the latest value, so
+//! A hint carries no data, only a revision that grows with every change. The agent calls `Sync`
+//! in response, which returns the current state. A watch channel keeps only the latest value, so
 //! an agent that falls behind sees one hint for several changes and never a queue.
 //!
 //! Limit: every change wakes every connected agent, and each then syncs in full. Hints that name

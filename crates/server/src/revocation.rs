@@ -620,8 +620,8 @@ pub(crate) struct BuiltList {
     pub(crate) issued_at: i64,
     /// `exp` of the list, in Unix seconds.
     pub(crate) expires_at: i64,
-    /// The earliest `expires_at` of a listed credential, after which the list holds a
-    /// credential that must leave it.
+    /// The earliest `expires_at` of a listed credential, after which the list contains an
+    /// expired credential and must be rebuilt.
     pub(crate) earliest_expiry: Option<i64>,
 }
 
