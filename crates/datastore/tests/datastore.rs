@@ -1,9 +1,8 @@
 //! Datastore behaviour on both backends: each test body runs once on a temporary SQLite file
-//! (module `sqlite`) and once on a fresh PostgreSQL database (module `postgres`).
-//!
-//! The PostgreSQL tests connect to `postgres://postgres@127.0.0.1:5432/postgres`, create a
-//! uniquely named database per test and drop it afterwards. When the connection fails they
-//! fail too, unless `TWID_SKIP_POSTGRES=1` is set, in which case they return early.
+//! (module `sqlite`) and once on a fresh PostgreSQL database (module `postgres`). The harness
+//! and its PostgreSQL requirements are described in `common/mod.rs`.
+
+mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
@@ -11,7 +10,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,190 +21,62 @@ use twid_datastore::{
 use twid_spiffe::{SpiffeId, TrustDomain};
 use twid_types::{AttestedAgent, NewEntry, Selector};
 
+use common::{TestDb, on_both_backends};
+
 const NOW: i64 = 1_700_000_000;
-const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const POSTGRES_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
-const SKIP_POSTGRES_ENV: &str = "TWID_SKIP_POSTGRES";
 /// Set in the crash tests' child process: `<sqlite|postgres>|<connection string>`.
 const CRASH_CHILD_ENV: &str = "TWID_DATASTORE_CRASH_CHILD";
 const ACK_PREFIX: &str = "acknowledged entry ";
 
-/// One test's database, removed when dropped.
-struct TestDb {
-    config: DatastoreConfig,
-    /// A URL for direct sqlx connections that bypass the datastore.
-    raw_url: String,
-    /// The SQLite file's directory, deleted on drop.
-    _dir: Option<tempfile::TempDir>,
-    /// The PostgreSQL database to drop on drop.
-    postgres_name: Option<String>,
-}
+on_both_backends!(
+    // Characters that sqlx URLs treat specially must survive the path-to-URL conversion in
+    // `TestDb::raw`.
+    sqlite_file: "store ?%#.db",
+    postgres_prefix: "twid_datastore_test",
+    worker_threads: 4,
+    tests: [
+        entry_lifecycle,
+        entry_uniqueness,
+        entry_listing,
+        entry_batch,
+        entry_prune,
+        agent_lifecycle,
+        agent_replace,
+        agent_previous_svid,
+        join_token_lifecycle,
+        join_token_single_use,
+        bundle_sequence,
+        ca_state_upsert,
+        revision_tracking,
+        reopen_persistence,
+        migration_idempotent,
+        concurrent_open_migrates_once,
+        schema_too_new,
+        crash_keeps_acknowledged_entries,
+    ],
+);
 
 impl TestDb {
-    fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("create temp dir");
-        // Characters that sqlx URLs treat specially must survive the path-to-URL conversion.
-        let path = dir.path().join("store ?%#.db");
-        let text = path.to_str().expect("temp path is UTF-8").to_owned();
-        let escaped = text
-            .replace('%', "%25")
-            .replace('?', "%3F")
-            .replace('#', "%23");
-        Self {
-            config: DatastoreConfig {
-                database_type: DatabaseType::Sqlite,
-                connection_string: text,
-            },
-            raw_url: format!("sqlite://{escaped}"),
-            _dir: Some(dir),
-            postgres_name: None,
-        }
-    }
-
-    /// Creates a fresh PostgreSQL database, or returns `None` when the connection fails and
-    /// `TWID_SKIP_POSTGRES=1`.
-    async fn postgres() -> Option<Self> {
-        sqlx::any::install_default_drivers();
-        let connect = AnyConnection::connect(POSTGRES_ADMIN_URL);
-        let mut admin = match tokio::time::timeout(Duration::from_secs(20), connect).await {
-            Ok(Ok(conn)) => conn,
-            failure => {
-                let reason = match failure {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "timed out after 20 s".to_owned(),
-                };
-                if std::env::var(SKIP_POSTGRES_ENV).as_deref() == Ok("1") {
-                    eprintln!("skipping PostgreSQL test: {reason}");
-                    return None;
-                }
-                panic!(
-                    "PostgreSQL at 127.0.0.1:5432 (user postgres) is unreachable: {reason}; \
-                     start it, or set {SKIP_POSTGRES_ENV}=1 to skip the PostgreSQL tests"
-                );
-            }
-        };
-        let name = unique_database_name();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        admin.close().await.expect("close admin connection");
-        let url = format!("{POSTGRES_BASE_URL}/{name}");
-        Some(Self {
-            config: DatastoreConfig {
-                database_type: DatabaseType::Postgres,
-                connection_string: url.clone(),
-            },
-            raw_url: url,
-            _dir: None,
-            postgres_name: Some(name),
-        })
-    }
-
-    async fn open(&self) -> Datastore {
-        Datastore::open(&self.config)
-            .await
-            .expect("open the test datastore")
-    }
-
+    /// Connects to the test database directly, bypassing the datastore.
     async fn raw(&self) -> AnyConnection {
+        let url = match self.config.database_type {
+            DatabaseType::Sqlite => {
+                let escaped = self
+                    .config
+                    .connection_string
+                    .replace('%', "%25")
+                    .replace('?', "%3F")
+                    .replace('#', "%23");
+                format!("sqlite://{escaped}")
+            }
+            DatabaseType::Postgres => self.config.connection_string.clone(),
+        };
         sqlx::any::install_default_drivers();
-        AnyConnection::connect(&self.raw_url)
+        AnyConnection::connect(&url)
             .await
             .expect("connect to the test database directly")
     }
 }
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some(name) = self.postgres_name.take() else {
-            return;
-        };
-        // Drop runs inside the test's runtime, which cannot block on a future, so the cleanup
-        // gets its own thread and runtime.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("build cleanup runtime");
-            runtime.block_on(async {
-                let mut admin = AnyConnection::connect(POSTGRES_ADMIN_URL).await?;
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut admin)
-                    .await?;
-                admin.close().await
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => eprintln!("failed to drop test database: {error}"),
-            Err(_) => eprintln!("test database cleanup thread panicked"),
-        }
-    }
-}
-
-fn unique_database_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "twid_datastore_test_{}_{nanos}_{sequence}",
-        std::process::id()
-    )
-}
-
-/// Defines, for each listed body `async fn name(db: &TestDb)`, the tests `sqlite::name` and
-/// `postgres::name`.
-macro_rules! on_both_backends {
-    ($($body:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $body() {
-                    let db = super::TestDb::sqlite();
-                    super::$body(&db).await;
-                }
-            )*
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-                async fn $body() {
-                    let Some(db) = super::TestDb::postgres().await else {
-                        return;
-                    };
-                    super::$body(&db).await;
-                }
-            )*
-        }
-    };
-}
-
-on_both_backends!(
-    entry_lifecycle,
-    entry_uniqueness,
-    entry_listing,
-    entry_batch,
-    entry_prune,
-    agent_lifecycle,
-    agent_replace,
-    agent_previous_svid,
-    join_token_lifecycle,
-    join_token_single_use,
-    bundle_sequence,
-    ca_state_upsert,
-    revision_tracking,
-    reopen_persistence,
-    migration_idempotent,
-    concurrent_open_migrates_once,
-    schema_too_new,
-    crash_keeps_acknowledged_entries,
-);
 
 fn id(text: &str) -> SpiffeId {
     SpiffeId::new(text).expect("test SPIFFE ID must parse")

@@ -1,168 +1,28 @@
 //! Revocation rules, revoked credentials and the issuance log scan on both backends: each test
 //! body runs once on a temporary SQLite file (module `sqlite`) and once on a fresh PostgreSQL
-//! database (module `postgres`).
-//!
-//! The PostgreSQL tests connect to `postgres://postgres@127.0.0.1:5432/postgres`, create a
-//! uniquely named database per test and drop it afterwards. When the connection fails they
-//! fail too, unless `TWID_SKIP_POSTGRES=1` is set, in which case they return early.
+//! database (module `postgres`). The harness and its PostgreSQL requirements are described in
+//! `common/mod.rs`.
 
 // A failed step panics where it broke, which names the failing call.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod common;
 
-use sqlx::{AnyConnection, Connection};
-use twid_datastore::{
-    DatabaseType, Datastore, DatastoreConfig, IssuanceLogRecord, NewRevocation, RevokedCredential,
-};
+use twid_datastore::{IssuanceLogRecord, NewRevocation, RevokedCredential};
 
-const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const POSTGRES_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
-const SKIP_POSTGRES_ENV: &str = "TWID_SKIP_POSTGRES";
-
-/// One test's database, removed when dropped.
-struct TestDb {
-    config: DatastoreConfig,
-    _dir: Option<tempfile::TempDir>,
-    postgres_name: Option<String>,
-}
-
-impl TestDb {
-    fn sqlite() -> Self {
-        let dir = tempfile::tempdir().expect("create temp dir");
-        let path = dir.path().join("revocation.db");
-        Self {
-            config: DatastoreConfig {
-                database_type: DatabaseType::Sqlite,
-                connection_string: path.to_str().expect("temp path is UTF-8").to_owned(),
-            },
-            _dir: Some(dir),
-            postgres_name: None,
-        }
-    }
-
-    /// Creates a fresh PostgreSQL database, or returns `None` when the connection fails and
-    /// `TWID_SKIP_POSTGRES=1`.
-    async fn postgres() -> Option<Self> {
-        sqlx::any::install_default_drivers();
-        let connect = AnyConnection::connect(POSTGRES_ADMIN_URL);
-        let mut admin = match tokio::time::timeout(Duration::from_secs(20), connect).await {
-            Ok(Ok(conn)) => conn,
-            failure => {
-                let reason = match failure {
-                    Ok(Err(error)) => error.to_string(),
-                    _ => "timed out after 20 s".to_owned(),
-                };
-                if std::env::var(SKIP_POSTGRES_ENV).as_deref() == Ok("1") {
-                    eprintln!("skipping PostgreSQL test: {reason}");
-                    return None;
-                }
-                panic!(
-                    "PostgreSQL at 127.0.0.1:5432 (user postgres) is unreachable: {reason}; \
-                     start it, or set {SKIP_POSTGRES_ENV}=1 to skip the PostgreSQL tests"
-                );
-            }
-        };
-        let name = unique_database_name();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut admin)
-            .await
-            .expect("create test database");
-        admin.close().await.expect("close admin connection");
-        Some(Self {
-            config: DatastoreConfig {
-                database_type: DatabaseType::Postgres,
-                connection_string: format!("{POSTGRES_BASE_URL}/{name}"),
-            },
-            _dir: None,
-            postgres_name: Some(name),
-        })
-    }
-
-    async fn open(&self) -> Datastore {
-        Datastore::open(&self.config)
-            .await
-            .expect("open the test datastore")
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        let Some(name) = self.postgres_name.take() else {
-            return;
-        };
-        // Drop runs inside the test's runtime, which cannot block on a future, so the cleanup
-        // gets its own thread and runtime.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("build cleanup runtime");
-            runtime.block_on(async {
-                let mut admin = AnyConnection::connect(POSTGRES_ADMIN_URL).await?;
-                let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-                sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-                    .execute(&mut admin)
-                    .await?;
-                admin.close().await
-            })
-        });
-        match cleanup.join() {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => eprintln!("failed to drop test database: {error}"),
-            Err(_) => eprintln!("test database cleanup thread panicked"),
-        }
-    }
-}
-
-fn unique_database_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_nanos();
-    let sequence = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "twid_revocation_test_{}_{nanos}_{sequence}",
-        std::process::id()
-    )
-}
-
-/// Defines, for each listed body `async fn name(db: &TestDb)`, the tests `sqlite::name` and
-/// `postgres::name`.
-macro_rules! on_both_backends {
-    ($($body:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $body() {
-                    let db = super::TestDb::sqlite();
-                    super::$body(&db).await;
-                }
-            )*
-        }
-
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $body() {
-                    let Some(db) = super::TestDb::postgres().await else {
-                        return;
-                    };
-                    super::$body(&db).await;
-                }
-            )*
-        }
-    };
-}
+use common::{TestDb, on_both_backends};
 
 on_both_backends!(
-    rules_listed_by_time,
-    credentials_by_agent_and_expiry,
-    serial_lookup,
-    scan_pages_and_filters,
-    many_credentials_stored,
+    sqlite_file: "revocation.db",
+    postgres_prefix: "twid_revocation_test",
+    worker_threads: 2,
+    tests: [
+        rules_listed_by_time,
+        credentials_by_agent_and_expiry,
+        serial_lookup,
+        scan_pages_and_filters,
+        many_credentials_stored,
+    ],
 );
 
 const AGENT_A: &str = "spiffe://example.org/spire/agent/join_token/a";
