@@ -85,7 +85,7 @@ impl ServerConnection {
         Ok(())
     }
 
-    /// Returns a receiver that sees a change after every [`ServerConnection::reconnect`].
+    /// Returns a receiver that is notified after every [`ServerConnection::reconnect`].
     pub(crate) fn subscribe_reconnects(&self) -> watch::Receiver<u64> {
         self.reconnects.subscribe()
     }

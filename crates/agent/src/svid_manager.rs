@@ -77,8 +77,8 @@ pub(crate) fn plan(
             }
             let changed =
                 old.is_none_or(|cached| cached.entry.revision_number != entry.revision_number);
-            let wanted = changed || svid.as_ref().is_none_or(|svid| svid.needs_renewal(now));
-            if wanted && (!svid_revoked || retry_revoked) {
+            let needs_signing = changed || svid.as_ref().is_none_or(|svid| svid.needs_renewal(now));
+            if needs_signing && (!svid_revoked || retry_revoked) {
                 due.push(index);
             }
             let mut cached = CachedEntry::new(entry, svid);

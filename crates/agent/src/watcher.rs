@@ -7,7 +7,7 @@
 //! rejects the agent, leaves the agent on its sync interval until the next reconnect.
 //!
 //! Limit: a stream on a connection that dies silently (no FIN or RST, such as a network
-//! partition) is noticed only once the connection fails; the interval sync continues meanwhile.
+//! partition) is noticed only once the connection fails. The interval sync continues meanwhile.
 
 use std::sync::Arc;
 

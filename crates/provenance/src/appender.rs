@@ -142,7 +142,7 @@ impl Appender {
     /// With a remembered head, the batch is stored on the condition that the head row still
     /// contains it. When another process has appended since, or no head is remembered, the batch
     /// is written in a transaction that locks the head row first, which always makes
-    /// progress; the conditional path alone could starve behind a replica that keeps winning.
+    /// progress. The conditional path alone could starve behind a replica that keeps winning.
     async fn write(&mut self, rows: &mut [IssuanceLogRecord]) -> Result<(), LogError> {
         // A failure leaves the remembered head unknown, so the next batch reads it again.
         if let Some((first_seq, head_hash)) = self.head.take() {

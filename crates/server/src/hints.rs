@@ -3,7 +3,7 @@
 //!
 //! A hint carries no data, only a revision that grows with every change. The agent calls `Sync`
 //! in response, which returns the current state. A watch channel keeps only the latest value, so
-//! an agent that falls behind sees one hint for several changes and never a queue.
+//! an agent that falls behind receives one hint for several changes and never a queue.
 //!
 //! Limit: every change wakes every connected agent, and each then syncs in full. Hints that name
 //! the affected agents, and syncs that carry only what changed, are needed for large fleets.
@@ -24,7 +24,7 @@ pub(crate) const MAX_WATCH_STREAMS_PER_AGENT: usize = 4;
 pub(crate) struct Change {
     /// Grows by one with every [`Hints::notify`].
     pub(crate) revision: u64,
-    /// What changed, for the agent's log.
+    /// The kind of change, for the agent's log.
     pub(crate) reason: &'static str,
 }
 
@@ -84,7 +84,7 @@ impl Hints {
         });
     }
 
-    /// Returns a receiver that sees every later change.
+    /// Returns a receiver that is notified of every later change.
     pub(crate) fn subscribe(&self) -> watch::Receiver<Change> {
         self.sender.subscribe()
     }

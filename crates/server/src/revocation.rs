@@ -145,10 +145,10 @@ impl Basis {
     /// `tcb_status:<status>`, which is how evidence selectors carry it.
     pub(crate) fn matches_selectors(&self, selectors: &[Selector]) -> bool {
         match self {
-            Self::Selector(wanted) => selectors.contains(wanted),
+            Self::Selector(expected) => selectors.contains(expected),
             Self::TcbStatus(status) => {
-                let wanted = format!("tcb_status:{status}");
-                selectors.iter().any(|selector| selector.value == wanted)
+                let expected = format!("tcb_status:{status}");
+                selectors.iter().any(|selector| selector.value == expected)
             }
             Self::Agent(_) => false,
         }
@@ -159,13 +159,15 @@ impl Basis {
     /// `twid.tcb_status`, and workload attestation claims name the TCB status `tcb_status`.
     pub(crate) fn matches_attestation_result(&self, result: &Value) -> bool {
         match self {
-            Self::Selector(wanted) => {
-                let wanted = wanted.to_string();
+            Self::Selector(expected) => {
+                let expected = expected.to_string();
                 ["twid.selectors", "selectors"].iter().any(|member| {
                     result
                         .get(member)
                         .and_then(Value::as_array)
-                        .is_some_and(|list| list.iter().any(|item| item.as_str() == Some(&wanted)))
+                        .is_some_and(|list| {
+                            list.iter().any(|item| item.as_str() == Some(&expected))
+                        })
                 })
             }
             Self::TcbStatus(status) => ["twid.tcb_status", "tcb_status"]

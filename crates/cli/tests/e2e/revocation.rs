@@ -531,7 +531,7 @@ async fn watch_streams_capped_and_ended_by_ban() {
         status.message()
     );
 
-    // Closing a stream frees its slot once the server sees the reset.
+    // Closing a stream frees its slot once the server receives the reset.
     drop(streams.pop());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let reopened = loop {
