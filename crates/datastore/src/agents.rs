@@ -26,7 +26,7 @@ impl Datastore {
     /// Returns [`DatastoreError::AlreadyExists`] if an agent with the same SPIFFE ID is
     /// stored, or the database failure.
     pub async fn create_attested_agent(&self, agent: &AttestedAgent) -> Result<(), DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, x509_svid_serial, \
              x509_svid_expires_at, previous_x509_svid_serial, previous_x509_svid_expires_at, \
@@ -67,7 +67,7 @@ impl Datastore {
         agent: &AttestedAgent,
         presented_serial: Option<&str>,
     ) -> Result<(), DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // SQLite (3.24 and later) and PostgreSQL (9.5 and later) both accept this upsert.
         sqlx::query(
             "INSERT INTO attested_agents (spiffe_id, attestation_type, x509_svid_serial, \
@@ -157,7 +157,7 @@ impl Datastore {
         serial: &str,
         expires_at: i64,
     ) -> Result<(), DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // Every right-hand side reads the row as it was before this statement.
         let updated = sqlx::query(
             "UPDATE attested_agents SET \
@@ -195,7 +195,7 @@ impl Datastore {
         spiffe_id: &SpiffeId,
         expected_current_serial: &str,
     ) -> Result<bool, DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE attested_agents SET previous_x509_svid_serial = NULL, \
              previous_x509_svid_expires_at = NULL \
@@ -223,7 +223,7 @@ impl Datastore {
     /// Returns [`DatastoreError::NotFound`] if no agent has `spiffe_id`, or the database
     /// failure.
     pub async fn delete_attested_agent(&self, spiffe_id: &SpiffeId) -> Result<(), DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM attested_agents WHERE spiffe_id = $1")
             .bind(spiffe_id.as_str())
             .execute(&mut *tx)
@@ -248,7 +248,7 @@ impl Datastore {
         spiffe_id: &SpiffeId,
         banned: bool,
     ) -> Result<(), DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let updated = sqlx::query("UPDATE attested_agents SET banned = $1 WHERE spiffe_id = $2")
             .bind(banned)
             .bind(spiffe_id.as_str())

@@ -30,7 +30,7 @@ impl Datastore {
         trust_domain: &TrustDomain,
         bundle: &[u8],
     ) -> Result<u64, DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
             "INSERT INTO bundles (trust_domain, data, sequence, updated_at) VALUES ($1, $2, 1, $3) \
              ON CONFLICT (trust_domain) DO UPDATE SET data = excluded.data, \

@@ -66,7 +66,7 @@ impl Datastore {
         entries: &[NewEntry],
         now: i64,
     ) -> Result<Vec<Result<RegistrationEntry, DatastoreError>>, DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut results = Vec::with_capacity(entries.len());
         let mut created = 0_usize;
         for entry in entries {
@@ -171,7 +171,7 @@ impl Datastore {
         now: i64,
     ) -> Result<RegistrationEntry, DatastoreError> {
         let keys = EntryKeys::new(entry);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
 
         let row = sqlx::query(
             "UPDATE registration_entries SET spiffe_id = $1, parent_id = $2, selectors = $3, \
@@ -221,7 +221,7 @@ impl Datastore {
     /// Returns [`DatastoreError::NotFound`] if no entry has `id`, the database failure, or
     /// [`DatastoreError::Corrupt`], in which case nothing was deleted.
     pub async fn delete_entry(&self, id: &str) -> Result<RegistrationEntry, DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let row = sqlx::query(concat!(
             "DELETE FROM registration_entries WHERE id = $1 RETURNING ",
             entry_columns!()
@@ -256,7 +256,7 @@ impl Datastore {
     /// # Errors
     /// Returns the database failure.
     pub async fn prune_expired_entries(&self, now: i64) -> Result<u64, DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let deleted = sqlx::query(
             "DELETE FROM registration_entries WHERE expires_at IS NOT NULL AND expires_at <= $1",
         )

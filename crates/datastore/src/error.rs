@@ -16,6 +16,9 @@ pub enum DatastoreError {
     /// The database driver failed (connection, SQL or I/O error).
     #[error("database operation failed: {0}")]
     Backend(#[source] sqlx::Error),
+    /// The issuance log's own SQLite connection failed (SQL or I/O error).
+    #[error("database operation failed: {0}")]
+    Sqlite(#[source] rusqlite::Error),
     /// A stored value cannot be decoded, for example an invalid SPIFFE ID or JSON.
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
@@ -62,6 +65,21 @@ impl From<sqlx::Error> for DatastoreError {
             Self::Conflict(error.to_string())
         } else {
             Self::Backend(error)
+        }
+    }
+}
+
+impl From<rusqlite::Error> for DatastoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        // SQLITE_BUSY or SQLITE_LOCKED: another connection holds the lock past busy_timeout.
+        let conflict = matches!(
+            error.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        );
+        if conflict {
+            Self::Conflict(error.to_string())
+        } else {
+            Self::Sqlite(error)
         }
     }
 }

@@ -66,6 +66,8 @@ pub struct DatastoreConfig {
 pub struct Datastore {
     pool: AnyPool,
     backend: DatabaseType,
+    /// The SQLite file, which the issuance log writer opens a connection of its own to.
+    sqlite_path: Option<std::sync::Arc<Path>>,
 }
 
 /// Pool size for PostgreSQL. SQLite uses one connection because it allows one writer at a
@@ -121,7 +123,9 @@ impl Datastore {
             .after_connect(|conn, _| Box::pin(sqlite::configure_connection(conn)))
             .connect(&url)
             .await?;
-        Self::finish_open(pool, DatabaseType::Sqlite).await
+        let mut store = Self::finish_open(pool, DatabaseType::Sqlite).await?;
+        store.sqlite_path = Some(path.into());
+        Ok(store)
     }
 
     async fn open_postgres(url: &str) -> Result<Self, DatastoreError> {
@@ -136,7 +140,11 @@ impl Datastore {
     async fn finish_open(pool: AnyPool, backend: DatabaseType) -> Result<Self, DatastoreError> {
         migrate::run(&pool, backend).await?;
         tracing::debug!(backend = ?backend, "datastore opened");
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            sqlite_path: None,
+        })
     }
 
     /// Returns the backend this store runs on.
@@ -155,6 +163,17 @@ impl Datastore {
             .await?
             .ok_or_else(|| DatastoreError::Corrupt("the changes table has no row".into()))?;
         to_u64("changes.revision", row.try_get("revision")?)
+    }
+
+    /// Begins a transaction for a write. On SQLite it takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): the issuance log writes through a connection of its own, and a
+    /// deferred transaction that had read before that connection committed could not upgrade
+    /// to a write lock (`SQLITE_BUSY_SNAPSHOT`), which busy_timeout does not wait out.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            DatabaseType::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            DatabaseType::Postgres => self.pool.begin().await,
+        }
     }
 
     /// Closes every connection; later calls fail.

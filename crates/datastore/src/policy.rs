@@ -103,7 +103,7 @@ impl Datastore {
         new: &PolicyVersion,
         check: impl FnOnce(Option<&PolicyVersion>) -> Result<(), E>,
     ) -> Result<(), E> {
-        let mut tx = self.pool.begin().await.map_err(DatastoreError::from)?;
+        let mut tx = self.begin_write().await.map_err(DatastoreError::from)?;
         let row = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM policy_versions ORDER BY version DESC LIMIT 1"
         )))

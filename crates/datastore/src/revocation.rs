@@ -111,7 +111,7 @@ impl Datastore {
         &self,
         rule: &NewRevocation,
     ) -> Result<RevocationRule, DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         // SQLite (3.35 and later) and PostgreSQL both return the generated ID this way.
         let row = sqlx::query(
             "INSERT INTO revocations (kind, value, reason, created_at) \
@@ -146,7 +146,7 @@ impl Datastore {
         revocation_id: i64,
         credentials: &[RevokedCredential],
     ) -> Result<(), DatastoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let mut rest = credentials;
         for size in INSERT_CHUNK_ROWS {
             while rest.len() >= size {

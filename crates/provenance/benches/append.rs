@@ -74,6 +74,7 @@ fn append_throughput(c: &mut Criterion) {
             LogOptions {
                 checkpoint_every: 1000,
                 signing_key: Some(key),
+                ..LogOptions::default()
             },
         )
     });

@@ -110,6 +110,18 @@ fn callers() -> u64 {
     }
 }
 
+/// Returns the appender's batch interval: `TWID_BENCH_BATCH_INTERVAL_US` in microseconds, or
+/// the default.
+fn batch_interval() -> Duration {
+    let Ok(text) = std::env::var("TWID_BENCH_BATCH_INTERVAL_US") else {
+        return LogOptions::default().batch_interval;
+    };
+    match text.parse() {
+        Ok(micros) => Duration::from_micros(micros),
+        _ => panic!("TWID_BENCH_BATCH_INTERVAL_US={text:?} is invalid; set microseconds"),
+    }
+}
+
 /// Signs `count` SVIDs from `callers` tasks, appending each record to `log` when given, and
 /// returns the elapsed time.
 async fn sign_many(
@@ -152,6 +164,7 @@ fn open_log(runtime: &tokio::runtime::Runtime, config: &DatastoreConfig) -> Issu
             LogOptions {
                 checkpoint_every: 1000,
                 signing_key: Some(key),
+                batch_interval: batch_interval(),
             },
         )
     })

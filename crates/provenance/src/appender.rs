@@ -16,7 +16,7 @@
 //! batch needs no read of the head row unless another process has appended.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use twid_datastore::{
@@ -48,6 +48,7 @@ pub(crate) struct Appender {
     pub(crate) writer: IssuanceLogWriter,
     pub(crate) signing_key: Option<Arc<SigningKey>>,
     pub(crate) checkpoint_every: u64,
+    pub(crate) batch_interval: Duration,
     /// The seq and hash the next record continues from, as this task last wrote or read them,
     /// or `None` when they must be read from the head row.
     pub(crate) head: Option<(u64, [u8; 32])>,
@@ -83,15 +84,29 @@ impl Appender {
     /// Writes queued records until every sender is dropped and the queue is empty.
     async fn run(mut self, mut queue: mpsc::Receiver<Pending>) {
         let mut batch = Vec::with_capacity(MAX_BATCH);
+        let mut last_start: Option<Instant> = None;
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            if let Some(due) = last_start.map(|start| start + self.batch_interval) {
+                let now = Instant::now();
+                if now < due && batch.len() < MAX_BATCH {
+                    // Sleeping blocks only this thread, whose runtime has no other task, and
+                    // is precise to tens of microseconds where Tokio's timer rounds up to
+                    // whole milliseconds.
+                    std::thread::sleep(due - now);
+                    while batch.len() < MAX_BATCH {
+                        match queue.try_recv() {
+                            Ok(pending) => batch.push(pending),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            last_start = Some(Instant::now());
             let (mut rows, replies): (Vec<_>, Vec<_>) = batch
                 .drain(..)
                 .map(|pending| (pending.row, pending.reply))
                 .unzip();
             let outcome = self.write_with_retry(&mut rows).await;
-            if queue.is_empty() {
-                self.writer.release();
-            }
             match outcome {
                 Ok(()) => {
                     for (row, reply) in rows.iter().zip(replies) {
@@ -161,8 +176,6 @@ impl Appender {
             );
         }
 
-        // On SQLite the pool has one connection, which the writer may keep.
-        self.writer.release();
         let mut tx = self.store.begin_issuance_log_append().await?;
         let head_seq = tx.next_seq();
         let head_corrupt = |reason: &str| LogError::Corrupt {

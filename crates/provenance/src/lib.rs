@@ -80,7 +80,7 @@ mod record;
 mod verify;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use twid_datastore::Datastore;
@@ -97,6 +97,9 @@ use crate::record::{from_row, normalize_serial, to_row};
 /// Records that may wait for the appender before [`IssuanceLog::append`] waits for room.
 const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
 
+/// The default [`LogOptions::batch_interval`].
+pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(1);
+
 /// Settings for [`IssuanceLog::new`].
 #[derive(Debug)]
 pub struct LogOptions {
@@ -105,14 +108,21 @@ pub struct LogOptions {
     pub checkpoint_every: u64,
     /// The checkpoint signing key, or `None` to write no checkpoints.
     pub signing_key: Option<SigningKey>,
+    /// The least time from the start of one batch to the start of the next, unless a full
+    /// batch is waiting. A record that arrives after a quiet spell is written at once; under
+    /// load, records gather for up to this long, so that one commit (a disk sync) serves
+    /// many. Zero writes every batch as soon as the previous one has committed.
+    pub batch_interval: Duration,
 }
 
 impl Default for LogOptions {
-    /// Checkpoints every 1000 records, with no signing key.
+    /// Checkpoints every 1000 records, with no signing key, and batches at most every
+    /// [`DEFAULT_BATCH_INTERVAL`].
     fn default() -> Self {
         Self {
             checkpoint_every: 1000,
             signing_key: None,
+            batch_interval: DEFAULT_BATCH_INTERVAL,
         }
     }
 }
@@ -144,6 +154,7 @@ impl IssuanceLog {
                 writer,
                 signing_key: signing_key.clone(),
                 checkpoint_every: options.checkpoint_every,
+                batch_interval: options.batch_interval,
                 head: None,
             }
             .start(receiver),

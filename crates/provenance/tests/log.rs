@@ -9,21 +9,21 @@
 //! administrator would.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair, Ed25519KeyPair};
 use sqlx::{AnyConnection, AssertSqlSafe, Connection};
 use twid_datastore::{
-    DatabaseType, Datastore, DatastoreConfig, IssuanceLogCheckpoint, IssuanceLogRecord,
-    WriteOutcome,
+    DatabaseType, Datastore, DatastoreConfig, DatastoreError, EntryFilter, IssuanceLogCheckpoint,
+    IssuanceLogRecord, PolicyVersion, WriteOutcome,
 };
 use twid_provenance::{
     AlterationKind, GENESIS_HASH, IssuanceLog, LogError, LogOptions, NewRecord, RecordKind,
     SigningKey, VerifyReport, evidence_digest, key_fingerprint, record_hash,
 };
 use twid_spiffe::SpiffeId;
-use twid_types::Selector;
+use twid_types::{NewEntry, Selector};
 
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 const POSTGRES_BASE_URL: &str = "postgres://postgres@127.0.0.1:5432";
@@ -189,6 +189,8 @@ on_both_backends!(
     moved_records_classified,
     writer_checks_head,
     writer_stores_values_exactly,
+    datastore_writes_during_appends,
+    batch_interval_paces_only_under_load,
 );
 
 fn ed25519_key() -> SigningKey {
@@ -353,6 +355,7 @@ async fn tampering_detected_at_position(db: &TestDb) {
         LogOptions {
             checkpoint_every: 1000,
             signing_key: Some(key),
+            ..LogOptions::default()
         },
     );
 
@@ -423,6 +426,7 @@ async fn replicas_share_one_chain(db: &TestDb) {
             LogOptions {
                 checkpoint_every: 100,
                 signing_key: Some(key),
+                ..LogOptions::default()
             },
         )
     };
@@ -479,6 +483,7 @@ async fn rewritten_chain_fails_checkpoints(db: &TestDb) {
         LogOptions {
             checkpoint_every: 50,
             signing_key: Some(key),
+            ..LogOptions::default()
         },
     );
     append_concurrently(&log, 0, 300, 8).await;
@@ -555,6 +560,7 @@ async fn tail_changes_detected(db: &TestDb) {
         LogOptions {
             checkpoint_every: 10,
             signing_key: Some(key),
+            ..LogOptions::default()
         },
     );
     append_concurrently(&log, 0, 40, 4).await;
@@ -719,6 +725,7 @@ async fn on_demand_checkpoint(db: &TestDb) {
         LogOptions {
             checkpoint_every: 0,
             signing_key: Some(key),
+            ..LogOptions::default()
         },
     );
     assert_eq!(log.checkpoint().await.expect("checkpoint"), None);
@@ -862,8 +869,6 @@ async fn writer_checks_head(db: &TestDb) {
         .await
         .expect("append");
     assert_eq!(stored, WriteOutcome::Committed);
-    // On SQLite the writer may keep the pool's only connection after a committed batch.
-    writer.release();
     let head = store.issuance_log_head().await.expect("head");
     assert_eq!(head.next_seq, 2);
     assert_eq!(head.head_hash, vec![2; 32]);
@@ -889,7 +894,6 @@ async fn writer_checks_head(db: &TestDb) {
         .await
         .expect("append");
     assert_eq!(continued, WriteOutcome::Committed);
-    writer.release();
     assert_eq!(store.count_issuance_log_records().await.expect("count"), 3);
     assert_eq!(stored_row(&store, 2).await, next[0]);
 
@@ -936,7 +940,6 @@ async fn writer_stores_values_exactly(db: &TestDb) {
         .await
         .expect("append");
     assert_eq!(stored, WriteOutcome::Committed);
-    writer.release();
     assert_eq!(stored_row(&store, 0).await, unusual);
 
     if store.database_type() == DatabaseType::Sqlite {
@@ -945,7 +948,6 @@ async fn writer_stores_values_exactly(db: &TestDb) {
             .await
             .expect("append with NUL");
         assert_eq!(stored, WriteOutcome::Committed);
-        writer.release();
         assert_eq!(stored_row(&store, 1).await, with_nul);
         let head = store.issuance_log_head().await.expect("head");
         assert_eq!(head.next_seq, 2);
@@ -953,5 +955,98 @@ async fn writer_stores_values_exactly(db: &TestDb) {
     }
 
     drop(writer);
+    store.close().await;
+}
+
+/// Datastore writes while the appender commits batches on its own connection: on SQLite two
+/// connections then take turns on the write lock, and no write of either may fail. Applying
+/// a policy version reads the current version before it inserts, the case where a deferred
+/// SQLite transaction cannot upgrade its lock after another connection's commit.
+async fn datastore_writes_during_appends(db: &TestDb) {
+    const ENTRIES: u64 = 200;
+    let store = db.open().await;
+    let log = IssuanceLog::new(store.clone(), LogOptions::default());
+    let parent = id("spiffe://example.org/agent");
+    let writes = async {
+        for n in 0..ENTRIES {
+            let entry = NewEntry::new(
+                id(&format!("spiffe://example.org/workload/{n}")),
+                parent.clone(),
+                vec![Selector::new("unix", format!("uid:{n}"))],
+            );
+            let created = store
+                .create_entry(&entry, 1_700_000_000)
+                .await
+                .expect("create an entry while the log appends");
+            store
+                .delete_entry(&created.id)
+                .await
+                .expect("delete an entry while the log appends");
+            let version = PolicyVersion {
+                version: n + 1,
+                jws: format!("jws-{n}"),
+                document: "{}".into(),
+                signer_kid: "kid".into(),
+                applied_at: 1_700_000_000,
+            };
+            store
+                .append_policy_version(&version, |current| {
+                    assert_eq!(
+                        current.map(|stored| stored.version),
+                        Some(n).filter(|&v| v > 0)
+                    );
+                    Ok::<(), DatastoreError>(())
+                })
+                .await
+                .expect("apply a policy version while the log appends");
+        }
+    };
+    let (seqs, ()) = tokio::join!(append_concurrently(&log, 0, 2000, 32), writes);
+    assert_eq!(seqs.len(), 2000);
+    assert_intact(&log.verify(None).await.expect("verify"), 2000);
+    assert!(
+        store
+            .list_entries(&EntryFilter::default())
+            .await
+            .expect("list entries")
+            .is_empty(),
+        "every entry was created and deleted"
+    );
+    store.close().await;
+}
+
+/// A record that arrives after a quiet spell is written at once; one that arrives right after
+/// a batch waits until the batch interval has passed since that batch began.
+async fn batch_interval_paces_only_under_load(db: &TestDb) {
+    const INTERVAL: Duration = Duration::from_millis(1500);
+    let store = db.open().await;
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            batch_interval: INTERVAL,
+            ..LogOptions::default()
+        },
+    );
+    log.append(sample_record(0)).await.expect("first append");
+    tokio::time::sleep(INTERVAL + Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    log.append(sample_record(1))
+        .await
+        .expect("append after a quiet spell");
+    let quiet = started.elapsed();
+    log.append(sample_record(2))
+        .await
+        .expect("append right after a batch");
+    let paced = started.elapsed();
+    assert!(
+        quiet < INTERVAL / 2,
+        "a record after a quiet spell took {quiet:?}, as if it had waited for the interval"
+    );
+    assert!(
+        paced >= INTERVAL - Duration::from_millis(50),
+        "a record right after a batch was written after {paced:?}, before the interval"
+    );
+    assert_intact(&log.verify(None).await.expect("verify"), 3);
     store.close().await;
 }
