@@ -16,7 +16,8 @@
 //! Run with `cargo bench -p twid-provenance --bench signing_with_log`.
 //! `TWID_BENCH_CALLERS=N` runs N tasks instead of 64 in every case. With many tasks the
 //! batches grow large, so the result shows the CPU cost of the log more than the commit
-//! latency.
+//! latency. `TWID_BENCH_BATCH_INTERVAL_US=N` sets the appender's batch interval in
+//! microseconds instead of the default.
 
 // A benchmark setup failure should abort the run.
 #![allow(clippy::unwrap_used)]

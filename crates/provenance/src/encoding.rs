@@ -39,29 +39,56 @@ pub fn record_hash(
 ) -> Result<[u8; 32], String> {
     let selectors: Vec<StoredSelector> = serde_json::from_str(&record.selectors)
         .map_err(|e| format!("the selectors column is not a valid selector list: {e}"))?;
+    let encoding = record_encoding(
+        record,
+        selectors
+            .iter()
+            .map(|selector| (selector.kind.as_str(), selector.value.as_str())),
+    );
+    Ok(chain_hash(seq, prev_hash, &encoding))
+}
 
-    let mut hasher = Hasher(Context::new(&SHA256));
-    hasher.raw(RECORD_DOMAIN);
-    hasher.raw(&seq.to_be_bytes());
-    hasher.raw(prev_hash);
-    hasher.text(&record.kind);
-    hasher.optional_text(record.serial.as_deref());
-    hasher.optional_text(record.jti.as_deref());
-    hasher.optional_text(record.spiffe_id.as_deref());
-    hasher.optional_text(record.entry_id.as_deref());
-    hasher.optional_text(record.agent_id.as_deref());
-    hasher.length(selectors.len());
-    for selector in &selectors {
-        hasher.text(&selector.kind);
-        hasher.text(&selector.value);
+/// Returns the record encoding of `record` with `selectors` as (type, value) pairs in order,
+/// which must be the selectors its `selectors` column holds. Appends compute it from the
+/// caller's selectors, so the appender neither parses the JSON column nor feeds the hash
+/// field by field.
+pub(crate) fn record_encoding<'a>(
+    record: &IssuanceLogRecord,
+    selectors: impl ExactSizeIterator<Item = (&'a str, &'a str)>,
+) -> Vec<u8> {
+    let mut encoder = Encoder(Vec::with_capacity(512));
+    encoder.text(&record.kind);
+    encoder.optional_text(record.serial.as_deref());
+    encoder.optional_text(record.jti.as_deref());
+    encoder.optional_text(record.spiffe_id.as_deref());
+    encoder.optional_text(record.entry_id.as_deref());
+    encoder.optional_text(record.agent_id.as_deref());
+    encoder.length(selectors.len());
+    for (kind, value) in selectors {
+        encoder.text(kind);
+        encoder.text(value);
     }
-    hasher.optional_bytes(record.key_fingerprint.as_deref());
-    hasher.optional_bytes(record.evidence_digest.as_deref());
-    hasher.optional_text(record.attestation_result.as_deref());
-    hasher.optional_text(record.policy_version.as_deref());
-    hasher.optional_text(record.refusal_reason.as_deref());
-    hasher.raw(&record.time_unix_ms.to_be_bytes());
-    Ok(hasher.finish())
+    encoder.optional_bytes(record.key_fingerprint.as_deref());
+    encoder.optional_bytes(record.evidence_digest.as_deref());
+    encoder.optional_text(record.attestation_result.as_deref());
+    encoder.optional_text(record.policy_version.as_deref());
+    encoder.optional_text(record.refusal_reason.as_deref());
+    encoder.raw(&record.time_unix_ms.to_be_bytes());
+    encoder.0
+}
+
+/// Computes the chain hash of the record with this encoding at position `seq` after
+/// `prev_hash`.
+pub(crate) fn chain_hash(seq: u64, prev_hash: &[u8; 32], encoding: &[u8]) -> [u8; 32] {
+    let mut context = Context::new(&SHA256);
+    context.update(RECORD_DOMAIN);
+    context.update(&seq.to_be_bytes());
+    context.update(prev_hash);
+    context.update(encoding);
+    let digest = context.finish();
+    let mut out = [0; 32];
+    out.copy_from_slice(digest.as_ref());
+    out
 }
 
 /// Returns the message a checkpoint signs: the domain tag, `seq` as 8 bytes big-endian and
@@ -123,15 +150,15 @@ fn write_canonical_json(value: &Value, out: &mut String) {
 }
 
 /// Feeds the length-prefixed fields of the canonical encoding into SHA-256.
-struct Hasher(Context);
+/// Builds a record encoding.
+struct Encoder(Vec<u8>);
 
-impl Hasher {
+impl Encoder {
     fn raw(&mut self, data: &[u8]) {
-        self.0.update(data);
+        self.0.extend_from_slice(data);
     }
 
     fn length(&mut self, length: usize) {
-        // usize is at most 64 bits on every supported target.
         self.raw(&(length as u64).to_be_bytes());
     }
 
@@ -156,13 +183,6 @@ impl Hasher {
 
     fn optional_text(&mut self, text: Option<&str>) {
         self.optional_bytes(text.map(str::as_bytes));
-    }
-
-    fn finish(self) -> [u8; 32] {
-        let digest = self.0.finish();
-        let mut out = [0; 32];
-        out.copy_from_slice(digest.as_ref());
-        out
     }
 }
 

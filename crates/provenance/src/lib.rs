@@ -64,7 +64,8 @@
 //!
 //! One chain spans every server replica that shares a PostgreSQL database. Within a process,
 //! an appender task on a thread of its own batches concurrent [`IssuanceLog::append`] calls
-//! into one transaction (group commit). It remembers the head it wrote last and stores the
+//! into one transaction (group commit), at most one batch per
+//! [`LogOptions::batch_interval`] while records keep arriving. It remembers the head it wrote last and stores the
 //! next batch on the condition that the head row still contains that head, which on
 //! PostgreSQL is one statement. When another process has appended in between, the batch is
 //! rebuilt in a transaction that locks the head row with `SELECT ... FOR UPDATE` (SQLite:
@@ -92,13 +93,13 @@ pub use record::{NewRecord, Record, RecordKind, RecordPosition, evidence_digest,
 pub use verify::{Alteration, AlterationKind, VerifyReport};
 
 use crate::appender::{Appender, MAX_BATCH, Pending};
-use crate::record::{from_row, normalize_serial, to_row};
+use crate::record::{from_row, normalize_serial, to_row_encoded};
 
 /// Records that may wait for the appender before [`IssuanceLog::append`] waits for room.
 const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
 
 /// The default [`LogOptions::batch_interval`].
-pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(1);
+pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(2);
 
 /// Settings for [`IssuanceLog::new`].
 #[derive(Debug)]
@@ -183,11 +184,15 @@ impl IssuanceLog {
     /// the datastore failure, in which case the record was not stored unless the connection
     /// broke during the commit.
     pub async fn append(&self, record: NewRecord) -> Result<RecordPosition, LogError> {
-        let row = to_row(record)?;
+        let (row, encoding) = to_row_encoded(record)?;
         let (reply, outcome) = oneshot::channel();
         self.inner
             .queue
-            .send(Pending { row, reply })
+            .send(Pending {
+                row,
+                encoding,
+                reply,
+            })
             .await
             .map_err(|_| LogError::Closed)?;
         outcome.await.map_err(|_| LogError::Closed)?

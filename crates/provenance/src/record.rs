@@ -200,7 +200,14 @@ pub(crate) fn normalize_serial(serial: &str) -> Result<String, LogError> {
 
 /// Checks `record` and converts it to a row whose `seq`, `prev_hash` and `hash` the appender
 /// fills in.
+#[cfg(test)]
 pub(crate) fn to_row(record: NewRecord) -> Result<IssuanceLogRecord, LogError> {
+    to_row_encoded(record).map(|(row, _)| row)
+}
+
+/// Like [`to_row`], and also returns the row's record encoding (see
+/// [`crate::encoding::record_encoding`]).
+pub(crate) fn to_row_encoded(record: NewRecord) -> Result<(IssuanceLogRecord, Vec<u8>), LogError> {
     let invalid = |message: &str| Err(LogError::InvalidRecord(message.to_owned()));
     let needs_present = |field: &Option<String>| field.as_deref().is_some_and(|v| !v.is_empty());
     match record.kind {
@@ -224,7 +231,7 @@ pub(crate) fn to_row(record: NewRecord) -> Result<IssuanceLogRecord, LogError> {
     })?;
     let selectors = serde_json::to_string(&record.selectors)
         .map_err(|e| LogError::InvalidRecord(format!("selectors cannot be serialized: {e}")))?;
-    Ok(IssuanceLogRecord {
+    let row = IssuanceLogRecord {
         seq: 0,
         prev_hash: Vec::new(),
         hash: Vec::new(),
@@ -241,7 +248,15 @@ pub(crate) fn to_row(record: NewRecord) -> Result<IssuanceLogRecord, LogError> {
         policy_version: record.policy_version,
         refusal_reason: record.refusal_reason,
         time_unix_ms,
-    })
+    };
+    let encoding = crate::encoding::record_encoding(
+        &row,
+        record
+            .selectors
+            .iter()
+            .map(|selector| (selector.kind.as_str(), selector.value.as_str())),
+    );
+    Ok((row, encoding))
 }
 
 /// Decodes a stored row.
@@ -404,5 +419,22 @@ mod tests {
         let before = UNIX_EPOCH - Duration::from_millis(1500);
         assert_eq!(unix_ms(before), Some(-1500));
         assert_eq!(system_time_from_unix_ms(-1500), Some(before));
+    }
+
+    #[test]
+    fn caller_encoding_hashes_like_the_stored_row() {
+        let mut record = NewRecord::x509("0A1b", id("spiffe://example.org/w"));
+        record.selectors = vec![
+            Selector::new("unix", "uid:1000"),
+            Selector::new("k8s", "label:\"quoted\" \\ \u{e9}\u{1f980}\n"),
+        ];
+        let (row, encoding) = to_row_encoded(record).expect("valid");
+        let prev = [7; 32];
+        assert_eq!(
+            Ok(crate::encoding::chain_hash(41, &prev, &encoding)),
+            crate::encoding::record_hash(41, &prev, &row),
+            "the appender's hash of the caller's encoding must equal the verifier's hash of \
+             the stored row"
+        );
     }
 }
