@@ -53,6 +53,8 @@ pub(crate) struct AgentSettings {
     pub(crate) insecure_bootstrap: bool,
     pub(crate) join_token: Option<String>,
     pub(crate) sync_interval: Duration,
+    /// Maximum workload SVIDs signed by a tainted authority that one sync round replaces.
+    pub(crate) taint_batch_size: usize,
     pub(crate) first_sync_timeout: Duration,
     pub(crate) health: Option<HealthListener>,
     pub(crate) prometheus: Option<SocketAddr>,
@@ -82,6 +84,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("insecure_bootstrap", &self.insecure_bootstrap)
             .field("join_token_set", &self.join_token.is_some())
             .field("sync_interval", &self.sync_interval)
+            .field("taint_batch_size", &self.taint_batch_size)
             .field("first_sync_timeout", &self.first_sync_timeout)
             .field("health", &self.health)
             .field("prometheus", &self.prometheus)
@@ -131,6 +134,7 @@ impl AgentSettings {
             insecure_bootstrap: config.insecure_bootstrap,
             join_token: config.join_token.filter(|token| !token.is_empty()),
             sync_interval: options.sync_interval.unwrap_or(config.sync_interval),
+            taint_batch_size: config.taint_batch_size,
             first_sync_timeout: options.first_sync_timeout,
             health,
             prometheus,
@@ -239,6 +243,7 @@ pub(crate) mod tests {
             insecure_bootstrap: false,
             join_token: None,
             sync_interval: Duration::from_secs(5),
+            taint_batch_size: 100,
             first_sync_timeout: Duration::from_secs(1),
             health: None,
             prometheus: None,

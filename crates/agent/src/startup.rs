@@ -269,6 +269,8 @@ fn new_syncer(
         reattestation: reattestation(settings),
         revoked_retry_interval: settings.sync_interval,
         revoked_retry_at: 0,
+        taint_batch_size: settings.taint_batch_size,
+        tainted_pending: false,
     })
 }
 

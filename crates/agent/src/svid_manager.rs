@@ -6,6 +6,10 @@
 //! unreachable, entry rejected) leaves workloads with the SVID they had until it expires. The
 //! exception is an SVID the server revoked: it is dropped before signing, and the entry stays
 //! without an SVID (and is no caller's identity) until the server signs a new one.
+//!
+//! An SVID signed by a tainted authority stays valid and is served until its replacement is
+//! signed. At most `taint_batch_size` of them are re-signed per round, so that tainting an
+//! authority does not send every agent's whole cache to the server at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use twid_proto::types::Entry;
 use twid_spiffe::X509Svid;
 
 use crate::cache::{CachedEntry, CachedSvid, Snapshot};
-use crate::revocation::Revoked;
+use crate::revocation::{Revoked, TaintedAuthorities};
 use crate::{AgentError, node, state};
 
 /// Entries per BatchNewX509Svid request.
@@ -32,6 +36,22 @@ pub(crate) struct Plan {
     pub(crate) due: Vec<usize>,
     /// IDs of the entries whose SVID was dropped because the server revoked it.
     pub(crate) revoked: Vec<String>,
+    /// Entries due only because a tainted authority signed their SVID.
+    pub(crate) tainted_due: usize,
+    /// Entries with an SVID from a tainted authority left for a later round.
+    pub(crate) tainted_pending: usize,
+}
+
+/// Inputs of [`plan`] besides the entries and their SVIDs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlanInputs<'a> {
+    pub(crate) now: i64,
+    pub(crate) revoked: &'a Revoked,
+    /// Whether entries whose SVID was revoked are requested again in this round.
+    pub(crate) retry_revoked: bool,
+    pub(crate) tainted: &'a TaintedAuthorities,
+    /// Maximum SVIDs signed by a tainted authority that this round replaces.
+    pub(crate) taint_batch_size: usize,
 }
 
 /// Pairs each synced entry with its SVID from `previous` when that SVID still names the
@@ -43,13 +63,20 @@ pub(crate) struct Plan {
 /// entry marked so in `previous` stays marked, until [`sign_due`] stores a new SVID. A marked
 /// entry is due only when `retry_revoked` is true, because the server rejects it until the
 /// agent attests again.
-pub(crate) fn plan(
-    previous: &Snapshot,
-    entries: Vec<Entry>,
-    now: i64,
-    revoked: &Revoked,
-    retry_revoked: bool,
-) -> Plan {
+///
+/// An entry whose SVID a tainted authority signed is due as well, up to
+/// `taint_batch_size` of them in the order of `entries`. It keeps that SVID until the new one
+/// is signed.
+pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<'_>) -> Plan {
+    let PlanInputs {
+        now,
+        revoked,
+        retry_revoked,
+        tainted,
+        taint_batch_size,
+    } = inputs;
+    let mut tainted_due = 0;
+    let mut tainted_pending = 0;
     let old: HashMap<&str, &CachedEntry> = previous
         .entries
         .iter()
@@ -80,6 +107,16 @@ pub(crate) fn plan(
             let needs_signing = changed || svid.as_ref().is_none_or(|svid| svid.needs_renewal(now));
             if needs_signing && (!svid_revoked || retry_revoked) {
                 due.push(index);
+            } else if svid
+                .as_ref()
+                .is_some_and(|svid| tainted.signed_chain(&svid.chain))
+            {
+                if tainted_due < taint_batch_size {
+                    tainted_due += 1;
+                    due.push(index);
+                } else {
+                    tainted_pending += 1;
+                }
             }
             let mut cached = CachedEntry::new(entry, svid);
             cached.svid_revoked = svid_revoked;
@@ -90,6 +127,8 @@ pub(crate) fn plan(
         entries,
         due,
         revoked: dropped,
+        tainted_due,
+        tainted_pending,
     }
 }
 
@@ -212,6 +251,19 @@ mod tests {
         }
     }
 
+    static NO_TAINT: std::sync::LazyLock<TaintedAuthorities> =
+        std::sync::LazyLock::new(TaintedAuthorities::default);
+
+    fn inputs(now: i64, revoked: &Revoked, retry_revoked: bool) -> PlanInputs<'_> {
+        PlanInputs {
+            now,
+            revoked,
+            retry_revoked,
+            tainted: &NO_TAINT,
+            taint_batch_size: 100,
+        }
+    }
+
     fn cached(id: &str, revision: i64, not_after: i64) -> CachedEntry {
         let svid = CachedSvid {
             chain: vec![vec![1]],
@@ -244,7 +296,7 @@ mod tests {
             entry("e", 1),
             entry("f", 1),
         ];
-        let plan = plan(&previous, synced, 60, &Revoked::default(), true);
+        let plan = plan(&previous, synced, inputs(60, &Revoked::default(), true));
         let has_svid: Vec<bool> = plan.entries.iter().map(|c| c.svid.is_some()).collect();
         // a fresh; b changed but keeps its SVID until replaced; c past half-life but valid;
         // d new; e's SPIFFE ID changed; f expired.
@@ -281,9 +333,9 @@ mod tests {
             ..Snapshot::default()
         };
         let synced = vec![entry("a", 1), entry("b", 1), entry("c", 1)];
-        let held_back = plan(&previous, synced.clone(), 60, &revoked, false);
+        let held_back = plan(&previous, synced.clone(), inputs(60, &revoked, false));
         assert!(held_back.due.is_empty(), "{:?}", held_back.due);
-        let plan = plan(&previous, synced, 60, &revoked, true);
+        let plan = plan(&previous, synced, inputs(60, &revoked, true));
 
         assert!(plan.entries[0].svid.is_none());
         assert!(plan.entries[0].svid_revoked);
@@ -293,6 +345,55 @@ mod tests {
         assert!(plan.entries[2].svid_revoked);
         assert_eq!(plan.due, [0, 2]);
         assert_eq!(plan.revoked, ["a"]);
+    }
+
+    #[test]
+    fn plan_resigns_tainted_in_batches() {
+        let tainted_ca = crate::test_support::TestCa::new("example.org");
+        let other_ca = crate::test_support::TestCa::new("example.org");
+        let signed = |ca: &crate::test_support::TestCa, id: &str| {
+            let key = state::generate_key().expect("key");
+            let leaf = ca.leaf(&key, &format!("spiffe://example.org/{id}"));
+            let svid = CachedSvid {
+                chain: vec![leaf],
+                key_pkcs8: vec![2],
+                not_before: 0,
+                not_after: 1000,
+            };
+            CachedEntry::new(entry(id, 1), Some(Arc::new(svid)))
+        };
+        let previous = Snapshot {
+            entries: vec![
+                signed(&tainted_ca, "a"),
+                signed(&other_ca, "b"),
+                signed(&tainted_ca, "c"),
+                signed(&tainted_ca, "d"),
+            ],
+            ..Snapshot::default()
+        };
+        let tainted_id = crate::revocation::authority_key_id(
+            &previous.entries[0].svid.as_ref().expect("signed").chain[0],
+        )
+        .expect("authority key identifier");
+        let tainted = TaintedAuthorities::new(vec![tainted_id]);
+        let synced = vec![entry("a", 1), entry("b", 1), entry("c", 1), entry("d", 1)];
+        let plan = plan(
+            &previous,
+            synced,
+            PlanInputs {
+                now: 60,
+                revoked: &Revoked::default(),
+                retry_revoked: true,
+                tainted: &tainted,
+                taint_batch_size: 2,
+            },
+        );
+        assert_eq!(plan.due, [0, 2]);
+        assert_eq!(plan.tainted_due, 2);
+        assert_eq!(plan.tainted_pending, 1);
+        // Tainted SVIDs are served until their replacements are signed.
+        assert!(plan.entries.iter().all(|cached| cached.svid.is_some()));
+        assert!(plan.revoked.is_empty());
     }
 
     fn signed_result(entry: &Entry, key: &rcgen::KeyPair, spiffe_id: &str) -> X509SvidResult {

@@ -1,7 +1,8 @@
 //! The sync loop. Every interval, and at once after each hint from the server's Watch stream
 //! (see [`crate::watcher`]), it fetches the authorized entries, the bundles and the revoked
-//! credentials with Sync. It then drops revoked SVIDs, signs missing or aging workload SVIDs,
-//! publishes a new cache snapshot, and renews the agent's own SVID at half-life. An agent with
+//! credentials with Sync. It then drops revoked SVIDs, signs missing or aging workload SVIDs
+//! and replaces those of tainted authorities, publishes a new cache snapshot, and renews the
+//! agent's own SVID at half-life or when a tainted authority signed it. An agent with
 //! an evidence attestor attests again instead of renewing (see [`crate::reattest`]).
 //!
 //! Hints coalesce: any number of hints that arrive during a round cause exactly one more round
@@ -36,7 +37,7 @@ use twid_tls::{SvidSource, TrustSource};
 use crate::cache::{Cache, CachedEntry, Snapshot, TrustDomainBundle, half_life, sort_entries};
 use crate::node::{self, ServerConnection};
 use crate::reattest::Reattestation;
-use crate::revocation::Revoked;
+use crate::revocation::{Revoked, TaintedAuthorities};
 use crate::state::{self, AgentState};
 use crate::{AgentError, svid_manager};
 
@@ -44,6 +45,9 @@ use crate::{AgentError, svid_manager};
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Maximum retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Delay before the next round while SVIDs signed by a tainted authority remain to be
+/// replaced, so that each batch reaches the server separately.
+const TAINT_BATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// Returns the current time in Unix seconds.
 pub(crate) fn unix_now() -> i64 {
@@ -119,6 +123,10 @@ pub(crate) struct Syncer {
     /// rejects them until the agent attests again, so they are not requested in every round
     /// that a hint starts. Attesting again resets it to 0.
     pub(crate) revoked_retry_at: i64,
+    /// Maximum workload SVIDs signed by a tainted authority that one round replaces.
+    pub(crate) taint_batch_size: usize,
+    /// Whether the last round left SVIDs signed by a tainted authority to replace.
+    pub(crate) tainted_pending: bool,
 }
 
 impl Syncer {
@@ -148,6 +156,9 @@ impl Syncer {
             match self.after_sync(result, &mut retry, interval) {
                 Some(next) => delay = next,
                 None => return,
+            }
+            if self.tainted_pending {
+                delay = delay.min(TAINT_BATCH_DELAY);
             }
             // Runs even after a failed sync: attesting needs no valid agent SVID.
             if let Some(until_due) = self.reattest_if_due().await {
@@ -290,15 +301,30 @@ impl Syncer {
         self.update_bundle(&bundle);
         let federated = federated_bundles(&self.trust_domain, response.federated_bundles);
 
-        let revoked = Arc::new(Revoked::new(
-            response.revoked_x509_serials,
-            response.revoked_jtis,
-        ));
+        let revoked = Arc::new(
+            Revoked::new(response.revoked_x509_serials, response.revoked_jtis)
+                .with_tainted_jwt_keys(response.tainted_jwt_key_ids),
+        );
+        let tainted = TaintedAuthorities::new(response.tainted_x509_authority_ids);
 
         let previous = self.cache.current();
         let retry_revoked = now >= self.revoked_retry_at;
-        let mut plan =
-            svid_manager::plan(&previous, response.entries, now, &revoked, retry_revoked);
+        let inputs = svid_manager::PlanInputs {
+            now,
+            revoked: &revoked,
+            retry_revoked,
+            tainted: &tainted,
+            taint_batch_size: self.taint_batch_size,
+        };
+        let mut plan = svid_manager::plan(&previous, response.entries, inputs);
+        self.tainted_pending = plan.tainted_pending > 0;
+        if plan.tainted_due > 0 {
+            tracing::info!(
+                replacing = plan.tainted_due,
+                remaining = plan.tainted_pending,
+                "replacing X.509-SVIDs signed by a tainted authority"
+            );
+        }
         if retry_revoked && plan.entries.iter().any(|cached| cached.svid_revoked) {
             let interval = i64::try_from(self.revoked_retry_interval.as_secs()).unwrap_or(i64::MAX);
             self.revoked_retry_at = now.saturating_add(interval);
@@ -338,9 +364,11 @@ impl Syncer {
         if self.reattestation.is_some() {
             // The server caps an evidence agent's renewed SVID at its current expiry, so such
             // an agent attests again with fresh evidence instead (see `reattest_if_due`).
+            // Limit: an evidence agent does not attest again early when a tainted authority
+            // signed its own SVID, so revoking that authority cuts it off until it does.
             return Ok(());
         }
-        self.renew_agent_if_due(now).await
+        self.renew_agent_if_due(now, &tainted).await
     }
 
     /// Builds the snapshot of one round from its entries, in the order workloads see.
@@ -421,12 +449,21 @@ impl Syncer {
         }
     }
 
-    /// Renews the agent SVID with a new key once past half its lifetime, then reconnects so
-    /// that the server authenticates the new certificate.
-    async fn renew_agent_if_due(&mut self, now: i64) -> Result<(), AgentError> {
+    /// Renews the agent SVID with a new key once past half its lifetime or when a tainted
+    /// authority signed it, then reconnects so that the server authenticates the new
+    /// certificate.
+    async fn renew_agent_if_due(
+        &mut self,
+        now: i64,
+        tainted: &TaintedAuthorities,
+    ) -> Result<(), AgentError> {
         let (not_before, not_after) = self.agent.validity()?;
-        if now < half_life(not_before, not_after) {
+        let signed_by_tainted = tainted.signed_chain(&self.agent.chain);
+        if now < half_life(not_before, not_after) && !signed_by_tainted {
             return Ok(());
+        }
+        if signed_by_tainted {
+            tracing::info!("renewing the agent SVID because a tainted authority signed it");
         }
         let key = state::generate_key()?;
         let request = RenewAgentRequest {

@@ -84,6 +84,7 @@ fn leaf_params(spiffe_id: &str, ttl: Duration) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.use_authority_key_identifier_extension = true;
     params.subject_alt_names = vec![SanType::URI(spiffe_id.try_into().expect("URI"))];
     let serial: [u8; 16] = rand::random();
     params.serial_number = Some(SerialNumber::from(serial.to_vec()));
@@ -453,6 +454,7 @@ impl Node for FakeService {
             federated_bundles: Vec::new(),
             revoked_x509_serials,
             revoked_jtis,
+            ..SyncResponse::default()
         }))
     }
 

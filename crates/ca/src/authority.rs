@@ -169,6 +169,12 @@ impl X509Authority {
         self.not_after
     }
 
+    /// Returns the CA's subject key identifier, which every leaf it signs carries as its
+    /// authority key identifier.
+    pub fn key_id(&self) -> &[u8] {
+        &self.key_id
+    }
+
     /// Returns the type of the CA key.
     pub fn key_type(&self) -> crate::KeyType {
         self.key.key_type()

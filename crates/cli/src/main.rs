@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, log, oidc_provider, policy,
-    revoke, run, svid, token, wimse,
+    agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, localauthority, log,
+    oidc_provider, policy, revoke, run, svid, token, wimse,
 };
 
 /// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
@@ -56,6 +56,10 @@ enum Command {
     /// Sign, apply, list and show versions of the signed appraisal policy document.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Rotate the X.509 authorities and JWT keys by hand: show, prepare, activate, taint and
+    /// revoke.
+    #[command(subcommand)]
+    Localauthority(localauthority::LocalAuthorityCommand),
     /// Call the SPIFFE Workload API as a workload would.
     #[command(subcommand)]
     Api(api::ApiCommand),
@@ -132,6 +136,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Log(command) => log::run(command).await,
         Command::Revoke(args) => revoke::run(args).await,
         Command::Policy(command) => policy::run(command).await,
+        Command::Localauthority(command) => localauthority::run(command).await,
         Command::Api(command) => api::run(command).await,
         Command::Svid(command) => svid::run(command).await,
         Command::Attest(command) => attest::run(command).await,

@@ -18,6 +18,8 @@ use crate::{ConfigError, read_file, values};
 
 const DEFAULT_SOCKET_PATH: &str = "/tmp/twid-agent/public/api.sock";
 const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5);
+/// Default maximum of SVIDs signed by a tainted authority that one sync round replaces.
+const DEFAULT_TAINT_BATCH_SIZE: usize = 100;
 
 /// Everything `twid agent run` needs, read from an agent configuration file.
 ///
@@ -57,6 +59,9 @@ pub struct AgentConfig {
     pub unix_attestor: UnixAttestorConfig,
     /// How often the agent fetches its entries from the server. Default 5s.
     pub sync_interval: Duration,
+    /// Maximum workload SVIDs signed by a tainted authority that one sync round replaces
+    /// (`experimental { taint_batch_size }`). Default 100.
+    pub taint_batch_size: usize,
     /// The `sds` block: resource names and bundle format of the Envoy SDS service.
     pub sds: SdsConfig,
     /// A `NodeAttestor` block of an evidence kind; `None` means join token attestation.
@@ -196,7 +201,7 @@ const AGENT: Schema = Schema {
 };
 
 const EXPERIMENTAL: Schema = Schema {
-    keys: &["sync_interval"],
+    keys: &["sync_interval", "taint_batch_size"],
     hints: &[
         ("named_pipe_name", ""),
         ("use_sync_authorized_entries", ""),
@@ -331,6 +336,7 @@ impl AgentConfig {
             telemetry: common::telemetry(&root)?,
             unix_attestor,
             sync_interval: sync_interval(&agent)?,
+            taint_batch_size: taint_batch_size(&agent)?,
             sds: sds(&agent)?,
             evidence_attestor,
         })
@@ -362,6 +368,7 @@ impl AgentConfig {
             telemetry: Telemetry::default(),
             unix_attestor: UnixAttestorConfig::default(),
             sync_interval: DEFAULT_SYNC_INTERVAL,
+            taint_batch_size: DEFAULT_TAINT_BATCH_SIZE,
             sds: SdsConfig::default(),
             evidence_attestor: None,
         }
@@ -420,6 +427,20 @@ fn sync_interval(agent: &Section<'_>) -> Result<Duration, ConfigError> {
     Ok(experimental
         .optional("sync_interval", values::positive_duration)?
         .unwrap_or(DEFAULT_SYNC_INTERVAL))
+}
+
+fn taint_batch_size(agent: &Section<'_>) -> Result<usize, ConfigError> {
+    let Some(experimental) = agent.section("experimental")? else {
+        return Ok(DEFAULT_TAINT_BATCH_SIZE);
+    };
+    let size = experimental.optional("taint_batch_size", |expr| {
+        values::integer(expr)
+            .ok()
+            .and_then(|value| usize::try_from(value).ok())
+            .filter(|size| *size > 0)
+            .ok_or_else(|| "expected a positive integer, such as 100".to_owned())
+    })?;
+    Ok(size.unwrap_or(DEFAULT_TAINT_BATCH_SIZE))
 }
 
 /// Reads the optional `sds` block. The three names must differ, because each selects a
@@ -555,6 +576,7 @@ impl fmt::Debug for AgentConfig {
             .field("telemetry", &self.telemetry)
             .field("unix_attestor", &self.unix_attestor)
             .field("sync_interval", &self.sync_interval)
+            .field("taint_batch_size", &self.taint_batch_size)
             .field("sds", &self.sds)
             .field("evidence_attestor", &self.evidence_attestor)
             .finish()

@@ -438,3 +438,26 @@ fn sds_block_rejects_bad_values() {
     let unknown = parse_error(&with_sds(r#"        svid_name = "x""#));
     assert!(unknown.contains("svid_name"), "{unknown}");
 }
+
+#[test]
+fn taint_batch_size_default_and_bounds() {
+    assert_eq!(parse(MINIMAL).taint_batch_size, 100);
+    let with_size = |value: &str| {
+        MINIMAL.replace(
+            "    insecure_bootstrap = true\n",
+            &format!(
+                "    insecure_bootstrap = true\n    experimental {{\n        \
+                 taint_batch_size = {value}\n    }}\n"
+            ),
+        )
+    };
+    assert_eq!(parse(&with_size("25")).taint_batch_size, 25);
+    for invalid in ["0", "-3", "\"many\""] {
+        let error = parse_error(&with_size(invalid));
+        assert!(error.contains("taint_batch_size"), "{invalid}: {error}");
+        assert!(
+            error.contains("expected a positive integer"),
+            "{invalid}: {error}"
+        );
+    }
+}

@@ -6,6 +6,7 @@ use twid_spiffe::SpiffeId;
 use twid_types::AttestedAgent;
 
 use crate::error::map_unique;
+use crate::notify::{ChangeKind, send_change};
 use crate::{
     Datastore, DatastoreError, bump_revision, from_json, get_bool, parse_spiffe_id, to_json,
 };
@@ -233,6 +234,7 @@ impl Datastore {
             return Err(agent_not_found(spiffe_id));
         }
         bump_revision(&mut tx).await?;
+        send_change(&mut tx, self.backend, ChangeKind::Agent).await?;
         tx.commit().await?;
         tracing::debug!(agent_id = %spiffe_id, "attested agent deleted");
         Ok(())
@@ -259,6 +261,7 @@ impl Datastore {
             return Err(agent_not_found(spiffe_id));
         }
         bump_revision(&mut tx).await?;
+        send_change(&mut tx, self.backend, ChangeKind::Agent).await?;
         tx.commit().await?;
         tracing::debug!(agent_id = %spiffe_id, banned, "agent banned flag set");
         Ok(())

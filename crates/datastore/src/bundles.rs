@@ -4,6 +4,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 use twid_spiffe::TrustDomain;
 
+use crate::notify::{ChangeKind, send_change};
 use crate::{Datastore, DatastoreError, bump_revision, parse_trust_domain, to_u64, unix_now};
 
 /// A stored trust bundle.
@@ -44,6 +45,7 @@ impl Datastore {
         .await?;
         let sequence = to_u64("bundles.sequence", row.try_get("sequence")?)?;
         bump_revision(&mut tx).await?;
+        send_change(&mut tx, self.backend, ChangeKind::Bundle).await?;
         tx.commit().await?;
         tracing::debug!(%trust_domain, sequence, "bundle stored");
         Ok(sequence)

@@ -9,6 +9,7 @@ use twid_spiffe::{SpiffeId, TrustDomain};
 use twid_types::{NewEntry, RegistrationEntry, Selector};
 
 use crate::error::map_unique;
+use crate::notify::{ChangeKind, send_change};
 use crate::{
     Datastore, DatastoreError, bump_revision, from_json, get_bool, parse_spiffe_id, sha256_hex,
     to_json, to_u64,
@@ -80,6 +81,7 @@ impl Datastore {
         }
         if created > 0 {
             bump_revision(&mut tx).await?;
+            send_change(&mut tx, self.backend, ChangeKind::Entry).await?;
         }
         tx.commit().await?;
         tracing::debug!(
@@ -205,6 +207,7 @@ impl Datastore {
         let revision_number: i64 = row.try_get("revision_number")?;
 
         bump_revision(&mut tx).await?;
+        send_change(&mut tx, self.backend, ChangeKind::Entry).await?;
         tx.commit().await?;
         tracing::debug!(entry_id = id, revision_number, "entry updated");
         Ok(RegistrationEntry::from_new(
@@ -234,6 +237,7 @@ impl Datastore {
         };
         let entry = entry_from_row(&row)?;
         bump_revision(&mut tx).await?;
+        send_change(&mut tx, self.backend, ChangeKind::Entry).await?;
         tx.commit().await?;
         tracing::debug!(entry_id = id, "entry deleted");
         Ok(entry)
@@ -266,6 +270,7 @@ impl Datastore {
         .rows_affected();
         if deleted > 0 {
             bump_revision(&mut tx).await?;
+            send_change(&mut tx, self.backend, ChangeKind::Entry).await?;
         }
         tx.commit().await?;
         if deleted > 0 {

@@ -5,6 +5,8 @@
 //! placeholders and only basic column types: times are BIGINT unix seconds and lists are JSON
 //! text. Every entry, agent and bundle write also increments the single-row `changes` counter in
 //! the same transaction, so [`Datastore::current_revision`] changes whenever such data does.
+//! On PostgreSQL, the writes that agents depend on also send a change notification, which
+//! other servers on the same database receive through [`Datastore::listen_for_changes`].
 //! The datastore stores what the server decided and enforces no policy beyond uniqueness.
 
 #![forbid(unsafe_code)]
@@ -17,6 +19,7 @@ mod error;
 mod issuance_log;
 mod join_tokens;
 mod migrate;
+mod notify;
 mod policy;
 mod revocation;
 mod sqlite;
@@ -37,6 +40,7 @@ pub use issuance_log::{
     IssuanceLogWriter, WriteOutcome,
 };
 pub use join_tokens::JoinToken;
+pub use notify::{CHANGES_CHANNEL, ChangeEvent, ChangeKind, ChangeListener};
 pub use policy::PolicyVersion;
 pub use revocation::{IssuedCredential, NewRevocation, RevocationRule, RevokedCredential};
 
@@ -68,6 +72,8 @@ pub struct Datastore {
     backend: DatabaseType,
     /// The SQLite file, which the issuance log writer opens a connection of its own to.
     sqlite_path: Option<std::sync::Arc<Path>>,
+    /// The PostgreSQL URL, which change listeners connect to on a connection of their own.
+    postgres_url: Option<notify::PostgresUrl>,
 }
 
 /// Pool size for PostgreSQL. SQLite uses one connection because it allows one writer at a
@@ -134,7 +140,9 @@ impl Datastore {
             .max_connections(POSTGRES_POOL_SIZE)
             .connect(url)
             .await?;
-        Self::finish_open(pool, DatabaseType::Postgres).await
+        let mut store = Self::finish_open(pool, DatabaseType::Postgres).await?;
+        store.postgres_url = Some(notify::PostgresUrl(url.into()));
+        Ok(store)
     }
 
     async fn finish_open(pool: AnyPool, backend: DatabaseType) -> Result<Self, DatastoreError> {
@@ -144,6 +152,7 @@ impl Datastore {
             pool,
             backend,
             sqlite_path: None,
+            postgres_url: None,
         })
     }
 

@@ -10,6 +10,7 @@ use sqlx::Row;
 use sqlx::any::AnyRow;
 
 use crate::error::map_unique;
+use crate::notify::{ChangeKind, send_change};
 use crate::{Datastore, DatastoreError, to_u64};
 
 /// One stored version of the policy document.
@@ -124,6 +125,7 @@ impl Datastore {
         .execute(&mut *tx)
         .await
         .map_err(|error| map_unique(error, || format!("policy version {}", new.version)))?;
+        send_change(&mut tx, self.backend, ChangeKind::Policy).await?;
         tx.commit().await.map_err(DatastoreError::from)?;
         tracing::debug!(version = new.version, "policy version stored");
         Ok(())

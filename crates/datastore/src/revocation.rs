@@ -6,6 +6,7 @@
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
+use crate::notify::{ChangeKind, send_change};
 use crate::{DatabaseType, Datastore, DatastoreError, bump_revision};
 
 /// Bind parameters per inserted revoked credential.
@@ -125,6 +126,7 @@ impl Datastore {
         .await?;
         let id: i64 = row.try_get("id")?;
         bump_revision(&mut tx).await?;
+        send_change(&mut tx, self.backend, ChangeKind::Revocation).await?;
         tx.commit().await?;
         tracing::debug!(revocation_id = id, kind = %rule.kind, "revocation rule stored");
         Ok(RevocationRule {
@@ -156,6 +158,7 @@ impl Datastore {
             }
         }
         bump_revision(&mut tx).await?;
+        send_change(&mut tx, self.backend, ChangeKind::Revocation).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -458,6 +458,56 @@ impl Admin for AdminService {
             .await
             .map(Response::new)
     }
+
+    async fn list_local_authorities(
+        &self,
+        request: Request<twid_proto::admin::ListLocalAuthoritiesRequest>,
+    ) -> Result<Response<twid_proto::admin::ListLocalAuthoritiesResponse>, Status> {
+        crate::localauthority::list(&self.shared, request.get_ref()).map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn prepare_local_authority(
+        &self,
+        request: Request<twid_proto::admin::PrepareLocalAuthorityRequest>,
+    ) -> Result<Response<twid_proto::admin::LocalAuthorityResponse>, Status> {
+        crate::localauthority::prepare_request(&self.shared, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn activate_local_authority(
+        &self,
+        request: Request<twid_proto::admin::LocalAuthorityRequest>,
+    ) -> Result<Response<twid_proto::admin::LocalAuthorityResponse>, Status> {
+        use crate::localauthority::{Step, step_request};
+        step_request(&self.shared, Step::Activate, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn taint_local_authority(
+        &self,
+        request: Request<twid_proto::admin::LocalAuthorityRequest>,
+    ) -> Result<Response<twid_proto::admin::LocalAuthorityResponse>, Status> {
+        use crate::localauthority::{Step, step_request};
+        step_request(&self.shared, Step::Taint, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn revoke_local_authority(
+        &self,
+        request: Request<twid_proto::admin::LocalAuthorityRequest>,
+    ) -> Result<Response<twid_proto::admin::LocalAuthorityResponse>, Status> {
+        use crate::localauthority::{Step, step_request};
+        step_request(&self.shared, Step::Revoke, request.get_ref())
+            .await
+            .map(Response::new)
+    }
 }
 
 /// Maps issuance log failures to statuses; an invalid serial is the caller's mistake, every

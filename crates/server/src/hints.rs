@@ -5,6 +5,11 @@
 //! in response, which returns the current state. A watch channel keeps only the latest value, so
 //! an agent that falls behind receives one hint for several changes and never a queue.
 //!
+//! On PostgreSQL several servers may share the database, so each server also turns the
+//! datastore's change notifications into hints ([`follow_datastore_changes`]). A change that
+//! this server already sends a hint for then sends two, its own and the notification's, which
+//! costs each watching agent at most one extra sync.
+//!
 //! Limit: every change wakes every connected agent, and each then syncs in full. Hints that name
 //! the affected agents, and syncs that carry only what changed, are needed for large fleets.
 
@@ -12,6 +17,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use twid_datastore::{ChangeEvent, ChangeKind, ChangeListener};
 use twid_spiffe::SpiffeId;
 
 /// Maximum number of Watch streams one agent may have open at a time, over all its connections.
@@ -88,6 +95,47 @@ impl Hints {
     pub(crate) fn subscribe(&self) -> watch::Receiver<Change> {
         self.sender.subscribe()
     }
+
+    /// Wakes every watcher for a change that the datastore reported, made through this server
+    /// or another one. A revocation, an unknown change and a resync also make the signed
+    /// revocation list stale, because each may have stored revoked credentials.
+    ///
+    /// Limit: a bundle stored by another server wakes the agents, but `Sync` returns this
+    /// server's own bundle (`Shared::bundle`), which changes only when this server publishes.
+    pub(crate) fn notify_datastore_change(&self, event: ChangeEvent) {
+        let reason = match event {
+            ChangeEvent::Changed(kind) => kind.as_str(),
+            ChangeEvent::Unknown => "change",
+            ChangeEvent::Resync => "resync",
+        };
+        if !matches!(
+            event,
+            ChangeEvent::Changed(
+                ChangeKind::Entry | ChangeKind::Agent | ChangeKind::Bundle | ChangeKind::Policy
+            )
+        ) {
+            self.revocation_list.invalidate();
+        }
+        self.notify(reason);
+    }
+}
+
+/// Turns every change notification of the datastore into a hint until `shutdown`. The
+/// listener reconnects by itself after a lost connection and then reports a resync.
+pub(crate) async fn follow_datastore_changes(
+    shared: Arc<crate::Shared>,
+    mut listener: ChangeListener,
+    shutdown: CancellationToken,
+) {
+    tracing::info!("following the datastore's change notifications");
+    loop {
+        let event = tokio::select! {
+            () = shutdown.cancelled() => return,
+            event = listener.recv() => event,
+        };
+        tracing::debug!(?event, "datastore change notification");
+        shared.hints.notify_datastore_change(event);
+    }
 }
 
 /// One open Watch stream of an agent, released on drop.
@@ -123,6 +171,38 @@ mod tests {
         assert_eq!(change.revision, 2);
         assert_eq!(change.reason, "revocation");
         assert!(!receiver.has_changed().unwrap());
+    }
+
+    #[tokio::test]
+    async fn datastore_changes_wake_watchers() {
+        let hints = Hints::new();
+        let mut receiver = hints.subscribe();
+        let cases = [
+            (ChangeEvent::Changed(ChangeKind::Entry), "entry", false),
+            (ChangeEvent::Changed(ChangeKind::Agent), "agent", false),
+            (ChangeEvent::Changed(ChangeKind::Bundle), "bundle", false),
+            (ChangeEvent::Changed(ChangeKind::Policy), "policy", false),
+            (
+                ChangeEvent::Changed(ChangeKind::Revocation),
+                "revocation",
+                true,
+            ),
+            (ChangeEvent::Unknown, "change", true),
+            (ChangeEvent::Resync, "resync", true),
+        ];
+        for (revision, (event, reason, invalidates)) in (1..).zip(cases) {
+            let generation = hints.revocation_list.generation();
+            hints.notify_datastore_change(event);
+            assert!(receiver.has_changed().unwrap(), "{event:?} woke no watcher");
+            let change = *receiver.borrow_and_update();
+            assert_eq!(change.revision, revision, "{event:?}");
+            assert_eq!(change.reason, reason, "{event:?}");
+            assert_eq!(
+                hints.revocation_list.generation() != generation,
+                invalidates,
+                "{event:?} revocation list invalidation"
+            );
+        }
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod evidence;
 mod hints;
 mod identity;
 mod issuers;
+mod localauthority;
 mod node_api;
 mod node_evidence;
 mod policy;
@@ -111,6 +112,9 @@ impl Server {
         let policies = policy::PolicyStore::load(&config)?;
         ca::create_private_dir(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
+        // Listening starts before anything is served, so no change made after start-up is
+        // missed.
+        let change_listener = datastore.listen_for_changes().await?;
         let issuance_log = provenance::open(&config.data_dir, &datastore)?;
         let ca = CaManager::load_or_create(ca_settings(&config), datastore.clone(), now).await?;
         let issuers = Arc::new(load_issuers(&config, &datastore, now).await?);
@@ -140,6 +144,11 @@ impl Server {
         let node_api_address = node_api::serve(&shared, &shutdown, &mut tasks).await?;
         let admin_socket = admin_api::serve(&shared, &shutdown, &mut tasks).await?;
         tasks::spawn_background(&shared, &shutdown, &mut tasks);
+        if let Some(listener) = change_listener {
+            let follow =
+                hints::follow_datastore_changes(Arc::clone(&shared), listener, shutdown.clone());
+            tasks.spawn(follow.instrument(tracing::info_span!("change_listener")));
+        }
         twid_telemetry_listeners(&shared, &shutdown, &mut tasks).await?;
         let oidc_keys = OidcKeys::new(issuers);
         let oidc = start_oidc_discovery(&shared, &oidc_keys, &health).await?;

@@ -503,12 +503,15 @@ impl Node for NodeService {
             revoked = revoked_x509_serials.len() + revoked_jtis.len(),
             "sync"
         );
+        let authorities = self.shared.ca.snapshot();
         Ok(Response::new(SyncResponse {
             entries: entries.iter().map(entry_to_pb).collect(),
             bundle: Some((*self.shared.bundle.load_full()).clone()),
             federated_bundles: Vec::new(),
             revoked_x509_serials,
             revoked_jtis,
+            tainted_x509_authority_ids: authorities.tainted_x509_ids(),
+            tainted_jwt_key_ids: authorities.tainted_jwt_ids(),
         }))
     }
 

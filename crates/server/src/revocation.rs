@@ -653,11 +653,10 @@ struct CachedList {
 /// revocation ([`ListCache::invalidate`]), once a listed credential expires, or a minute before
 /// the list's `exp`. Concurrent requests for a stale list share one rebuild.
 ///
-/// Limit: only revocations stored through this server invalidate the cache. Another server
-/// that shares the database serves a new revocation once its own cached list goes stale,
-/// within `SIGNED_LIST_TTL` minus one minute.
+/// On PostgreSQL, revocations stored through another server that shares the database
+/// invalidate the cache too, through the change notifications that `hints.rs` follows.
 pub(crate) struct ListCache {
-    /// Grows with every revocation stored.
+    /// Grows with every invalidation.
     generation: AtomicU64,
     current: std::sync::Mutex<Option<Arc<CachedList>>>,
     /// Held by the one request that rebuilds the list. It stores the failure of the last
@@ -683,6 +682,12 @@ impl ListCache {
     /// Marks the cached list stale; call after storing revoked credentials.
     pub(crate) fn invalidate(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Returns the number of invalidations so far.
+    #[cfg(test)]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// Returns the number of rebuilds finished, successful or not.

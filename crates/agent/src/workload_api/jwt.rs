@@ -128,7 +128,8 @@ impl JwtSvids {
     }
 
     /// Returns a cached token still before half its lifetime, or has a new one signed. A
-    /// cached token whose `jti` is in `revoked` is removed and never returned.
+    /// cached token that `revoked` matches (a revoked `jti` or a tainted key's `kid`) is
+    /// removed and never returned.
     async fn token(
         &self,
         entry: &twid_proto::types::Entry,
@@ -141,7 +142,7 @@ impl JwtSvids {
             let mut tokens = self.lock();
             if let Some(cached) = tokens.get(&key) {
                 if revoked.contains_token(&cached.token) {
-                    tracing::debug!(entry_id = %entry.id, "dropping a revoked cached JWT-SVID");
+                    tracing::debug!(entry_id = %entry.id, "dropping a revoked or tainted cached JWT-SVID");
                     tokens.remove(&key);
                 } else if now < half_life(cached.issued_at, cached.expires_at) {
                     return Ok(cached.token.clone());

@@ -10,6 +10,7 @@ pub(crate) mod dev;
 pub(crate) mod entry;
 pub(crate) mod healthcheck;
 pub(crate) mod helper;
+pub(crate) mod localauthority;
 pub(crate) mod log;
 pub(crate) mod oidc_provider;
 pub(crate) mod policy;

@@ -53,14 +53,14 @@ fn psql_ok(database: &str, sql: &str) -> String {
 
 /// A database created for this test and dropped with `DROP DATABASE ... WITH (FORCE)` when the
 /// guard is dropped, even after a failed assertion.
-struct TestDatabase {
+pub(crate) struct TestDatabase {
     name: String,
 }
 
 impl TestDatabase {
     /// Creates a fresh database, or returns `None` with a skip line when the connection to
     /// PostgreSQL fails.
-    fn create() -> Option<Self> {
+    pub(crate) fn create() -> Option<Self> {
         if let Err(error) = psql("postgres", "SELECT 1") {
             println!("postgres not available, skipping: {error}");
             return None;
@@ -74,7 +74,7 @@ impl TestDatabase {
         Some(Self { name })
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
     }
 }
