@@ -221,7 +221,10 @@ impl Agent {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut tasks = Vec::with_capacity(3);
         let mut retry = RetryState::new();
-        if let Some(delay) = syncer.after_sync(first, &mut retry, settings.sync_interval) {
+        if let Some(delay) = syncer
+            .after_sync(first, &mut retry, settings.sync_interval)
+            .await
+        {
             let hints = Arc::new(Notify::new());
             let watch = watcher::run(
                 Arc::clone(&connection),
@@ -258,12 +261,13 @@ impl Agent {
             connection: Arc::clone(&connection),
         }))
         .with_shutdown(shutdown_rx.clone());
+        let server = connection.address();
         let relay = crate::workload_api::attestation::service(connection);
         tasks.push(tokio::spawn(serve(api, sds, relay, incoming, shutdown_rx)));
         tracing::info!(
             agent_id = %agent_id,
             socket = %settings.socket_path.display(),
-            server = %format!("{}:{}", settings.server_address, settings.server_port),
+            %server,
             "agent started; Workload API listening"
         );
 

@@ -95,6 +95,23 @@ impl AgentError {
         }
     }
 
+    /// Returns whether a node API call failed at the connection level, so that another server
+    /// replica may serve it: Unavailable (refused, reset or closed connections) and
+    /// DeadlineExceeded (no response within the call limit).
+    ///
+    /// NOTE: a call in flight when the server's connection closes fails with Unknown
+    /// ("transport error"), which is not counted here. The retry on the same address then
+    /// fails with Unavailable and moves on, which costs one retry delay.
+    pub(crate) fn is_connection_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Rpc {
+                code: tonic::Code::Unavailable | tonic::Code::DeadlineExceeded,
+                ..
+            }
+        )
+    }
+
     /// Returns whether the server rejected the agent itself: it returns PermissionDenied for
     /// an evicted or banned agent or a superseded SVID, and Unauthenticated for a missing or
     /// invalid client certificate.

@@ -35,8 +35,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(300);
 /// The attestation method of an evidence-attested agent and the schedule of its attempts.
 pub(crate) struct Reattestation {
     method: AttestationMethod,
-    host: String,
-    port: u16,
     backoff: Backoff,
     failures: u32,
     /// Unix seconds before which no new attempt starts; 0 when the last attempt succeeded.
@@ -56,12 +54,10 @@ impl std::fmt::Debug for Reattestation {
 }
 
 impl Reattestation {
-    /// Prepares re-attestation with `method` to the server at `host:port`.
-    pub(crate) fn new(method: AttestationMethod, host: &str, port: u16) -> Self {
+    /// Prepares re-attestation with `method` to the server that the agent is connected to.
+    pub(crate) fn new(method: AttestationMethod) -> Self {
         Self {
             method,
-            host: host.to_owned(),
-            port,
             backoff: Backoff::with_bounds(BACKOFF_START, BACKOFF_MAX),
             failures: 0,
             retry_at: 0,
@@ -189,14 +185,20 @@ impl Syncer {
             ));
         };
         let method = schedule.method.clone();
-        let host = schedule.host.clone();
-        let port = schedule.port;
+        let address = self.connection.address();
         let previous_id = self.agent.check()?;
 
         // The server is authenticated with the current bundle.
         let server = Authorizer::Exact(twid_types::server_id(&self.trust_domain));
         let tls = twid_tls::client_config(self.holder_identity()?, self.trust.clone(), server)?;
-        let attested = attest_over(&host, port, tls, &self.trust_domain, &method).await?;
+        let attested = attest_over(
+            &address.host,
+            address.port,
+            tls,
+            &self.trust_domain,
+            &method,
+        )
+        .await?;
 
         let spiffe_id = attested.check()?;
         self.update_bundle(&Bundle {
@@ -295,14 +297,10 @@ mod tests {
 
     fn schedule() -> Reattestation {
         let collector: Arc<dyn Collector> = Arc::new(UnavailableCollector);
-        Reattestation::new(
-            AttestationMethod::Evidence {
-                attestor: "nitro".to_owned(),
-                collector,
-            },
-            "127.0.0.1",
-            8081,
-        )
+        Reattestation::new(AttestationMethod::Evidence {
+            attestor: "nitro".to_owned(),
+            collector,
+        })
     }
 
     #[test]

@@ -45,8 +45,8 @@ pub(crate) struct HealthListener {
 #[derive(Clone)]
 pub(crate) struct AgentSettings {
     pub(crate) trust_domain: TrustDomain,
-    pub(crate) server_address: String,
-    pub(crate) server_port: u16,
+    /// The server replicas' node API addresses, in the order the agent tries them.
+    pub(crate) server_addresses: Vec<twid_config::ServerAddress>,
     pub(crate) socket_path: PathBuf,
     pub(crate) data_dir: PathBuf,
     pub(crate) trust_bundle: Option<(PathBuf, BundleFormat)>,
@@ -76,8 +76,7 @@ impl std::fmt::Debug for AgentSettings {
         // The join token is a credential until the server consumes it, so it is never shown.
         f.debug_struct("AgentSettings")
             .field("trust_domain", &self.trust_domain)
-            .field("server_address", &self.server_address)
-            .field("server_port", &self.server_port)
+            .field("server_addresses", &self.server_addresses)
             .field("socket_path", &self.socket_path)
             .field("data_dir", &self.data_dir)
             .field("trust_bundle", &self.trust_bundle)
@@ -126,8 +125,7 @@ impl AgentSettings {
         let evidence = evidence_settings(config.evidence_attestor.as_ref(), options)?;
         let settings = Self {
             trust_domain: config.trust_domain,
-            server_address: config.server_address,
-            server_port: config.server_port,
+            server_addresses: config.server_addresses,
             socket_path: config.socket_path,
             data_dir: config.data_dir,
             trust_bundle,
@@ -151,16 +149,25 @@ impl AgentSettings {
 
     /// Rejects values the agent cannot run with.
     pub(crate) fn validate(&self) -> Result<(), AgentError> {
-        if self.server_address.is_empty() {
+        if self.server_addresses.is_empty() {
             return Err(AgentError::Config(
-                "server_address is empty: set it to the server's host name or IP address"
+                "no server address: set server_address to the server's host name or IP address"
                     .to_owned(),
             ));
         }
-        if self.server_port == 0 {
-            return Err(AgentError::Config(
-                "server_port is 0: set it to the port of the server's node API".to_owned(),
-            ));
+        for address in &self.server_addresses {
+            if address.host.is_empty() {
+                return Err(AgentError::Config(format!(
+                    "server address {address} has an empty host: set it to the server's host \
+                     name or IP address"
+                )));
+            }
+            if address.port == 0 {
+                return Err(AgentError::Config(format!(
+                    "server address {address} has port 0: set it to the port of the server's \
+                     node API"
+                )));
+            }
         }
         if self.socket_path.as_os_str().is_empty() {
             return Err(AgentError::Config("socket_path is empty".to_owned()));
@@ -235,8 +242,10 @@ pub(crate) mod tests {
     pub(crate) fn test_settings(dir: &std::path::Path, port: u16) -> AgentSettings {
         AgentSettings {
             trust_domain: TrustDomain::new("example.org").expect("trust domain"),
-            server_address: "127.0.0.1".to_owned(),
-            server_port: port,
+            server_addresses: vec![twid_config::ServerAddress {
+                host: "127.0.0.1".to_owned(),
+                port,
+            }],
             socket_path: dir.join("agent.sock"),
             data_dir: dir.join("data"),
             trust_bundle: None,
@@ -274,7 +283,7 @@ pub(crate) mod tests {
         let dir = std::path::Path::new("/tmp");
         let mut settings = test_settings(dir, 0);
         assert!(settings.validate().is_err());
-        settings.server_port = 8081;
+        settings.server_addresses[0].port = 8081;
         assert!(settings.validate().is_ok());
         settings.sync_interval = Duration::ZERO;
         assert!(settings.validate().is_err());

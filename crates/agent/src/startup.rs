@@ -41,7 +41,7 @@ pub(crate) async fn establish(
     health: &twid_telemetry::Health,
 ) -> Result<(Syncer, Result<(), AgentError>), AgentError> {
     let (agent, origin) = load_or_attest(settings).await?;
-    let mut syncer = new_syncer(settings, agent, cache, health)?;
+    let mut syncer = new_syncer(settings, agent, cache, health).await?;
     let first = syncer.sync_once().await;
     let rejection = match first {
         Err(error) if error.is_agent_rejected() => error,
@@ -64,7 +64,7 @@ pub(crate) async fn establish(
     );
     let stored_bundle = std::mem::take(&mut syncer.agent.bundle);
     let agent = attest_with(settings, Some(stored_bundle), &method).await?;
-    let mut syncer = new_syncer(settings, agent, cache, health)?;
+    let mut syncer = new_syncer(settings, agent, cache, health).await?;
     let first = syncer.sync_once().await;
     match first {
         Err(error) if error.is_agent_rejected() => Err(error),
@@ -159,19 +159,51 @@ async fn attest_with(
     stored_bundle: Option<Vec<Vec<u8>>>,
     method: &AttestationMethod,
 ) -> Result<AgentState, AgentError> {
-    // Limit: the attestation is tried once. An unreachable server makes the start fail, and
-    // the process supervisor is expected to restart the agent.
+    // Limit: each server address is tried once. When every address fails, the start fails,
+    // and the process supervisor is expected to restart the agent.
     let tls = bootstrap_tls(settings, stored_bundle)?;
-    let agent = attest_over(
-        &settings.server_address,
-        settings.server_port,
-        tls,
-        &settings.trust_domain,
-        method,
-    )
-    .await?;
-    state::save(&settings.data_dir, &agent)?;
-    Ok(agent)
+    let addresses = node::resolve_all(&settings.server_addresses).await;
+    let mut attempts = addresses.iter().peekable();
+    while let Some(address) = attempts.next() {
+        let attested = attest_over(
+            &address.host,
+            address.port,
+            Arc::clone(&tls),
+            &settings.trust_domain,
+            method,
+        )
+        .await;
+        let agent = match attested {
+            Ok(agent) => agent,
+            Err(error) if is_unreachable(&error) && attempts.peek().is_some() => {
+                tracing::warn!(
+                    server = %address,
+                    %error,
+                    "attestation with the server failed; trying the next server address"
+                );
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        state::save(&settings.data_dir, &agent)?;
+        return Ok(agent);
+    }
+    Err(AgentError::Config(
+        "no server address to attest to: set server_address or experimental { server_addresses }"
+            .to_owned(),
+    ))
+}
+
+/// Returns whether an attestation failed because the server could not be reached, so that
+/// another server address may succeed.
+fn is_unreachable(error: &AgentError) -> bool {
+    matches!(
+        error,
+        AgentError::Attestation {
+            code: tonic::Code::Unavailable | tonic::Code::DeadlineExceeded,
+            ..
+        }
+    ) || error.is_connection_failure()
 }
 
 /// Attests with `method` to the server at `host:port` over a new connection with `tls` and a
@@ -245,7 +277,7 @@ fn bootstrap_tls(
 }
 
 /// Builds the mutual TLS connection and the syncer for `agent`.
-fn new_syncer(
+async fn new_syncer(
     settings: &AgentSettings,
     agent: AgentState,
     cache: &Cache,
@@ -255,7 +287,7 @@ fn new_syncer(
     let trust = bootstrap::trust_source(&settings.trust_domain, &agent.bundle)?;
     let server = Authorizer::Exact(twid_types::server_id(&settings.trust_domain));
     let tls = twid_tls::client_config(Some(svid_source.clone()), trust.clone(), server)?;
-    let connection = ServerConnection::new(&settings.server_address, settings.server_port, tls)?;
+    let connection = ServerConnection::new(&settings.server_addresses, tls).await?;
     Ok(Syncer {
         connection: Arc::new(connection),
         cache: cache.clone(),
@@ -271,6 +303,7 @@ fn new_syncer(
         revoked_retry_at: 0,
         taint_batch_size: settings.taint_batch_size,
         tainted_pending: false,
+        round_generation: 0,
     })
 }
 
@@ -278,11 +311,7 @@ fn new_syncer(
 /// join token agent, which renews its SVID instead.
 fn reattestation(settings: &AgentSettings) -> Option<Reattestation> {
     match attestation_method(settings)? {
-        method @ AttestationMethod::Evidence { .. } => Some(Reattestation::new(
-            method,
-            &settings.server_address,
-            settings.server_port,
-        )),
+        method @ AttestationMethod::Evidence { .. } => Some(Reattestation::new(method)),
         AttestationMethod::JoinToken(_) => None,
     }
 }

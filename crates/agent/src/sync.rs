@@ -9,11 +9,13 @@
 //! after it. A server without Watch leaves the agent on its interval.
 //!
 //! While the server is unreachable the cache keeps its last snapshot, so workloads keep their
-//! SVIDs. Limit: an SVID that expires during the outage stays in the snapshot until the next
+//! SVIDs. A round that fails at the connection level moves the agent to the next server
+//! address (see [`ServerConnection::fail_over`]) and retries there after a short delay.
+//! Limit: an SVID that expires during the outage stays in the snapshot until the next
 //! successful sync drops or replaces it.
 //!
-//! The loop retries with exponential backoff from 1 s doubling up to 30 s. Each delay is
-//! shortened by up to 20% at random, so agents restarted together do not retry in step. Every
+//! Other failures are retried with exponential backoff from 1 s doubling up to 30 s. Each delay
+//! is shortened by up to 20% at random, so agents restarted together do not retry in step. Every
 //! failed attempt is logged once, at warn, with the error and the delay. If the server rejects
 //! the agent (PermissionDenied or Unauthenticated, which it returns for an evicted or banned
 //! agent), readiness turns false and the agent keeps serving its cached SVIDs. A join token
@@ -127,6 +129,9 @@ pub(crate) struct Syncer {
     pub(crate) taint_batch_size: usize,
     /// Whether the last round left SVIDs signed by a tainted authority to replace.
     pub(crate) tainted_pending: bool,
+    /// The connection generation that the last round used, for
+    /// [`ServerConnection::fail_over`].
+    pub(crate) round_generation: u64,
 }
 
 impl Syncer {
@@ -153,7 +158,7 @@ impl Syncer {
                 .sync_once()
                 .instrument(tracing::debug_span!("agent_sync"))
                 .await;
-            match self.after_sync(result, &mut retry, interval) {
+            match self.after_sync(result, &mut retry, interval).await {
                 Some(next) => delay = next,
                 None => return,
             }
@@ -168,15 +173,31 @@ impl Syncer {
     }
 
     /// Logs the outcome of a round and returns the delay before the next one, or `None` when
-    /// the server rejected the agent and syncing must stop.
-    pub(crate) fn after_sync(
+    /// the server rejected the agent and syncing must stop. A connection-level failure moves
+    /// the connection to the next server address, and the next round follows after the short
+    /// failover delay instead of the retry backoff.
+    pub(crate) async fn after_sync(
         &mut self,
         result: Result<(), AgentError>,
         retry: &mut RetryState,
         interval: Duration,
     ) -> Option<Duration> {
         let delay = match result {
+            Err(error) if error.is_connection_failure() => {
+                retry.failures += 1;
+                let delay = self.connection.fail_over(self.round_generation).await;
+                metrics::counter!(twid_telemetry::names::AGENT_SYNC_FAILURES_TOTAL).increment(1);
+                tracing::warn!(
+                    %error,
+                    attempt = retry.failures,
+                    server = %self.connection.address(),
+                    retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                    "sync with the server failed; serving cached SVIDs"
+                );
+                delay
+            }
             Ok(()) => {
+                self.connection.record_success();
                 if retry.failures > 0 {
                     tracing::info!(
                         failed_attempts = retry.failures,
@@ -294,7 +315,8 @@ impl Syncer {
 
     /// Performs one sync round.
     pub(crate) async fn sync_once(&mut self) -> Result<(), AgentError> {
-        let mut client = self.connection.client();
+        let (mut client, generation) = self.connection.client_with_generation();
+        self.round_generation = generation;
         let response = node::call("Sync", client.sync(SyncRequest {})).await?;
         let now = unix_now();
         let bundle = response.bundle.unwrap_or_default();

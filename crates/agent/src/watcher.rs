@@ -3,8 +3,11 @@
 //! run a round at once instead of at its next interval.
 //!
 //! The watcher reopens a dropped stream with [`Backoff`] and moves to the new connection after
-//! [`ServerConnection::reconnect`]. A server without Watch (Unimplemented), or one that
-//! rejects the agent, leaves the agent on its sync interval until the next reconnect.
+//! [`ServerConnection::reconnect`]. A connection-level failure (Unavailable or
+//! DeadlineExceeded) moves the connection to the next server address with
+//! [`ServerConnection::fail_over`], and the stream is reopened there after the short failover
+//! delay. A server without Watch (Unimplemented), or one that rejects the agent, leaves the
+//! agent on its sync interval until the next reconnect.
 //!
 //! Limit: a stream on a connection that dies silently (no FIN or RST, such as a network
 //! partition) is noticed only once the connection fails. The interval sync continues meanwhile.
@@ -26,6 +29,9 @@ enum Ended {
     Reconnected,
     /// The stream failed or ended, so it is reopened after the next backoff delay.
     Dropped,
+    /// The connection of this generation failed, so the watcher moves to the next server
+    /// address and reopens the stream there.
+    ConnectionFailed(u64),
     /// The server cannot serve Watch to this agent, so the watcher waits for the next
     /// reconnect.
     Unusable,
@@ -58,6 +64,12 @@ pub(crate) async fn run(
             Ended::Shutdown => return,
             Ended::Reconnected => continue,
             Ended::Dropped => Some(backoff.step()),
+            Ended::ConnectionFailed(generation) => {
+                let delay = watcher.connection.fail_over(generation).await;
+                // The failover itself counts as a reconnect, which must not cut the delay short.
+                reconnects.mark_unchanged();
+                Some(delay)
+            }
             Ended::Unusable => None,
         };
         tokio::select! {
@@ -99,20 +111,21 @@ impl Watcher {
         backoff: &mut Backoff,
     ) -> Ended {
         reconnects.mark_unchanged();
-        let mut client = self.connection.client();
+        let (mut client, generation) = self.connection.client_with_generation();
         let opened = tokio::time::timeout(RPC_TIMEOUT, client.watch(WatchRequest {})).await;
         let mut stream = match opened {
             Ok(Ok(response)) => response.into_inner(),
-            Ok(Err(status)) => return self.open_failed(&status),
+            Ok(Err(status)) => return self.open_failed(&status, generation),
             Err(_) => {
                 let status = tonic::Status::deadline_exceeded(format!(
                     "no response within {}s",
                     RPC_TIMEOUT.as_secs()
                 ));
-                return self.open_failed(&status);
+                return self.open_failed(&status, generation);
             }
         };
         self.failures = 0;
+        self.connection.record_success();
         if self.opened_before {
             tracing::info!("Watch stream to the server reopened");
         } else {
@@ -141,6 +154,9 @@ impl Watcher {
                             message = %status.message(),
                             "the Watch stream to the server failed; reopening it"
                         );
+                        if is_connection_failure(status.code()) {
+                            return Ended::ConnectionFailed(generation);
+                        }
                         return Ended::Dropped;
                     }
                 },
@@ -151,7 +167,7 @@ impl Watcher {
         }
     }
 
-    fn open_failed(&mut self, status: &tonic::Status) -> Ended {
+    fn open_failed(&mut self, status: &tonic::Status, generation: u64) -> Ended {
         match status.code() {
             Code::Unimplemented => {
                 if !self.unimplemented_logged {
@@ -188,8 +204,17 @@ impl Watcher {
                         "opening the Watch stream to the server failed again"
                     );
                 }
+                if is_connection_failure(code) {
+                    return Ended::ConnectionFailed(generation);
+                }
                 Ended::Dropped
             }
         }
     }
+}
+
+/// Returns whether `code` reports a connection-level failure, as
+/// [`crate::AgentError::is_connection_failure`] does for calls.
+fn is_connection_failure(code: Code) -> bool {
+    matches!(code, Code::Unavailable | Code::DeadlineExceeded)
 }

@@ -2,8 +2,8 @@
 //! starting `twid entry create` against replica A to the `twid api watch x509` client of an
 //! agent attached to replica B printing an update with the new entry's SVID.
 //!
-//! Two `twid server run` processes share a fresh PostgreSQL database and a CA key directory
-//! (see `tests/e2e/replicas.rs`). One agent attests to B with a 10-minute sync interval, so
+//! Two `twid server run` processes share a fresh PostgreSQL database, each with its own CA
+//! key directory (see `tests/e2e/replicas.rs`). One agent attests to B with a 10-minute sync interval, so
 //! every new SVID reaches it through B's Watch hint, which B sends on A's PostgreSQL
 //! notification. A warm-up entry gives the client its first SVID, and each trial creates one
 //! more entry that selects this process's uid, so after trial `n` the client holds `n + 1`

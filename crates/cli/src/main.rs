@@ -16,8 +16,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use commands::{
-    agents, api, attest, aws, bundle, dev, entry, healthcheck, helper, localauthority, log,
-    oidc_provider, policy, revoke, run, svid, token, wimse,
+    agents, api, attest, aws, bundle, dev, entry, federation, healthcheck, helper, localauthority,
+    log, oidc_provider, policy, revoke, run, svid, token, wimse,
 };
 
 /// twid: SPIFFE workload identity with a CA server, a node agent and the SPIFFE Workload API.
@@ -44,9 +44,12 @@ enum Command {
     /// Generate join tokens for agent attestation.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Show the trust bundle.
+    /// Show the trust bundle, or set a foreign trust domain's bundle.
     #[command(subcommand)]
     Bundle(bundle::BundleCommand),
+    /// Manage federation relationships with foreign trust domains.
+    #[command(subcommand)]
+    Federation(federation::FederationCommand),
     /// Show and verify the issuance log of SVIDs issued and requests rejected.
     #[command(subcommand)]
     Log(log::LogCommand),
@@ -133,6 +136,7 @@ async fn run_command(command: Command) -> anyhow::Result<()> {
         Command::Entry(command) => entry::run(command).await,
         Command::Token(command) => token::run(command).await,
         Command::Bundle(command) => bundle::run(command).await,
+        Command::Federation(command) => federation::run(command).await,
         Command::Log(command) => log::run(command).await,
         Command::Revoke(args) => revoke::run(args).await,
         Command::Policy(command) => policy::run(command).await,

@@ -29,6 +29,13 @@ const SPIRE_FLAGS: &[(&str, &str)] = &[
     ("format", "format"),
     ("shallow", "shallow"),
     ("daemon-mode", "daemon-mode"),
+    ("id", "id"),
+    ("path", "path"),
+    ("trustDomain", "trust-domain"),
+    ("bundleEndpointURL", "bundle-endpoint-url"),
+    ("bundleEndpointProfile", "bundle-endpoint-profile"),
+    ("endpointSpiffeID", "endpoint-spiffe-id"),
+    ("trustDomainBundlePath", "trust-domain-bundle-path"),
 ];
 
 /// Rewrites every known SPIRE-style flag in `args` to its twid spelling; other arguments pass

@@ -31,10 +31,16 @@ pub struct AgentConfig {
     pub source: Option<PathBuf>,
     /// The trust domain of the server. Required.
     pub trust_domain: TrustDomain,
-    /// Host name or IP address of the server, an IPv6 literal in brackets. Required.
+    /// Host name or IP address of the server, an IPv6 literal in brackets. Required unless
+    /// `experimental { server_addresses }` is set, in which case this is the first address of
+    /// that list.
     pub server_address: String,
-    /// Port of the server's agent API. Default 8081.
+    /// Port of the server's agent API. Default 8081, or the port of the first address of
+    /// `experimental { server_addresses }`.
     pub server_port: u16,
+    /// The server replicas the agent connects to, in order: `server_address:server_port`, or
+    /// the list of `experimental { server_addresses }`. Never empty.
+    pub server_addresses: Vec<ServerAddress>,
     /// Unix socket of the Workload API. Default `/tmp/twid-agent/public/api.sock`.
     pub socket_path: PathBuf,
     /// Directory for agent state (its key, SVID and bundle). Required.
@@ -66,6 +72,47 @@ pub struct AgentConfig {
     pub sds: SdsConfig,
     /// A `NodeAttestor` block of an evidence kind; `None` means join token attestation.
     pub evidence_attestor: Option<EvidenceNodeAttestor>,
+}
+
+/// One server replica's node API address: a host name or IP address and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServerAddress {
+    /// Host name or IP address, an IPv6 literal in brackets.
+    pub host: String,
+    /// Port of the node API.
+    pub port: u16,
+}
+
+impl fmt::Display for ServerAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+impl FromStr for ServerAddress {
+    type Err = String;
+
+    /// Parses `host:port`, with an IPv6 literal in brackets (`[fd00::1]:8081`).
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.contains("://") {
+            return Err("expected host:port without a scheme, such as 10.0.0.5:8081".to_owned());
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err("expected host:port, such as 10.0.0.5:8081".to_owned());
+        };
+        if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+            return Err(
+                "an IPv6 address needs brackets around it, such as [fd00::1]:8081".to_owned(),
+            );
+        }
+        let host = check_host(host)?;
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("invalid port {port:?}: expected 1 to 65535"))?;
+        Ok(Self { host, port })
+    }
 }
 
 /// Settings of the Envoy SDS v3 service on the Workload API socket, with the key names and
@@ -201,7 +248,7 @@ const AGENT: Schema = Schema {
 };
 
 const EXPERIMENTAL: Schema = Schema {
-    keys: &["sync_interval", "taint_batch_size"],
+    keys: &["sync_interval", "taint_batch_size", "server_addresses"],
     hints: &[
         ("named_pipe_name", ""),
         ("use_sync_authorized_entries", ""),
@@ -291,7 +338,7 @@ impl AgentConfig {
         agent.check_keys(&AGENT)?;
 
         let trust_domain = common::trust_domain(&agent)?;
-        let server_address = agent.required("server_address", server_address)?;
+        let server_addresses = server_addresses(&agent)?;
         let data_dir = agent.required("data_dir", values::path)?;
         let (log_level, log_format) = common::logging(&agent)?;
         let trust_bundle_path = agent.optional("trust_bundle_path", values::path)?;
@@ -310,13 +357,13 @@ impl AgentConfig {
                     .to_owned(),
             ));
         }
+        let first = server_addresses[0].clone();
         Ok(Self {
             source: None,
             trust_domain,
-            server_address,
-            server_port: agent
-                .optional("server_port", values::port)?
-                .unwrap_or(DEFAULT_SERVER_PORT),
+            server_address: first.host,
+            server_port: first.port,
+            server_addresses,
             socket_path: agent
                 .optional("socket_path", values::path)?
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET_PATH)),
@@ -354,6 +401,10 @@ impl AgentConfig {
         Self {
             source: None,
             trust_domain,
+            server_addresses: vec![ServerAddress {
+                host: server_address.clone(),
+                port: server_port,
+            }],
             server_address,
             server_port,
             socket_path,
@@ -379,11 +430,19 @@ impl AgentConfig {
 /// the agent connects. An IPv6 literal is returned in brackets, so that
 /// `format!("{address}:{port}")` is a valid authority.
 fn server_address(expr: &hcl_edit::expr::Expression) -> Result<String, String> {
-    let address = values::non_empty_string(expr)?;
+    check_host(&values::non_empty_string(expr)?)
+}
+
+/// Checks a host name or IP address like [`server_address`] does and returns it with an IPv6
+/// literal in brackets.
+fn check_host(address: &str) -> Result<String, String> {
+    if address.is_empty() {
+        return Err("the host must not be empty".to_owned());
+    }
     let unbracketed = address
         .strip_prefix('[')
         .and_then(|inner| inner.strip_suffix(']'))
-        .unwrap_or(&address);
+        .unwrap_or(address);
     let is_ipv6 = unbracketed.parse::<Ipv6Addr>().is_ok();
     if address.contains("://") || (address.contains(':') && !is_ipv6) {
         return Err(
@@ -395,7 +454,62 @@ fn server_address(expr: &hcl_edit::expr::Expression) -> Result<String, String> {
     if is_ipv6 {
         return Ok(format!("[{unbracketed}]"));
     }
-    Ok(address)
+    Ok(address.to_owned())
+}
+
+/// Reads the server's addresses: `experimental { server_addresses }` when set, else
+/// `server_address` with `server_port`. Setting both is an error, because the agent would
+/// have to ignore one of them.
+fn server_addresses(agent: &Section<'_>) -> Result<Vec<ServerAddress>, ConfigError> {
+    let listed = match agent.section("experimental")? {
+        Some(experimental) => {
+            experimental.check_keys(&EXPERIMENTAL)?;
+            experimental.optional("server_addresses", server_address_list)?
+        }
+        None => None,
+    };
+    let Some(listed) = listed else {
+        let host = agent.required("server_address", server_address)?;
+        let port = agent
+            .optional("server_port", values::port)?
+            .unwrap_or(DEFAULT_SERVER_PORT);
+        return Ok(vec![ServerAddress { host, port }]);
+    };
+    for key in ["server_address", "server_port"] {
+        if agent.entry(key).is_some() {
+            return Err(agent.invalid_value(
+                key,
+                "experimental { server_addresses } is also set; list every server there as \
+                 host:port and remove this key"
+                    .to_owned(),
+            ));
+        }
+    }
+    Ok(listed)
+}
+
+/// Reads `["host:port", ...]`: at least one address, each unique.
+fn server_address_list(expr: &hcl_edit::expr::Expression) -> Result<Vec<ServerAddress>, String> {
+    let items = values::string_list(expr)?;
+    if items.is_empty() {
+        return Err(
+            "expected at least one address, such as [\"10.0.0.5:8081\", \"10.0.0.6:8081\"]"
+                .to_owned(),
+        );
+    }
+    let mut addresses: Vec<ServerAddress> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let address = item
+            .parse::<ServerAddress>()
+            .map_err(|reason| format!("item {index} ({item:?}): {reason}"))?;
+        if addresses.contains(&address) {
+            return Err(format!(
+                "item {index} ({item:?}) is listed twice; remove one"
+            ));
+        }
+        addresses.push(address);
+    }
+    Ok(addresses)
 }
 
 /// Requires exactly one way to authenticate the server on first contact, as SPIRE does.
@@ -564,6 +678,7 @@ impl fmt::Debug for AgentConfig {
             .field("trust_domain", &self.trust_domain)
             .field("server_address", &self.server_address)
             .field("server_port", &self.server_port)
+            .field("server_addresses", &self.server_addresses)
             .field("socket_path", &self.socket_path)
             .field("data_dir", &self.data_dir)
             .field("trust_bundle_path", &self.trust_bundle_path)

@@ -18,6 +18,7 @@ mod duration;
 mod env;
 mod error;
 mod evidence;
+mod federation;
 mod helper;
 mod issuers;
 mod plugins;
@@ -26,7 +27,7 @@ mod values;
 
 use std::path::Path;
 
-pub use agent::{AgentConfig, SdsConfig, TrustBundleFormat, UnixAttestorConfig};
+pub use agent::{AgentConfig, SdsConfig, ServerAddress, TrustBundleFormat, UnixAttestorConfig};
 pub use common::{HealthChecks, LogFormat, LogLevel, ParseValueError, Prometheus, Telemetry};
 pub use duration::{format_duration, parse_duration};
 pub use error::ConfigError;
@@ -34,6 +35,10 @@ pub use evidence::{
     CollectorConfig, DEFAULT_PCR_BANK, DEFAULT_TPM_PCRS, DEFAULT_TSM_PATH, DocumentPolicy,
     EvidenceAttestorConfig, EvidenceNodeAttestor, TpmCollectorConfig, attestor_name,
     document_policies, evidence_kind,
+};
+pub use federation::{
+    BundleEndpointConfig, EndpointProfile, FederatesWithConfig, FederationConfig, ServingProfile,
+    bundle_endpoint_url_str,
 };
 pub use helper::{HelperConfig, HelperFileFormat, JwtSvidFile};
 pub use issuers::{JwtIssuerConfig, OidcDiscoveryConfig};

@@ -13,6 +13,7 @@ use twid_spiffe::TrustDomain;
 use crate::common::{self, HealthChecks, LogFormat, LogLevel, ParseValueError, Telemetry};
 use crate::document::{Schema, Section, Source};
 use crate::evidence::{self, EvidenceAttestorConfig};
+use crate::federation::{self, FederationConfig};
 use crate::issuers::{self, JwtIssuerConfig, OidcDiscoveryConfig};
 use crate::plugins::{self, Plugin};
 use crate::{ConfigError, read_file, values};
@@ -74,6 +75,8 @@ pub struct ServerConfig {
     pub jwt_issuers: Vec<JwtIssuerConfig>,
     /// The `endpoints.oidc_discovery` block, `None` when absent.
     pub oidc_discovery: Option<OidcDiscoveryConfig>,
+    /// The `federation` block: the bundle endpoint and the federation relationships.
+    pub federation: FederationConfig,
     /// The `NodeAttestor` blocks of evidence kinds (`sgx_dcap`, `tdx`, `sgx_ias`, `snp`,
     /// `nitro`, `tpm`) in file order. Join tokens are always accepted beside them.
     pub evidence_attestors: Vec<EvidenceAttestorConfig>,
@@ -192,6 +195,7 @@ const SERVER_KEYS: &[&str] = &[
     "ca_subject",
     "public_url",
     "policy_owner_keys",
+    "federation",
 ];
 
 const FILE: Schema = Schema {
@@ -225,7 +229,6 @@ const SERVER: Schema = Schema {
         ("admin_ids", ""),
         ("audit_log_enabled", ""),
         ("experimental", ""),
-        ("federation", ""),
         (
             "jwt_issuer",
             "write a top-level jwt_issuer \"<name>\" { issuer = ... } block instead",
@@ -369,6 +372,7 @@ impl ServerConfig {
             jwt_issuers,
             oidc_discovery,
             evidence_attestors,
+            federation: federation::federation(&server, &trust_domain)?,
             policy_owner_keys: server
                 .optional("policy_owner_keys", owner_key_paths)?
                 .unwrap_or_default(),
@@ -405,6 +409,7 @@ impl ServerConfig {
             jwt_issuers: Vec::new(),
             oidc_discovery: None,
             evidence_attestors: Vec::new(),
+            federation: FederationConfig::default(),
             policy_owner_keys: Vec::new(),
         }
     }
@@ -593,6 +598,7 @@ impl fmt::Debug for ServerConfig {
             .field("public_url", &self.public_url)
             .field("jwt_issuers", &self.jwt_issuers)
             .field("oidc_discovery", &self.oidc_discovery)
+            .field("federation", &self.federation)
             .field("evidence_attestors", &self.evidence_attestors)
             .field("policy_owner_keys", &self.policy_owner_keys)
             .finish()

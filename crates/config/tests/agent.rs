@@ -461,3 +461,82 @@ fn taint_batch_size_default_and_bounds() {
         );
     }
 }
+
+#[test]
+fn server_addresses_list_replaces_server_address() {
+    let text = MINIMAL.replace(
+        "server_address = \"twid-server.internal\"",
+        "experimental {\n        server_addresses = [\"10.0.0.5:8081\", \"replica-b.internal:9081\", \
+         \"[fd00::1]:8081\"]\n    }",
+    );
+    let config = parse(&text);
+    let listed: Vec<String> = config
+        .server_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        listed,
+        ["10.0.0.5:8081", "replica-b.internal:9081", "[fd00::1]:8081"]
+    );
+    assert_eq!(config.server_address, "10.0.0.5");
+    assert_eq!(config.server_port, 8081);
+}
+
+#[test]
+fn server_address_alone_is_one_address() {
+    let config = parse(MINIMAL);
+    let listed: Vec<String> = config
+        .server_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(listed, ["twid-server.internal:8081"]);
+}
+
+#[test]
+fn server_addresses_invalid_items() {
+    let cases = [
+        ("[]", "expected at least one address"),
+        ("\"10.0.0.5:8081\"", "expected a list of strings"),
+        (
+            "[\"10.0.0.5\"]",
+            "item 0 (\"10.0.0.5\"): expected host:port",
+        ),
+        ("[\"10.0.0.5:0\"]", "invalid port \"0\""),
+        ("[\"10.0.0.5:http\"]", "invalid port \"http\""),
+        ("[\"10.0.0.5:70000\"]", "invalid port \"70000\""),
+        ("[\":8081\"]", "the host must not be empty"),
+        ("[\"fd00::1:8081\"]", "needs brackets"),
+        ("[\"https://a:8081\"]", "without a scheme"),
+        (
+            "[\"a:8081\", \"b:8081\", \"a:8081\"]",
+            "item 2 (\"a:8081\") is listed twice",
+        ),
+    ];
+    for (value, reason) in cases {
+        let text = MINIMAL.replace(
+            "server_address = \"twid-server.internal\"",
+            &format!("experimental {{\n        server_addresses = {value}\n    }}"),
+        );
+        let message = parse_error(&text);
+        assert!(
+            message.starts_with(&format!("agent.conf:5: server_addresses = {value}: ")),
+            "{message}"
+        );
+        assert!(message.contains(reason), "{value}: {message}");
+    }
+}
+
+#[test]
+fn server_addresses_conflict_with_server_address() {
+    let text = MINIMAL.replace(
+        "insecure_bootstrap = true",
+        "insecure_bootstrap = true\n    experimental {\n        server_addresses = [\"a:8081\"]\n    }",
+    );
+    assert_eq!(
+        parse_error(&text),
+        "agent.conf:4: server_address = \"twid-server.internal\": experimental { \
+         server_addresses } is also set; list every server there as host:port and remove this key"
+    );
+}

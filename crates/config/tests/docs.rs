@@ -154,6 +154,7 @@ fn key_tables_cover_every_key() {
         "join_token",
         "experimental",
         "sync_interval",
+        "server_addresses",
         "discover_workload_path",
         "workload_size_limit",
         "directory",

@@ -68,8 +68,8 @@ fn unknown_spire_keys_get_hints() {
             "server.conf:4: unknown key \"default_svid_ttl\" in block \"server\"; SPIRE's deprecated name; use default_x509_svid_ttl",
         ),
         (
-            "federation {\n  }",
-            "server.conf:4: unknown key \"federation\" in block \"server\"; this SPIRE setting is not supported by twid",
+            "ratelimit {\n  }",
+            "server.conf:4: unknown key \"ratelimit\" in block \"server\"; this SPIRE setting is not supported by twid",
         ),
         (
             "log_file = \"/var/log/twid.log\"",

@@ -16,7 +16,9 @@ mod bundles;
 mod ca_state;
 mod entries;
 mod error;
+mod federation;
 mod issuance_log;
+mod job_lock;
 mod join_tokens;
 mod migrate;
 mod notify;
@@ -35,10 +37,12 @@ use twid_spiffe::{SpiffeId, TrustDomain};
 pub use bundles::StoredBundle;
 pub use entries::EntryFilter;
 pub use error::DatastoreError;
+pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use issuance_log::{
     IssuanceLogAppend, IssuanceLogCheckpoint, IssuanceLogHead, IssuanceLogRecord,
     IssuanceLogWriter, WriteOutcome,
 };
+pub use job_lock::JobLock;
 pub use join_tokens::JoinToken;
 pub use notify::{CHANGES_CHANNEL, ChangeEvent, ChangeKind, ChangeListener};
 pub use policy::PolicyVersion;

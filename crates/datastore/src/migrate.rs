@@ -43,6 +43,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0005_revocations.sql"),
         postgres: include_str!("../migrations/postgres/0005_revocations.sql"),
     },
+    Migration {
+        version: 6,
+        sqlite: include_str!("../migrations/sqlite/0006_federation.sql"),
+        postgres: include_str!("../migrations/postgres/0006_federation.sql"),
+    },
 ];
 
 /// Returns the newest schema version this binary supports.

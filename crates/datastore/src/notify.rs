@@ -50,6 +50,9 @@ pub enum ChangeKind {
     Revocation,
     /// A signed policy version was stored.
     Policy,
+    /// A server replica stored its CA state (`ca_state` rows of its X.509 authorities and JWT
+    /// keys), so the other replicas' trust bundle, the union of all replicas', may be stale.
+    Authorities,
 }
 
 impl ChangeKind {
@@ -61,6 +64,7 @@ impl ChangeKind {
             Self::Bundle => "bundle",
             Self::Revocation => "revocation",
             Self::Policy => "policy",
+            Self::Authorities => "authorities",
         }
     }
 
@@ -73,6 +77,7 @@ impl ChangeKind {
             "bundle" => Some(Self::Bundle),
             "revocation" => Some(Self::Revocation),
             "policy" => Some(Self::Policy),
+            "authorities" => Some(Self::Authorities),
             _ => None,
         }
     }
@@ -87,6 +92,7 @@ impl ChangeKind {
             Self::Bundle => "NOTIFY twid_changes, 'bundle'",
             Self::Revocation => "NOTIFY twid_changes, 'revocation'",
             Self::Policy => "NOTIFY twid_changes, 'policy'",
+            Self::Authorities => "NOTIFY twid_changes, 'authorities'",
         }
     }
 }

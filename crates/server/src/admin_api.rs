@@ -77,7 +77,7 @@ struct AdminService {
 }
 
 /// Maps datastore failures to statuses; only backend failures are internal.
-fn datastore_status(error: DatastoreError) -> Status {
+pub(crate) fn datastore_status(error: DatastoreError) -> Status {
     match error {
         DatastoreError::NotFound(what) => Status::not_found(format!("{what} not found")),
         DatastoreError::AlreadyExists(what) => Status::already_exists(format!(
@@ -505,6 +505,74 @@ impl Admin for AdminService {
     ) -> Result<Response<twid_proto::admin::LocalAuthorityResponse>, Status> {
         use crate::localauthority::{Step, step_request};
         step_request(&self.shared, Step::Revoke, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn create_federation_relationship(
+        &self,
+        request: Request<twid_proto::admin::FederationRelationship>,
+    ) -> Result<Response<twid_proto::admin::FederationRelationship>, Status> {
+        crate::federation_admin::create(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn list_federation_relationships(
+        &self,
+        _request: Request<twid_proto::admin::ListFederationRelationshipsRequest>,
+    ) -> Result<Response<twid_proto::admin::ListFederationRelationshipsResponse>, Status> {
+        crate::federation_admin::list(&self.shared)
+            .await
+            .map(Response::new)
+    }
+
+    async fn get_federation_relationship(
+        &self,
+        request: Request<twid_proto::admin::FederationRelationshipRequest>,
+    ) -> Result<Response<twid_proto::admin::FederationRelationship>, Status> {
+        crate::federation_admin::get(&self.shared, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn update_federation_relationship(
+        &self,
+        request: Request<twid_proto::admin::FederationRelationship>,
+    ) -> Result<Response<twid_proto::admin::FederationRelationship>, Status> {
+        crate::federation_admin::update(&self.shared, request.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn delete_federation_relationship(
+        &self,
+        request: Request<twid_proto::admin::FederationRelationshipRequest>,
+    ) -> Result<Response<twid_proto::admin::DeleteFederationRelationshipResponse>, Status> {
+        crate::federation_admin::delete(&self.shared, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn refresh_federated_bundle(
+        &self,
+        request: Request<twid_proto::admin::FederationRelationshipRequest>,
+    ) -> Result<Response<twid_proto::admin::RefreshFederatedBundleResponse>, Status> {
+        crate::federation_admin::refresh(&self.shared, request.get_ref())
+            .await
+            .map(Response::new)
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn set_federated_bundle(
+        &self,
+        request: Request<twid_proto::admin::SetFederatedBundleRequest>,
+    ) -> Result<Response<twid_proto::admin::SetFederatedBundleResponse>, Status> {
+        crate::federation_admin::set_bundle(&self.shared, request.into_inner())
             .await
             .map(Response::new)
     }

@@ -13,10 +13,19 @@
 //! only adds and activates authorities, so it never undoes a manual step.
 //!
 //! Private keys are PEM files (0600) in the key directory; the datastore keeps only the
-//! certificates, key IDs, states and taint marks (`ca_state` rows `x509_authorities` and
-//! `jwt_keys`).
+//! certificates, public keys, key IDs, states and taint marks, in the `ca_state` rows
+//! `x509_authorities/<instance ID>` and `jwt_keys/<instance ID>`.
+//!
+//! Several server replicas may share one PostgreSQL database, as in SPIRE. Each replica has
+//! its own instance ID ([`crate::instance`]), its own authorities and key files, and its own
+//! rotation schedule. The trust bundle that every replica serves is the union of all replicas'
+//! authorities: each reads the other replicas' rows ([`CaManager::reload_peers`]) at start-up,
+//! on every [`twid_datastore::ChangeKind::Authorities`] notification and on every rotation
+//! tick. A server that ran before instance IDs existed stored its authorities under the bare
+//! keys `x509_authorities` and `jwt_keys`. On its first start with an instance ID it moves
+//! those rows to its own keys, so it keeps its CA.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -32,8 +41,17 @@ use twid_spiffe::TrustDomain;
 
 use crate::ServerError;
 
+/// The `ca_state` key of a server's X.509 authorities before instance IDs existed, and the
+/// prefix of the per-instance keys `x509_authorities/<instance ID>`.
 const X509_STATE_KEY: &str = "x509_authorities";
+/// The `ca_state` key of a server's JWT keys before instance IDs existed, and the prefix of
+/// the per-instance keys `jwt_keys/<instance ID>`.
 const JWT_STATE_KEY: &str = "jwt_keys";
+
+/// Returns the `ca_state` key of one instance's rows of the kind `prefix`.
+fn instance_state_key(prefix: &str, instance_id: &str) -> String {
+    format!("{prefix}/{instance_id}")
+}
 
 /// Lifecycle state of an authority.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,11 +91,53 @@ pub(crate) struct JwtSlot {
     pub(crate) tainted: bool,
 }
 
+/// An X.509 authority of another server replica on the same database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PeerX509 {
+    pub(crate) instance_id: String,
+    pub(crate) cert: CertificateDer<'static>,
+    /// The subject key identifier in lowercase hex; empty in a row written before this field
+    /// existed, until its replica restarts.
+    pub(crate) authority_id: String,
+    pub(crate) tainted: bool,
+}
+
+/// A JWT key of another server replica on the same database.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PeerJwt {
+    pub(crate) instance_id: String,
+    pub(crate) key_id: String,
+    /// The public key as DER `SubjectPublicKeyInfo`.
+    pub(crate) public_key: Vec<u8>,
+    pub(crate) not_after: SystemTime,
+    pub(crate) tainted: bool,
+}
+
+/// The unexpired authorities of the other server replicas, as their `ca_state` rows list them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PeerAuthorities {
+    pub(crate) x509: Vec<PeerX509>,
+    pub(crate) jwt: Vec<PeerJwt>,
+}
+
+/// A public JWT key of the trust bundle.
+pub(crate) struct BundleJwtKey {
+    pub(crate) key_id: String,
+    /// DER `SubjectPublicKeyInfo`.
+    pub(crate) public_key: Vec<u8>,
+    pub(crate) not_after: SystemTime,
+}
+
 /// The authorities at one moment; replaced as a whole on every change.
 pub(crate) struct CaSnapshot {
+    /// This replica's X.509 authorities, which it signs with and rotates.
     pub(crate) x509: Vec<X509Slot>,
+    /// This replica's JWT keys.
     pub(crate) jwt: Vec<JwtSlot>,
-    /// Increments whenever the set of published authorities changes.
+    /// The other replicas' authorities, which this replica only publishes and trusts.
+    pub(crate) peers: Arc<PeerAuthorities>,
+    /// Increments whenever the set of published authorities changes, this replica's or a
+    /// peer's.
     pub(crate) generation: u64,
 }
 
@@ -98,29 +158,65 @@ impl CaSnapshot {
             .map(|slot| &slot.key)
     }
 
-    /// Returns every published X.509 authority certificate, oldest first.
+    /// Returns every published X.509 authority certificate: this replica's, oldest first, then
+    /// the other replicas' ordered by instance ID.
     pub(crate) fn x509_authorities(&self) -> Vec<CertificateDer<'static>> {
         self.x509
             .iter()
             .map(|slot| slot.authority.cert_der().clone())
+            .chain(self.peers.x509.iter().map(|peer| peer.cert.clone()))
             .collect()
     }
 
-    /// Returns the subject key identifiers (lowercase hex) of the tainted X.509 authorities.
+    /// Returns every published JWT key in the order of [`Self::x509_authorities`]. A key ID
+    /// that two replicas both list appears once.
+    pub(crate) fn jwt_public_keys(&self) -> Vec<BundleJwtKey> {
+        let own = self.jwt.iter().map(|slot| BundleJwtKey {
+            key_id: slot.key.key_id().to_owned(),
+            public_key: slot.key.public_key_spki_der(),
+            not_after: slot.key.not_after(),
+        });
+        let peers = self.peers.jwt.iter().map(|peer| BundleJwtKey {
+            key_id: peer.key_id.clone(),
+            public_key: peer.public_key.clone(),
+            not_after: peer.not_after,
+        });
+        let mut seen = std::collections::HashSet::new();
+        own.chain(peers)
+            .filter(|key| seen.insert(key.key_id.clone()))
+            .collect()
+    }
+
+    /// Returns the subject key identifiers (lowercase hex) of the tainted X.509 authorities of
+    /// every replica.
     pub(crate) fn tainted_x509_ids(&self) -> Vec<String> {
         self.x509
             .iter()
             .filter(|slot| slot.tainted)
             .map(X509Slot::authority_id)
+            .chain(
+                self.peers
+                    .x509
+                    .iter()
+                    .filter(|peer| peer.tainted && !peer.authority_id.is_empty())
+                    .map(|peer| peer.authority_id.clone()),
+            )
             .collect()
     }
 
-    /// Returns the key IDs of the tainted JWT keys.
+    /// Returns the key IDs of the tainted JWT keys of every replica.
     pub(crate) fn tainted_jwt_ids(&self) -> Vec<String> {
         self.jwt
             .iter()
             .filter(|slot| slot.tainted)
             .map(|slot| slot.key.key_id().to_owned())
+            .chain(
+                self.peers
+                    .jwt
+                    .iter()
+                    .filter(|peer| peer.tainted)
+                    .map(|peer| peer.key_id.clone()),
+            )
             .collect()
     }
 }
@@ -133,6 +229,10 @@ struct StoredX509 {
     /// Absent in rows written before tainting existed.
     #[serde(default)]
     tainted: bool,
+    /// The subject key identifier in lowercase hex, which other replicas list as tainted.
+    /// Absent in rows written before replicas existed.
+    #[serde(default)]
+    authority_id: String,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,6 +243,10 @@ struct StoredJwt {
     /// Absent in rows written before tainting existed.
     #[serde(default)]
     tainted: bool,
+    /// The public key, base64 DER `SubjectPublicKeyInfo`, which other replicas publish.
+    /// Absent in rows written before replicas existed.
+    #[serde(default)]
+    public_key: String,
 }
 
 /// Settings of the CA manager, taken from the server configuration.
@@ -155,6 +259,18 @@ pub(crate) struct CaSettings {
     pub(crate) subject: CaSubject,
     /// Directory for private key files; `None` keeps keys in memory only.
     pub(crate) keys_dir: Option<PathBuf>,
+    /// This replica's instance ID, which names its `ca_state` rows.
+    pub(crate) instance_id: String,
+}
+
+impl CaSettings {
+    fn x509_state_key(&self) -> String {
+        instance_state_key(X509_STATE_KEY, &self.instance_id)
+    }
+
+    fn jwt_state_key(&self) -> String {
+        instance_state_key(JWT_STATE_KEY, &self.instance_id)
+    }
 }
 
 /// Owns the trust domain's authorities.
@@ -175,22 +291,65 @@ impl CaManager {
     ) -> Result<Self, ServerError> {
         if let Some(dir) = &settings.keys_dir {
             create_private_dir(dir)?;
+            claim_legacy_state(&settings, dir, &datastore).await?;
         }
         let x509 = load_x509(&settings, &datastore).await?;
         let jwt = load_jwt(&settings, &datastore).await?;
+        let peers = load_peers(&settings, &datastore, now).await?;
         let manager = Self {
             settings,
             datastore,
             snapshot: ArcSwap::from_pointee(CaSnapshot {
                 x509,
                 jwt,
+                peers: Arc::new(peers),
                 generation: 0,
             }),
             rotate_lock: Mutex::new(()),
         };
-        manager.rotate(now).await?;
+        if !manager.rotate(now).await? {
+            // Rewrites rows from before replicas existed with the public keys and authority
+            // IDs that other replicas read, and notifies the running replicas of this one.
+            let current = manager.snapshot();
+            manager.persist(&current.x509, &current.jwt).await?;
+        }
         record_active_expiry(&manager.snapshot());
+        tracing::info!(
+            instance_id = %manager.settings.instance_id,
+            peer_x509_authorities = manager.snapshot().peers.x509.len(),
+            "CA loaded"
+        );
         Ok(manager)
+    }
+
+    /// Returns this replica's instance ID.
+    pub(crate) fn instance_id(&self) -> &str {
+        &self.settings.instance_id
+    }
+
+    /// Reads the other replicas' authorities from the datastore and, when they changed,
+    /// publishes a snapshot with them. Returns whether they changed.
+    pub(crate) async fn reload_peers(&self, now: SystemTime) -> Result<bool, ServerError> {
+        // Reading under the lock keeps a slower reload from publishing older rows than a
+        // concurrent faster one.
+        let _guard = self.rotate_lock.lock().await;
+        let peers = load_peers(&self.settings, &self.datastore, now).await?;
+        let current = self.snapshot.load_full();
+        if *current.peers == peers {
+            return Ok(false);
+        }
+        tracing::info!(
+            peer_x509_authorities = peers.x509.len(),
+            peer_jwt_keys = peers.jwt.len(),
+            "other replicas' authorities changed"
+        );
+        self.snapshot.store(Arc::new(CaSnapshot {
+            x509: current.x509.clone(),
+            jwt: current.jwt.clone(),
+            peers: Arc::new(peers),
+            generation: current.generation + 1,
+        }));
+        Ok(true)
     }
 
     /// Returns the current authorities.
@@ -249,6 +408,7 @@ impl CaManager {
         self.snapshot.store(Arc::new(CaSnapshot {
             x509,
             jwt,
+            peers: Arc::clone(&current.peers),
             generation: current.generation + 1,
         }));
         record_active_expiry(&self.snapshot());
@@ -308,6 +468,8 @@ impl CaManager {
             .position(|slot| slot.state == SlotState::Prepared);
         match (active, prepared) {
             (None, Some(next)) => slots[next].state = SlotState::Active,
+            // Limit: a replica's first authority signs at once, so agents that synced only with
+            // other replicas trust it after their next sync, not before it signs.
             (None, None) => slots.push(self.new_x509_slot(now, SlotState::Active)?),
             (Some(active), prepared) => {
                 let authority = &slots[active].authority;
@@ -393,6 +555,10 @@ impl CaManager {
         })
     }
 
+    /// Stores this replica's rows in one transaction, which notifies the other replicas.
+    ///
+    /// Limit: with keys in memory (`keys_dir` is `None`) nothing is stored, so other replicas
+    /// neither publish nor trust this replica's authorities.
     async fn persist(&self, x509: &[X509Slot], jwt: &[JwtSlot]) -> Result<(), ServerError> {
         if self.settings.keys_dir.is_none() {
             return Ok(());
@@ -404,6 +570,7 @@ impl CaManager {
                 cert_der: BASE64.encode(slot.authority.cert_der()),
                 state: slot.state,
                 tainted: slot.tainted,
+                authority_id: slot.authority_id(),
             })
             .collect();
         let stored_jwt: Vec<StoredJwt> = jwt
@@ -413,15 +580,18 @@ impl CaManager {
                 not_after: crate::convert::unix_seconds(slot.key.not_after()),
                 state: slot.state,
                 tainted: slot.tainted,
+                public_key: BASE64.encode(slot.key.public_key_spki_der()),
             })
             .collect();
         let x509_json = serde_json::to_vec(&stored_x509).map_err(ServerError::encode)?;
         let jwt_json = serde_json::to_vec(&stored_jwt).map_err(ServerError::encode)?;
+        let x509_key = self.settings.x509_state_key();
+        let jwt_key = self.settings.jwt_state_key();
         self.datastore
-            .put_ca_state(X509_STATE_KEY, &x509_json)
-            .await?;
-        self.datastore
-            .put_ca_state(JWT_STATE_KEY, &jwt_json)
+            .put_authority_states(&[
+                (x509_key.as_str(), x509_json.as_slice()),
+                (jwt_key.as_str(), jwt_json.as_slice()),
+            ])
             .await?;
         Ok(())
     }
@@ -518,7 +688,7 @@ fn log_transitions(old: &CaSnapshot, x509: &[X509Slot], jwt: &[JwtSlot]) {
     }
 }
 
-fn remove_key_file(path: &std::path::Path) {
+fn remove_key_file(path: &Path) {
     match std::fs::remove_file(path) {
         Ok(()) => {
             tracing::debug!(path = %path.display(), "removed the key file of a removed authority")
@@ -533,7 +703,7 @@ fn remove_key_file(path: &std::path::Path) {
 }
 
 /// Creates `dir` and missing parents with mode 0700, because it contains keys or the datastore.
-pub(crate) fn create_private_dir(dir: &std::path::Path) -> Result<(), ServerError> {
+pub(crate) fn create_private_dir(dir: &Path) -> Result<(), ServerError> {
     use std::os::unix::fs::{DirBuilderExt as _, MetadataExt as _};
     let refuse = |message: String| {
         ServerError::io(
@@ -585,7 +755,7 @@ async fn load_x509(
     let Some(dir) = &settings.keys_dir else {
         return Ok(Vec::new());
     };
-    let Some(bytes) = datastore.get_ca_state(X509_STATE_KEY).await? else {
+    let Some(bytes) = datastore.get_ca_state(&settings.x509_state_key()).await? else {
         return Ok(Vec::new());
     };
     let stored: Vec<StoredX509> = serde_json::from_slice(&bytes)
@@ -614,7 +784,7 @@ async fn load_jwt(
     let Some(dir) = &settings.keys_dir else {
         return Ok(Vec::new());
     };
-    let Some(bytes) = datastore.get_ca_state(JWT_STATE_KEY).await? else {
+    let Some(bytes) = datastore.get_ca_state(&settings.jwt_state_key()).await? else {
         return Ok(Vec::new());
     };
     let stored: Vec<StoredJwt> = serde_json::from_slice(&bytes)
@@ -634,6 +804,163 @@ async fn load_jwt(
     Ok(slots)
 }
 
+/// Moves the rows of a server that ran before instance IDs existed (`x509_authorities` and
+/// `jwt_keys`) to this instance's keys, in one transaction, when this instance has no rows yet
+/// and `keys_dir` contains every key file the old rows name. A replica with another key
+/// directory leaves the rows alone, for the server whose keys they are.
+async fn claim_legacy_state(
+    settings: &CaSettings,
+    keys_dir: &Path,
+    datastore: &Datastore,
+) -> Result<(), ServerError> {
+    let x509_key = settings.x509_state_key();
+    let jwt_key = settings.jwt_state_key();
+    if datastore.get_ca_state(&x509_key).await?.is_some()
+        || datastore.get_ca_state(&jwt_key).await?.is_some()
+    {
+        return Ok(());
+    }
+
+    let mut key_files = Vec::new();
+    if let Some(bytes) = datastore.get_ca_state(X509_STATE_KEY).await? {
+        let stored: Vec<StoredX509> = serde_json::from_slice(&bytes)
+            .map_err(|error| ServerError::Corrupt(format!("stored X.509 authorities: {error}")))?;
+        key_files.extend(stored.iter().map(|item| format!("x509-ca-{}.pem", item.id)));
+    }
+    if let Some(bytes) = datastore.get_ca_state(JWT_STATE_KEY).await? {
+        let stored: Vec<StoredJwt> = serde_json::from_slice(&bytes)
+            .map_err(|error| ServerError::Corrupt(format!("stored JWT keys: {error}")))?;
+        key_files.extend(stored.iter().map(|item| format!("jwt-{}.pem", item.key_id)));
+    }
+    if key_files.is_empty() {
+        return Ok(());
+    }
+
+    if let Some(missing) = key_files.iter().find(|name| !keys_dir.join(name).exists()) {
+        tracing::warn!(
+            keys_dir = %keys_dir.display(),
+            missing_key_file = %missing,
+            "the CA state of a server from before replicas existed names key files that are \
+             not in this server's key directory; leaving it for the server that has them and \
+             creating new authorities"
+        );
+        return Ok(());
+    }
+
+    let moved = datastore
+        .move_ca_state(&[
+            (X509_STATE_KEY, x509_key.as_str()),
+            (JWT_STATE_KEY, jwt_key.as_str()),
+        ])
+        .await?;
+    if moved {
+        tracing::info!(
+            instance_id = %settings.instance_id,
+            "moved the CA state from before replicas existed to this server instance"
+        );
+    }
+    Ok(())
+}
+
+/// Reads the unexpired authorities of every other replica. A row that cannot be decoded is
+/// logged and skipped, because another replica's damage must not stop this one.
+async fn load_peers(
+    settings: &CaSettings,
+    datastore: &Datastore,
+    now: SystemTime,
+) -> Result<PeerAuthorities, ServerError> {
+    let mut peers = PeerAuthorities::default();
+    let x509_prefix = format!("{X509_STATE_KEY}/");
+    for (key, value) in datastore.list_ca_state(&x509_prefix).await? {
+        let instance_id = key[x509_prefix.len()..].to_owned();
+        if instance_id == settings.instance_id {
+            continue;
+        }
+        match decode_peer_x509(&instance_id, &value, now) {
+            Ok(authorities) => peers.x509.extend(authorities),
+            Err(error) => tracing::warn!(
+                %instance_id,
+                %error,
+                "skipping another replica's X.509 authorities"
+            ),
+        }
+    }
+    let jwt_prefix = format!("{JWT_STATE_KEY}/");
+    for (key, value) in datastore.list_ca_state(&jwt_prefix).await? {
+        let instance_id = key[jwt_prefix.len()..].to_owned();
+        if instance_id == settings.instance_id {
+            continue;
+        }
+        match decode_peer_jwt(&instance_id, &value, now) {
+            Ok(keys) => peers.jwt.extend(keys),
+            Err(error) => tracing::warn!(
+                %instance_id,
+                %error,
+                "skipping another replica's JWT keys"
+            ),
+        }
+    }
+    Ok(peers)
+}
+
+fn decode_peer_x509(
+    instance_id: &str,
+    value: &[u8],
+    now: SystemTime,
+) -> Result<Vec<PeerX509>, ServerError> {
+    let stored: Vec<StoredX509> = serde_json::from_slice(value)
+        .map_err(|error| ServerError::Corrupt(format!("stored X.509 authorities: {error}")))?;
+    let mut authorities = Vec::with_capacity(stored.len());
+    for item in stored {
+        let cert = BASE64
+            .decode(&item.cert_der)
+            .map_err(|error| ServerError::Corrupt(format!("stored CA certificate: {error}")))?;
+        let cert = CertificateDer::from(cert);
+        if twid_ca::not_after(&cert)? <= now {
+            continue;
+        }
+        authorities.push(PeerX509 {
+            instance_id: instance_id.to_owned(),
+            cert,
+            authority_id: item.authority_id,
+            tainted: item.tainted,
+        });
+    }
+    Ok(authorities)
+}
+
+fn decode_peer_jwt(
+    instance_id: &str,
+    value: &[u8],
+    now: SystemTime,
+) -> Result<Vec<PeerJwt>, ServerError> {
+    let stored: Vec<StoredJwt> = serde_json::from_slice(value)
+        .map_err(|error| ServerError::Corrupt(format!("stored JWT keys: {error}")))?;
+    let mut keys = Vec::with_capacity(stored.len());
+    for item in stored {
+        let not_after = SystemTime::UNIX_EPOCH
+            + Duration::from_secs(u64::try_from(item.not_after).unwrap_or_default());
+        // A row from before replicas existed has no public key until its replica restarts.
+        if item.public_key.is_empty() || not_after <= now {
+            continue;
+        }
+        let public_key = BASE64
+            .decode(&item.public_key)
+            .map_err(|error| ServerError::Corrupt(format!("stored JWT public key: {error}")))?;
+        keys.push(PeerJwt {
+            instance_id: instance_id.to_owned(),
+            key_id: item.key_id,
+            public_key,
+            not_after,
+            tainted: item.tainted,
+        });
+    }
+    Ok(keys)
+}
+
+#[cfg(test)]
+mod replica_tests;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -641,7 +968,7 @@ mod tests {
 
     const TTL: Duration = Duration::from_secs(3600);
 
-    fn settings(keys_dir: &std::path::Path) -> CaSettings {
+    fn settings(keys_dir: &Path) -> CaSettings {
         CaSettings {
             trust_domain: TrustDomain::new("example.org").unwrap(),
             key_type: KeyType::EcP256,
@@ -653,10 +980,11 @@ mod tests {
                 common_name: None,
             },
             keys_dir: Some(keys_dir.to_owned()),
+            instance_id: "test-instance".to_owned(),
         }
     }
 
-    async fn open(dir: &std::path::Path, now: SystemTime) -> CaManager {
+    async fn open(dir: &Path, now: SystemTime) -> CaManager {
         let keys_dir = dir.join("keys");
         let database = twid_datastore::DatastoreConfig {
             database_type: twid_datastore::DatabaseType::Sqlite,

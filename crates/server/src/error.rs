@@ -82,6 +82,10 @@ pub enum ServerError {
     /// No active authority exists, which the CA manager never allows after start.
     #[error("no active {0} authority")]
     NoActiveAuthority(&'static str),
+    /// The `federation` configuration cannot be applied, for example an unreadable
+    /// `trust_domain_bundle_path` or serving certificate.
+    #[error("federation: {0}")]
+    Federation(String),
 }
 
 impl ServerError {

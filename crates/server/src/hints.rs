@@ -100,8 +100,8 @@ impl Hints {
     /// or another one. A revocation, an unknown change and a resync also make the signed
     /// revocation list stale, because each may have stored revoked credentials.
     ///
-    /// Limit: a bundle stored by another server wakes the agents, but `Sync` returns this
-    /// server's own bundle (`Shared::bundle`), which changes only when this server publishes.
+    /// `Sync` returns this server's bundle (`Shared::bundle`), the union of every replica's
+    /// authorities, which [`follow_datastore_changes`] reloads before this wakes the agents.
     pub(crate) fn notify_datastore_change(&self, event: ChangeEvent) {
         let reason = match event {
             ChangeEvent::Changed(kind) => kind.as_str(),
@@ -111,7 +111,11 @@ impl Hints {
         if !matches!(
             event,
             ChangeEvent::Changed(
-                ChangeKind::Entry | ChangeKind::Agent | ChangeKind::Bundle | ChangeKind::Policy
+                ChangeKind::Entry
+                    | ChangeKind::Agent
+                    | ChangeKind::Bundle
+                    | ChangeKind::Policy
+                    | ChangeKind::Authorities
             )
         ) {
             self.revocation_list.invalidate();
@@ -121,7 +125,9 @@ impl Hints {
 }
 
 /// Turns every change notification of the datastore into a hint until `shutdown`. The
-/// listener reconnects by itself after a lost connection and then reports a resync.
+/// listener reconnects by itself after a lost connection and then reports a resync. A change
+/// of another replica's authorities, an unknown change and a resync first reload the other
+/// replicas' authorities, so that the bundle and the TLS trust include them.
 pub(crate) async fn follow_datastore_changes(
     shared: Arc<crate::Shared>,
     mut listener: ChangeListener,
@@ -134,6 +140,18 @@ pub(crate) async fn follow_datastore_changes(
             event = listener.recv() => event,
         };
         tracing::debug!(?event, "datastore change notification");
+        if matches!(
+            event,
+            ChangeEvent::Changed(ChangeKind::Authorities)
+                | ChangeEvent::Unknown
+                | ChangeEvent::Resync
+        ) && let Err(error) = crate::tasks::reload_peer_authorities(&shared).await
+        {
+            tracing::error!(
+                error = %crate::tasks::error_chain(&error),
+                "reloading other replicas' authorities failed; the rotation task retries"
+            );
+        }
         shared.hints.notify_datastore_change(event);
     }
 }
@@ -182,6 +200,11 @@ mod tests {
             (ChangeEvent::Changed(ChangeKind::Agent), "agent", false),
             (ChangeEvent::Changed(ChangeKind::Bundle), "bundle", false),
             (ChangeEvent::Changed(ChangeKind::Policy), "policy", false),
+            (
+                ChangeEvent::Changed(ChangeKind::Authorities),
+                "authorities",
+                false,
+            ),
             (
                 ChangeEvent::Changed(ChangeKind::Revocation),
                 "revocation",

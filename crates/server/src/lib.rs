@@ -15,8 +15,13 @@ mod convert;
 mod entries;
 mod error;
 mod evidence;
+mod federation;
+mod federation_admin;
+mod federation_endpoint;
+mod federation_fetch;
 mod hints;
 mod identity;
+mod instance;
 mod issuers;
 mod localauthority;
 mod node_api;
@@ -76,6 +81,8 @@ pub(crate) struct Shared {
     pub(crate) hints: hints::Hints,
     /// The signed appraisal policy versions; see [`policy::PolicyStore`].
     pub(crate) policies: policy::PolicyStore,
+    /// Federation relationships' refresh state; see [`federation::Federation`].
+    pub(crate) federation: federation::Federation,
 }
 
 /// A running server. Dropping it does not stop the server; call [`ServerHandle::shutdown`].
@@ -87,6 +94,7 @@ pub struct ServerHandle {
     health: Health,
     oidc_keys: OidcKeys,
     oidc: Option<twid_oidc::OidcHandle>,
+    bundle_endpoint: Option<SocketAddr>,
 }
 
 /// Entry point of the server.
@@ -116,12 +124,16 @@ impl Server {
         // missed.
         let change_listener = datastore.listen_for_changes().await?;
         let issuance_log = provenance::open(&config.data_dir, &datastore)?;
-        let ca = CaManager::load_or_create(ca_settings(&config), datastore.clone(), now).await?;
+        let instance_id = instance::load_or_create(&config.data_dir)?;
+        let ca =
+            CaManager::load_or_create(ca_settings(&config, instance_id), datastore.clone(), now)
+                .await?;
         let issuers = Arc::new(load_issuers(&config, &datastore, now).await?);
         let server_id = twid_types::server_id(&trust_domain);
         let identity = ServerIdentity::new(server_id.clone(), config.default_x509_svid_ttl);
         identity.refresh(&ca.snapshot(), now)?;
         let health = Health::new();
+        let config_federates_with = config.federation.federates_with.clone();
         let shared = Arc::new(Shared {
             entries: EntryCache::new(datastore.clone(), server_id),
             config,
@@ -135,15 +147,22 @@ impl Server {
             evidence,
             issuance_log,
             hints: hints::Hints::new(),
+            federation: federation::Federation::new(&config_federates_with),
             policies,
         });
         tasks::publish_bundle(&shared).await?;
+        federation::apply_config(&shared).await?;
 
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let node_api_address = node_api::serve(&shared, &shutdown, &mut tasks).await?;
         let admin_socket = admin_api::serve(&shared, &shutdown, &mut tasks).await?;
+        let bundle_endpoint = federation_endpoint::serve(&shared, &shutdown, &mut tasks).await?;
         tasks::spawn_background(&shared, &shutdown, &mut tasks);
+        tasks.spawn(
+            federation::refresh_loop(Arc::clone(&shared), shutdown.clone())
+                .instrument(tracing::info_span!("federation")),
+        );
         if let Some(listener) = change_listener {
             let follow =
                 hints::follow_datastore_changes(Arc::clone(&shared), listener, shutdown.clone());
@@ -167,6 +186,7 @@ impl Server {
             health,
             oidc_keys,
             oidc,
+            bundle_endpoint,
         })
     }
 }
@@ -195,6 +215,11 @@ impl ServerHandle {
     /// Returns the address of the OIDC discovery endpoint, `None` when it is not enabled.
     pub fn oidc_address(&self) -> Option<SocketAddr> {
         self.oidc.as_ref().map(twid_oidc::OidcHandle::local_addr)
+    }
+
+    /// Returns the address of the SPIFFE bundle endpoint, `None` when it is not configured.
+    pub fn bundle_endpoint_address(&self) -> Option<SocketAddr> {
+        self.bundle_endpoint
     }
 
     /// Stops accepting requests, lets in-flight ones finish for up to five seconds, and stops
@@ -240,7 +265,7 @@ async fn load_issuers(
     IssuerRegistry::load(&config.jwt_issuers, settings, store, now).await
 }
 
-fn ca_settings(config: &ServerConfig) -> CaSettings {
+fn ca_settings(config: &ServerConfig, instance_id: String) -> CaSettings {
     CaSettings {
         trust_domain: config.trust_domain.clone(),
         key_type: key_type(config.ca_key_type),
@@ -252,6 +277,7 @@ fn ca_settings(config: &ServerConfig) -> CaSettings {
             common_name: config.ca_subject.common_name.clone(),
         },
         keys_dir: config.key_manager.keys_path().map(PathBuf::from),
+        instance_id,
     }
 }
 

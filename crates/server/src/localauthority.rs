@@ -5,6 +5,10 @@
 //! tainted, and only a tainted one can be revoked. A tainted authority stays in the bundle, and
 //! Sync lists it so that agents replace what it signed. Revoking removes it from every bundle
 //! the server serves and deletes its key file.
+//!
+//! Each server replica on a shared database has its own authorities, and these calls act on
+//! the replica that receives them, as in SPIRE; the other replicas publish the result after
+//! their next reload of the replicas' authorities.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -260,7 +264,10 @@ pub(crate) fn list(
         Kind::X509 => snapshot.x509.iter().map(to_pb).collect(),
         Kind::Jwt => snapshot.jwt.iter().map(to_pb).collect(),
     };
-    Ok(ListLocalAuthoritiesResponse { authorities })
+    Ok(ListLocalAuthoritiesResponse {
+        authorities,
+        instance_id: shared.ca.instance_id().to_owned(),
+    })
 }
 
 /// Serves `PrepareLocalAuthority`.

@@ -504,10 +504,16 @@ impl Node for NodeService {
             "sync"
         );
         let authorities = self.shared.ca.snapshot();
+        let federated_bundles = crate::federation::federated_bundles(
+            &self.shared,
+            entries.iter().flat_map(|entry| entry.federates_with.iter()),
+        )
+        .await
+        .map_err(internal)?;
         Ok(Response::new(SyncResponse {
             entries: entries.iter().map(entry_to_pb).collect(),
             bundle: Some((*self.shared.bundle.load_full()).clone()),
-            federated_bundles: Vec::new(),
+            federated_bundles,
             revoked_x509_serials,
             revoked_jtis,
             tainted_x509_authority_ids: authorities.tainted_x509_ids(),

@@ -1,4 +1,8 @@
 //! Background work: CA rotation, server SVID renewal, bundle publication and pruning.
+//!
+//! Several server replicas may share one PostgreSQL database. Each rotates its own CA, but a
+//! job that changes shared rows (pruning) runs under a job lock ([`run_exclusive`]), so one
+//! replica at a time runs it.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -26,16 +30,14 @@ pub(crate) async fn publish_bundle(shared: &Shared) -> Result<(), ServerError> {
     let mut spiffe = SpiffeBundle::new(trust_domain.clone());
     spiffe.x509_authorities = snapshot.x509_authorities();
     let mut jwt_authorities = Vec::new();
-    for slot in &snapshot.jwt {
-        let key_id = slot.key.key_id().to_owned();
-        let public_key = slot.key.public_key_spki_der();
-        let authority = twid_spiffe::jwt::JwtAuthority::from_spki_der(&key_id, &public_key)
+    for key in snapshot.jwt_public_keys() {
+        let authority = twid_spiffe::jwt::JwtAuthority::from_spki_der(&key.key_id, &key.public_key)
             .map_err(|error| ServerError::Encode(error.to_string()))?;
-        spiffe.jwt_authorities.insert(key_id.clone(), authority);
+        spiffe.jwt_authorities.insert(key.key_id.clone(), authority);
         jwt_authorities.push(pb::JwtAuthority {
-            key_id,
-            public_key,
-            expires_at: crate::convert::unix_seconds(slot.key.not_after()),
+            key_id: key.key_id,
+            public_key: key.public_key,
+            expires_at: crate::convert::unix_seconds(key.not_after),
         });
     }
     // Issuer keys verify only tokens whose `sub` is in this trust domain, like the default
@@ -120,13 +122,36 @@ async fn rotation_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
+/// Rotates this replica's CA and reloads the other replicas' authorities. The reload is the
+/// fallback for a change notification lost while the listener reconnected.
 async fn rotation_step(shared: &Shared) -> Result<(), ServerError> {
     let now = SystemTime::now();
-    if shared.ca.rotate(now).await? {
+    let rotated = shared.ca.rotate(now).await?;
+    let peers_changed = shared.ca.reload_peers(now).await?;
+    if rotated || peers_changed {
         publish_bundle(shared).await?;
     }
     shared.identity.refresh(&shared.ca.snapshot(), now)
 }
+
+/// Reloads the other replicas' authorities after a change notification and, when they
+/// changed, publishes the new union bundle and the TLS trust that checks agents. Returns
+/// whether they changed.
+pub(crate) async fn reload_peer_authorities(shared: &Shared) -> Result<bool, ServerError> {
+    let now = SystemTime::now();
+    if !shared.ca.reload_peers(now).await? {
+        return Ok(false);
+    }
+    publish_bundle(shared).await?;
+    shared.identity.refresh(&shared.ca.snapshot(), now)?;
+    Ok(true)
+}
+
+/// Job lock name of expired join token pruning.
+const PRUNE_JOIN_TOKENS_JOB: &str = "prune_join_tokens";
+
+/// Job lock name of expired entry pruning.
+const PRUNE_ENTRIES_JOB: &str = "prune_expired_entries";
 
 async fn prune_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(60));
@@ -136,13 +161,44 @@ async fn prune_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = ticker.tick() => {}
         }
         let now = crate::convert::unix_now();
-        if let Err(error) = shared.datastore.prune_join_tokens(now).await {
+        let datastore = &shared.datastore;
+        let pruned = run_exclusive(datastore, PRUNE_JOIN_TOKENS_JOB, async {
+            datastore.prune_join_tokens(now).await
+        })
+        .await;
+        if let Err(error) = pruned {
             tracing::warn!(error = %error, "failed to prune expired join tokens");
         }
-        if let Err(error) = shared.datastore.prune_expired_entries(now).await {
+        let pruned = run_exclusive(datastore, PRUNE_ENTRIES_JOB, async {
+            datastore.prune_expired_entries(now).await
+        })
+        .await;
+        if let Err(error) = pruned {
             tracing::warn!(error = %error, "failed to prune expired entries");
         }
     }
+}
+
+/// Runs `job` while holding the job lock `name`, and returns its output, or `None` without
+/// running it when another replica holds the lock. On SQLite the job always runs.
+///
+/// # Errors
+/// Returns the failure to take the lock, or the job's own error.
+pub(crate) async fn run_exclusive<T, E>(
+    datastore: &twid_datastore::Datastore,
+    name: &str,
+    job: impl Future<Output = Result<T, E>>,
+) -> Result<Option<T>, E>
+where
+    E: From<twid_datastore::DatastoreError>,
+{
+    let Some(lock) = datastore.try_lock_job(name).await? else {
+        tracing::debug!(job = name, "job skipped: another replica runs it");
+        return Ok(None);
+    };
+    let output = job.await;
+    drop(lock);
+    output.map(Some)
 }
 
 /// Formats an error with its sources on one line.

@@ -708,3 +708,105 @@ async fn revoked_agent_svid_withdraws_every_svid() {
     assert!(!agent.health().is_ready());
     agent.shutdown().await;
 }
+
+/// Returns a loopback address on which nothing listens.
+async fn closed_address() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    listener.local_addr().expect("address")
+}
+
+fn server_address(address: SocketAddr) -> twid_config::ServerAddress {
+    twid_config::ServerAddress {
+        host: address.ip().to_string(),
+        port: address.port(),
+    }
+}
+
+#[tokio::test]
+async fn attestation_skips_unreachable_address() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    let mut settings = setup.settings(Some("good"));
+    settings.server_addresses = vec![
+        server_address(closed_address().await),
+        server_address(setup.address),
+    ];
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    assert_eq!(setup.node.state().attestations, 1);
+    agent.shutdown().await;
+}
+
+#[tokio::test]
+async fn fails_over_to_second_address() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    // The same fake node on a second port plays a second server replica.
+    let (stop_second, stopped) = watch::channel(false);
+    let second = setup
+        .node
+        .serve("127.0.0.1:0".parse().expect("address"), stopped)
+        .await;
+    let mut settings = setup.settings(Some("good"));
+    settings.server_addresses.push(server_address(second));
+    settings.sync_interval = LONG;
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let first = stream.next().await.expect("message").expect("ok");
+    assert_eq!(first.svids.len(), 1);
+
+    setup.stop_server.send(true).expect("first server running");
+    let watches_before = setup.node.state().watches;
+    let node = Arc::clone(&setup.node);
+    assert!(
+        eventually(Duration::from_secs(10), || node.state().watches
+            > watches_before)
+        .await,
+        "the agent did not reopen the Watch stream on the second address"
+    );
+    setup.node.entries.lock().expect("entries").push(Entry {
+        id: "e2".to_owned(),
+        spiffe_id: "spiffe://example.org/after-failover".to_owned(),
+        parent_id: "spiffe://example.org/spire/agent/join_token/any".to_owned(),
+        selectors: vec![Selector {
+            r#type: "unix".to_owned(),
+            value: format!("uid:{}", own_euid()),
+        }],
+        revision_number: 1,
+        created_at: 2,
+        ..Entry::default()
+    });
+    setup.node.notify();
+    // With a one-hour sync interval only the Watch stream on the second address makes the
+    // agent sync within the timeout.
+    let update = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("an update within 10 s")
+        .expect("message")
+        .expect("ok");
+    let ids: Vec<&str> = update
+        .svids
+        .iter()
+        .map(|svid| svid.spiffe_id.as_str())
+        .collect();
+    assert!(
+        ids.contains(&"spiffe://example.org/after-failover"),
+        "{ids:?}"
+    );
+    assert!(ids.contains(&"spiffe://example.org/workload"), "{ids:?}");
+    drop(stream);
+    agent.shutdown().await;
+    drop(stop_second);
+}

@@ -1,10 +1,11 @@
 //! `twid bundle show`: the server's trust bundle as PEM or in the SPIFFE bundle format.
+//! `twid bundle set`: store a foreign trust domain's bundle, as `spire-server bundle set`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Subcommand, ValueEnum};
 use rustls_pki_types::CertificateDer;
-use twid_proto::admin::GetBundleRequest;
+use twid_proto::admin::{GetBundleRequest, SetFederatedBundleRequest};
 use twid_spiffe::TrustDomain;
 use twid_spiffe::bundle::SpiffeBundle;
 use twid_spiffe::jwt::JwtAuthority;
@@ -16,6 +17,22 @@ use crate::output;
 pub(crate) enum BundleCommand {
     /// Print the trust domain's bundle.
     Show(ShowArgs),
+    /// Store a foreign trust domain's bundle (SPIFFE bundle JSON or PEM certificates), for
+    /// example the first bundle of a federated trust domain.
+    Set(SetArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SetArgs {
+    /// The foreign trust domain, as `spiffe://example.org` or `example.org`.
+    #[arg(long)]
+    id: String,
+    /// The bundle file; standard input when absent.
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// Path of the server's admin API socket.
+    #[arg(long, default_value = DEFAULT_SERVER_SOCKET)]
+    socket_path: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -38,7 +55,44 @@ pub(crate) struct ShowArgs {
 }
 
 pub(crate) async fn run(command: BundleCommand) -> anyhow::Result<()> {
-    let BundleCommand::Show(args) = command;
+    match command {
+        BundleCommand::Show(args) => show(args).await,
+        BundleCommand::Set(args) => set(args).await,
+    }
+}
+
+async fn set(args: SetArgs) -> anyhow::Result<()> {
+    let trust_domain = args
+        .id
+        .strip_prefix("spiffe://")
+        .unwrap_or(&args.id)
+        .to_owned();
+    let bundle = match &args.path {
+        Some(path) => std::fs::read(path)
+            .map_err(|error| anyhow::anyhow!("failed to read {}: {error}", path.display()))?,
+        None => {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut data)?;
+            data
+        }
+    };
+    let mut admin = client::admin(&args.socket_path).await?;
+    let response = admin
+        .set_federated_bundle(SetFederatedBundleRequest {
+            trust_domain: trust_domain.clone(),
+            bundle,
+        })
+        .await
+        .map_err(output::status_error)?
+        .into_inner();
+    println!(
+        "Bundle of {trust_domain} set (sequence {})",
+        response.bundle_sequence
+    );
+    Ok(())
+}
+
+async fn show(args: ShowArgs) -> anyhow::Result<()> {
     let mut admin = client::admin(&args.socket_path).await?;
     let bundle = admin
         .get_bundle(GetBundleRequest {})

@@ -111,6 +111,7 @@ async fn show(kind: LocalAuthorityKind, common: &CommonArgs) -> anyhow::Result<(
     match common.output {
         OutputFormat::Json => {
             let json = json!({
+                "instance_id": response.instance_id,
                 "active": by_state(authorities, "active"),
                 "prepared": by_state(authorities, "prepared"),
                 "old": by_state(authorities, "old"),
@@ -118,6 +119,8 @@ async fn show(kind: LocalAuthorityKind, common: &CommonArgs) -> anyhow::Result<(
             println!("{}", serde_json::to_string_pretty(&json)?);
         }
         OutputFormat::Pretty => {
+            println!("Server instance: {}", response.instance_id);
+            println!();
             for (heading, state) in [
                 ("Active", "active"),
                 ("Prepared", "prepared"),

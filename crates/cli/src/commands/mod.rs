@@ -8,6 +8,7 @@ pub(crate) mod aws;
 pub(crate) mod bundle;
 pub(crate) mod dev;
 pub(crate) mod entry;
+pub(crate) mod federation;
 pub(crate) mod healthcheck;
 pub(crate) mod helper;
 pub(crate) mod localauthority;

@@ -55,7 +55,12 @@ pub(crate) async fn agent(args: RunArgs) -> anyhow::Result<()> {
     let config = twid_config::AgentConfig::load_with_options(&args.config, args.expand_env)?;
     let _log_guard =
         twid_telemetry::init_logging(config.log_level.as_str(), config.log_format.into())?;
-    let server = format!("{}:{}", config.server_address, config.server_port);
+    let server = config
+        .server_addresses
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
     let agent = twid_agent::Agent::start(config, twid_agent::AgentOptions::default())
         .await
         .with_context(|| format!("agent failed to start (server {server})"))?;

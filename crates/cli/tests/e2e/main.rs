@@ -10,6 +10,8 @@ mod bad_input;
 mod common;
 mod durability;
 mod envoy_docs;
+mod failover;
+mod federation;
 mod helper;
 mod helper_nginx;
 mod issuance_log;
