@@ -391,7 +391,27 @@ impl CaManager {
         let mut x509 = current.x509.clone();
         let mut jwt = current.jwt.clone();
         let output = step(self, &mut x509, &mut jwt)?;
+        // Key files of authorities that the step removed are deleted only once the new state
+        // is stored: a state row that still names a deleted key file stops the next start.
+        let removed_x509: Vec<X509Slot> = current
+            .x509
+            .iter()
+            .filter(|old| !x509.iter().any(|new| new.id == old.id))
+            .cloned()
+            .collect();
+        let removed_jwt: Vec<JwtSlot> = current
+            .jwt
+            .iter()
+            .filter(|old| !jwt.iter().any(|new| new.key.key_id() == old.key.key_id()))
+            .cloned()
+            .collect();
         self.commit(&current, x509, jwt).await?;
+        for slot in &removed_x509 {
+            self.remove_x509_key_file(slot);
+        }
+        for slot in &removed_jwt {
+            self.remove_jwt_key_file(slot);
+        }
         Ok(output)
     }
 
@@ -1036,6 +1056,42 @@ mod tests {
         (old_x509, old_jwt)
     }
 
+    /// A revoke whose new state cannot be stored keeps the authority's key file, so the stored
+    /// state, which still names the authority, loads at the next start.
+    #[tokio::test]
+    async fn failed_revoke_keeps_key_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let ca = open(dir.path(), now).await;
+        let (old_x509, old_jwt) = rotate_and_taint(&ca, now).await;
+        let key_files = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.path().join("keys"))
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = key_files();
+        ca.datastore.close().await;
+        let failed = ca
+            .apply_manual(|_, x509, jwt| -> Result<_, StepError> {
+                localauthority::revoke(x509, Kind::X509, &old_x509)?;
+                localauthority::revoke(jwt, Kind::Jwt, &old_jwt)?;
+                Ok(())
+            })
+            .await;
+        assert!(failed.is_err(), "storing the state on a closed datastore fails");
+        assert_eq!(key_files(), before, "no key file is deleted before the state is stored");
+        drop(ca);
+
+        let reopened = open(dir.path(), now).await;
+        assert!(
+            x509_states(&reopened).iter().any(|(id, _, _)| *id == old_x509),
+            "the stored state still names the authority, and its key file loads"
+        );
+    }
+
     #[tokio::test]
     async fn manual_steps_survive_restart() {
         let dir = tempfile::tempdir().unwrap();
@@ -1063,11 +1119,9 @@ mod tests {
         assert_eq!(jwt_states(&reopened), jwt_before);
 
         reopened
-            .apply_manual(|ca, x509, jwt| -> Result<_, StepError> {
-                let removed = localauthority::revoke(x509, Kind::X509, &old_x509)?;
-                ca.remove_x509_key_file(&removed);
-                let removed = localauthority::revoke(jwt, Kind::Jwt, &old_jwt)?;
-                ca.remove_jwt_key_file(&removed);
+            .apply_manual(|_, x509, jwt| -> Result<_, StepError> {
+                localauthority::revoke(x509, Kind::X509, &old_x509)?;
+                localauthority::revoke(jwt, Kind::Jwt, &old_jwt)?;
                 Ok(())
             })
             .await

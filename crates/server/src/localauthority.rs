@@ -284,17 +284,14 @@ pub(crate) async fn prepare_request(
                 Kind::X509 => {
                     let slot = ca.create_x509_slot(now, SlotState::Prepared)?;
                     let created = to_pb(&slot);
-                    if let Some(replaced) = prepare(x509, slot) {
-                        ca.remove_x509_key_file(&replaced);
-                    }
+                    // apply_manual deletes a replaced authority's key file after the commit.
+                    prepare(x509, slot);
                     created
                 }
                 Kind::Jwt => {
                     let slot = ca.create_jwt_slot(now, SlotState::Prepared)?;
                     let created = to_pb(&slot);
-                    if let Some(replaced) = prepare(jwt, slot) {
-                        ca.remove_jwt_key_file(&replaced);
-                    }
+                    prepare(jwt, slot);
                     created
                 }
             })
@@ -321,22 +318,15 @@ pub(crate) async fn step_request(
     let id = request.authority_id.trim();
     let authority = shared
         .ca
-        .apply_manual(|ca: &CaManager, x509, jwt| -> Result<_, StepError> {
+        .apply_manual(|_: &CaManager, x509, jwt| -> Result<_, StepError> {
             Ok(match (kind, step) {
                 (Kind::X509, Step::Activate) => to_pb(&activate(x509, kind, id)?),
                 (Kind::X509, Step::Taint) => to_pb(&taint(x509, kind, id)?),
-                (Kind::X509, Step::Revoke) => {
-                    let removed = revoke(x509, kind, id)?;
-                    ca.remove_x509_key_file(&removed);
-                    to_pb(&removed)
-                }
+                // apply_manual deletes a revoked authority's key file after the commit.
+                (Kind::X509, Step::Revoke) => to_pb(&revoke(x509, kind, id)?),
                 (Kind::Jwt, Step::Activate) => to_pb(&activate(jwt, kind, id)?),
                 (Kind::Jwt, Step::Taint) => to_pb(&taint(jwt, kind, id)?),
-                (Kind::Jwt, Step::Revoke) => {
-                    let removed = revoke(jwt, kind, id)?;
-                    ca.remove_jwt_key_file(&removed);
-                    to_pb(&removed)
-                }
+                (Kind::Jwt, Step::Revoke) => to_pb(&revoke(jwt, kind, id)?),
             })
         })
         .await?;
