@@ -64,8 +64,17 @@ pub(crate) enum BundleRejection {
         /// Position of the authority in the bundle.
         index: usize,
     },
-    /// Every X.509 authority has expired.
-    #[error("all {count} X.509 authorities have expired")]
+    /// An X.509 authority is not a CA certificate, so nothing can chain to it.
+    #[error(
+        "X.509 authority {index} is not a CA certificate (basicConstraints CA is not true); a \
+         bundle lists the trust domain's CA certificates"
+    )]
+    NotCa {
+        /// Position of the authority in the bundle.
+        index: usize,
+    },
+    /// No X.509 authority is valid now: each has expired or is not yet valid.
+    #[error("none of the {count} X.509 authorities is valid now (expired or not yet valid)")]
     AllExpired {
         /// Number of X.509 authorities.
         count: usize,
@@ -76,8 +85,8 @@ pub(crate) enum BundleRejection {
 }
 
 /// Parses `json` as the SPIFFE bundle of `trust_domain` and checks it. Every X.509 authority
-/// must parse and none may name another trust domain in a SPIFFE ID URI SAN. At least one
-/// must be unexpired at `now`, and the bundle must not be empty.
+/// must parse, be a CA certificate and name no other trust domain in any SPIFFE ID URI SAN.
+/// At least one must be valid at `now`, and the bundle must not be empty.
 pub(crate) fn check_bundle(
     trust_domain: &TrustDomain,
     json: &[u8],
@@ -101,8 +110,9 @@ pub(crate) fn check_authorities(
     for (index, der) in bundle.x509_authorities.iter().enumerate() {
         let (_, cert) = X509Certificate::from_der(der.as_ref())
             .map_err(|_| BundleRejection::InvalidCertificate { index })?;
-        if let Some(found) = spiffe_trust_domain(&cert)
-            && found != bundle.trust_domain.name()
+        if let Some(found) = spiffe_trust_domains(&cert)
+            .into_iter()
+            .find(|found| found != bundle.trust_domain.name())
         {
             return Err(BundleRejection::WrongTrustDomain {
                 expected: bundle.trust_domain.clone(),
@@ -110,7 +120,18 @@ pub(crate) fn check_authorities(
                 index,
             });
         }
-        if cert.validity().not_after.timestamp() > now_seconds {
+        let is_ca = cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|constraints| constraints.value.ca);
+        if !is_ca {
+            return Err(BundleRejection::NotCa { index });
+        }
+        let validity = cert.validity();
+        if validity.not_before.timestamp() <= now_seconds
+            && validity.not_after.timestamp() > now_seconds
+        {
             unexpired += 1;
         }
     }
@@ -122,15 +143,21 @@ pub(crate) fn check_authorities(
     Ok(())
 }
 
-/// Returns the trust domain name of the first `spiffe://` URI SAN, if any.
-fn spiffe_trust_domain(cert: &X509Certificate<'_>) -> Option<String> {
-    let san = cert.subject_alternative_name().ok().flatten()?;
-    san.value.general_names.iter().find_map(|name| match name {
-        GeneralName::URI(uri) => uri
-            .strip_prefix("spiffe://")
-            .map(|rest| rest.split('/').next().unwrap_or_default().to_owned()),
-        _ => None,
-    })
+/// Returns the trust domain names of every `spiffe://` URI SAN, in order.
+fn spiffe_trust_domains(cert: &X509Certificate<'_>) -> Vec<String> {
+    let Some(san) = cert.subject_alternative_name().ok().flatten() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => uri
+                .strip_prefix("spiffe://")
+                .map(|rest| rest.split('/').next().unwrap_or_default().to_owned()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Parses a supplied first bundle: SPIFFE bundle JSON when it starts with `{`, PEM
@@ -597,6 +624,58 @@ mod tests {
         let json = bundle_json("b.org", &[first, second]);
         let rejection = check_bundle(&trust_domain("b.org"), &json, now()).unwrap_err();
         assert_eq!(rejection, BundleRejection::AllExpired { count: 2 });
+    }
+
+    /// A certificate like [`ca_cert`] with the given URI SANs and CA flag.
+    fn cert_with(sans: &[&str], is_ca: bool) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::default();
+        if is_ca {
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        }
+        params.subject_alt_names = sans
+            .iter()
+            .map(|san| rcgen::SanType::URI(rcgen::string::Ia5String::try_from(*san).unwrap()))
+            .collect();
+        params.not_before = time::OffsetDateTime::from_unix_timestamp(1_900_000_000).unwrap();
+        params.not_after = time::OffsetDateTime::from_unix_timestamp(2_100_000_000).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn bundle_check_rejects_a_second_san_of_another_domain() {
+        let cert = cert_with(&["spiffe://b.org", "spiffe://a.org"], true);
+        let json = bundle_json("b.org", &[cert]);
+        let rejection = check_bundle(&trust_domain("b.org"), &json, now()).unwrap_err();
+        assert!(
+            matches!(
+                &rejection,
+                BundleRejection::WrongTrustDomain { found, index: 0, .. } if found == "a.org"
+            ),
+            "{rejection:?}"
+        );
+    }
+
+    #[test]
+    fn bundle_check_rejects_non_ca_authority() {
+        let current = ca_cert("b.org", 1_900_000_000, 2_100_000_000);
+        let leaf = cert_with(&["spiffe://b.org/workload"], false);
+        let json = bundle_json("b.org", &[current, leaf]);
+        let rejection = check_bundle(&trust_domain("b.org"), &json, now()).unwrap_err();
+        assert_eq!(rejection, BundleRejection::NotCa { index: 1 });
+    }
+
+    #[test]
+    fn bundle_check_rejects_only_future_authorities() {
+        let future = ca_cert("b.org", 2_050_000_000, 2_100_000_000);
+        let json = bundle_json("b.org", &[future]);
+        let rejection = check_bundle(&trust_domain("b.org"), &json, now()).unwrap_err();
+        assert_eq!(rejection, BundleRejection::AllExpired { count: 1 });
+        // A future authority beside a current one is a prepared authority, which is kept.
+        let current = ca_cert("b.org", 1_900_000_000, 2_100_000_000);
+        let future = ca_cert("b.org", 2_050_000_000, 2_100_000_000);
+        let json = bundle_json("b.org", &[current, future]);
+        assert!(check_bundle(&trust_domain("b.org"), &json, now()).is_ok());
     }
 
     #[test]

@@ -31,6 +31,59 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections served at once; later ones wait for a slot.
 const MAX_CONNECTIONS: usize = 256;
 
+/// Connections one IP address may hold at once; more are closed at once. The endpoint is open
+/// to every federation partner, so without this one client that opens connections and never
+/// completes a request could take every slot.
+const MAX_CONNECTIONS_PER_IP: usize = 8;
+
+/// Time a connection has, after its TLS handshake, to send its request and read the answer.
+/// A bundle is one small GET, and each connection serves one request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Open connections per client IP address.
+#[derive(Default)]
+struct PerIp(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection counted in [`PerIp`] until dropped.
+struct IpSlot {
+    counts: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(ip).or_default();
+        if *count >= MAX_CONNECTIONS_PER_IP {
+            return None;
+        }
+        *count += 1;
+        Some(IpSlot {
+            counts: Arc::clone(self),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Binds the bundle endpoint when `federation.bundle_endpoint` is configured and starts
 /// serving it. Returns the bound address.
 pub(crate) async fn serve(
@@ -125,6 +178,7 @@ async fn accept_loop(
     shutdown: CancellationToken,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_ip = Arc::new(PerIp::default());
     let mut connections = JoinSet::new();
     loop {
         let permit = tokio::select! {
@@ -145,10 +199,15 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(ip_slot) = per_ip.take(peer.ip()) else {
+            tracing::debug!(%peer, "bundle endpoint refused a connection: too many from this address");
+            continue;
+        };
         let acceptor = acceptor.clone();
         let shared = Arc::clone(&shared);
         connections.spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             serve_connection(tcp, peer, acceptor, shared, refresh_hint).await;
         });
         // Reap finished connections so the set does not grow.
@@ -180,11 +239,15 @@ async fn serve_connection(
         let response = respond(&shared, request.method(), refresh_hint);
         async move { Ok::<_, Infallible>(response) }
     });
-    if let Err(error) = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service)
-        .await
-    {
-        tracing::debug!(%peer, %error, "bundle endpoint connection ended with an error");
+    let connection = hyper::server::conn::http1::Builder::new()
+        .keep_alive(false)
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(REQUEST_TIMEOUT, connection).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "bundle endpoint connection ended with an error");
+        }
+        Err(_) => tracing::debug!(%peer, "bundle endpoint request timed out"),
     }
 }
 
@@ -205,4 +268,34 @@ fn respond(shared: &Shared, method: &Method, refresh_hint: Duration) -> Response
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(bundle.to_json())))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod per_ip_tests {
+    use super::*;
+
+    #[test]
+    fn one_address_gets_a_bounded_share() {
+        let per_ip = Arc::new(PerIp::default());
+        let attacker: std::net::IpAddr = [192, 0, 2, 1].into();
+        let partner: std::net::IpAddr = [198, 51, 100, 7].into();
+        let held: Vec<IpSlot> = (0..MAX_CONNECTIONS_PER_IP)
+            .map(|_| per_ip.take(attacker).expect("below the limit"))
+            .collect();
+        assert!(per_ip.take(attacker).is_none(), "one more is refused");
+        assert!(
+            per_ip.take(partner).is_some(),
+            "another address is still served"
+        );
+        drop(held);
+        assert!(
+            per_ip.take(attacker).is_some(),
+            "closed connections free their slots"
+        );
+        assert_eq!(
+            per_ip.0.lock().unwrap().get(&attacker),
+            None,
+            "an address with no connection leaves no entry behind"
+        );
+    }
 }
