@@ -97,6 +97,9 @@ impl FromStr for ServerAddress {
         if text.contains("://") {
             return Err("expected host:port without a scheme, such as 10.0.0.5:8081".to_owned());
         }
+        if text.chars().any(char::is_whitespace) {
+            return Err("remove the spaces; expected host:port, such as 10.0.0.5:8081".to_owned());
+        }
         let Some((host, port)) = text.rsplit_once(':') else {
             return Err("expected host:port, such as 10.0.0.5:8081".to_owned());
         };
@@ -106,9 +109,10 @@ impl FromStr for ServerAddress {
             );
         }
         let host = check_host(host)?;
-        let port = port
-            .parse::<u16>()
-            .ok()
+        // u16's parser also takes a leading `+`, which is no way to write a port.
+        let port = Some(port)
+            .filter(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|port| port.parse::<u16>().ok())
             .filter(|port| *port != 0)
             .ok_or_else(|| format!("invalid port {port:?}: expected 1 to 65535"))?;
         Ok(Self { host, port })
