@@ -1081,13 +1081,22 @@ mod tests {
                 Ok(())
             })
             .await;
-        assert!(failed.is_err(), "storing the state on a closed datastore fails");
-        assert_eq!(key_files(), before, "no key file is deleted before the state is stored");
+        assert!(
+            failed.is_err(),
+            "storing the state on a closed datastore fails"
+        );
+        assert_eq!(
+            key_files(),
+            before,
+            "no key file is deleted before the state is stored"
+        );
         drop(ca);
 
         let reopened = open(dir.path(), now).await;
         assert!(
-            x509_states(&reopened).iter().any(|(id, _, _)| *id == old_x509),
+            x509_states(&reopened)
+                .iter()
+                .any(|(id, _, _)| *id == old_x509),
             "the stored state still names the authority, and its key file loads"
         );
     }
