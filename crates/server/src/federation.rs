@@ -47,8 +47,8 @@ pub(crate) enum BundleRejection {
     Malformed(#[from] SpiffeBundleError),
     /// An X.509 authority names another trust domain in its SPIFFE ID URI SAN.
     #[error(
-        "X.509 authority {index} belongs to trust domain {found}, not to {expected}; the \
-         endpoint serves another trust domain's bundle"
+        "X.509 authority {index} belongs to trust domain {found}, not to {expected}; this is \
+         another trust domain's bundle"
     )]
     WrongTrustDomain {
         /// The relationship's trust domain.

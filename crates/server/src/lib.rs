@@ -245,6 +245,17 @@ impl ServerHandle {
 
 async fn open_datastore(config: &ServerConfig) -> Result<Datastore, ServerError> {
     let datastore = Datastore::open(&config.datastore).await?;
+    if datastore.database_type() == twid_datastore::DatabaseType::Postgres
+        && config.key_manager.keys_path().is_none()
+    {
+        // Replicas publish and trust each other's authorities through stored CA state, which
+        // the memory key manager does not write.
+        tracing::warn!(
+            "KeyManager \"memory\" on a PostgreSQL datastore: other server replicas will \
+             neither publish nor trust this server's CA, so agents cannot fail over to or from \
+             it; use KeyManager \"disk\" for replicas"
+        );
+    }
     Ok(datastore)
 }
 

@@ -391,6 +391,13 @@ fn print_x509_text(
         let cas = split_der_certificates(&svid.bundle)?.len();
         println!("Bundle CAs:       {cas}\n");
     }
+    // A BTreeMap would sort too, but the proto map is a HashMap.
+    let mut federated: Vec<_> = response.federated_bundles.iter().collect();
+    federated.sort_by(|a, b| a.0.cmp(b.0));
+    for (trust_domain, bundle) in federated {
+        let cas = split_der_certificates(bundle)?.len();
+        println!("Federated bundle: {trust_domain} ({cas} CAs)");
+    }
     if let Some(dir) = written_to {
         println!(
             "Wrote svid.<i>.pem, svid.<i>.key and bundle.<i>.pem for each SVID <i> (from 0) to {}",
@@ -413,9 +420,15 @@ fn print_x509_json(response: &X509svidResponse) -> anyhow::Result<()> {
             "bundle_pem": certs_pem(&svid.bundle)?,
         }));
     }
+    let mut federated = serde_json::Map::new();
+    for (trust_domain, bundle) in &response.federated_bundles {
+        federated.insert(trust_domain.clone(), certs_pem(bundle)?.into());
+    }
     println!(
         "{}",
-        serde_json::to_string_pretty(&serde_json::json!({ "svids": svids }))?
+        serde_json::to_string_pretty(
+            &serde_json::json!({ "svids": svids, "federated_bundles_pem": federated })
+        )?
     );
     Ok(())
 }

@@ -85,7 +85,11 @@ pub(crate) async fn run(command: FederationCommand) -> anyhow::Result<()> {
                     );
                 }
                 OutputFormat::Pretty => {
-                    println!("Found {} relationships", response.relationships.len());
+                    let count = response.relationships.len();
+                    println!(
+                        "Found {count} relationship{}",
+                        if count == 1 { "" } else { "s" }
+                    );
                     for relationship in &response.relationships {
                         println!();
                         print!("{}", relationship_text(relationship));
