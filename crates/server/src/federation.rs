@@ -30,7 +30,7 @@ pub(crate) const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(5 * 60);
 /// server poll it in a tight loop.
 const MIN_REFRESH: Duration = Duration::from_secs(30);
 
-/// Longest refresh interval, so a rotated foreign CA is picked up within a day.
+/// Maximum refresh interval, so a rotated foreign CA is picked up within a day.
 const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
 
 /// Delay before retrying a failed or rejected fetch.
@@ -626,7 +626,7 @@ mod tests {
         assert_eq!(rejection, BundleRejection::AllExpired { count: 2 });
     }
 
-    /// A certificate like [`ca_cert`] with the given URI SANs and CA flag.
+    /// Returns a certificate like [`ca_cert`] with the given URI SANs and CA flag.
     fn cert_with(sans: &[&str], is_ca: bool) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::default();
         if is_ca {
@@ -643,7 +643,7 @@ mod tests {
     }
 
     #[test]
-    fn bundle_check_rejects_a_second_san_of_another_domain() {
+    fn bundle_check_rejects_foreign_second_san() {
         let cert = cert_with(&["spiffe://b.org", "spiffe://a.org"], true);
         let json = bundle_json("b.org", &[cert]);
         let rejection = check_bundle(&trust_domain("b.org"), &json, now()).unwrap_err();

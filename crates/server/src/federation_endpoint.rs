@@ -36,7 +36,7 @@ const MAX_CONNECTIONS: usize = 256;
 /// completes a request could take every slot.
 const MAX_CONNECTIONS_PER_IP: usize = 8;
 
-/// Time a connection has, after its TLS handshake, to send its request and read the answer.
+/// Time a connection has, after its TLS handshake, to send its request and read the response.
 /// A bundle is one small GET, and each connection serves one request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -855,7 +855,7 @@ async fn federation_rejects_bad_bundles() {
 
     let cases = [
         ("c.org", "belongs to trust domain evil.org"),
-        ("d.org", "have expired"),
+        ("d.org", "expired or not yet valid"),
         ("e.org", "malformed bundle"),
     ];
     for (trust_domain, reason) in cases {
