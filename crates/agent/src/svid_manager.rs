@@ -64,9 +64,8 @@ pub(crate) struct PlanInputs<'a> {
 /// entry is due only when `retry_revoked` is true, because the server rejects it until the
 /// agent attests again.
 ///
-/// An entry whose SVID a tainted authority signed is due as well, up to
-/// `taint_batch_size` of them in the order of `entries`. It keeps that SVID until the new one
-/// is signed.
+/// Entries whose SVID a tainted authority signed are due as well, at most `taint_batch_size`
+/// of them in the order of `entries`. Each keeps its SVID until the new one is signed.
 pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<'_>) -> Plan {
     let PlanInputs {
         now,

@@ -3,13 +3,12 @@
 //! agent attached to replica B printing an update with the new entry's SVID.
 //!
 //! Two `twid server run` processes share a fresh PostgreSQL database, each with its own CA
-//! key directory (see `tests/e2e/replicas.rs`). One agent attests to B with a 10-minute sync interval, so
-//! every new SVID reaches it through B's Watch hint, which B sends on A's PostgreSQL
-//! notification. A warm-up entry gives the client its first SVID, and each trial creates one
-//! more entry that selects this process's uid, so after trial `n` the client holds `n + 1`
-//! SVIDs. The time includes starting the `twid` command line,
-//! the admin API call, the notification, the agent's sync and signing, and the Workload API
-//! update. Both clocks are the system clock of this machine. The agent logs at debug level.
+//! key directory (see `tests/e2e/replicas.rs`). One agent attests to B with a 10-minute sync
+//! interval, so every new SVID reaches it through B's Watch hint, which B sends on A's
+//! PostgreSQL notification. A warm-up entry gives the client its first SVID, and each trial
+//! creates one more entry that selects this process's uid, so after trial `n` the client has
+//! `n + 1` SVIDs. The time includes starting the `twid` command line, the admin API call, the
+//! notification, the agent's sync and signing, and the Workload API update. Both clocks are the system clock of this machine. The agent logs at debug level.
 //!
 //! Run with `cargo bench -p twid --bench replicas` while PostgreSQL listens on 127.0.0.1:5432
 //! (user postgres, trust authentication). `TWID_REPLICA_TRIALS` sets the number of trials
@@ -51,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let (agent, agent_id) = replicas.start_agent_on_b();
     let client = WatchClient::start(&agent.socket, None);
     let selector = uid_selector();
-    // The client holds one SVID before the first trial. Without an identity its stream ends
+    // The client has one SVID before the first trial. Without an identity its stream ends
     // with PermissionDenied and reopens only after a delay of 0.5 s or more, which the first
     // trial would measure.
     replicas.a.create_entry(

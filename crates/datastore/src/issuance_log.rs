@@ -476,8 +476,8 @@ enum WriterBackend {
     /// Calling SQLite on the appender's thread, with statements that stay prepared, costs a
     /// fraction of going through sqlx's worker thread: no thread switch or message per
     /// statement and row, and no per-batch encoding. Other connections see the batch when it
-    /// commits; the datastore's own transactions on SQLite begin with `BEGIN IMMEDIATE`, so
-    /// they wait for the writer's lock instead of failing on a lock upgrade.
+    /// commits. The datastore's own SQLite transactions begin with `BEGIN IMMEDIATE`, so they
+    /// wait for the writer's lock instead of failing on a lock upgrade.
     Sqlite {
         path: Arc<Path>,
         conn: Option<rusqlite::Connection>,

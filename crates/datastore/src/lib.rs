@@ -178,10 +178,10 @@ impl Datastore {
         to_u64("changes.revision", row.try_get("revision")?)
     }
 
-    /// Begins a transaction for a write. On SQLite it takes the write lock at once
-    /// (`BEGIN IMMEDIATE`): the issuance log writes through a connection of its own, and a
-    /// deferred transaction that had read before that connection committed could not upgrade
-    /// to a write lock (`SQLITE_BUSY_SNAPSHOT`), which busy_timeout does not wait out.
+    /// Begins a transaction for a write. On SQLite it takes the write lock at once with
+    /// `BEGIN IMMEDIATE`, because the issuance log writes through a connection of its own. A
+    /// deferred transaction that read before that connection committed could not upgrade to a
+    /// write lock (`SQLITE_BUSY_SNAPSHOT`), and busy_timeout does not wait that out.
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
         match self.backend {
             DatabaseType::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,

@@ -109,8 +109,8 @@ pub struct LogOptions {
     pub checkpoint_every: u64,
     /// The checkpoint signing key, or `None` to write no checkpoints.
     pub signing_key: Option<SigningKey>,
-    /// The least time from the start of one batch to the start of the next, unless a full
-    /// batch is waiting. A record that arrives after a quiet spell is written at once; under
+    /// The minimum time from the start of one batch to the start of the next, unless a full
+    /// batch is waiting. A record that arrives after a quiet spell is written at once. Under
     /// load, records gather for up to this long, so that one commit (a disk sync) serves
     /// many. Zero writes every batch as soon as the previous one has committed.
     pub batch_interval: Duration,

@@ -1015,7 +1015,7 @@ async fn datastore_writes_during_appends(db: &TestDb) {
     store.close().await;
 }
 
-/// A record that arrives after a quiet spell is written at once; one that arrives right after
+/// A record that arrives after a quiet spell is written at once. One that arrives right after
 /// a batch waits until the batch interval has passed since that batch began.
 async fn batch_interval_paces_only_under_load(db: &TestDb) {
     const INTERVAL: Duration = Duration::from_millis(1500);
