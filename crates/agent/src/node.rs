@@ -54,6 +54,9 @@ pub(crate) struct ServerConnection {
     /// [`ServerConnection::reconnect`] or [`ServerConnection::fail_over`], so that long-lived
     /// streams move to the new connection.
     reconnects: watch::Sender<u64>,
+    /// Whether a Watch stream to the server is open and has delivered its first hint, so the
+    /// server pushes every change and the sync loop need not poll.
+    watching: std::sync::atomic::AtomicBool,
 }
 
 /// The connection in use and the address it dials.
@@ -95,6 +98,7 @@ impl ServerConnection {
             rotation: Mutex::new(rotation),
             failover_backoff: Mutex::new(failover_backoff()),
             reconnects: watch::channel(0).0,
+            watching: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -177,6 +181,18 @@ impl ServerConnection {
     /// Resets the delay between connection attempts after a successful call.
     pub(crate) fn record_success(&self) {
         *self.lock_backoff() = failover_backoff();
+    }
+
+    /// Records whether a Watch stream is open; see [`ServerConnection::is_watching`].
+    pub(crate) fn set_watching(&self, watching: bool) {
+        self.watching
+            .store(watching, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Returns whether a Watch stream is open and has delivered a hint, so that every change
+    /// reaches the agent as a hint.
+    pub(crate) fn is_watching(&self) -> bool {
+        self.watching.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Returns a receiver that is notified after every new connection.
@@ -343,8 +359,19 @@ pub(crate) async fn call<T>(
     name: &'static str,
     request: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, AgentError> {
-    match tokio::time::timeout(RPC_TIMEOUT, request).await {
-        Ok(Ok(response)) => Ok(response.into_inner()),
+    receive(name, async {
+        request.await.map(tonic::Response::into_inner)
+    })
+    .await
+}
+
+/// Awaits `receive`, such as the rest of a response stream, as [`call`] awaits a call.
+pub(crate) async fn receive<T>(
+    name: &'static str,
+    receive: impl Future<Output = Result<T, Status>>,
+) -> Result<T, AgentError> {
+    match tokio::time::timeout(RPC_TIMEOUT, receive).await {
+        Ok(Ok(response)) => Ok(response),
         Ok(Err(status)) => Err(AgentError::rpc(name, &status)),
         Err(_) => Err(AgentError::Rpc {
             call: name,

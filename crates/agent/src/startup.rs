@@ -304,6 +304,7 @@ async fn new_syncer(
         taint_batch_size: settings.taint_batch_size,
         tainted_pending: false,
         round_generation: 0,
+        entries_revision: 0,
     })
 }
 

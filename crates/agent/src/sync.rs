@@ -29,12 +29,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls_pki_types::CertificateDer;
 use tokio::sync::{Notify, watch};
+use tonic::transport::Channel;
 use tracing::Instrument as _;
-use twid_proto::node::{RenewAgentRequest, SyncRequest};
-use twid_proto::types::{Bundle, JwtAuthority};
+use twid_proto::node::node_client::NodeClient;
+use twid_proto::node::{RenewAgentRequest, SyncRequest, SyncResponse};
+use twid_proto::types::{Bundle, Entry, JwtAuthority};
 use twid_spiffe::TrustDomain;
 use twid_telemetry::Health;
 use twid_tls::{SvidSource, TrustSource};
+use twid_types::EntriesDigest;
 
 use crate::cache::{Cache, CachedEntry, Snapshot, TrustDomainBundle, half_life, sort_entries};
 use crate::node::{self, ServerConnection};
@@ -51,6 +54,35 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// replaced, so that each batch reaches the server separately.
 const TAINT_BATCH_DELAY: Duration = Duration::from_secs(1);
 
+/// Drops the entries that expired at `now`, which the server leaves out of Sync as well.
+fn unexpired(mut entries: Vec<Entry>, now: i64) -> Vec<Entry> {
+    entries.retain(|entry| entry.expires_at == 0 || entry.expires_at > now);
+    entries
+}
+
+/// Applies a Sync delta to the entries of `previous`: `changed` entries replace those with the
+/// same ID or are added, and `removed` IDs are dropped.
+fn apply_delta(
+    previous: &Snapshot,
+    changed: Vec<Entry>,
+    removed: &[String],
+    now: i64,
+) -> Vec<Entry> {
+    let removed: HashSet<&str> = removed.iter().map(String::as_str).collect();
+    let changed_ids: HashSet<String> = changed.iter().map(|entry| entry.id.clone()).collect();
+    let mut entries: Vec<Entry> = previous
+        .entries
+        .iter()
+        .filter(|cached| {
+            let id = cached.entry.id.as_str();
+            !removed.contains(id) && !changed_ids.contains(id)
+        })
+        .map(|cached| cached.entry.clone())
+        .collect();
+    entries.extend(changed);
+    unexpired(entries, now)
+}
+
 /// Returns the current time in Unix seconds.
 pub(crate) fn unix_now() -> i64 {
     let elapsed = SystemTime::now()
@@ -58,6 +90,10 @@ pub(crate) fn unix_now() -> i64 {
         .unwrap_or_default();
     i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
 }
+
+/// The longest pause between rounds while a Watch stream is open, as a safety net for a hint
+/// the agent did not receive.
+const WATCHED_MAX_DELAY: Duration = Duration::from_secs(30 * 60);
 
 /// Exponential backoff, by default from [`BACKOFF_START`] doubling to [`BACKOFF_MAX`], with up
 /// to 20% random shortening.
@@ -132,6 +168,9 @@ pub(crate) struct Syncer {
     /// The connection generation that the last round used, for
     /// [`ServerConnection::fail_over`].
     pub(crate) round_generation: u64,
+    /// The server's entries revision that the cached entries reflect, sent in each Sync so
+    /// the server sends only what changed; 0 before the first sync.
+    pub(crate) entries_revision: u64,
 }
 
 impl Syncer {
@@ -205,7 +244,7 @@ impl Syncer {
                     );
                 }
                 *retry = RetryState::new();
-                interval
+                self.next_round_delay(interval)
             }
             Err(error) if error.is_agent_rejected() && self.reattestation.is_some() => {
                 // An evidence agent that was evicted, or whose SVID the server no longer
@@ -256,6 +295,44 @@ impl Syncer {
         };
         self.check_agent_expiry();
         Some(delay)
+    }
+
+    /// Returns the delay after a successful round: the sync interval, unless a Watch stream is
+    /// open. The server then sends a hint for every change, so the next round is due only when
+    /// an SVID reaches half its lifetime, and at the latest after [`WATCHED_MAX_DELAY`].
+    fn next_round_delay(&self, interval: Duration) -> Duration {
+        if !self.connection.is_watching() {
+            return interval;
+        }
+        let snapshot = self.cache.current();
+        let workload_due = snapshot
+            .entries
+            .iter()
+            .filter_map(|cached| cached.svid.as_ref())
+            .map(|svid| half_life(svid.not_before, svid.not_after));
+        let agent_due = self
+            .agent
+            .validity()
+            .ok()
+            .map(|(not_before, not_after)| half_life(not_before, not_after));
+        let revoked_due = snapshot
+            .entries
+            .iter()
+            .any(|cached| cached.svid_revoked)
+            .then_some(self.revoked_retry_at);
+        let unsigned = snapshot
+            .entries
+            .iter()
+            .any(|cached| cached.svid.is_none() && !cached.svid_revoked);
+        let Some(due) = workload_due.chain(agent_due).chain(revoked_due).min() else {
+            return WATCHED_MAX_DELAY;
+        };
+        if unsigned {
+            // Entries whose signing failed are retried at the interval.
+            return interval;
+        }
+        let until_due = u64::try_from(due.saturating_sub(unix_now())).unwrap_or(0);
+        Duration::from_secs(until_due).clamp(interval, WATCHED_MAX_DELAY.max(interval))
     }
 
     /// Stops serving every cached SVID when the server rejected the agent because its own SVID
@@ -317,8 +394,9 @@ impl Syncer {
     pub(crate) async fn sync_once(&mut self) -> Result<(), AgentError> {
         let (mut client, generation) = self.connection.client_with_generation();
         self.round_generation = generation;
-        let response = node::call("Sync", client.sync(SyncRequest {})).await?;
+        let previous = self.cache.current();
         let now = unix_now();
+        let (response, entries) = self.fetch_entries(&mut client, &previous, now).await?;
         let bundle = response.bundle.unwrap_or_default();
         self.update_bundle(&bundle);
         let federated = federated_bundles(&self.trust_domain, response.federated_bundles);
@@ -329,7 +407,6 @@ impl Syncer {
         );
         let tainted = TaintedAuthorities::new(response.tainted_x509_authority_ids);
 
-        let previous = self.cache.current();
         let retry_revoked = now >= self.revoked_retry_at;
         let inputs = svid_manager::PlanInputs {
             now,
@@ -338,7 +415,7 @@ impl Syncer {
             tainted: &tainted,
             taint_batch_size: self.taint_batch_size,
         };
-        let mut plan = svid_manager::plan(&previous, response.entries, inputs);
+        let mut plan = svid_manager::plan(&previous, entries, inputs);
         self.tainted_pending = plan.tainted_pending > 0;
         if plan.tainted_due > 0 {
             tracing::info!(
@@ -391,6 +468,63 @@ impl Syncer {
             return Ok(());
         }
         self.renew_agent_if_due(now, &tainted).await
+    }
+
+    /// Calls Sync with the revision of the cached entries and returns the response with the
+    /// entries the agent is now authorized for. A delta is applied to the entries of
+    /// `previous`. When the result's digest differs from the server's, for example because
+    /// a node alias change moved entries the delta did not name, the agent asks again for
+    /// every entry.
+    async fn fetch_entries(
+        &mut self,
+        client: &mut NodeClient<Channel>,
+        previous: &Snapshot,
+        now: i64,
+    ) -> Result<(SyncResponse, Vec<Entry>), AgentError> {
+        let mut known = self.entries_revision;
+        loop {
+            let request = SyncRequest {
+                entries_revision: known,
+            };
+            let stream = node::call("Sync", client.sync(request)).await?;
+            let mut response = node::receive("Sync", twid_proto::collect_sync(stream)).await?;
+            let delta = std::mem::take(&mut response.entries);
+            let removed = std::mem::take(&mut response.removed_entry_ids);
+            let entries = if response.full {
+                unexpired(delta, now)
+            } else {
+                apply_delta(previous, delta, &removed, now)
+            };
+            let digest: EntriesDigest = entries
+                .iter()
+                .map(|entry| EntriesDigest::term(&entry.id, entry.revision_number))
+                .collect();
+            let matches = EntriesDigest::from_bytes(&response.entries_digest) == Some(digest);
+            if matches || known == 0 {
+                if !matches {
+                    // Expected only while the clocks of agent and server disagree about an
+                    // entry's expiry; the next round compares again.
+                    tracing::debug!(
+                        entries = entries.len(),
+                        server_entries = response.entries_count,
+                        "the entries digest differs from the server's after a full sync"
+                    );
+                }
+                self.entries_revision = if matches {
+                    response.entries_revision
+                } else {
+                    0
+                };
+                return Ok((response, entries));
+            }
+            tracing::debug!(
+                known_revision = known,
+                entries = entries.len(),
+                server_entries = response.entries_count,
+                "the entries digest differs from the server's after a delta; syncing in full"
+            );
+            known = 0;
+        }
     }
 
     /// Builds the snapshot of one round from its entries, in the order workloads see.

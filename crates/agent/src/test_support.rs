@@ -435,7 +435,10 @@ impl Node for FakeService {
         }))
     }
 
-    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+    async fn sync(
+        &self,
+        request: Request<SyncRequest>,
+    ) -> Result<Response<BoxStream<SyncResponse>>, Status> {
         let node = &self.0;
         node.authenticate(&request)?;
         node.state().syncs += 1;
@@ -448,14 +451,24 @@ impl Node for FakeService {
             let state = node.state();
             (state.revoked_serials.clone(), state.revoked_jtis.clone())
         };
-        Ok(Response::new(SyncResponse {
+        // This server keeps no change history, so every answer is a full set.
+        let digest: twid_types::EntriesDigest = entries
+            .iter()
+            .map(|entry| twid_types::EntriesDigest::term(&entry.id, entry.revision_number))
+            .collect();
+        let response = SyncResponse {
+            entries_count: entries.len() as u64,
             entries,
             bundle: Some(node.bundle()),
             federated_bundles: Vec::new(),
             revoked_x509_serials,
             revoked_jtis,
+            full: true,
+            entries_digest: digest.to_bytes().to_vec(),
             ..SyncResponse::default()
-        }))
+        };
+        let stream: BoxStream<SyncResponse> = Box::pin(tokio_stream::once(Ok(response)));
+        Ok(Response::new(stream))
     }
 
     async fn batch_new_x509_svid(

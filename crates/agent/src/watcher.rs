@@ -9,8 +9,12 @@
 //! delay. A server without Watch (Unimplemented), or one that rejects the agent, leaves the
 //! agent on its sync interval until the next reconnect.
 //!
+//! While a stream is open and has delivered its first hint, the sync loop does not poll: it runs
+//! a round for each hint and when an SVID is due for renewal (see
+//! [`crate::sync::Syncer::run`]). Between streams it polls at its interval.
+//!
 //! Limit: a stream on a connection that dies silently (no FIN or RST, such as a network
-//! partition) is noticed only once the connection fails. The interval sync continues meanwhile.
+//! partition) is noticed only once the connection fails or a renewal round fails.
 
 use std::sync::Arc;
 
@@ -60,6 +64,9 @@ pub(crate) async fn run(
             ended = watcher.hold(&mut reconnects, &mut backoff) => ended,
             _ = shutdown.wait_for(|stop| *stop) => Ended::Shutdown,
         };
+        // A hint may be lost between the end of one stream and the first hint of the next, so
+        // the sync loop polls at its interval meanwhile.
+        watcher.connection.set_watching(false);
         let wait = match ended {
             Ended::Shutdown => return,
             Ended::Reconnected => continue,
@@ -142,6 +149,7 @@ impl Watcher {
                             reason = %hint.reason,
                             "sync hint received"
                         );
+                        self.connection.set_watching(true);
                         self.hints.notify_one();
                     }
                     Ok(None) => {

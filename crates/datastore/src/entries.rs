@@ -12,7 +12,7 @@ use crate::error::map_unique;
 use crate::notify::{ChangeKind, send_change};
 use crate::{
     Datastore, DatastoreError, bump_revision, from_json, get_bool, parse_spiffe_id, sha256_hex,
-    to_json, to_u64,
+    to_json, to_u64, unix_now,
 };
 
 /// Conditions for [`Datastore::list_entries`]. An entry is listed when it meets every
@@ -80,7 +80,13 @@ impl Datastore {
             }
         }
         if created > 0 {
-            bump_revision(&mut tx).await?;
+            let revision = bump_revision(&mut tx).await?;
+            let ids: Vec<&str> = results
+                .iter()
+                .flatten()
+                .map(|entry| entry.id.as_str())
+                .collect();
+            record_changes(&mut tx, revision, ids, now).await?;
             send_change(&mut tx, self.backend, ChangeKind::Entry).await?;
         }
         tx.commit().await?;
@@ -206,7 +212,8 @@ impl Datastore {
         let created_at: i64 = row.try_get("created_at")?;
         let revision_number: i64 = row.try_get("revision_number")?;
 
-        bump_revision(&mut tx).await?;
+        let revision = bump_revision(&mut tx).await?;
+        record_changes(&mut tx, revision, [id], now).await?;
         send_change(&mut tx, self.backend, ChangeKind::Entry).await?;
         tx.commit().await?;
         tracing::debug!(entry_id = id, revision_number, "entry updated");
@@ -236,7 +243,8 @@ impl Datastore {
             return Err(DatastoreError::NotFound(format!("registration entry {id}")));
         };
         let entry = entry_from_row(&row)?;
-        bump_revision(&mut tx).await?;
+        let revision = bump_revision(&mut tx).await?;
+        record_changes(&mut tx, revision, [id], unix_now()).await?;
         send_change(&mut tx, self.backend, ChangeKind::Entry).await?;
         tx.commit().await?;
         tracing::debug!(entry_id = id, "entry deleted");
@@ -261,15 +269,22 @@ impl Datastore {
     /// Returns the database failure.
     pub async fn prune_expired_entries(&self, now: i64) -> Result<u64, DatastoreError> {
         let mut tx = self.begin_write().await?;
-        let deleted = sqlx::query(
-            "DELETE FROM registration_entries WHERE expires_at IS NOT NULL AND expires_at <= $1",
+        let rows = sqlx::query(
+            "DELETE FROM registration_entries WHERE expires_at IS NOT NULL AND expires_at <= $1 \
+             RETURNING id",
         )
         .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        .fetch_all(&mut *tx)
+        .await?;
+        let ids = rows
+            .iter()
+            .map(|row| row.try_get::<String, _>("id"))
+            .collect::<Result<Vec<_>, _>>()?;
+        let deleted = ids.len() as u64;
         if deleted > 0 {
-            bump_revision(&mut tx).await?;
+            let revision = bump_revision(&mut tx).await?;
+            let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+            record_changes(&mut tx, revision, ids, now).await?;
             send_change(&mut tx, self.backend, ChangeKind::Entry).await?;
         }
         tx.commit().await?;
@@ -392,4 +407,153 @@ fn entry_from_row(row: &AnyRow) -> Result<RegistrationEntry, DatastoreError> {
         revision_number: row.try_get("revision_number")?,
         id,
     })
+}
+
+/// Appends one `entry_changes` row per ID under `revision`.
+async fn record_changes<'a>(
+    conn: &mut AnyConnection,
+    revision: u64,
+    ids: impl IntoIterator<Item = &'a str>,
+    now: i64,
+) -> Result<(), DatastoreError> {
+    let revision = i64::try_from(revision)
+        .map_err(|_| DatastoreError::Corrupt(format!("changes.revision is {revision}")))?;
+    for id in ids {
+        sqlx::query(
+            "INSERT INTO entry_changes (revision, entry_id, changed_at) VALUES ($1, $2, $3)",
+        )
+        .bind(revision)
+        .bind(id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// What changed in the registration entries after a revision, from
+/// [`Datastore::entry_changes_since`].
+#[derive(Debug, Clone, Default)]
+pub struct EntryChanges {
+    /// The change counter when the changes were read; apply them and continue from here.
+    pub revision: u64,
+    /// `(revision, entry ID)` for every entry written after the requested revision, in
+    /// revision order. An ID may appear more than once.
+    pub changed: Vec<(u64, String)>,
+    /// The current state of the changed entries that still exist. A changed ID without an
+    /// entry here was deleted. An entry may be newer than `revision`, because it is read
+    /// after the counter; its change is then reported again by the next call.
+    pub entries: Vec<RegistrationEntry>,
+}
+
+impl Datastore {
+    /// Returns the change counter and every entry, for a reader that starts an index at that
+    /// revision. The counter is read first, so an entry may be newer than it; such an entry's
+    /// change is reported again by [`Datastore::entry_changes_since`] from that revision.
+    ///
+    /// # Errors
+    /// Returns the database failure or [`DatastoreError::Corrupt`].
+    pub async fn entries_at_revision(
+        &self,
+    ) -> Result<(u64, Vec<RegistrationEntry>), DatastoreError> {
+        let revision = self.current_revision().await?;
+        let entries = self.list_all_entries().await?;
+        Ok((revision, entries))
+    }
+
+    /// Returns the entries written after `after`, or `None` when the rows that would say so
+    /// were pruned, in which case the caller reads every entry again.
+    ///
+    /// # Errors
+    /// Returns the database failure or [`DatastoreError::Corrupt`].
+    pub async fn entry_changes_since(
+        &self,
+        after: u64,
+    ) -> Result<Option<EntryChanges>, DatastoreError> {
+        let horizon_row = sqlx::query("SELECT revision FROM entry_changes_horizon")
+            .fetch_one(&self.pool)
+            .await?;
+        let horizon = to_u64(
+            "entry_changes_horizon.revision",
+            horizon_row.try_get("revision")?,
+        )?;
+        if after < horizon {
+            return Ok(None);
+        }
+        let revision = self.current_revision().await?;
+        if revision <= after {
+            return Ok(Some(EntryChanges {
+                revision: after.max(revision),
+                ..EntryChanges::default()
+            }));
+        }
+        let (after_i64, revision_i64) = (to_i64(after)?, to_i64(revision)?);
+        let rows = sqlx::query(
+            "SELECT revision, entry_id FROM entry_changes WHERE revision > $1 AND revision <= $2 \
+             ORDER BY revision",
+        )
+        .bind(after_i64)
+        .bind(revision_i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut changed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let at = to_u64("entry_changes.revision", row.try_get("revision")?)?;
+            changed.push((at, row.try_get::<String, _>("entry_id")?));
+        }
+        let entry_rows = sqlx::query(concat!(
+            "SELECT ",
+            entry_columns!(),
+            " FROM registration_entries WHERE id IN (SELECT entry_id FROM entry_changes \
+             WHERE revision > $1 AND revision <= $2)"
+        ))
+        .bind(after_i64)
+        .bind(revision_i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let entries = entry_rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(EntryChanges {
+            revision,
+            changed,
+            entries,
+        }))
+    }
+
+    /// Deletes the `entry_changes` rows written before `before` (Unix seconds), moves the
+    /// horizon past them, and returns how many it deleted.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn prune_entry_changes(&self, before: i64) -> Result<u64, DatastoreError> {
+        let mut tx = self.begin_write().await?;
+        let row =
+            sqlx::query("SELECT MAX(revision) AS newest FROM entry_changes WHERE changed_at < $1")
+                .bind(before)
+                .fetch_one(&mut *tx)
+                .await?;
+        let Some(newest) = row.try_get::<Option<i64>, _>("newest")? else {
+            tx.commit().await?;
+            return Ok(0);
+        };
+        let deleted = sqlx::query("DELETE FROM entry_changes WHERE revision <= $1")
+            .bind(newest)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        sqlx::query("UPDATE entry_changes_horizon SET revision = $1 WHERE revision < $1")
+            .bind(newest)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::debug!(deleted, horizon = newest, "entry change rows pruned");
+        Ok(deleted)
+    }
+}
+
+fn to_i64(revision: u64) -> Result<i64, DatastoreError> {
+    i64::try_from(revision)
+        .map_err(|_| DatastoreError::Corrupt(format!("revision {revision} exceeds BIGINT")))
 }

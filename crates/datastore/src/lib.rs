@@ -35,7 +35,7 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use twid_spiffe::{SpiffeId, TrustDomain};
 
 pub use bundles::StoredBundle;
-pub use entries::EntryFilter;
+pub use entries::{EntryChanges, EntryFilter};
 pub use error::DatastoreError;
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use issuance_log::{
@@ -195,12 +195,14 @@ impl Datastore {
     }
 }
 
-/// Increments the change counter; call inside the transaction of the write it records.
-async fn bump_revision(conn: &mut AnyConnection) -> Result<(), DatastoreError> {
-    sqlx::query("UPDATE changes SET revision = revision + 1")
-        .execute(conn)
+/// Increments the change counter and returns its new value; call inside the transaction of
+/// the write it records. The row lock this takes serializes writers until they commit, so
+/// revisions become visible in order.
+async fn bump_revision(conn: &mut AnyConnection) -> Result<u64, DatastoreError> {
+    let row = sqlx::query("UPDATE changes SET revision = revision + 1 RETURNING revision")
+        .fetch_one(conn)
         .await?;
-    Ok(())
+    to_u64("changes.revision", row.try_get("revision")?)
 }
 
 /// Converts a stored count or sequence number to `u64`, reporting a negative value as corrupt.

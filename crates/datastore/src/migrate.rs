@@ -48,6 +48,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0006_federation.sql"),
         postgres: include_str!("../migrations/postgres/0006_federation.sql"),
     },
+    Migration {
+        version: 7,
+        sqlite: include_str!("../migrations/sqlite/0007_entry_changes.sql"),
+        postgres: include_str!("../migrations/postgres/0007_entry_changes.sql"),
+    },
 ];
 
 /// Returns the newest schema version this binary supports.

@@ -40,6 +40,7 @@ on_both_backends!(
         entry_listing,
         entry_batch,
         entry_prune,
+        entry_change_feed,
         agent_lifecycle,
         agent_replace,
         agent_previous_svid,
@@ -465,6 +466,88 @@ async fn entry_prune(db: &TestDb) {
         revision(&store).await,
         before,
         "a prune that deleted nothing"
+    );
+}
+
+async fn entry_change_feed(db: &TestDb) {
+    let store = db.open().await;
+    let (start, none) = store.entries_at_revision().await.expect("snapshot");
+    assert!(none.is_empty());
+
+    let kept = store
+        .create_entry(&workload("kept", PARENT, &["u:1"]), NOW)
+        .await
+        .expect("create");
+    let gone = store
+        .create_entry(&workload("gone", PARENT, &["u:2"]), NOW)
+        .await
+        .expect("create");
+    let mut expiring = workload("expiring", PARENT, &["u:3"]);
+    expiring.expires_at = Some(NOW - 1);
+    let expiring = store.create_entry(&expiring, NOW).await.expect("create");
+    let updated = store
+        .update_entry(&kept.id, &workload("kept", PARENT, &["u:9"]), NOW + 1)
+        .await
+        .expect("update");
+    store.delete_entry(&gone.id).await.expect("delete");
+    assert_eq!(store.prune_expired_entries(NOW).await.expect("prune"), 1);
+
+    let changes = store
+        .entry_changes_since(start)
+        .await
+        .expect("changes")
+        .expect("nothing was pruned yet");
+    assert_eq!(changes.revision, revision(&store).await);
+    let ids: Vec<&str> = changes.changed.iter().map(|(_, id)| id.as_str()).collect();
+    assert_eq!(
+        ids,
+        [
+            kept.id.as_str(),
+            gone.id.as_str(),
+            expiring.id.as_str(),
+            kept.id.as_str(),
+            gone.id.as_str(),
+            expiring.id.as_str()
+        ],
+        "one row per write, in commit order"
+    );
+    assert!(
+        changes.changed.windows(2).all(|pair| pair[0].0 < pair[1].0),
+        "each write has its own revision: {:?}",
+        changes.changed
+    );
+    assert_eq!(changes.entries.len(), 1, "only the kept entry still exists");
+    assert_eq!(changes.entries[0].revision_number, updated.revision_number);
+
+    let up_to_date = store
+        .entry_changes_since(changes.revision)
+        .await
+        .expect("changes")
+        .expect("nothing was pruned yet");
+    assert!(up_to_date.changed.is_empty() && up_to_date.entries.is_empty());
+
+    // Pruning every row moves the horizon: a reader behind it must read every entry again,
+    // while one at the newest revision goes on.
+    assert_eq!(
+        store
+            .prune_entry_changes(NOW + 10)
+            .await
+            .expect("prune changes"),
+        6
+    );
+    assert!(
+        store
+            .entry_changes_since(start)
+            .await
+            .expect("changes")
+            .is_none()
+    );
+    assert!(
+        store
+            .entry_changes_since(changes.revision)
+            .await
+            .expect("changes")
+            .is_some()
     );
 }
 

@@ -60,3 +60,30 @@ pub use twid::admin::v1 as admin;
 
 /// The name of the gRPC metadata key every Workload API request must carry with value `true`.
 pub const WORKLOAD_API_HEADER: &str = "workload.spiffe.io";
+
+/// Reads a whole Sync stream into one [`node::SyncResponse`]: the first message's bundles,
+/// revocations and `full` flag, the entries and removed IDs of every message in order, and the
+/// last message's revision, digest and count.
+///
+/// # Errors
+/// Returns the status that ended the stream, or `DataLoss` for a stream with no message.
+pub async fn collect_sync(
+    mut stream: tonic::Streaming<node::SyncResponse>,
+) -> Result<node::SyncResponse, tonic::Status> {
+    let mut merged: Option<node::SyncResponse> = None;
+    while let Some(mut message) = stream.message().await? {
+        match merged.as_mut() {
+            None => merged = Some(message),
+            Some(merged) => {
+                merged.entries.append(&mut message.entries);
+                merged
+                    .removed_entry_ids
+                    .append(&mut message.removed_entry_ids);
+                merged.entries_revision = message.entries_revision;
+                merged.entries_digest = message.entries_digest;
+                merged.entries_count = message.entries_count;
+            }
+        }
+    }
+    merged.ok_or_else(|| tonic::Status::data_loss("the server ended the Sync stream empty"))
+}

@@ -314,7 +314,7 @@ impl Admin for AdminService {
             .await
             .map_err(datastore_status)?;
         tracing::info!(agent_id = %id, "agent evicted");
-        self.shared.hints.notify("entry");
+        self.shared.hints.notify("agent");
         Ok(Response::new(EvictAgentResponse {}))
     }
 
@@ -330,7 +330,7 @@ impl Admin for AdminService {
             .await
             .map_err(datastore_status)?;
         tracing::info!(agent_id = %id, "agent banned");
-        self.shared.hints.notify("entry");
+        self.shared.hints.notify("agent");
         Ok(Response::new(BanAgentResponse {}))
     }
 

@@ -10,8 +10,9 @@
 //! this server already sends a hint for then sends two, its own and the notification's, which
 //! costs each watching agent at most one extra sync.
 //!
-//! Limit: every change wakes every connected agent, and each then syncs in full. Hints that name
-//! the affected agents, and syncs that carry only what changed, are needed for large fleets.
+//! A change to registration entries reaches only the agents whose authorized entries it changed:
+//! each Watch stream compares its agent's entries digest before and after (see
+//! [`crate::entries::EntryCache::authorized_digest`]). Every other change reaches every agent.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -26,6 +27,9 @@ use twid_spiffe::SpiffeId;
 /// a moment while the agent reconnects.
 pub(crate) const MAX_WATCH_STREAMS_PER_AGENT: usize = 4;
 
+/// The hint reason of a change to registration entries only.
+pub(crate) const ENTRY_REASON: &str = "entry";
+
 /// The latest change, as watchers see it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Change {
@@ -33,6 +37,10 @@ pub(crate) struct Change {
     pub(crate) revision: u64,
     /// The kind of change, for the agent's log.
     pub(crate) reason: &'static str,
+    /// The revision of the latest change that was not only to registration entries. A Watch
+    /// stream that has seen this revision may skip a later entry change that leaves its
+    /// agent's authorized entries as they were.
+    pub(crate) broadcast_revision: u64,
 }
 
 /// The sender side, shared by everything that changes agent-visible state.
@@ -50,6 +58,7 @@ impl Hints {
         let (sender, _) = watch::channel(Change {
             revision: 0,
             reason: "connected",
+            broadcast_revision: 0,
         });
         Self {
             sender,
@@ -83,11 +92,16 @@ impl Hints {
         streams.get(agent_id).copied().unwrap_or(0)
     }
 
-    /// Records a change and wakes every watcher.
+    /// Records a change and wakes every watcher. `reason` is `"entry"` for a change to
+    /// registration entries only, which each Watch stream forwards only when its agent's
+    /// authorized entries changed.
     pub(crate) fn notify(&self, reason: &'static str) {
         self.sender.send_modify(|change| {
             change.revision += 1;
             change.reason = reason;
+            if reason != ENTRY_REASON {
+                change.broadcast_revision = change.revision;
+            }
         });
     }
 

@@ -30,9 +30,10 @@ use twid_spiffe::SpiffeId;
 use twid_telemetry::names;
 use twid_types::{AttestedAgent, RegistrationEntry};
 
-use crate::convert::{entry_to_pb, unix_now, unix_seconds};
+use crate::convert::{unix_now, unix_seconds};
 use crate::provenance::{self, SignedX509};
 use crate::{ServerError, Shared};
+use twid_types::EntriesDigest;
 
 /// Largest request the node API decodes. The biggest legitimate requests are agents' CSR
 /// batches (500 CSRs of under 1 KiB each) and evidence envelopes (at most 1 MiB), so anything
@@ -148,6 +149,50 @@ pub(crate) type AttestStream =
     Pin<Box<dyn Stream<Item = Result<AttestAgentResponse, Status>> + Send>>;
 
 pub(crate) type WatchStream = Pin<Box<dyn Stream<Item = Result<SyncHint, Status>> + Send>>;
+
+pub(crate) type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Status>> + Send>>;
+
+/// Entries per Sync message. An entry is a few hundred bytes, so a message stays far below
+/// the 4 MiB that gRPC implementations accept by default.
+const SYNC_ENTRIES_PER_MESSAGE: usize = 2_000;
+
+/// Splits a Sync answer into messages: `first` carries the bundles and revocations, the
+/// entries and removed IDs follow in chunks, and the last message carries the revision, digest
+/// and count. Entries are converted to messages as the stream is read, so a large set is not
+/// held twice.
+fn sync_messages(
+    first: SyncResponse,
+    view: crate::entries::EntriesView,
+) -> impl Stream<Item = Result<SyncResponse, Status>> + Send {
+    let crate::entries::EntriesView {
+        entries,
+        removed,
+        revision,
+        digest,
+        count,
+        ..
+    } = view;
+    async_stream::stream! {
+        let mut message = first;
+        let mut entries = entries.into_iter().peekable();
+        let mut removed = removed.into_iter().peekable();
+        loop {
+            message
+                .entries
+                .extend(entries.by_ref().take(SYNC_ENTRIES_PER_MESSAGE).map(|indexed| indexed.pb.clone()));
+            let room = SYNC_ENTRIES_PER_MESSAGE * 8 - message.entries.len();
+            message.removed_entry_ids.extend(removed.by_ref().take(room));
+            if entries.peek().is_none() && removed.peek().is_none() {
+                message.entries_revision = revision;
+                message.entries_digest = digest.to_bytes().to_vec();
+                message.entries_count = u64::try_from(count).unwrap_or(u64::MAX);
+                yield Ok(message);
+                break;
+            }
+            yield Ok(std::mem::take(&mut message));
+        }
+    }
+}
 
 /// Turns an internal failure into a status that reveals no internals to the peer.
 pub(crate) fn internal(error: ServerError) -> Status {
@@ -347,10 +392,27 @@ impl NodeService {
         }
     }
 
-    async fn authorized(&self, agent: &AttestedAgent) -> Result<Vec<RegistrationEntry>, Status> {
+    /// Returns the digest of the agent's authorized entries after the index covered hint
+    /// `revision`, or `None` when the datastore could not be read, in which case the caller
+    /// sends the hint anyway.
+    async fn entries_digest(&self, agent: &AttestedAgent, revision: u64) -> Option<EntriesDigest> {
+        let entries = &self.shared.entries;
+        if let Err(error) = entries.refresh_for_hint(revision).await {
+            tracing::warn!(error = %error, "reading entry changes for a Watch stream failed");
+            return None;
+        }
+        Some(entries.authorized_digest(&agent.spiffe_id, &agent.selectors, unix_now()))
+    }
+
+    /// Returns, of the entries named by `ids`, those the agent is authorized for, keyed by ID.
+    async fn authorized(
+        &self,
+        agent: &AttestedAgent,
+        ids: &[&str],
+    ) -> Result<HashMap<String, RegistrationEntry>, Status> {
         self.shared
             .entries
-            .authorized_for(&agent.spiffe_id, &agent.selectors, unix_now())
+            .authorized_among(&agent.spiffe_id, &agent.selectors, ids, unix_now())
             .await
             .map_err(internal)
     }
@@ -491,40 +553,51 @@ impl Node for NodeService {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncStream>, Status> {
         let agent = self.authenticate(&request).await?;
-        let entries = self.authorized(&agent).await?;
+        let known = request.get_ref().entries_revision;
+        let now = unix_now();
+        let view = self
+            .shared
+            .entries
+            .view_for(&agent.spiffe_id, &agent.selectors, known, now)
+            .await
+            .map_err(internal)?;
         let (revoked_x509_serials, revoked_jtis) =
-            crate::revocation::revoked_for_agent(&self.shared, &agent.spiffe_id, unix_now())
-                .await?;
+            crate::revocation::revoked_for_agent(&self.shared, &agent.spiffe_id, now).await?;
         tracing::debug!(
             agent_id = %agent.spiffe_id,
-            entries = entries.len(),
+            known_revision = known,
+            revision = view.revision,
+            full = view.full,
+            sent = view.entries.len(),
+            removed = view.removed.len(),
+            authorized = view.count,
             revoked = revoked_x509_serials.len() + revoked_jtis.len(),
             "sync"
         );
         let authorities = self.shared.ca.snapshot();
-        let federated_bundles = crate::federation::federated_bundles(
-            &self.shared,
-            entries.iter().flat_map(|entry| entry.federates_with.iter()),
-        )
-        .await
-        .map_err(internal)?;
-        Ok(Response::new(SyncResponse {
-            entries: entries.iter().map(entry_to_pb).collect(),
+        let federated_bundles =
+            crate::federation::federated_bundles(&self.shared, view.federates_with.iter())
+                .await
+                .map_err(internal)?;
+        let first = SyncResponse {
             bundle: Some((*self.shared.bundle.load_full()).clone()),
             federated_bundles,
             revoked_x509_serials,
             revoked_jtis,
             tainted_x509_authority_ids: authorities.tainted_x509_ids(),
             tainted_jwt_key_ids: authorities.tainted_jwt_ids(),
-        }))
+            full: view.full,
+            ..SyncResponse::default()
+        };
+        Ok(Response::new(Box::pin(sync_messages(first, view))))
     }
 
     #[tracing::instrument(skip_all)]
     async fn watch(&self, request: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let (agent, serial) = self.authenticate_serial(&request).await?;
-        let agent_id = agent.spiffe_id;
+        let agent_id = agent.spiffe_id.clone();
         let slot = self.shared.hints.open_stream(&agent_id).map_err(|open| {
             tracing::info!(
                 agent_id = %agent_id,
@@ -548,6 +621,9 @@ impl Node for NodeService {
             let _slot = slot;
             // The first hint makes a reconnecting agent sync whatever it missed.
             let first = *changes.borrow_and_update();
+            let mut agent = agent;
+            let mut seen = first.revision;
+            let mut digest = node.entries_digest(&agent, first.revision).await;
             yield Ok(SyncHint { revision: first.revision, reason: "connected".to_owned() });
             loop {
                 tokio::select! {
@@ -557,16 +633,27 @@ impl Node for NodeService {
                             break;
                         }
                         let change = *changes.borrow_and_update();
+                        let entries_only = change.broadcast_revision <= seen;
+                        seen = change.revision;
+                        let current = node.entries_digest(&agent, change.revision).await;
+                        if entries_only && current.is_some() && current == digest {
+                            // Entries of other agents changed; this agent's are as they were.
+                            continue;
+                        }
+                        digest = current;
                         // Bans, evictions and revocations all send a hint, so checking the
                         // agent again here ends the stream of an agent that lost its standing.
-                        if let Err(status) = node.authenticate_agent(&agent_id, &serial).await {
-                            tracing::info!(
-                                agent_id = %agent_id,
-                                code = ?status.code(),
-                                "Watch stream ended: the agent no longer authenticates"
-                            );
-                            yield Err(status);
-                            break;
+                        match node.authenticate_agent(&agent_id, &serial).await {
+                            Ok(current) => agent = current,
+                            Err(status) => {
+                                tracing::info!(
+                                    agent_id = %agent_id,
+                                    code = ?status.code(),
+                                    "Watch stream ended: the agent no longer authenticates"
+                                );
+                                yield Err(status);
+                                break;
+                            }
                         }
                         yield Ok(SyncHint {
                             revision: change.revision,
@@ -585,12 +672,14 @@ impl Node for NodeService {
         request: Request<BatchNewX509SvidRequest>,
     ) -> Result<Response<BatchNewX509SvidResponse>, Status> {
         let agent = self.authenticate(&request).await?;
-        let authorized = self.authorized(&agent).await?;
-        let rules = crate::revocation::rules_for_agent(&self.shared, &agent).await?;
-        let by_id: HashMap<&str, &RegistrationEntry> = authorized
+        let ids: Vec<&str> = request
+            .get_ref()
+            .params
             .iter()
-            .map(|entry| (entry.id.as_str(), entry))
+            .map(|params| params.entry_id.as_str())
             .collect();
+        let by_id = self.authorized(&agent, &ids).await?;
+        let rules = crate::revocation::rules_for_agent(&self.shared, &agent).await?;
         let default_ttl = self.shared.config.default_x509_svid_ttl;
         let count = request.get_ref().params.len();
         let mut results = Vec::with_capacity(count);
@@ -670,8 +759,8 @@ impl Node for NodeService {
         let agent = self.authenticate(&request).await?;
         let params = request.get_ref();
         check_jwt_audiences(&params.audience, "audience")?;
-        let authorized = self.authorized(&agent).await?;
-        let Some(entry) = authorized.iter().find(|entry| entry.id == params.entry_id) else {
+        let authorized = self.authorized(&agent, &[params.entry_id.as_str()]).await?;
+        let Some(entry) = authorized.get(&params.entry_id) else {
             let reason = format!(
                 "entry {} does not exist or is not authorized for agent {}",
                 params.entry_id, agent.spiffe_id
@@ -757,10 +846,9 @@ impl NodeService {
         if rules.is_empty() {
             return Ok(());
         }
-        let authorized = self.authorized(&agent).await?;
-        let entry = authorized
-            .iter()
-            .find(|entry| entry.id == request.get_ref().entry_id);
+        let entry_id = request.get_ref().entry_id.as_str();
+        let authorized = self.authorized(&agent, &[entry_id]).await?;
+        let entry = authorized.get(entry_id);
         let Some(rule) = crate::revocation::refusing_rule(&rules, &agent, entry) else {
             return Ok(());
         };

@@ -152,6 +152,11 @@ const PRUNE_JOIN_TOKENS_JOB: &str = "prune_join_tokens";
 
 /// Job lock name of expired entry pruning.
 const PRUNE_ENTRIES_JOB: &str = "prune_expired_entries";
+const PRUNE_ENTRY_CHANGES_JOB: &str = "prune_entry_changes";
+
+/// How long `entry_changes` rows are kept. A server whose entry index last read the changes
+/// longer ago reads every entry again, so this only bounds the table's size.
+const ENTRY_CHANGE_RETENTION: Duration = Duration::from_secs(60 * 60);
 
 async fn prune_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
     let mut ticker = tokio::time::interval(Duration::from_secs(60));
@@ -173,8 +178,22 @@ async fn prune_loop(shared: Arc<Shared>, shutdown: CancellationToken) {
             datastore.prune_expired_entries(now).await
         })
         .await;
+        match pruned {
+            // On PostgreSQL the deletion's notification wakes every replica's agents; on
+            // SQLite only this hint does.
+            Ok(Some(deleted)) if deleted > 0 => shared.hints.notify("entry"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "failed to prune expired entries"),
+        }
+        let retention = i64::try_from(ENTRY_CHANGE_RETENTION.as_secs()).unwrap_or(i64::MAX);
+        let pruned = run_exclusive(datastore, PRUNE_ENTRY_CHANGES_JOB, async {
+            datastore
+                .prune_entry_changes(now.saturating_sub(retention))
+                .await
+        })
+        .await;
         if let Err(error) = pruned {
-            tracing::warn!(error = %error, "failed to prune expired entries");
+            tracing::warn!(error = %error, "failed to prune entry change rows");
         }
     }
 }

@@ -103,7 +103,7 @@ async fn lost_renewal_reply_recovers() {
     let old_svid = attest(&server, token, &old_key).await;
     let mut old_client = client(&server, Some((&old_svid, &old_key)));
     old_client
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect("sync with the first SVID");
 
@@ -132,7 +132,7 @@ async fn lost_renewal_reply_recovers() {
 
     let mut retry_client = client(&server, Some((&old_svid, &old_key)));
     retry_client
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect("sync with the previous SVID before the new one is used");
 
@@ -159,18 +159,18 @@ async fn lost_renewal_reply_recovers() {
         "a renewal with the previous SVID keeps it"
     );
     client(&server, Some((&old_svid, &old_key)))
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect("sync with the previous SVID after a second lost reply");
     let status = client(&server, Some((&renewed, &new_key)))
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect_err("the never-delivered SVID was replaced");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
 
     let mut new_client = client(&server, Some((&retried, &retry_key)));
     new_client
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect("sync with the renewed SVID");
     let used = datastore
@@ -183,7 +183,7 @@ async fn lost_renewal_reply_recovers() {
 
     let mut stale_client = client(&server, Some((&old_svid, &old_key)));
     let status = stale_client
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect_err("the previous SVID after the renewed one was used");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
@@ -192,7 +192,7 @@ async fn lost_renewal_reply_recovers() {
         "{status:?}"
     );
     new_client
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect("the renewed SVID keeps working");
 

@@ -5,6 +5,7 @@
 
 mod agent;
 mod authorize;
+mod digest;
 mod entry;
 mod selector;
 
@@ -13,6 +14,7 @@ pub use authorize::{
     EVIDENCE_SELECTOR_TYPES, agent_id_for_join_token, authorized_entries, has_evidence_selector,
     node_alias_ids, server_id,
 };
+pub use digest::EntriesDigest;
 pub use entry::{
     EntryError, MAX_HINT_LEN, MAX_LIST_LEN, MAX_SELECTOR_LEN, NewEntry, RegistrationEntry,
 };

@@ -268,7 +268,15 @@ async fn revoke_selector_lists_refuses_and_publishes() {
         .unwrap();
     assert_eq!(hint.reason, "revocation");
     assert!(hint.revision > first.revision);
-    let sync = client.sync(SyncRequest {}).await.unwrap().into_inner();
+    let sync = twid_proto::collect_sync(
+        client
+            .sync(SyncRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await
+    .unwrap();
     assert_eq!(sync.revoked_x509_serials, [revoked_serial.as_str()]);
     assert_eq!(sync.revoked_jtis, [revoked_jti.as_str()]);
     assert_eq!(sync.entries.len(), 2);
@@ -442,7 +450,7 @@ async fn revoke_selector_lists_refuses_and_publishes() {
         "{revoked}"
     );
     let status = node_client(port, Some(svid))
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect_err("a revoked agent SVID was accepted");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
@@ -773,7 +781,7 @@ async fn revoke_tcb_status_until_fresh_evidence() {
     );
     assert!(serials.contains(&old_serial), "{revoked}");
     let status = client
-        .sync(SyncRequest {})
+        .sync(SyncRequest::default())
         .await
         .expect_err("the agent's revoked SVID was accepted");
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
@@ -808,7 +816,15 @@ async fn revoke_tcb_status_until_fresh_evidence() {
         .clone()
         .expect("signing after fresh attestation");
     assert!(!serials.contains(&new_serial));
-    let sync = client.sync(SyncRequest {}).await.unwrap().into_inner();
+    let sync = twid_proto::collect_sync(
+        client
+            .sync(SyncRequest::default())
+            .await
+            .unwrap()
+            .into_inner(),
+    )
+    .await
+    .unwrap();
     let mut listed = sync.revoked_x509_serials.clone();
     listed.sort();
     assert_eq!(listed, serials, "Sync lists the agent's revoked SVIDs");

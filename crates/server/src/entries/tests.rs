@@ -1,0 +1,297 @@
+use std::collections::BTreeMap;
+
+use twid_types::NewEntry;
+
+use super::*;
+
+const NOW: i64 = 1_700_000_000;
+
+fn id(text: &str) -> SpiffeId {
+    SpiffeId::new(text).expect("test SPIFFE ID")
+}
+
+fn selector(text: &str) -> Selector {
+    Selector::parse(text).expect("test selector")
+}
+
+fn new_entry(spiffe_id: &str, parent: &str, selectors: &[&str]) -> NewEntry {
+    NewEntry::new(
+        id(spiffe_id),
+        id(parent),
+        selectors.iter().map(|text| selector(text)).collect(),
+    )
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    /// A delta that left the copy equal to the server's.
+    Delta,
+    /// A full set, as the server chose to send.
+    Full,
+    /// A delta after which the digests differed, followed by a full sync.
+    Mismatch,
+}
+
+struct Agent {
+    id: SpiffeId,
+    selectors: Vec<Selector>,
+    /// The agent's copy: entry ID to revision number.
+    copy: BTreeMap<String, i64>,
+    revision: u64,
+}
+
+impl Agent {
+    fn new(name: &str, selectors: &[&str]) -> Self {
+        Self {
+            id: id(&format!("spiffe://td/spire/agent/join_token/{name}")),
+            selectors: selectors.iter().map(|text| selector(text)).collect(),
+            copy: BTreeMap::new(),
+            revision: 0,
+        }
+    }
+
+    /// Syncs as the agent does: applies the view, checks the digest, and syncs in full after
+    /// a mismatch. Returns whether the first answer was a delta that matched.
+    async fn sync(&mut self, cache: &EntryCache, own_ids: &HashSet<String>) -> Outcome {
+        let view = cache
+            .view_for(&self.id, &self.selectors, self.revision, NOW)
+            .await
+            .expect("view");
+        let delta = !view.full;
+        self.apply(&view, own_ids);
+        if self.digest() == view.digest {
+            self.revision = view.revision;
+            return if delta { Outcome::Delta } else { Outcome::Full };
+        }
+        assert!(delta, "a full view must match its own digest");
+        let full = cache
+            .view_for(&self.id, &self.selectors, 0, NOW)
+            .await
+            .expect("view");
+        self.apply(&full, own_ids);
+        assert_eq!(self.digest(), full.digest);
+        self.revision = full.revision;
+        Outcome::Mismatch
+    }
+
+    fn apply(&mut self, view: &EntriesView, own_ids: &HashSet<String>) {
+        if view.full {
+            self.copy.clear();
+        }
+        for removed in &view.removed {
+            assert!(
+                own_ids.contains(removed),
+                "agent {} was told about entry {removed}, which it was never authorized for",
+                self.id
+            );
+            self.copy.remove(removed);
+        }
+        for indexed in &view.entries {
+            self.copy
+                .insert(indexed.entry.id.clone(), indexed.entry.revision_number);
+        }
+    }
+
+    fn digest(&self) -> EntriesDigest {
+        self.copy
+            .iter()
+            .map(|(id, revision)| EntriesDigest::term(id, *revision))
+            .collect()
+    }
+
+    /// Returns the entries the agent is authorized for, by the reference rule over every
+    /// stored entry.
+    async fn expected(&self, datastore: &Datastore) -> BTreeMap<String, i64> {
+        let all = datastore.list_all_entries().await.expect("list");
+        twid_types::authorized_entries(
+            &self.id,
+            &self.selectors,
+            &all,
+            &id("spiffe://td/spire/server"),
+            NOW,
+        )
+        .into_iter()
+        .map(|entry| (entry.id.clone(), entry.revision_number))
+        .collect()
+    }
+}
+
+async fn open() -> (tempfile::TempDir, Datastore, EntryCache) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let datastore = Datastore::open_sqlite(&dir.path().join("entries.db"))
+        .await
+        .expect("open datastore");
+    let cache = EntryCache::new(datastore.clone(), id("spiffe://td/spire/server"));
+    (dir, datastore, cache)
+}
+
+#[tokio::test]
+async fn deltas_keep_every_agent_copy_equal_to_the_reference_rule() {
+    let (_dir, datastore, cache) = open().await;
+    let mut agents = [
+        Agent::new("a", &["group:blue"]),
+        Agent::new("b", &["group:blue", "group:red"]),
+        Agent::new("c", &[]),
+    ];
+    // The entries each agent was authorized for at some point: the only ones whose removal it
+    // may be told about.
+    let mut held: Vec<HashSet<String>> = vec![HashSet::new(); agents.len()];
+    let mut created: Vec<String> = Vec::new();
+    // A deterministic walk over creates, updates, reparenting, deletes and expiry.
+    let mut seed: u64 = 7;
+    let mut next = |bound: usize| {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        usize::try_from(seed >> 33).unwrap() % bound
+    };
+    let mut deltas = 0;
+    let mut mismatches = 0;
+    for step in 0_usize..120 {
+        let agent = next(agents.len());
+        let parent = agents[agent].id.to_string();
+        match next(5) {
+            0 | 1 => {
+                let entry = new_entry(
+                    &format!("spiffe://td/workload/{step}"),
+                    &parent,
+                    &[&format!("unix:uid:{step}")],
+                );
+                let stored = datastore.create_entry(&entry, NOW).await.expect("create");
+                created.push(stored.id);
+            }
+            2 if !created.is_empty() => {
+                let target = created[next(created.len())].clone();
+                let mut entry = new_entry(
+                    &format!("spiffe://td/workload/moved-{step}"),
+                    &parent,
+                    &[&format!("unix:uid:{step}")],
+                );
+                if next(4) == 0 {
+                    entry.expires_at = Some(NOW - 1);
+                }
+                let _ = datastore.update_entry(&target, &entry, NOW).await;
+            }
+            3 if !created.is_empty() => {
+                let target = created.swap_remove(next(created.len()));
+                datastore.delete_entry(&target).await.expect("delete");
+            }
+            _ => {
+                // A nested entry under another workload, reached through it.
+                let entry = new_entry(
+                    &format!("spiffe://td/nested/{step}"),
+                    &format!("spiffe://td/workload/{}", step.saturating_sub(1)),
+                    &["unix:uid:0"],
+                );
+                let stored = datastore.create_entry(&entry, NOW).await.expect("create");
+                created.push(stored.id);
+            }
+        }
+        if step == 60 {
+            // A node alias for the blue group changes the sets of agents a and b without
+            // touching their entries.
+            let alias = new_entry(
+                "spiffe://td/alias/blue",
+                "spiffe://td/spire/server",
+                &["group:blue"],
+            );
+            datastore.create_entry(&alias, NOW).await.expect("alias");
+            let under_alias = new_entry(
+                "spiffe://td/shared",
+                "spiffe://td/alias/blue",
+                &["unix:uid:9"],
+            );
+            datastore
+                .create_entry(&under_alias, NOW)
+                .await
+                .expect("entry under alias");
+        }
+        let all = datastore.list_all_entries().await.expect("list");
+        for (index, agent) in agents.iter().enumerate() {
+            let expected = agent.expected(&datastore).await;
+            // An expired entry under the agent's own parents is the agent's too.
+            let parents: HashSet<&SpiffeId> = all
+                .iter()
+                .filter(|entry| expected.contains_key(&entry.id))
+                .map(|entry| &entry.spiffe_id)
+                .chain([&agent.id])
+                .collect();
+            held[index].extend(
+                all.iter()
+                    .filter(|entry| parents.contains(&entry.parent_id))
+                    .map(|entry| entry.id.clone()),
+            );
+            held[index].extend(expected.into_keys());
+        }
+        // Agents sync at different paces, so deltas span one or several changes.
+        for (index, agent) in agents.iter_mut().enumerate() {
+            if (step + index) % (index + 1) != 0 {
+                continue;
+            }
+            match agent.sync(&cache, &held[index]).await {
+                Outcome::Delta => deltas += 1,
+                Outcome::Full => {}
+                Outcome::Mismatch => mismatches += 1,
+            }
+            assert_eq!(
+                agent.copy,
+                agent.expected(&datastore).await,
+                "agent {} after step {step}",
+                agent.id
+            );
+        }
+    }
+    eprintln!("{deltas} deltas, {mismatches} mismatches");
+    assert!(deltas > 100, "most syncs must be deltas, got {deltas}");
+    // A delta misses only entries that moved because an entry above them changed.
+    assert!(
+        mismatches * 20 < deltas,
+        "{mismatches} deltas left a copy unlike the server's, of {deltas}"
+    );
+}
+
+#[tokio::test]
+async fn alias_change_sends_the_whole_set() {
+    let (_dir, datastore, cache) = open().await;
+    let mut agent = Agent::new("a", &["group:blue"]);
+    let own = new_entry("spiffe://td/own", agent.id.as_str(), &["unix:uid:1"]);
+    datastore.create_entry(&own, NOW).await.expect("create");
+    assert_eq!(
+        agent.sync(&cache, &HashSet::new()).await,
+        Outcome::Full,
+        "first sync is full"
+    );
+    let before = agent.revision;
+
+    let alias = new_entry(
+        "spiffe://td/alias",
+        "spiffe://td/spire/server",
+        &["group:blue"],
+    );
+    datastore.create_entry(&alias, NOW).await.expect("alias");
+    let view = cache
+        .view_for(&agent.id, &agent.selectors, before, NOW)
+        .await
+        .expect("view");
+    assert!(view.full, "an alias change must not be sent as a delta");
+}
+
+#[tokio::test]
+async fn unchanged_index_reads_one_row() {
+    let (_dir, datastore, cache) = open().await;
+    let own = new_entry(
+        "spiffe://td/own",
+        "spiffe://td/spire/agent/join_token/a",
+        &["unix:uid:1"],
+    );
+    datastore.create_entry(&own, NOW).await.expect("create");
+    cache.refresh().await.expect("load");
+    let agent = id("spiffe://td/spire/agent/join_token/a");
+    let view = cache.view_for(&agent, &[], 0, NOW).await.expect("view");
+    let again = cache
+        .view_for(&agent, &[], view.revision, NOW)
+        .await
+        .expect("view");
+    assert!(!again.full);
+    assert!(again.entries.is_empty() && again.removed.is_empty());
+    assert_eq!(again.digest, view.digest);
+    assert_eq!(again.count, 1);
+}
