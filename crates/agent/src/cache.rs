@@ -182,10 +182,24 @@ pub(crate) fn sort_entries(entries: &mut [CachedEntry]) {
         .sort_by(|a, b| (a.entry.created_at, &a.entry.id).cmp(&(b.entry.created_at, &b.entry.id)));
 }
 
+/// How long a workload's request keeps an entry's X.509-SVID signed while the agent holds
+/// more entries than `x509_svid_cache_max_size`. Workload API streams renew it with every
+/// update they send, so it only has to outlast an SVID's half-life.
+const DEMAND_TTL_SECS: i64 = 24 * 60 * 60;
+
+/// The entries that workloads requested, with the Unix time of the latest request.
+#[derive(Debug, Default)]
+struct Demand {
+    requested: std::sync::Mutex<std::collections::HashMap<String, i64>>,
+    /// Wakes the sync loop when a workload requests an entry without an SVID.
+    wake: tokio::sync::Notify,
+}
+
 /// The publishing side of the cache; cloning shares the same channel.
 #[derive(Debug, Clone)]
 pub(crate) struct Cache {
     sender: Arc<watch::Sender<Arc<Snapshot>>>,
+    demand: Arc<Demand>,
 }
 
 impl Cache {
@@ -198,7 +212,45 @@ impl Cache {
         let (sender, _) = watch::channel(Arc::new(empty));
         Self {
             sender: Arc::new(sender),
+            demand: Arc::new(Demand::default()),
         }
+    }
+
+    /// Records that a workload requested `entries` at `now`, and wakes the sync loop when one
+    /// of them has no SVID, so that it is signed now.
+    pub(crate) fn request_entries(&self, entries: &[&CachedEntry], now: i64) {
+        let mut requested = self
+            .demand
+            .requested
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for cached in entries {
+            requested.insert(cached.entry.id.clone(), now);
+        }
+        drop(requested);
+        if entries
+            .iter()
+            .any(|cached| cached.svid.is_none() && !cached.svid_revoked)
+        {
+            self.demand.wake.notify_one();
+        }
+    }
+
+    /// Returns the entries requested within [`DEMAND_TTL_SECS`] before `now`, with the time of
+    /// the latest request, and forgets older requests.
+    pub(crate) fn requested_entries(&self, now: i64) -> std::collections::HashMap<String, i64> {
+        let mut requested = self
+            .demand
+            .requested
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        requested.retain(|_, at| now.saturating_sub(*at) < DEMAND_TTL_SECS);
+        requested.clone()
+    }
+
+    /// Waits until a workload requests an entry that has no SVID.
+    pub(crate) async fn entry_requested(&self) {
+        self.demand.wake.notified().await;
     }
 
     /// Returns the current snapshot.

@@ -303,6 +303,8 @@ async fn new_syncer(
         revoked_retry_at: 0,
         taint_batch_size: settings.taint_batch_size,
         tainted_pending: false,
+        x509_svid_cache_max_size: settings.x509_svid_cache_max_size,
+        signing_incomplete: false,
         round_generation: 0,
         entries_revision: 0,
     })

@@ -52,6 +52,11 @@ pub(crate) struct PlanInputs<'a> {
     pub(crate) tainted: &'a TaintedAuthorities,
     /// Maximum SVIDs signed by a tainted authority that this round replaces.
     pub(crate) taint_batch_size: usize,
+    /// `x509_svid_cache_max_size`: while there are more entries than this, only this many,
+    /// plus the ones workloads requested, keep an SVID.
+    pub(crate) cache_limit: usize,
+    /// Entries that workloads requested, with the Unix time of the latest request.
+    pub(crate) requested: &'a HashMap<String, i64>,
 }
 
 /// Pairs each synced entry with its SVID from `previous` when that SVID still names the
@@ -73,6 +78,8 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<
         retry_revoked,
         tainted,
         taint_batch_size,
+        cache_limit,
+        requested,
     } = inputs;
     let mut tainted_due = 0;
     let mut tainted_pending = 0;
@@ -81,6 +88,7 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<
         .iter()
         .map(|cached| (cached.entry.id.as_str(), cached))
         .collect();
+    let cached_ids = cached_entries(&entries, &old, requested, cache_limit, now);
     let mut due = Vec::new();
     let mut dropped = Vec::new();
     let entries = entries
@@ -88,6 +96,12 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<
         .enumerate()
         .map(|(index, entry)| {
             let old = old.get(entry.id.as_str());
+            if cached_ids.as_ref().is_some_and(|ids| !ids.contains(&index)) {
+                // Beyond the cache limit and not requested: no SVID is kept or signed.
+                let mut cached = CachedEntry::new(entry, None);
+                cached.svid_revoked = old.is_some_and(|cached| cached.svid_revoked);
+                return cached;
+            }
             let mut svid = old
                 .filter(|cached| cached.entry.spiffe_id == entry.spiffe_id)
                 .and_then(|cached| cached.svid.clone())
@@ -129,6 +143,48 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<
         tainted_due,
         tainted_pending,
     }
+}
+
+/// Returns the indexes into `entries` of the entries that keep an SVID, or `None` for all of
+/// them when there are at most `cache_limit`. Requested entries are always kept. The rest of
+/// the room goes to entries that hold a valid SVID, then to the others, in the order of
+/// `entries`.
+fn cached_entries(
+    entries: &[Entry],
+    old: &HashMap<&str, &CachedEntry>,
+    requested: &HashMap<String, i64>,
+    cache_limit: usize,
+    now: i64,
+) -> Option<std::collections::HashSet<usize>> {
+    if entries.len() <= cache_limit {
+        return None;
+    }
+    let mut kept: std::collections::HashSet<usize> = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, entry)| requested.contains_key(&entry.id))
+        .map(|(index, _)| index)
+        .collect();
+    let holds_svid = |entry: &Entry| {
+        old.get(entry.id.as_str()).is_some_and(|cached| {
+            cached.entry.spiffe_id == entry.spiffe_id
+                && cached
+                    .svid
+                    .as_ref()
+                    .is_some_and(|svid| !svid.is_expired(now))
+        })
+    };
+    for pass in [true, false] {
+        for (index, entry) in entries.iter().enumerate() {
+            if kept.len() >= cache_limit {
+                return Some(kept);
+            }
+            if !pass || holds_svid(entry) {
+                kept.insert(index);
+            }
+        }
+    }
+    Some(kept)
 }
 
 /// The outcome of one signing round.
@@ -250,6 +306,8 @@ mod tests {
         }
     }
 
+    static NO_REQUESTS: std::sync::LazyLock<HashMap<String, i64>> =
+        std::sync::LazyLock::new(HashMap::new);
     static NO_TAINT: std::sync::LazyLock<TaintedAuthorities> =
         std::sync::LazyLock::new(TaintedAuthorities::default);
 
@@ -260,6 +318,8 @@ mod tests {
             retry_revoked,
             tainted: &NO_TAINT,
             taint_batch_size: 100,
+            cache_limit: 1000,
+            requested: &NO_REQUESTS,
         }
     }
 
@@ -347,6 +407,50 @@ mod tests {
     }
 
     #[test]
+    fn plan_keeps_at_most_the_cache_limit_plus_requested_entries() {
+        // a and c hold SVIDs; e was requested by a workload.
+        let previous = Snapshot {
+            entries: vec![cached("a", 1, 1000), cached("c", 1, 1000)],
+            ..Snapshot::default()
+        };
+        let synced: Vec<Entry> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|id| entry(id, 1))
+            .collect();
+        let requested = HashMap::from([("e".to_owned(), 50)]);
+        let limited = plan(
+            &previous,
+            synced,
+            PlanInputs {
+                cache_limit: 3,
+                requested: &requested,
+                ..inputs(60, &Revoked::default(), true)
+            },
+        );
+        // e is requested, a and c keep their SVIDs and fill the room; b and d get none.
+        assert_eq!(limited.due, [4], "only the requested entry is signed");
+        let with_svid: Vec<&str> = limited
+            .entries
+            .iter()
+            .filter(|cached| cached.svid.is_some())
+            .map(|cached| cached.entry.id.as_str())
+            .collect();
+        assert_eq!(with_svid, ["a", "c"]);
+
+        // Within the limit every entry is signed.
+        let all: Vec<Entry> = ["a", "b"].iter().map(|id| entry(id, 1)).collect();
+        let unlimited = plan(
+            &previous,
+            all,
+            PlanInputs {
+                cache_limit: 3,
+                ..inputs(60, &Revoked::default(), true)
+            },
+        );
+        assert_eq!(unlimited.due, [1]);
+    }
+
+    #[test]
     fn plan_resigns_tainted_in_batches() {
         let tainted_ca = crate::test_support::TestCa::new("example.org");
         let other_ca = crate::test_support::TestCa::new("example.org");
@@ -385,6 +489,8 @@ mod tests {
                 retry_revoked: true,
                 tainted: &tainted,
                 taint_batch_size: 2,
+                cache_limit: 1000,
+                requested: &NO_REQUESTS,
             },
         );
         assert_eq!(plan.due, [0, 2]);

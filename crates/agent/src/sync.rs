@@ -165,6 +165,11 @@ pub(crate) struct Syncer {
     pub(crate) taint_batch_size: usize,
     /// Whether the last round left SVIDs signed by a tainted authority to replace.
     pub(crate) tainted_pending: bool,
+    /// `x509_svid_cache_max_size`, see [`svid_manager::PlanInputs::cache_limit`].
+    pub(crate) x509_svid_cache_max_size: usize,
+    /// Whether the last round failed to sign some due SVIDs, which the next round retries at
+    /// the sync interval.
+    pub(crate) signing_incomplete: bool,
     /// The connection generation that the last round used, for
     /// [`ServerConnection::fail_over`].
     pub(crate) round_generation: u64,
@@ -188,9 +193,11 @@ impl Syncer {
         mut shutdown: watch::Receiver<bool>,
     ) {
         loop {
+            let cache = self.cache.clone();
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = hints.notified() => {}
+                () = cache.entry_requested() => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let result = self
@@ -320,17 +327,12 @@ impl Syncer {
             .iter()
             .any(|cached| cached.svid_revoked)
             .then_some(self.revoked_retry_at);
-        let unsigned = snapshot
-            .entries
-            .iter()
-            .any(|cached| cached.svid.is_none() && !cached.svid_revoked);
+        if self.signing_incomplete {
+            return interval;
+        }
         let Some(due) = workload_due.chain(agent_due).chain(revoked_due).min() else {
             return WATCHED_MAX_DELAY;
         };
-        if unsigned {
-            // Entries whose signing failed are retried at the interval.
-            return interval;
-        }
         let until_due = u64::try_from(due.saturating_sub(unix_now())).unwrap_or(0);
         Duration::from_secs(until_due).clamp(interval, WATCHED_MAX_DELAY.max(interval))
     }
@@ -408,12 +410,15 @@ impl Syncer {
         let tainted = TaintedAuthorities::new(response.tainted_x509_authority_ids);
 
         let retry_revoked = now >= self.revoked_retry_at;
+        let requested = self.cache.requested_entries(now);
         let inputs = svid_manager::PlanInputs {
             now,
             revoked: &revoked,
             retry_revoked,
             tainted: &tainted,
             taint_batch_size: self.taint_batch_size,
+            cache_limit: self.x509_svid_cache_max_size,
+            requested: &requested,
         };
         let mut plan = svid_manager::plan(&previous, entries, inputs);
         self.tainted_pending = plan.tainted_pending > 0;
@@ -443,6 +448,7 @@ impl Syncer {
         };
         let report = svid_manager::sign_due(&mut client, &mut plan).await;
         self.log_signing_failures(&report.failed);
+        self.signing_incomplete = !report.failed.is_empty() || report.error.is_some();
         let entry_count = plan.entries.len();
         let snapshot = self.snapshot(plan.entries, bundle.jwt_authorities, federated, revoked);
         let published = self.cache.publish_if_changed(snapshot) || published_early;

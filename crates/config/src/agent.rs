@@ -20,6 +20,7 @@ const DEFAULT_SOCKET_PATH: &str = "/tmp/twid-agent/public/api.sock";
 const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Default maximum of SVIDs signed by a tainted authority that one sync round replaces.
 const DEFAULT_TAINT_BATCH_SIZE: usize = 100;
+const DEFAULT_X509_SVID_CACHE_MAX_SIZE: usize = 1000;
 
 /// Everything `twid agent run` needs, read from an agent configuration file.
 ///
@@ -68,6 +69,10 @@ pub struct AgentConfig {
     /// Maximum workload SVIDs signed by a tainted authority that one sync round replaces
     /// (`experimental { taint_batch_size }`). Default 100.
     pub taint_batch_size: usize,
+    /// How many workload X.509-SVIDs the agent keeps signed while it is authorized for more
+    /// entries than that (`x509_svid_cache_max_size`, SPIRE's key). Entries that workloads
+    /// requested are kept signed beyond this limit. Default 1000.
+    pub x509_svid_cache_max_size: usize,
     /// The `sds` block: resource names and bundle format of the Envoy SDS service.
     pub sds: SdsConfig,
     /// A `NodeAttestor` block of an evidence kind; `None` means join token attestation.
@@ -210,6 +215,7 @@ const AGENT_KEYS: &[&str] = &[
     "log_format",
     "experimental",
     "sds",
+    "x509_svid_cache_max_size",
 ];
 
 const FILE: Schema = Schema {
@@ -245,7 +251,6 @@ const AGENT: Schema = Schema {
         ("profiling_freq", ""),
         ("profiling_names", ""),
         ("workload_x509_svid_key_type", ""),
-        ("x509_svid_cache_max_size", ""),
         ("jwt_svid_cache_max_size", ""),
     ],
     nested: None,
@@ -388,6 +393,15 @@ impl AgentConfig {
             unix_attestor,
             sync_interval: sync_interval(&agent)?,
             taint_batch_size: taint_batch_size(&agent)?,
+            x509_svid_cache_max_size: agent
+                .optional("x509_svid_cache_max_size", |expr| {
+                    values::integer(expr)
+                        .ok()
+                        .and_then(|value| usize::try_from(value).ok())
+                        .filter(|size| *size > 0)
+                        .ok_or_else(|| "expected a positive integer, such as 1000".to_owned())
+                })?
+                .unwrap_or(DEFAULT_X509_SVID_CACHE_MAX_SIZE),
             sds: sds(&agent)?,
             evidence_attestor,
         })
@@ -424,6 +438,7 @@ impl AgentConfig {
             unix_attestor: UnixAttestorConfig::default(),
             sync_interval: DEFAULT_SYNC_INTERVAL,
             taint_batch_size: DEFAULT_TAINT_BATCH_SIZE,
+            x509_svid_cache_max_size: DEFAULT_X509_SVID_CACHE_MAX_SIZE,
             sds: SdsConfig::default(),
             evidence_attestor: None,
         }
@@ -696,6 +711,7 @@ impl fmt::Debug for AgentConfig {
             .field("unix_attestor", &self.unix_attestor)
             .field("sync_interval", &self.sync_interval)
             .field("taint_batch_size", &self.taint_batch_size)
+            .field("x509_svid_cache_max_size", &self.x509_svid_cache_max_size)
             .field("sds", &self.sds)
             .field("evidence_attestor", &self.evidence_attestor)
             .finish()

@@ -440,6 +440,29 @@ fn sds_block_rejects_bad_values() {
 }
 
 #[test]
+fn x509_svid_cache_max_size_default_and_bounds() {
+    assert_eq!(parse(MINIMAL).x509_svid_cache_max_size, 1000);
+    let with_size = |value: &str| {
+        MINIMAL.replace(
+            "    insecure_bootstrap = true\n",
+            &format!("    insecure_bootstrap = true\n    x509_svid_cache_max_size = {value}\n"),
+        )
+    };
+    assert_eq!(parse(&with_size("5000")).x509_svid_cache_max_size, 5000);
+    for invalid in ["0", "-1", "\"lots\""] {
+        let error = parse_error(&with_size(invalid));
+        assert!(
+            error.contains("x509_svid_cache_max_size"),
+            "{invalid}: {error}"
+        );
+        assert!(
+            error.contains("expected a positive integer"),
+            "{invalid}: {error}"
+        );
+    }
+}
+
+#[test]
 fn taint_batch_size_default_and_bounds() {
     assert_eq!(parse(MINIMAL).taint_batch_size, 100);
     let with_size = |value: &str| {

@@ -811,3 +811,62 @@ async fn fails_over_to_second_address() {
     agent.shutdown().await;
     drop(stop_second);
 }
+
+#[tokio::test]
+async fn signs_beyond_cache_limit_only_on_request() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    {
+        // Five entries of other workloads, which the server lists first, fill the cache.
+        let mut entries = setup.node.entries.lock().expect("entries");
+        for index in 0..5 {
+            entries.insert(
+                0,
+                Entry {
+                    id: format!("other-{index}"),
+                    spiffe_id: format!("spiffe://example.org/other/{index}"),
+                    parent_id: "spiffe://example.org/spire/agent/join_token/any".to_owned(),
+                    selectors: vec![Selector {
+                        r#type: "unix".to_owned(),
+                        value: format!("uid:{}", own_euid() + 1 + index),
+                    }],
+                    revision_number: 1,
+                    created_at: 0,
+                    ..Entry::default()
+                },
+            );
+        }
+    }
+    let mut settings = setup.settings(Some("good"));
+    settings.x509_svid_cache_max_size = 2;
+    // A long interval: only the request may start the round that signs the caller's SVID.
+    settings.sync_interval = LONG;
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    assert_eq!(
+        setup.node.state().signed_svids,
+        2,
+        "only the cache limit is signed ahead of requests"
+    );
+    assert!(
+        !setup.node.state().issued.contains_key("e1"),
+        "the caller's entry is beyond the limit"
+    );
+
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let mut stream = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect("stream opens")
+        .into_inner();
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("the requested SVID within 10 s")
+        .expect("message")
+        .expect("ok");
+    assert_eq!(first.svids[0].spiffe_id, "spiffe://example.org/workload");
+    assert_eq!(setup.node.state().signed_svids, 3);
+    agent.shutdown().await;
+}

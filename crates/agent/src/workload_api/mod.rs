@@ -39,6 +39,10 @@ use responses::X509View;
 pub(crate) use sds::SecretDiscovery;
 pub(crate) use wit::{NodeWitIssuer, WitIssuer};
 
+/// How often a stream renews its caller's request for its identities while it receives
+/// updates.
+const REQUEST_REFRESH: Duration = Duration::from_secs(60);
+
 /// The Workload API service state shared by all connections.
 pub(crate) struct WorkloadApi {
     cache: Cache,
@@ -54,6 +58,18 @@ pub(crate) struct WorkloadApi {
 struct Caller {
     identity: Identity,
     updates: watch::Receiver<Arc<Snapshot>>,
+    cache: Cache,
+}
+
+impl Caller {
+    /// Records that the caller requested its identities in `snapshot`, so that the sync loop
+    /// keeps their SVIDs signed, and signs missing ones now, when the agent holds more entries
+    /// than `x509_svid_cache_max_size`.
+    fn request_identities(&self, snapshot: &Snapshot) {
+        let entries = responses::identities(snapshot, &self.identity.selectors);
+        self.cache
+            .request_entries(&entries, crate::sync::unix_now());
+    }
 }
 
 impl WorkloadApi {
@@ -179,7 +195,13 @@ async fn attested_caller<T>(
         }
     }
     updates.mark_changed();
-    Ok(Caller { identity, updates })
+    let caller = Caller {
+        identity,
+        updates,
+        cache: cache.clone(),
+    };
+    caller.request_identities(&caller.updates.borrow());
+    Ok(caller)
 }
 
 /// Builds the PermissionDenied status for a caller that matches no entry.
@@ -233,6 +255,7 @@ where
 {
     let stream = async_stream::stream! {
         let mut last: Option<T> = None;
+        let mut requested_at = Instant::now();
         loop {
             tokio::select! {
                 changed = caller.updates.changed() => {
@@ -246,7 +269,14 @@ where
                 }
             }
             let snapshot = caller.updates.borrow_and_update().clone();
-            match build(&snapshot, &caller.identity) {
+            let built = build(&snapshot, &caller.identity);
+            if matches!(built, Ok(None)) || requested_at.elapsed() >= REQUEST_REFRESH {
+                // Pending SVIDs are signed on request; a long-lived stream renews its request
+                // so that its SVIDs stay cached.
+                caller.request_identities(&snapshot);
+                requested_at = Instant::now();
+            }
+            match built {
                 Ok(Some(message)) if last.as_ref() != Some(&message) => {
                     last = Some(message.clone());
                     yield Ok(message);
