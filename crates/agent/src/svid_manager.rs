@@ -71,7 +71,7 @@ pub(crate) struct PlanInputs<'a> {
 ///
 /// Entries whose SVID a tainted authority signed are due as well, at most `taint_batch_size`
 /// of them in the order of `entries`. Each keeps its SVID until the new one is signed.
-pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<'_>) -> Plan {
+pub(crate) fn plan(previous: &Snapshot, entries: Vec<Arc<Entry>>, inputs: PlanInputs<'_>) -> Plan {
     let PlanInputs {
         now,
         revoked,
@@ -98,7 +98,7 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<
             let old = old.get(entry.id.as_str());
             if cached_ids.as_ref().is_some_and(|ids| !ids.contains(&index)) {
                 // Beyond the cache limit and not requested: no SVID is kept or signed.
-                let mut cached = CachedEntry::new(entry, None);
+                let mut cached = CachedEntry::reusing(entry, old.copied(), None);
                 cached.svid_revoked = old.is_some_and(|cached| cached.svid_revoked);
                 return cached;
             }
@@ -131,7 +131,7 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<
                     tainted_pending += 1;
                 }
             }
-            let mut cached = CachedEntry::new(entry, svid);
+            let mut cached = CachedEntry::reusing(entry, old.copied(), svid);
             cached.svid_revoked = svid_revoked;
             cached
         })
@@ -150,7 +150,7 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Entry>, inputs: PlanInputs<
 /// the room goes to entries that hold a valid SVID, then to the others, in the order of
 /// `entries`.
 fn cached_entries(
-    entries: &[Entry],
+    entries: &[Arc<Entry>],
     old: &HashMap<&str, &CachedEntry>,
     requested: &HashMap<String, i64>,
     cache_limit: usize,
@@ -165,7 +165,7 @@ fn cached_entries(
         .filter(|(_, entry)| requested.contains_key(&entry.id))
         .map(|(index, _)| index)
         .collect();
-    let holds_svid = |entry: &Entry| {
+    let holds_svid = |entry: &Arc<Entry>| {
         old.get(entry.id.as_str()).is_some_and(|cached| {
             cached.entry.spiffe_id == entry.spiffe_id
                 && cached
@@ -306,6 +306,10 @@ mod tests {
         }
     }
 
+    fn shared(entries: Vec<Entry>) -> Vec<Arc<Entry>> {
+        entries.into_iter().map(Arc::new).collect()
+    }
+
     static NO_REQUESTS: std::sync::LazyLock<HashMap<String, i64>> =
         std::sync::LazyLock::new(HashMap::new);
     static NO_TAINT: std::sync::LazyLock<TaintedAuthorities> =
@@ -336,7 +340,7 @@ mod tests {
     #[test]
     fn plan_keeps_valid_svids_and_marks_due_entries() {
         let mut renamed = cached("e", 1, 1000);
-        renamed.entry.spiffe_id = "spiffe://example.org/old-name".to_owned();
+        Arc::make_mut(&mut renamed.entry).spiffe_id = "spiffe://example.org/old-name".to_owned();
         let previous = Snapshot {
             entries: vec![
                 cached("a", 1, 1000),
@@ -355,7 +359,11 @@ mod tests {
             entry("e", 1),
             entry("f", 1),
         ];
-        let plan = plan(&previous, synced, inputs(60, &Revoked::default(), true));
+        let plan = plan(
+            &previous,
+            shared(synced),
+            inputs(60, &Revoked::default(), true),
+        );
         let has_svid: Vec<bool> = plan.entries.iter().map(|c| c.svid.is_some()).collect();
         // a fresh; b changed but keeps its SVID until replaced; c past half-life but valid;
         // d new; e's SPIFFE ID changed; f expired.
@@ -392,9 +400,13 @@ mod tests {
             ..Snapshot::default()
         };
         let synced = vec![entry("a", 1), entry("b", 1), entry("c", 1)];
-        let held_back = plan(&previous, synced.clone(), inputs(60, &revoked, false));
+        let held_back = plan(
+            &previous,
+            shared(synced.clone()),
+            inputs(60, &revoked, false),
+        );
         assert!(held_back.due.is_empty(), "{:?}", held_back.due);
-        let plan = plan(&previous, synced, inputs(60, &revoked, true));
+        let plan = plan(&previous, shared(synced), inputs(60, &revoked, true));
 
         assert!(plan.entries[0].svid.is_none());
         assert!(plan.entries[0].svid_revoked);
@@ -420,7 +432,7 @@ mod tests {
         let requested = HashMap::from([("e".to_owned(), 50)]);
         let limited = plan(
             &previous,
-            synced,
+            shared(synced),
             PlanInputs {
                 cache_limit: 3,
                 requested: &requested,
@@ -441,7 +453,7 @@ mod tests {
         let all: Vec<Entry> = ["a", "b"].iter().map(|id| entry(id, 1)).collect();
         let unlimited = plan(
             &previous,
-            all,
+            shared(all),
             PlanInputs {
                 cache_limit: 3,
                 ..inputs(60, &Revoked::default(), true)
@@ -482,7 +494,7 @@ mod tests {
         let synced = vec![entry("a", 1), entry("b", 1), entry("c", 1), entry("d", 1)];
         let plan = plan(
             &previous,
-            synced,
+            shared(synced),
             PlanInputs {
                 now: 60,
                 revoked: &Revoked::default(),

@@ -55,7 +55,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const TAINT_BATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// Drops the entries that expired at `now`, which the server leaves out of Sync as well.
-fn unexpired(mut entries: Vec<Entry>, now: i64) -> Vec<Entry> {
+fn unexpired(mut entries: Vec<Arc<Entry>>, now: i64) -> Vec<Arc<Entry>> {
     entries.retain(|entry| entry.expires_at == 0 || entry.expires_at > now);
     entries
 }
@@ -67,19 +67,19 @@ fn apply_delta(
     changed: Vec<Entry>,
     removed: &[String],
     now: i64,
-) -> Vec<Entry> {
+) -> Vec<Arc<Entry>> {
     let removed: HashSet<&str> = removed.iter().map(String::as_str).collect();
     let changed_ids: HashSet<String> = changed.iter().map(|entry| entry.id.clone()).collect();
-    let mut entries: Vec<Entry> = previous
+    let mut entries: Vec<Arc<Entry>> = previous
         .entries
         .iter()
         .filter(|cached| {
             let id = cached.entry.id.as_str();
             !removed.contains(id) && !changed_ids.contains(id)
         })
-        .map(|cached| cached.entry.clone())
+        .map(|cached| Arc::clone(&cached.entry))
         .collect();
-    entries.extend(changed);
+    entries.extend(changed.into_iter().map(Arc::new));
     unexpired(entries, now)
 }
 
@@ -486,7 +486,7 @@ impl Syncer {
         client: &mut NodeClient<Channel>,
         previous: &Snapshot,
         now: i64,
-    ) -> Result<(SyncResponse, Vec<Entry>), AgentError> {
+    ) -> Result<(SyncResponse, Vec<Arc<Entry>>), AgentError> {
         let mut known = self.entries_revision;
         loop {
             let request = SyncRequest {
@@ -497,7 +497,7 @@ impl Syncer {
             let delta = std::mem::take(&mut response.entries);
             let removed = std::mem::take(&mut response.removed_entry_ids);
             let entries = if response.full {
-                unexpired(delta, now)
+                unexpired(delta.into_iter().map(Arc::new).collect(), now)
             } else {
                 apply_delta(previous, delta, &removed, now)
             };

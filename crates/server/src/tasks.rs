@@ -81,6 +81,17 @@ pub(crate) fn spawn_background(
     tasks.spawn(rotation_loop(Arc::clone(shared), shutdown.clone()).instrument(span));
     let span = tracing::info_span!("pruner");
     tasks.spawn(prune_loop(Arc::clone(shared), shutdown.clone()).instrument(span));
+    // Reading every entry takes seconds for large sets, so it starts now rather than at the
+    // first agent's sync. A failure here is retried by that sync.
+    let index = Arc::clone(shared);
+    tasks.spawn(
+        async move {
+            if let Err(error) = index.entries.refresh().await {
+                tracing::warn!(error = %error_chain(&error), "loading the entry index failed");
+            }
+        }
+        .instrument(tracing::info_span!("entry_index")),
+    );
     let span = tracing::info_span!("jwt_issuers");
     tasks.spawn(issuer_loop(Arc::clone(shared), shutdown.clone()).instrument(span));
 }

@@ -523,7 +523,7 @@ async fn bundles_are_keyed_by_trust_domain() {
 async fn federated_bundles_reach_entries_that_federate() {
     let mut h = start(Duration::from_secs(1)).await;
     let mut federating = own_entry("e1", "spiffe://example.org/w", "");
-    federating.entry.federates_with = vec!["partner.test".to_owned()];
+    Arc::make_mut(&mut federating.entry).federates_with = vec!["partner.test".to_owned()];
     let mut snap = snapshot(vec![federating]);
     let (_, partner_ca) = self_signed_svid("spiffe://partner.test/ca");
     let partner_key = jwt_key("partner-k1");
