@@ -77,39 +77,33 @@ impl CachedEntry {
     /// Wraps a synced entry.
     #[cfg(test)]
     pub(crate) fn new(entry: Entry, svid: Option<Arc<CachedSvid>>) -> Self {
-        Self::from_shared(Arc::new(entry), svid)
+        let mut cached = Self::from_synced(entry);
+        cached.svid = svid;
+        cached
     }
 
-    /// Wraps a shared entry, converting its selectors.
-    pub(crate) fn from_shared(entry: Arc<Entry>, svid: Option<Arc<CachedSvid>>) -> Self {
-        let selectors = entry
-            .selectors
-            .iter()
-            .map(|s| Selector::new(s.r#type.clone(), s.value.clone()))
+    /// Wraps an entry received in Sync, without an SVID. The selectors move into their
+    /// matching form and the parent ID is dropped, because the agent needs neither in wire
+    /// form and an agent may hold 100,000 entries.
+    pub(crate) fn from_synced(mut entry: Entry) -> Self {
+        let selectors = std::mem::take(&mut entry.selectors)
+            .into_iter()
+            .map(|selector| Selector::new(selector.r#type, selector.value))
             .collect();
+        entry.parent_id = String::new();
         Self {
-            entry,
+            entry: Arc::new(entry),
             selectors,
-            svid,
+            svid: None,
             svid_revoked: false,
         }
     }
 
-    /// Wraps `entry` with the converted selectors of `previous` when both hold the same entry.
-    pub(crate) fn reusing(
-        entry: Arc<Entry>,
-        previous: Option<&CachedEntry>,
-        svid: Option<Arc<CachedSvid>>,
-    ) -> Self {
-        match previous {
-            Some(previous) if Arc::ptr_eq(&previous.entry, &entry) => Self {
-                entry,
-                selectors: Arc::clone(&previous.selectors),
-                svid,
-                svid_revoked: false,
-            },
-            _ => Self::from_shared(entry, svid),
-        }
+    /// Returns this entry with `svid` in place of its SVID and the revoked mark cleared.
+    pub(crate) fn with_svid(mut self, svid: Option<Arc<CachedSvid>>) -> Self {
+        self.svid = svid;
+        self.svid_revoked = false;
+        self
     }
 
     /// Returns whether `other` has the same entry and the same SVID (by identity).

@@ -71,7 +71,7 @@ pub(crate) struct PlanInputs<'a> {
 ///
 /// Entries whose SVID a tainted authority signed are due as well, at most `taint_batch_size`
 /// of them in the order of `entries`. Each keeps its SVID until the new one is signed.
-pub(crate) fn plan(previous: &Snapshot, entries: Vec<Arc<Entry>>, inputs: PlanInputs<'_>) -> Plan {
+pub(crate) fn plan(previous: &Snapshot, entries: Vec<CachedEntry>, inputs: PlanInputs<'_>) -> Plan {
     let PlanInputs {
         now,
         revoked,
@@ -94,11 +94,12 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Arc<Entry>>, inputs: PlanIn
     let entries = entries
         .into_iter()
         .enumerate()
-        .map(|(index, entry)| {
+        .map(|(index, synced)| {
+            let entry = Arc::clone(&synced.entry);
             let old = old.get(entry.id.as_str());
             if cached_ids.as_ref().is_some_and(|ids| !ids.contains(&index)) {
                 // Beyond the cache limit and not requested: no SVID is kept or signed.
-                let mut cached = CachedEntry::reusing(entry, old.copied(), None);
+                let mut cached = synced.with_svid(None);
                 cached.svid_revoked = old.is_some_and(|cached| cached.svid_revoked);
                 return cached;
             }
@@ -131,7 +132,7 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Arc<Entry>>, inputs: PlanIn
                     tainted_pending += 1;
                 }
             }
-            let mut cached = CachedEntry::reusing(entry, old.copied(), svid);
+            let mut cached = synced.with_svid(svid);
             cached.svid_revoked = svid_revoked;
             cached
         })
@@ -150,7 +151,7 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<Arc<Entry>>, inputs: PlanIn
 /// the room goes to entries that hold a valid SVID, then to the others, in the order of
 /// `entries`.
 fn cached_entries(
-    entries: &[Arc<Entry>],
+    entries: &[CachedEntry],
     old: &HashMap<&str, &CachedEntry>,
     requested: &HashMap<String, i64>,
     cache_limit: usize,
@@ -162,10 +163,11 @@ fn cached_entries(
     let mut kept: std::collections::HashSet<usize> = entries
         .iter()
         .enumerate()
-        .filter(|(_, entry)| requested.contains_key(&entry.id))
+        .filter(|(_, synced)| requested.contains_key(&synced.entry.id))
         .map(|(index, _)| index)
         .collect();
-    let holds_svid = |entry: &Arc<Entry>| {
+    let holds_svid = |synced: &CachedEntry| {
+        let entry = &synced.entry;
         old.get(entry.id.as_str()).is_some_and(|cached| {
             cached.entry.spiffe_id == entry.spiffe_id
                 && cached
@@ -306,8 +308,8 @@ mod tests {
         }
     }
 
-    fn shared(entries: Vec<Entry>) -> Vec<Arc<Entry>> {
-        entries.into_iter().map(Arc::new).collect()
+    fn shared(entries: Vec<Entry>) -> Vec<CachedEntry> {
+        entries.into_iter().map(CachedEntry::from_synced).collect()
     }
 
     static NO_REQUESTS: std::sync::LazyLock<HashMap<String, i64>> =

@@ -33,7 +33,7 @@ use tonic::transport::Channel;
 use tracing::Instrument as _;
 use twid_proto::node::node_client::NodeClient;
 use twid_proto::node::{RenewAgentRequest, SyncRequest, SyncResponse};
-use twid_proto::types::{Bundle, Entry, JwtAuthority};
+use twid_proto::types::{Bundle, JwtAuthority};
 use twid_spiffe::TrustDomain;
 use twid_telemetry::Health;
 use twid_tls::{SvidSource, TrustSource};
@@ -55,31 +55,62 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const TAINT_BATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// Drops the entries that expired at `now`, which the server leaves out of Sync as well.
-fn unexpired(mut entries: Vec<Arc<Entry>>, now: i64) -> Vec<Arc<Entry>> {
-    entries.retain(|entry| entry.expires_at == 0 || entry.expires_at > now);
+fn unexpired(mut entries: Vec<CachedEntry>, now: i64) -> Vec<CachedEntry> {
+    entries.retain(|cached| cached.entry.expires_at == 0 || cached.entry.expires_at > now);
     entries
+}
+
+/// Reads a Sync stream message by message and converts each entry as it arrives, so that a
+/// full sync of many entries never holds them all in their wire form. Returns the stream's
+/// fields other than entries (as [`twid_proto::collect_sync`] merges them), the entries, and
+/// the removed entry IDs.
+async fn read_sync_stream(
+    mut stream: tonic::Streaming<SyncResponse>,
+) -> Result<(SyncResponse, Vec<CachedEntry>, Vec<String>), tonic::Status> {
+    let mut merged: Option<SyncResponse> = None;
+    let mut entries = Vec::new();
+    let mut removed = Vec::new();
+    while let Some(mut message) = stream.message().await? {
+        entries.extend(message.entries.drain(..).map(CachedEntry::from_synced));
+        removed.append(&mut message.removed_entry_ids);
+        match merged.as_mut() {
+            None => merged = Some(message),
+            Some(merged) => {
+                merged.entries_revision = message.entries_revision;
+                merged.entries_digest = message.entries_digest;
+                merged.entries_count = message.entries_count;
+            }
+        }
+    }
+    let merged =
+        merged.ok_or_else(|| tonic::Status::data_loss("the server ended the Sync stream empty"))?;
+    Ok((merged, entries, removed))
 }
 
 /// Applies a Sync delta to the entries of `previous`: `changed` entries replace those with the
 /// same ID or are added, and `removed` IDs are dropped.
 fn apply_delta(
     previous: &Snapshot,
-    changed: Vec<Entry>,
+    changed: Vec<CachedEntry>,
     removed: &[String],
     now: i64,
-) -> Vec<Arc<Entry>> {
+) -> Vec<CachedEntry> {
     let removed: HashSet<&str> = removed.iter().map(String::as_str).collect();
-    let changed_ids: HashSet<String> = changed.iter().map(|entry| entry.id.clone()).collect();
-    let mut entries: Vec<Arc<Entry>> = previous
+    let changed_ids: HashSet<&str> = changed
+        .iter()
+        .map(|cached| cached.entry.id.as_str())
+        .collect();
+    let mut entries: Vec<CachedEntry> = previous
         .entries
         .iter()
         .filter(|cached| {
             let id = cached.entry.id.as_str();
             !removed.contains(id) && !changed_ids.contains(id)
         })
-        .map(|cached| Arc::clone(&cached.entry))
+        .cloned()
         .collect();
-    entries.extend(changed.into_iter().map(Arc::new));
+    drop(changed_ids);
+    entries.extend(changed);
     unexpired(entries, now)
 }
 
@@ -486,24 +517,23 @@ impl Syncer {
         client: &mut NodeClient<Channel>,
         previous: &Snapshot,
         now: i64,
-    ) -> Result<(SyncResponse, Vec<Arc<Entry>>), AgentError> {
+    ) -> Result<(SyncResponse, Vec<CachedEntry>), AgentError> {
         let mut known = self.entries_revision;
         loop {
             let request = SyncRequest {
                 entries_revision: known,
             };
             let stream = node::call("Sync", client.sync(request)).await?;
-            let mut response = node::receive("Sync", twid_proto::collect_sync(stream)).await?;
-            let delta = std::mem::take(&mut response.entries);
-            let removed = std::mem::take(&mut response.removed_entry_ids);
+            let (response, changed, removed) =
+                node::receive("Sync", read_sync_stream(stream)).await?;
             let entries = if response.full {
-                unexpired(delta.into_iter().map(Arc::new).collect(), now)
+                unexpired(changed, now)
             } else {
-                apply_delta(previous, delta, &removed, now)
+                apply_delta(previous, changed, &removed, now)
             };
             let digest: EntriesDigest = entries
                 .iter()
-                .map(|entry| EntriesDigest::term(&entry.id, entry.revision_number))
+                .map(|cached| EntriesDigest::term(&cached.entry.id, cached.entry.revision_number))
                 .collect();
             let matches = EntriesDigest::from_bytes(&response.entries_digest) == Some(digest);
             if matches || known == 0 {
