@@ -55,6 +55,8 @@ pub(crate) struct AgentSettings {
     pub(crate) sync_interval: Duration,
     /// Maximum workload SVIDs signed by a tainted authority that one sync round replaces.
     pub(crate) taint_batch_size: usize,
+    /// Pause between two rounds that replace SVIDs of a tainted authority.
+    pub(crate) taint_batch_interval: Duration,
     /// Workload X.509-SVIDs kept signed while more entries are authorized; requested entries
     /// are signed beyond it.
     pub(crate) x509_svid_cache_max_size: usize,
@@ -87,6 +89,7 @@ impl std::fmt::Debug for AgentSettings {
             .field("join_token_set", &self.join_token.is_some())
             .field("sync_interval", &self.sync_interval)
             .field("taint_batch_size", &self.taint_batch_size)
+            .field("taint_batch_interval", &self.taint_batch_interval)
             .field("x509_svid_cache_max_size", &self.x509_svid_cache_max_size)
             .field("first_sync_timeout", &self.first_sync_timeout)
             .field("health", &self.health)
@@ -137,6 +140,7 @@ impl AgentSettings {
             join_token: config.join_token.filter(|token| !token.is_empty()),
             sync_interval: options.sync_interval.unwrap_or(config.sync_interval),
             taint_batch_size: config.taint_batch_size,
+            taint_batch_interval: config.taint_batch_interval,
             x509_svid_cache_max_size: config.x509_svid_cache_max_size,
             first_sync_timeout: options.first_sync_timeout,
             health,
@@ -258,6 +262,7 @@ pub(crate) mod tests {
             join_token: None,
             sync_interval: Duration::from_secs(5),
             taint_batch_size: 100,
+            taint_batch_interval: Duration::from_secs(1),
             x509_svid_cache_max_size: 1000,
             first_sync_timeout: Duration::from_secs(1),
             health: None,

@@ -50,9 +50,6 @@ use crate::{AgentError, svid_manager};
 const BACKOFF_START: Duration = Duration::from_secs(1);
 /// Maximum retry delay.
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
-/// Delay before the next round while SVIDs signed by a tainted authority remain to be
-/// replaced, so that each batch reaches the server separately.
-const TAINT_BATCH_DELAY: Duration = Duration::from_secs(1);
 
 /// Drops the entries that expired at `now`, which the server leaves out of Sync as well.
 fn unexpired(mut entries: Vec<CachedEntry>, now: i64) -> Vec<CachedEntry> {
@@ -194,6 +191,8 @@ pub(crate) struct Syncer {
     pub(crate) revoked_retry_at: i64,
     /// Maximum workload SVIDs signed by a tainted authority that one round replaces.
     pub(crate) taint_batch_size: usize,
+    /// Delay before the next round while SVIDs signed by a tainted authority remain.
+    pub(crate) taint_batch_interval: Duration,
     /// Whether the last round left SVIDs signed by a tainted authority to replace.
     pub(crate) tainted_pending: bool,
     /// `x509_svid_cache_max_size`, see [`svid_manager::PlanInputs::cache_limit`].
@@ -240,7 +239,8 @@ impl Syncer {
                 None => return,
             }
             if self.tainted_pending {
-                delay = delay.min(TAINT_BATCH_DELAY);
+                // Each batch reaches the server separately.
+                delay = delay.min(self.taint_batch_interval);
             }
             // Runs even after a failed sync: attesting needs no valid agent SVID.
             if let Some(until_due) = self.reattest_if_due().await {

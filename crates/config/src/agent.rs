@@ -20,6 +20,7 @@ const DEFAULT_SOCKET_PATH: &str = "/tmp/twid-agent/public/api.sock";
 const DEFAULT_SYNC_INTERVAL: Duration = Duration::from_secs(5);
 /// Default maximum of SVIDs signed by a tainted authority that one sync round replaces.
 const DEFAULT_TAINT_BATCH_SIZE: usize = 100;
+const DEFAULT_TAINT_BATCH_INTERVAL: Duration = Duration::from_secs(1);
 const DEFAULT_X509_SVID_CACHE_MAX_SIZE: usize = 1000;
 
 /// Everything `twid agent run` needs, read from an agent configuration file.
@@ -69,6 +70,10 @@ pub struct AgentConfig {
     /// Maximum workload SVIDs signed by a tainted authority that one sync round replaces
     /// (`experimental { taint_batch_size }`). Default 100.
     pub taint_batch_size: usize,
+    /// Pause between two such rounds (`experimental { taint_batch_interval }`). Default 1s.
+    /// Replacing N SVIDs of a tainted authority takes about
+    /// `ceil(N / taint_batch_size) - 1` intervals after the first round.
+    pub taint_batch_interval: Duration,
     /// How many workload X.509-SVIDs the agent keeps signed while it is authorized for more
     /// entries than that (`x509_svid_cache_max_size`, SPIRE's key). Entries that workloads
     /// requested are kept signed beyond this limit. Default 1000.
@@ -257,7 +262,12 @@ const AGENT: Schema = Schema {
 };
 
 const EXPERIMENTAL: Schema = Schema {
-    keys: &["sync_interval", "taint_batch_size", "server_addresses"],
+    keys: &[
+        "sync_interval",
+        "taint_batch_size",
+        "taint_batch_interval",
+        "server_addresses",
+    ],
     hints: &[
         ("named_pipe_name", ""),
         ("use_sync_authorized_entries", ""),
@@ -393,6 +403,7 @@ impl AgentConfig {
             unix_attestor,
             sync_interval: sync_interval(&agent)?,
             taint_batch_size: taint_batch_size(&agent)?,
+            taint_batch_interval: taint_batch_interval(&agent)?,
             x509_svid_cache_max_size: agent
                 .optional("x509_svid_cache_max_size", |expr| {
                     values::integer(expr)
@@ -438,6 +449,7 @@ impl AgentConfig {
             unix_attestor: UnixAttestorConfig::default(),
             sync_interval: DEFAULT_SYNC_INTERVAL,
             taint_batch_size: DEFAULT_TAINT_BATCH_SIZE,
+            taint_batch_interval: DEFAULT_TAINT_BATCH_INTERVAL,
             x509_svid_cache_max_size: DEFAULT_X509_SVID_CACHE_MAX_SIZE,
             sds: SdsConfig::default(),
             evidence_attestor: None,
@@ -576,6 +588,15 @@ fn taint_batch_size(agent: &Section<'_>) -> Result<usize, ConfigError> {
     Ok(size.unwrap_or(DEFAULT_TAINT_BATCH_SIZE))
 }
 
+fn taint_batch_interval(agent: &Section<'_>) -> Result<Duration, ConfigError> {
+    let Some(experimental) = agent.section("experimental")? else {
+        return Ok(DEFAULT_TAINT_BATCH_INTERVAL);
+    };
+    Ok(experimental
+        .optional("taint_batch_interval", values::positive_duration)?
+        .unwrap_or(DEFAULT_TAINT_BATCH_INTERVAL))
+}
+
 /// Reads the optional `sds` block. The three names must differ, because each selects a
 /// different kind of resource.
 fn sds(agent: &Section<'_>) -> Result<SdsConfig, ConfigError> {
@@ -711,6 +732,7 @@ impl fmt::Debug for AgentConfig {
             .field("unix_attestor", &self.unix_attestor)
             .field("sync_interval", &self.sync_interval)
             .field("taint_batch_size", &self.taint_batch_size)
+            .field("taint_batch_interval", &self.taint_batch_interval)
             .field("x509_svid_cache_max_size", &self.x509_svid_cache_max_size)
             .field("sds", &self.sds)
             .field("evidence_attestor", &self.evidence_attestor)

@@ -463,6 +463,28 @@ fn x509_svid_cache_max_size_default_and_bounds() {
 }
 
 #[test]
+fn taint_batch_interval_default_and_bounds() {
+    assert_eq!(parse(MINIMAL).taint_batch_interval, Duration::from_secs(1));
+    let with_interval = |value: &str| {
+        MINIMAL.replace(
+            "    insecure_bootstrap = true\n",
+            &format!(
+                "    insecure_bootstrap = true\n    experimental {{\n        \
+                 taint_batch_interval = {value}\n    }}\n"
+            ),
+        )
+    };
+    assert_eq!(
+        parse(&with_interval("\"250ms\"")).taint_batch_interval,
+        Duration::from_millis(250)
+    );
+    for invalid in ["\"0s\"", "\"soon\"", "5"] {
+        let error = parse_error(&with_interval(invalid));
+        assert!(error.contains("taint_batch_interval"), "{invalid}: {error}");
+    }
+}
+
+#[test]
 fn taint_batch_size_default_and_bounds() {
     assert_eq!(parse(MINIMAL).taint_batch_size, 100);
     let with_size = |value: &str| {
