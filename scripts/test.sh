@@ -73,6 +73,49 @@ setup_swtpm() {
   fi
 }
 
+# Prints "<package directory><tab><executable>" for each test binary of the workspace build that
+# starts a server or opens a server datastore: the e2e tests and the twid-server tests. They run
+# straight from that build, because `cargo test -p` resolves features for fewer packages and
+# would rebuild much of the dependency tree.
+server_test_binaries() {
+  cargo test --workspace --locked --no-run --message-format=json | python3 -c '
+import json, os, sys
+server_targets = {
+    ("crates/cli", "e2e"),
+    ("crates/server", "twid_server"),
+    ("crates/server", "agent_renewal"),
+    ("crates/server", "oidc"),
+}
+for line in sys.stdin:
+    message = json.loads(line)
+    if message.get("reason") != "compiler-artifact" or not message.get("executable"):
+        continue
+    if not message["profile"]["test"]:
+        continue
+    package_dir = os.path.dirname(message["manifest_path"])
+    key = (os.path.relpath(package_dir, sys.argv[1]), message["target"]["name"])
+    if key in server_targets:
+        print(package_dir, message["executable"], sep="\t")
+' "$root"
+}
+
+# Runs the server test binaries with TWID_TEST_DATASTORE=postgres, each in its package
+# directory as cargo test would.
+run_server_tests_on_postgres() {
+  local binaries
+  binaries=$(server_test_binaries)
+  [ "$(printf '%s\n' "$binaries" | grep -c .)" = 4 ] || {
+    log "expected 4 server test binaries, found: $binaries"
+    return 1
+  }
+  local dir exe
+  # The list comes in on descriptor 3, so that nothing the tests start can read it from stdin.
+  while IFS=$'\t' read -r dir exe <&3; do
+    log "running $(basename "$exe") on PostgreSQL"
+    (cd "$dir" && TWID_TEST_DATASTORE=postgres "$exe")
+  done 3<<< "$binaries"
+}
+
 setup_python
 setup_postgres
 setup_nginx
@@ -81,3 +124,5 @@ log "building"
 cargo build --workspace --all-targets --locked
 log "running tests"
 cargo test --workspace --locked
+log "running server tests again on PostgreSQL"
+time run_server_tests_on_postgres

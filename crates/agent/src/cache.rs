@@ -258,7 +258,7 @@ impl Cache {
     }
 
     /// Returns the entries requested within [`DEMAND_TTL_SECS`] before `now`, with the time of
-    /// the latest request, and forgets older requests.
+    /// the latest request, and drops older requests.
     pub(crate) fn requested_entries(&self, now: i64) -> std::collections::HashMap<String, i64> {
         let mut requested = self
             .demand

@@ -510,8 +510,8 @@ impl Syncer {
     /// Calls Sync with the revision of the cached entries and returns the response with the
     /// entries the agent is now authorized for. A delta is applied to the entries of
     /// `previous`. When the result's digest differs from the server's, for example because
-    /// a node alias change moved entries the delta did not name, the agent asks again for
-    /// every entry.
+    /// a node alias change moved entries the delta did not name, the agent requests every
+    /// entry again.
     async fn fetch_entries(
         &mut self,
         client: &mut NodeClient<Channel>,

@@ -12,7 +12,7 @@ use crate::cert::{
     NOT_BEFORE_BACKDATE_SECONDS, key_identifier, parse_certificate, random_serial,
     sign_certificate, validity_der, write_tbs_header,
 };
-use crate::der::{TAG_BOOLEAN, TAG_CONTEXT_3, TAG_SEQUENCE, TAG_URI, oid};
+use crate::der::{TAG_BOOLEAN, TAG_CONTEXT_3, TAG_IMPLICIT_0, TAG_SEQUENCE, TAG_URI, oid};
 use crate::timestamp::{from_unix_seconds, unix_seconds};
 use crate::{CaError, CaSubject, PrivateKey};
 
@@ -60,6 +60,53 @@ impl X509Authority {
         ttl: Duration,
         serial: Option<u128>,
     ) -> Result<Self, CaError> {
+        let authority = Self::create(trust_domain, key, subject, now, ttl, serial, None)?;
+        tracing::debug!(
+            trust_domain = %trust_domain,
+            key_type = %authority.key_type(),
+            not_after = %crate::timestamp::rfc3339(authority.not_after),
+            "created self-signed X.509 authority"
+        );
+        Ok(authority)
+    }
+
+    /// Creates an intermediate CA certificate for `trust_domain`, signed by `issuer`.
+    ///
+    /// The certificate has the extensions of [`Self::self_signed`] plus an authority key
+    /// identifier, the issuer's subject name byte for byte, and the issuer key's signature
+    /// algorithm. `notAfter` is `now + ttl`, so callers cap `ttl` at the issuer's own
+    /// `notAfter` when a chain must stay valid to its end.
+    ///
+    /// # Errors
+    /// Returns the errors of [`Self::self_signed`].
+    pub fn signed_by(
+        trust_domain: &TrustDomain,
+        key: PrivateKey,
+        subject: &CaSubject,
+        now: SystemTime,
+        ttl: Duration,
+        issuer: &X509Authority,
+    ) -> Result<Self, CaError> {
+        let authority = Self::create(trust_domain, key, subject, now, ttl, None, Some(issuer))?;
+        tracing::debug!(
+            trust_domain = %trust_domain,
+            key_type = %authority.key_type(),
+            not_after = %crate::timestamp::rfc3339(authority.not_after),
+            "created intermediate X.509 authority"
+        );
+        Ok(authority)
+    }
+
+    /// Builds a CA certificate for `key`, self-signed when `issuer` is `None`.
+    fn create(
+        trust_domain: &TrustDomain,
+        key: PrivateKey,
+        subject: &CaSubject,
+        now: SystemTime,
+        ttl: Duration,
+        serial: Option<u128>,
+        issuer: Option<&X509Authority>,
+    ) -> Result<Self, CaError> {
         let ttl_seconds = whole_seconds(ttl)?;
         let serial = match serial {
             Some(0) => return Err(CaError::InvalidSerial),
@@ -74,10 +121,14 @@ impl X509Authority {
         let name = subject.to_name_der()?;
         let key_id = key_identifier(key.public_key_bits());
         let uri = trust_domain.id_string();
+        let (signer, issuer_name) = match issuer {
+            Some(issuer) => (&issuer.key, issuer.subject_name.as_slice()),
+            None => (&key, name.as_slice()),
+        };
 
-        let cert = sign_certificate(&key, 1024, |w| {
+        let cert = sign_certificate(signer, 1024, |w| {
             w.nested(TAG_SEQUENCE, |w| {
-                write_tbs_header(w, &serial, &key, &name, &validity);
+                write_tbs_header(w, &serial, signer, issuer_name, &validity);
                 w.raw(&name);
                 w.raw(key.spki());
                 w.nested(TAG_CONTEXT_3, |w| {
@@ -89,6 +140,11 @@ impl X509Authority {
                         w.extension(oid::SUBJECT_KEY_IDENTIFIER, false, |w| {
                             w.tlv(crate::der::TAG_OCTET_STRING, &key_id);
                         });
+                        if let Some(issuer) = issuer {
+                            w.extension(oid::AUTHORITY_KEY_IDENTIFIER, false, |w| {
+                                w.nested(TAG_SEQUENCE, |w| w.tlv(TAG_IMPLICIT_0, &issuer.key_id));
+                            });
+                        }
                         w.extension(oid::SUBJECT_ALT_NAME, false, |w| {
                             w.nested(TAG_SEQUENCE, |w| w.tlv(TAG_URI, uri.as_bytes()));
                         });
@@ -96,14 +152,7 @@ impl X509Authority {
                 });
             });
         })?;
-        let authority = Self::from_parts(cert, key)?;
-        tracing::debug!(
-            trust_domain = %trust_domain,
-            key_type = %authority.key_type(),
-            not_after = %crate::timestamp::rfc3339(authority.not_after),
-            "created self-signed X.509 authority"
-        );
-        Ok(authority)
+        Self::from_parts(cert, key)
     }
 
     /// Pairs a stored CA certificate with its private key.

@@ -22,10 +22,6 @@ use std::time::Duration;
 #[allow(dead_code)]
 #[path = "../tests/e2e/common.rs"]
 mod common;
-// Only `TestDatabase` is used here; the rest serves the test that the bench leaves out.
-#[allow(dead_code, unused_imports)]
-#[path = "../tests/e2e/issuance_log_postgres.rs"]
-mod issuance_log_postgres;
 #[allow(dead_code)]
 #[path = "../tests/e2e/replicas.rs"]
 mod replicas;

@@ -42,7 +42,7 @@ pub use federation::{
 };
 pub use helper::{HelperConfig, HelperFileFormat, JwtSvidFile};
 pub use issuers::{JwtIssuerConfig, OidcDiscoveryConfig};
-pub use server::{CaSubject, KeyManager, KeyType, ServerConfig};
+pub use server::{CaSubject, KeyManager, KeyType, ServerConfig, UpstreamAuthorityDisk};
 
 /// Reads a configuration file, expanding environment variables when asked to.
 fn read_file(path: &Path, expand_env: bool) -> Result<String, ConfigError> {

@@ -69,6 +69,9 @@ pub struct ServerConfig {
     pub datastore: DatastoreConfig,
     /// The `KeyManager` plugin. Default `disk` at `<data_dir>/keys`.
     pub key_manager: KeyManager,
+    /// The `UpstreamAuthority "disk"` plugin, `None` when absent: then the X.509 authorities
+    /// are self-signed.
+    pub upstream_authority: Option<UpstreamAuthorityDisk>,
     /// The server's public base URL, the default `endpoints.oidc_discovery.issuer`.
     pub public_url: Option<String>,
     /// The `jwt_issuer "<name>"` blocks in file order.
@@ -178,6 +181,20 @@ impl KeyManager {
     }
 }
 
+/// The files of `UpstreamAuthority "disk"`. The server reads and checks them at start, so
+/// parsing the configuration only checks that the paths are present and not empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAuthorityDisk {
+    /// PEM private key of the upstream CA: PKCS#8, SEC1 (EC) or PKCS#1 (RSA).
+    pub key_file_path: PathBuf,
+    /// PEM certificates: first the upstream CA certificate that matches the key, then any
+    /// intermediates between it and a root of `bundle_file_path`.
+    pub cert_file_path: PathBuf,
+    /// PEM root certificates that the bundle publishes. Required unless the first
+    /// certificate of `cert_file_path` is self-signed, which is then the only root.
+    pub bundle_file_path: Option<PathBuf>,
+}
+
 const SERVER_KEYS: &[&str] = &[
     "trust_domain",
     "bind_address",
@@ -285,6 +302,12 @@ const DATASTORE_SQL: Schema = Schema {
     nested: None,
 };
 
+const UPSTREAM_AUTHORITY_DISK: Schema = Schema {
+    keys: &["key_file_path", "cert_file_path", "bundle_file_path"],
+    hints: &[],
+    nested: None,
+};
+
 const KEY_MANAGER_DISK: Schema = Schema {
     keys: &["keys_path"],
     hints: &[],
@@ -368,6 +391,7 @@ impl ServerConfig {
             telemetry: common::telemetry(&root)?,
             datastore: datastore(&plugins, &data_dir)?,
             key_manager: key_manager(&plugins, &data_dir)?,
+            upstream_authority: upstream_authority(&plugins)?,
             public_url,
             jwt_issuers,
             oidc_discovery,
@@ -405,6 +429,7 @@ impl ServerConfig {
             telemetry: Telemetry::default(),
             datastore: default_datastore(data_dir),
             key_manager: default_key_manager(data_dir),
+            upstream_authority: None,
             public_url: None,
             jwt_issuers: Vec::new(),
             oidc_discovery: None,
@@ -431,12 +456,12 @@ fn owner_key_paths(expr: &hcl_edit::expr::Expression) -> Result<Vec<PathBuf>, St
 }
 
 /// Rejects plugin types and names that twid does not implement, and returns the evidence
-/// node attestors. DataStore and KeyManager are read separately.
+/// node attestors. DataStore, KeyManager and UpstreamAuthority are read separately.
 fn check_plugins(plugins: &[Plugin<'_>]) -> Result<Vec<EvidenceAttestorConfig>, ConfigError> {
     let mut attestors = Vec::new();
     for plugin in plugins {
         match plugin.plugin_type {
-            "DataStore" | "KeyManager" => {}
+            "DataStore" | "KeyManager" | "UpstreamAuthority" => {}
             "NodeAttestor" if plugin.name == "join_token" => {
                 plugin.check_data(&plugins::NO_SETTINGS)?;
             }
@@ -567,6 +592,24 @@ fn key_manager(plugins: &[Plugin<'_>], data_dir: &Path) -> Result<KeyManager, Co
     }
 }
 
+/// Reads `UpstreamAuthority "disk"`.
+fn upstream_authority(
+    plugins: &[Plugin<'_>],
+) -> Result<Option<UpstreamAuthorityDisk>, ConfigError> {
+    let Some(plugin) = plugins::single(plugins, "UpstreamAuthority")? else {
+        return Ok(None);
+    };
+    if plugin.name != "disk" {
+        return Err(plugin.unsupported("twid supports UpstreamAuthority \"disk\" only"));
+    }
+    plugin.check_data(&UPSTREAM_AUTHORITY_DISK)?;
+    Ok(Some(UpstreamAuthorityDisk {
+        key_file_path: plugin.required("key_file_path", values::path)?,
+        cert_file_path: plugin.required("cert_file_path", values::path)?,
+        bundle_file_path: plugin.optional("bundle_file_path", values::path)?,
+    }))
+}
+
 impl fmt::Debug for ServerConfig {
     /// Formats every field but a PostgreSQL connection string, which may carry a password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -595,6 +638,7 @@ impl fmt::Debug for ServerConfig {
             .field("database_type", &self.datastore.database_type)
             .field("connection_string", &connection_string)
             .field("key_manager", &self.key_manager)
+            .field("upstream_authority", &self.upstream_authority)
             .field("public_url", &self.public_url)
             .field("jwt_issuers", &self.jwt_issuers)
             .field("oidc_discovery", &self.oidc_discovery)

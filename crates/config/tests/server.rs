@@ -378,10 +378,10 @@ fn plugin_rejections() {
             "server.conf:8: unsupported plugin NodeAttestor \"k8s_psat\": twid supports NodeAttestor \"join_token\", \"sgx_dcap\", \"tdx\", \"sgx_ias\", \"snp\", \"nitro\" and \"tpm\"",
         ),
         (
-            r#"UpstreamAuthority "disk" {
+            r#"UpstreamAuthority "aws_pca" {
                 plugin_data {}
             }"#,
-            "server.conf:8: unsupported plugin UpstreamAuthority \"disk\": twid has no UpstreamAuthority plugins",
+            "server.conf:8: unsupported plugin UpstreamAuthority \"aws_pca\": twid supports UpstreamAuthority \"disk\" only",
         ),
         (
             r#"NodeAttestor "join_token" {
@@ -422,6 +422,115 @@ fn plugin_rejections() {
     ];
     for (plugins, expected) in cases {
         assert_eq!(parse_error(&with_plugins(plugins)), expected);
+    }
+}
+
+#[test]
+fn upstream_authority_disk_parsed() {
+    let config = parse(&with_plugins(
+        r#"UpstreamAuthority "disk" {
+            plugin_data {
+                key_file_path = "/opt/twid/upstream/ca.key.pem"
+                cert_file_path = "/opt/twid/upstream/ca.crt.pem"
+                bundle_file_path = "/opt/twid/upstream/root.pem"
+            }
+        }"#,
+    ));
+    let upstream = config.upstream_authority.expect("upstream authority");
+    assert_eq!(
+        upstream.key_file_path,
+        PathBuf::from("/opt/twid/upstream/ca.key.pem")
+    );
+    assert_eq!(
+        upstream.cert_file_path,
+        PathBuf::from("/opt/twid/upstream/ca.crt.pem")
+    );
+    assert_eq!(
+        upstream.bundle_file_path,
+        Some(PathBuf::from("/opt/twid/upstream/root.pem"))
+    );
+
+    let self_signed = parse(&with_plugins(
+        r#"UpstreamAuthority "disk" {
+            plugin_data {
+                key_file_path = "ca.key"
+                cert_file_path = "ca.crt"
+            }
+        }"#,
+    ));
+    assert_eq!(
+        self_signed.upstream_authority.unwrap().bundle_file_path,
+        None
+    );
+    assert_eq!(parse(MINIMAL).upstream_authority, None);
+}
+
+#[test]
+fn upstream_authority_disk_errors() {
+    let cases = [
+        (
+            r#"UpstreamAuthority "disk" {
+                plugin_data {
+                    cert_file_path = "ca.crt"
+                }
+            }"#,
+            "server.conf:9: missing required key \"key_file_path\"",
+        ),
+        (r#"UpstreamAuthority "disk" {}"#, "key_file_path"),
+        (
+            r#"UpstreamAuthority "disk" {
+                plugin_data {
+                    key_file_path = "ca.key"
+                }
+            }"#,
+            "cert_file_path",
+        ),
+        (
+            r#"UpstreamAuthority "disk" {
+                plugin_data {
+                    key_file_path = ""
+                    cert_file_path = "ca.crt"
+                }
+            }"#,
+            "server.conf:10: key_file_path = \"\": must not be empty",
+        ),
+        (
+            r#"UpstreamAuthority "disk" {
+                plugin_data {
+                    key_file_path = "ca.key"
+                    cert_file_path = "ca.crt"
+                    bundle_file_path = 3
+                }
+            }"#,
+            "bundle_file_path",
+        ),
+        (
+            r#"UpstreamAuthority "disk" {
+                plugin_data {
+                    key_file_path = "ca.key"
+                    cert_file_path = "ca.crt"
+                    ca_file_path = "root.pem"
+                }
+            }"#,
+            "server.conf:12: unknown key \"ca_file_path\" in block \"plugins.UpstreamAuthority.disk.plugin_data\"",
+        ),
+        (
+            r#"UpstreamAuthority "disk" {
+                plugin_data {
+                    key_file_path = "a.key"
+                    cert_file_path = "a.crt"
+                }
+            }
+            UpstreamAuthority "vault" {}"#,
+            "only one UpstreamAuthority plugin may be configured",
+        ),
+    ];
+    for (plugins, expected) in cases {
+        let error = parse_error(&with_plugins(plugins));
+        assert!(
+            error.contains(expected),
+            "expected {expected:?} in the error for {plugins}, got {error:?}"
+        );
     }
 }
 

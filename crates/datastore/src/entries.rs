@@ -461,7 +461,7 @@ impl Datastore {
         Ok((revision, entries))
     }
 
-    /// Returns the entries written after `after`, or `None` when the rows that would say so
+    /// Returns the entries written after `after`, or `None` when the rows that list them
     /// were pruned, in which case the caller reads every entry again.
     ///
     /// # Errors

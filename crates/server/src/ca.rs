@@ -40,6 +40,7 @@ use twid_datastore::Datastore;
 use twid_spiffe::TrustDomain;
 
 use crate::ServerError;
+use crate::upstream::{UpstreamChain, UpstreamSource};
 
 /// The `ca_state` key of a server's X.509 authorities before instance IDs existed, and the
 /// prefix of the per-instance keys `x509_authorities/<instance ID>`.
@@ -72,9 +73,33 @@ pub(crate) struct X509Slot {
     pub(crate) state: SlotState,
     /// Set by an operator on an old authority: agents replace every SVID chained to it.
     pub(crate) tainted: bool,
+    /// The certificates above this authority when an upstream CA signed it, `None` for a
+    /// self-signed authority.
+    pub(crate) upstream: Option<Arc<UpstreamChain>>,
 }
 
 impl X509Slot {
+    /// Returns the certificates that an X.509-SVID chain carries after the leaf: none for a
+    /// self-signed authority, which the bundle contains, else this intermediate and the
+    /// upstream intermediates.
+    pub(crate) fn chain_above_leaf(&self) -> Vec<CertificateDer<'static>> {
+        match &self.upstream {
+            None => Vec::new(),
+            Some(upstream) => std::iter::once(self.authority.cert_der().clone())
+                .chain(upstream.intermediates.iter().cloned())
+                .collect(),
+        }
+    }
+
+    /// Returns the certificates that this authority adds to the bundle: its own certificate
+    /// when self-signed, else the upstream roots.
+    fn bundle_certs(&self) -> Vec<CertificateDer<'static>> {
+        match &self.upstream {
+            None => vec![self.authority.cert_der().clone()],
+            Some(upstream) => upstream.roots.clone(),
+        }
+    }
+
     /// Returns the authority ID that operators and agents use: the subject key identifier in
     /// lowercase hex.
     pub(crate) fn authority_id(&self) -> String {
@@ -100,6 +125,9 @@ pub(crate) struct PeerX509 {
     /// existed, until its replica restarts.
     pub(crate) authority_id: String,
     pub(crate) tainted: bool,
+    /// The upstream roots that the bundle contains instead of `cert`. Empty when the
+    /// authority is self-signed.
+    pub(crate) roots: Vec<CertificateDer<'static>>,
 }
 
 /// A JWT key of another server replica on the same database.
@@ -159,12 +187,37 @@ impl CaSnapshot {
     }
 
     /// Returns every published X.509 authority certificate: this replica's, oldest first, then
-    /// the other replicas' ordered by instance ID.
+    /// the other replicas' ordered by instance ID. An authority that an upstream CA signed
+    /// contributes the upstream roots instead of its own certificate, and a certificate that
+    /// several authorities contribute appears once.
     pub(crate) fn x509_authorities(&self) -> Vec<CertificateDer<'static>> {
-        self.x509
-            .iter()
-            .map(|slot| slot.authority.cert_der().clone())
-            .chain(self.peers.x509.iter().map(|peer| peer.cert.clone()))
+        let own = self.x509.iter().flat_map(X509Slot::bundle_certs);
+        let peers = self.peers.x509.iter().flat_map(|peer| {
+            if peer.roots.is_empty() {
+                vec![peer.cert.clone()]
+            } else {
+                peer.roots.clone()
+            }
+        });
+        let mut seen = std::collections::HashSet::new();
+        own.chain(peers)
+            .filter(|cert| seen.insert(cert.clone()))
+            .collect()
+    }
+
+    /// Returns the chain to send with the X.509-SVID `leaf`: the leaf, then the certificates
+    /// above it up to, and without, a bundle certificate. The issuing authority is found by
+    /// the leaf's authority key identifier among this replica's authorities, and a leaf that
+    /// none of them signed is returned alone.
+    pub(crate) fn svid_chain(&self, leaf: Vec<u8>) -> Vec<Vec<u8>> {
+        let issuer = leaf_authority_key_id(&leaf).and_then(|key_id| {
+            self.x509
+                .iter()
+                .find(|slot| slot.authority.key_id() == key_id)
+        });
+        let above = issuer.map(X509Slot::chain_above_leaf).unwrap_or_default();
+        std::iter::once(leaf)
+            .chain(above.into_iter().map(|cert| cert.to_vec()))
             .collect()
     }
 
@@ -233,6 +286,60 @@ struct StoredX509 {
     /// Absent in rows written before replicas existed.
     #[serde(default)]
     authority_id: String,
+    /// Base64 DER certificates between this authority and its upstream root, as
+    /// [`UpstreamChain::intermediates`]. Absent for a self-signed authority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    upstream_intermediates: Vec<String>,
+    /// Base64 DER upstream roots, which the bundle contains instead of this authority.
+    /// Absent for a self-signed authority.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    upstream_roots: Vec<String>,
+}
+
+impl StoredX509 {
+    /// Decodes the upstream certificates, `None` for a self-signed authority.
+    fn upstream(&self) -> Result<Option<Arc<UpstreamChain>>, ServerError> {
+        if self.upstream_roots.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(UpstreamChain {
+            intermediates: decode_certificates(&self.upstream_intermediates)?,
+            roots: decode_certificates(&self.upstream_roots)?,
+        })))
+    }
+}
+
+fn decode_certificates(encoded: &[String]) -> Result<Vec<CertificateDer<'static>>, ServerError> {
+    encoded
+        .iter()
+        .map(|item| {
+            BASE64
+                .decode(item)
+                .map(CertificateDer::from)
+                .map_err(|error| {
+                    ServerError::Corrupt(format!("stored upstream certificate: {error}"))
+                })
+        })
+        .collect()
+}
+
+fn encode_certificates(certs: &[CertificateDer<'static>]) -> Vec<String> {
+    certs.iter().map(|cert| BASE64.encode(cert)).collect()
+}
+
+/// Returns the authority key identifier of a DER certificate, `None` when it has none or
+/// does not parse.
+fn leaf_authority_key_id(der: &[u8]) -> Option<Vec<u8>> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    cert.extensions()
+        .iter()
+        .find_map(|extension| match extension.parsed_extension() {
+            x509_parser::extensions::ParsedExtension::AuthorityKeyIdentifier(aki) => {
+                aki.key_identifier.as_ref().map(|id| id.0.to_vec())
+            }
+            _ => None,
+        })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -261,6 +368,8 @@ pub(crate) struct CaSettings {
     pub(crate) keys_dir: Option<PathBuf>,
     /// This replica's instance ID, which names its `ca_state` rows.
     pub(crate) instance_id: String,
+    /// The `UpstreamAuthority "disk"` files; `None` makes every X.509 authority self-signed.
+    pub(crate) upstream: Option<twid_config::UpstreamAuthorityDisk>,
 }
 
 impl CaSettings {
@@ -280,6 +389,8 @@ pub(crate) struct CaManager {
     snapshot: ArcSwap<CaSnapshot>,
     /// Serializes rotation steps; readers use `snapshot` without locking.
     rotate_lock: Mutex<()>,
+    /// The upstream CA that signs new X.509 authorities, loaded and checked at start.
+    upstream: Option<UpstreamSource>,
 }
 
 impl CaManager {
@@ -289,6 +400,11 @@ impl CaManager {
         datastore: Datastore,
         now: SystemTime,
     ) -> Result<Self, ServerError> {
+        let upstream = settings
+            .upstream
+            .clone()
+            .map(|config| UpstreamSource::load(config, now))
+            .transpose()?;
         if let Some(dir) = &settings.keys_dir {
             create_private_dir(dir)?;
             claim_legacy_state(&settings, dir, &datastore).await?;
@@ -306,6 +422,7 @@ impl CaManager {
                 generation: 0,
             }),
             rotate_lock: Mutex::new(()),
+            upstream,
         };
         if !manager.rotate(now).await? {
             // Rewrites rows from before replicas existed with the public keys and authority
@@ -314,12 +431,45 @@ impl CaManager {
             manager.persist(&current.x509, &current.jwt).await?;
         }
         record_active_expiry(&manager.snapshot());
+        manager.warn_if_active_not_upstream();
         tracing::info!(
             instance_id = %manager.settings.instance_id,
             peer_x509_authorities = manager.snapshot().peers.x509.len(),
             "CA loaded"
         );
         Ok(manager)
+    }
+
+    /// Logs a warning when an upstream CA is configured but the active X.509 authority is
+    /// self-signed, as after adding the plugin to a server that ran without it. The schedule
+    /// replaces such an authority only at its next rotation.
+    fn warn_if_active_not_upstream(&self) {
+        let snapshot = self.snapshot();
+        let active = snapshot
+            .x509
+            .iter()
+            .find(|slot| slot.state == SlotState::Active);
+        if let (Some(_), Some(active)) = (&self.upstream, active)
+            && active.upstream.is_none()
+        {
+            tracing::warn!(
+                authority_id = %active.authority_id(),
+                "the active X.509 authority is self-signed although UpstreamAuthority \"disk\" is \
+                 configured; run `twid localauthority x509 prepare` and `activate` to switch to an \
+                 authority under the upstream CA"
+            );
+        }
+    }
+
+    /// Returns the upstream CA that signed the most recent X.509 authority, `None` without
+    /// `UpstreamAuthority "disk"`.
+    pub(crate) fn upstream(&self) -> Option<Arc<crate::upstream::Upstream>> {
+        self.upstream.as_ref().map(UpstreamSource::current)
+    }
+
+    /// Returns the configured `UpstreamAuthority "disk"` files.
+    pub(crate) fn upstream_config(&self) -> Option<&twid_config::UpstreamAuthorityDisk> {
+        self.upstream.as_ref().map(UpstreamSource::config)
     }
 
     /// Returns this replica's instance ID.
@@ -546,19 +696,39 @@ impl CaManager {
         if let Some(dir) = &self.settings.keys_dir {
             key.write_pem_file(&dir.join(format!("x509-ca-{id}.pem")))?;
         }
-        let authority = X509Authority::self_signed(
-            &self.settings.trust_domain,
-            key,
-            &self.settings.subject,
-            now,
-            self.settings.ca_ttl,
-            None,
-        )?;
+        let settings = &self.settings;
+        let (authority, upstream) = match &self.upstream {
+            None => {
+                let authority = X509Authority::self_signed(
+                    &settings.trust_domain,
+                    key,
+                    &settings.subject,
+                    now,
+                    settings.ca_ttl,
+                    None,
+                )?;
+                (authority, None)
+            }
+            Some(source) => {
+                let upstream = source.reload(now);
+                let ttl = upstream.capped_ttl(source.config(), now, settings.ca_ttl)?;
+                let authority = X509Authority::signed_by(
+                    &settings.trust_domain,
+                    key,
+                    &settings.subject,
+                    now,
+                    ttl,
+                    &upstream.signer,
+                )?;
+                (authority, Some(Arc::clone(&upstream.chain)))
+            }
+        };
         Ok(X509Slot {
             id,
             authority: Arc::new(authority),
             state,
             tainted: false,
+            upstream,
         })
     }
 
@@ -591,6 +761,16 @@ impl CaManager {
                 state: slot.state,
                 tainted: slot.tainted,
                 authority_id: slot.authority_id(),
+                upstream_intermediates: slot
+                    .upstream
+                    .as_ref()
+                    .map(|chain| encode_certificates(&chain.intermediates))
+                    .unwrap_or_default(),
+                upstream_roots: slot
+                    .upstream
+                    .as_ref()
+                    .map(|chain| encode_certificates(&chain.roots))
+                    .unwrap_or_default(),
             })
             .collect();
         let stored_jwt: Vec<StoredJwt> = jwt
@@ -787,11 +967,13 @@ async fn load_x509(
             .map_err(|error| ServerError::Corrupt(format!("stored CA certificate: {error}")))?;
         let key = PrivateKey::read_pem_file(&dir.join(format!("x509-ca-{}.pem", item.id)))?;
         let authority = X509Authority::from_parts(CertificateDer::from(cert), key)?;
+        let upstream = item.upstream()?;
         slots.push(X509Slot {
             id: item.id,
             authority: Arc::new(authority),
             state: item.state,
             tainted: item.tainted,
+            upstream,
         });
     }
     Ok(slots)
@@ -939,11 +1121,13 @@ fn decode_peer_x509(
         if twid_ca::not_after(&cert)? <= now {
             continue;
         }
+        let roots = decode_certificates(&item.upstream_roots)?;
         authorities.push(PeerX509 {
             instance_id: instance_id.to_owned(),
             cert,
             authority_id: item.authority_id,
             tainted: item.tainted,
+            roots,
         });
     }
     Ok(authorities)
@@ -985,6 +1169,7 @@ mod replica_tests;
 mod tests {
     use super::*;
     use crate::localauthority::{self, Kind, StepError};
+    use crate::test_support::TestDatastore;
 
     const TTL: Duration = Duration::from_secs(3600);
 
@@ -1001,16 +1186,13 @@ mod tests {
             },
             keys_dir: Some(keys_dir.to_owned()),
             instance_id: "test-instance".to_owned(),
+            upstream: None,
         }
     }
 
-    async fn open(dir: &Path, now: SystemTime) -> CaManager {
+    async fn open(dir: &Path, database: &TestDatastore, now: SystemTime) -> CaManager {
         let keys_dir = dir.join("keys");
-        let database = twid_datastore::DatastoreConfig {
-            database_type: twid_datastore::DatabaseType::Sqlite,
-            connection_string: dir.join("datastore.sqlite3").display().to_string(),
-        };
-        let datastore = Datastore::open(&database).await.unwrap();
+        let datastore = Datastore::open(&database.config).await.unwrap();
         CaManager::load_or_create(settings(&keys_dir), datastore, now)
             .await
             .unwrap()
@@ -1061,8 +1243,9 @@ mod tests {
     #[tokio::test]
     async fn failed_revoke_keeps_key_files() {
         let dir = tempfile::tempdir().unwrap();
+        let database = TestDatastore::new(dir.path());
         let now = SystemTime::now();
-        let ca = open(dir.path(), now).await;
+        let ca = open(dir.path(), &database, now).await;
         let (old_x509, old_jwt) = rotate_and_taint(&ca, now).await;
         let key_files = || {
             let mut names: Vec<String> = std::fs::read_dir(dir.path().join("keys"))
@@ -1092,7 +1275,7 @@ mod tests {
         );
         drop(ca);
 
-        let reopened = open(dir.path(), now).await;
+        let reopened = open(dir.path(), &database, now).await;
         assert!(
             x509_states(&reopened)
                 .iter()
@@ -1101,11 +1284,170 @@ mod tests {
         );
     }
 
+    async fn open_with_upstream(
+        dir: &Path,
+        database: &Path,
+        instance_id: &str,
+        upstream: twid_config::UpstreamAuthorityDisk,
+        now: SystemTime,
+    ) -> CaManager {
+        let database = twid_datastore::DatastoreConfig {
+            database_type: twid_datastore::DatabaseType::Sqlite,
+            connection_string: database.display().to_string(),
+        };
+        let datastore = Datastore::open(&database).await.unwrap();
+        let settings = CaSettings {
+            instance_id: instance_id.to_owned(),
+            upstream: Some(upstream),
+            ..settings(&dir.join(format!("keys-{instance_id}")))
+        };
+        CaManager::load_or_create(settings, datastore, now)
+            .await
+            .unwrap()
+    }
+
+    /// Signs an X.509-SVID with the active authority of `ca` and verifies its chain against
+    /// `bundle`.
+    fn verify_svid(ca: &CaManager, bundle: Vec<CertificateDer<'static>>, now: SystemTime) {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let spiffe_id = twid_spiffe::SpiffeId::new("spiffe://example.org/workload").unwrap();
+        let snapshot = ca.snapshot();
+        let leaf = snapshot
+            .active_x509()
+            .unwrap()
+            .sign_x509_svid(&twid_ca::X509SvidRequest {
+                spiffe_id: &spiffe_id,
+                public_key_spki_der: &key.public_key_spki_der(),
+                ttl: Duration::from_secs(600),
+                dns_names: &[],
+                now,
+            })
+            .unwrap();
+        let chain: Vec<CertificateDer<'static>> = snapshot
+            .svid_chain(leaf.to_vec())
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let trust_domain = TrustDomain::new("example.org").unwrap();
+        let bundle = twid_spiffe::X509Bundle::from_authorities(trust_domain, bundle).unwrap();
+        let mut bundles = twid_spiffe::X509BundleSet::new();
+        bundles.insert(bundle);
+        twid_spiffe::x509::verify_x509_svid(&chain, &bundles, now).unwrap();
+    }
+
+    #[tokio::test]
+    async fn upstream_signs_authorities() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::upstream::tests::write_pki(dir.path(), Duration::from_secs(30 * 86_400));
+        let now = SystemTime::now();
+        let database = dir.path().join("datastore.sqlite3");
+        let ca =
+            open_with_upstream(dir.path(), &database, "a", pki.intermediate_config(), now).await;
+        let snapshot = ca.snapshot();
+        let bundle = snapshot.x509_authorities();
+        assert_eq!(bundle.len(), 1, "the bundle contains only the root");
+        assert_eq!(bundle[0].as_ref(), pki.root_der);
+        let active = &snapshot.x509[0];
+        let above = active.chain_above_leaf();
+        assert_eq!(above.len(), 2);
+        assert_eq!(above[0], *active.authority.cert_der());
+        assert_eq!(above[1].as_ref(), pki.intermediate_der);
+        verify_svid(&ca, bundle.clone(), now);
+
+        // A rotated authority is signed by the upstream too, and the bundle stays the root.
+        ca.apply_manual(|ca, x509, _| -> Result<_, StepError> {
+            let next = ca.create_x509_slot(now, SlotState::Prepared)?;
+            let next_id = next.authority_id();
+            localauthority::prepare(x509, next);
+            localauthority::activate(x509, Kind::X509, &next_id)?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(ca.snapshot().x509.len(), 2);
+        assert_eq!(ca.snapshot().x509_authorities(), bundle);
+        verify_svid(&ca, bundle.clone(), now);
+        drop(ca);
+
+        // The chain survives a restart, and a second replica under the same root adds nothing
+        // to the bundle.
+        let reopened =
+            open_with_upstream(dir.path(), &database, "a", pki.intermediate_config(), now).await;
+        assert_eq!(reopened.snapshot().x509_authorities(), bundle);
+        verify_svid(&reopened, bundle.clone(), now);
+        let replica =
+            open_with_upstream(dir.path(), &database, "b", pki.intermediate_config(), now).await;
+        assert_eq!(replica.snapshot().peers.x509.len(), 2);
+        assert_eq!(replica.snapshot().x509_authorities(), bundle);
+        verify_svid(&replica, bundle.clone(), now);
+    }
+
+    #[tokio::test]
+    async fn replicas_publish_union_of_roots() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_pki_dir = dir.path().join("first");
+        let second_pki_dir = dir.path().join("second");
+        std::fs::create_dir(&first_pki_dir).unwrap();
+        std::fs::create_dir(&second_pki_dir).unwrap();
+        let lifetime = Duration::from_secs(30 * 86_400);
+        let first_pki = crate::upstream::tests::write_pki(&first_pki_dir, lifetime);
+        let second_pki = crate::upstream::tests::write_pki(&second_pki_dir, lifetime);
+        let now = SystemTime::now();
+        let database = dir.path().join("datastore.sqlite3");
+        let a = open_with_upstream(
+            dir.path(),
+            &database,
+            "a",
+            first_pki.intermediate_config(),
+            now,
+        )
+        .await;
+        let b = open_with_upstream(dir.path(), &database, "b", second_pki.root_config(), now).await;
+        a.reload_peers(now).await.unwrap();
+        for ca in [&a, &b] {
+            let bundle = ca.snapshot().x509_authorities();
+            assert_eq!(bundle.len(), 2, "one root per upstream");
+            assert!(
+                bundle
+                    .iter()
+                    .any(|cert| cert.as_ref() == first_pki.root_der)
+            );
+            assert!(
+                bundle
+                    .iter()
+                    .any(|cert| cert.as_ref() == second_pki.root_der)
+            );
+        }
+        // Each replica's SVIDs verify against the union bundle; the self-signed upstream root
+        // adds no certificate to the chain.
+        verify_svid(&a, a.snapshot().x509_authorities(), now);
+        verify_svid(&b, a.snapshot().x509_authorities(), now);
+        assert_eq!(b.snapshot().x509[0].chain_above_leaf().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn upstream_caps_authority_lifetime() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = crate::upstream::tests::write_pki(dir.path(), Duration::from_secs(1800));
+        let now = SystemTime::now();
+        let database = dir.path().join("datastore.sqlite3");
+        let ca =
+            open_with_upstream(dir.path(), &database, "a", pki.intermediate_config(), now).await;
+        let upstream_not_after = ca.upstream().unwrap().signer.not_after();
+        let authority_not_after = ca.snapshot().x509[0].authority.not_after();
+        assert!(
+            authority_not_after <= upstream_not_after,
+            "the authority ends with the upstream certificate, not after ca_ttl (1h)"
+        );
+        assert!(authority_not_after + Duration::from_secs(60) > upstream_not_after);
+    }
+
     #[tokio::test]
     async fn manual_steps_survive_restart() {
         let dir = tempfile::tempdir().unwrap();
+        let database = TestDatastore::new(dir.path());
         let now = SystemTime::now();
-        let ca = open(dir.path(), now).await;
+        let ca = open(dir.path(), &database, now).await;
         let (old_x509, old_jwt) = rotate_and_taint(&ca, now).await;
         let x509_before = x509_states(&ca);
         let jwt_before = jwt_states(&ca);
@@ -1123,7 +1465,7 @@ mod tests {
         );
         drop(ca);
 
-        let reopened = open(dir.path(), now).await;
+        let reopened = open(dir.path(), &database, now).await;
         assert_eq!(x509_states(&reopened), x509_before);
         assert_eq!(jwt_states(&reopened), jwt_before);
 
@@ -1137,7 +1479,7 @@ mod tests {
             .unwrap();
         drop(reopened);
 
-        let after_revoke = open(dir.path(), now).await;
+        let after_revoke = open(dir.path(), &database, now).await;
         let x509_after = x509_states(&after_revoke);
         assert_eq!(x509_after.len(), 1);
         assert!(x509_after.iter().all(|(id, _, _)| *id != old_x509));
@@ -1150,8 +1492,9 @@ mod tests {
     #[tokio::test]
     async fn schedule_keeps_manual_steps() {
         let dir = tempfile::tempdir().unwrap();
+        let database = TestDatastore::new(dir.path());
         let now = SystemTime::now();
-        let ca = open(dir.path(), now).await;
+        let ca = open(dir.path(), &database, now).await;
         let (old_x509, old_jwt) = rotate_and_taint(&ca, now).await;
         let active_x509 = x509_states(&ca)[1].0.clone();
 

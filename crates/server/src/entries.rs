@@ -389,7 +389,7 @@ impl EntryCache {
     }
 
     /// Returns what Sync sends the agent about entries, given the revision of the agent's
-    /// copy (0 for none). The answer is a delta when the index remembers every change since
+    /// copy (0 for none). The view is a delta when the index remembers every change since
     /// `known` and no node alias entry changed in that time; otherwise it is the whole set.
     pub(crate) async fn view_for(
         &self,

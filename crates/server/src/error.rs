@@ -79,6 +79,16 @@ pub enum ServerError {
         /// Description of the problem and of the fix.
         reason: String,
     },
+    /// A file of `UpstreamAuthority "disk"` cannot be read or does not pass its checks.
+    #[error("UpstreamAuthority \"disk\": {key} {}: {reason}", path.display())]
+    UpstreamAuthority {
+        /// The plugin_data key that names the file.
+        key: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Description of the problem and of the fix.
+        reason: String,
+    },
     /// No active authority exists, which the CA manager never allows after start.
     #[error("no active {0} authority")]
     NoActiveAuthority(&'static str),

@@ -4,6 +4,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use rustls_pki_types::CertificateDer;
 use twid_ca::{KeyType, PrivateKey, X509SvidRequest};
 use twid_spiffe::SpiffeId;
 use twid_tls::{SvidSource, TrustSource};
@@ -68,7 +69,13 @@ impl ServerIdentity {
             now,
         })?;
         let expires = twid_ca::not_after(&cert)?;
-        self.svid.set(vec![cert], key.pkcs8_der().to_vec())?;
+        // Under an upstream CA the chain carries the intermediates up to the bundle's roots.
+        let chain = ca
+            .svid_chain(cert.to_vec())
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        self.svid.set(chain, key.pkcs8_der().to_vec())?;
         *current = Some(Current {
             ca_generation: ca.generation,
             issued: now,

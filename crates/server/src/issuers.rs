@@ -987,17 +987,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let keys_dir = dir.path().join("keys");
         crate::ca::create_private_dir(&keys_dir).unwrap();
-        let database = twid_datastore::DatastoreConfig {
-            database_type: twid_datastore::DatabaseType::Sqlite,
-            connection_string: dir.path().join("datastore.sqlite3").display().to_string(),
-        };
+        let database = crate::test_support::TestDatastore::new(dir.path());
         let config = [issuer_config("aws", &["sts.amazonaws.com"], None)];
         let subject = SpiffeId::new("spiffe://example.org/workload").unwrap();
         let open = || {
             block_on(async {
                 let store = KeyStore {
                     keys_dir: keys_dir.clone(),
-                    datastore: Datastore::open(&database).await.unwrap(),
+                    datastore: Datastore::open(&database.config).await.unwrap(),
                 };
                 IssuerRegistry::load(&config, SETTINGS, Some(store), now)
                     .await

@@ -30,6 +30,9 @@ mod policy;
 mod provenance;
 mod revocation;
 mod tasks;
+#[cfg(test)]
+mod test_support;
+mod upstream;
 mod verification_api;
 mod wit;
 mod workload_attestation;
@@ -289,6 +292,7 @@ fn ca_settings(config: &ServerConfig, instance_id: String) -> CaSettings {
         },
         keys_dir: config.key_manager.keys_path().map(PathBuf::from),
         instance_id,
+        upstream: config.upstream_authority.clone(),
     }
 }
 

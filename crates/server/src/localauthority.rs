@@ -6,6 +6,15 @@
 //! Sync lists it so that agents replace what it signed. Revoking removes it from every bundle
 //! the server serves and deletes its key file.
 //!
+//! Under `UpstreamAuthority "disk"` the X.509 authorities are intermediates and the bundle
+//! contains the upstream roots instead. Tainting one still makes agents replace what it
+//! signed, because agents match the leaf's authority key identifier. Revoking one deletes its
+//! key and stops listing it, but the bundle stays the same, so the SVIDs it signed verify until
+//! they expire. The response's notice states that. SPIRE rejects both steps while an upstream
+//! authority is configured and offers `upstreamauthority taint|revoke` for the upstream's keys.
+//! twid has no such command, because the upstream roots change only when the configured files
+//! change.
+//!
 //! Each server replica on a shared database has its own authorities, and these calls act on
 //! the replica that receives them, as in SPIRE; the other replicas publish the result after
 //! their next reload of the replicas' authorities.
@@ -16,7 +25,7 @@ use std::time::SystemTime;
 use tonic::Status;
 use twid_proto::admin::{
     ListLocalAuthoritiesRequest, ListLocalAuthoritiesResponse, LocalAuthority, LocalAuthorityKind,
-    LocalAuthorityRequest, LocalAuthorityResponse, PrepareLocalAuthorityRequest,
+    LocalAuthorityRequest, LocalAuthorityResponse, PrepareLocalAuthorityRequest, UpstreamAuthority,
 };
 
 use crate::ca::{CaManager, JwtSlot, SlotState, X509Slot};
@@ -260,13 +269,40 @@ pub(crate) fn list(
     request: &ListLocalAuthoritiesRequest,
 ) -> Result<ListLocalAuthoritiesResponse, Status> {
     let snapshot = shared.ca.snapshot();
-    let authorities = match Kind::from_pb(request.kind)? {
+    let kind = Kind::from_pb(request.kind)?;
+    let authorities = match kind {
         Kind::X509 => snapshot.x509.iter().map(to_pb).collect(),
         Kind::Jwt => snapshot.jwt.iter().map(to_pb).collect(),
+    };
+    let upstream = match kind {
+        Kind::X509 => upstream_to_pb(shared),
+        Kind::Jwt => None,
     };
     Ok(ListLocalAuthoritiesResponse {
         authorities,
         instance_id: shared.ca.instance_id().to_owned(),
+        upstream,
+    })
+}
+
+/// Describes the upstream CA that signed the most recent X.509 authority.
+fn upstream_to_pb(shared: &Shared) -> Option<UpstreamAuthority> {
+    use x509_parser::prelude::FromDer as _;
+    let upstream = shared.ca.upstream()?;
+    let signer = &upstream.signer;
+    let subject = x509_parser::certificate::X509Certificate::from_der(signer.cert_der())
+        .map(|(_, cert)| cert.subject().to_string())
+        .unwrap_or_default();
+    Some(UpstreamAuthority {
+        authority_id: hex::encode(signer.key_id()),
+        subject,
+        expires_at: crate::convert::unix_seconds(signer.not_after()),
+        roots: u32::try_from(upstream.chain.roots.len()).unwrap_or(u32::MAX),
+        cert_file_path: shared
+            .ca
+            .upstream_config()
+            .map(|config| config.cert_file_path.display().to_string())
+            .unwrap_or_default(),
     })
 }
 
@@ -297,7 +333,7 @@ pub(crate) async fn prepare_request(
             })
         })
         .await?;
-    finish(shared, kind, "prepared", &authority).await
+    finish(shared, kind, "prepared", &authority, String::new()).await
 }
 
 /// The step that a [`LocalAuthorityRequest`] applies.
@@ -335,8 +371,24 @@ pub(crate) async fn step_request(
         Step::Taint => "tainted",
         Step::Revoke => "revoked",
     };
-    finish(shared, kind, verb, &authority).await
+    let notice = match (kind, step) {
+        (Kind::X509, Step::Revoke) if shared.ca.upstream().is_some() => REVOKE_UNDER_UPSTREAM,
+        (Kind::X509, Step::Taint) if shared.ca.upstream().is_some() => TAINT_UNDER_UPSTREAM,
+        _ => "",
+    };
+    finish(shared, kind, verb, &authority, notice.to_owned()).await
 }
+
+/// The notice of a revoked X.509 authority under an upstream CA.
+pub(crate) const REVOKE_UNDER_UPSTREAM: &str = "The trust bundle is unchanged: it contains the \
+     upstream roots, not this intermediate, so X.509-SVIDs that it signed stay valid until they \
+     expire. The server deleted the intermediate's key and no longer lists it as tainted. To \
+     distrust it before then, replace the upstream CA and its roots.";
+
+/// The notice of a tainted X.509 authority under an upstream CA.
+pub(crate) const TAINT_UNDER_UPSTREAM: &str = "Agents replace the X.509-SVIDs that this \
+     intermediate signed. The trust bundle contains the upstream roots and stays the same, also \
+     after a revoke.";
 
 /// Publishes the changed bundle, re-issues the server SVID when the active authority changed,
 /// and sends agents a sync hint.
@@ -345,6 +397,7 @@ async fn finish(
     kind: Kind,
     verb: &'static str,
     authority: &LocalAuthority,
+    notice: String,
 ) -> Result<LocalAuthorityResponse, Status> {
     tracing::info!(
         kind = kind.command(),
@@ -366,6 +419,7 @@ async fn finish(
     shared.hints.notify("bundle");
     Ok(LocalAuthorityResponse {
         authority: Some(authority.clone()),
+        notice,
     })
 }
 

@@ -156,7 +156,7 @@ pub(crate) type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Stat
 /// the 4 MiB that gRPC implementations accept by default.
 const SYNC_ENTRIES_PER_MESSAGE: usize = 2_000;
 
-/// Splits a Sync answer into messages: `first` carries the bundles and revocations, the
+/// Splits a Sync response into messages: `first` carries the bundles and revocations, the
 /// entries and removed IDs follow in chunks, and the last message carries the revision, digest
 /// and count. Entries are converted to messages as the stream is read, so a large set is not
 /// held twice.
@@ -386,7 +386,7 @@ impl NodeService {
 
     pub(crate) fn agent_svid(&self, spiffe_id: &SpiffeId, cert: Vec<u8>) -> AgentSvid {
         AgentSvid {
-            cert_chain: vec![cert],
+            cert_chain: self.shared.ca.snapshot().svid_chain(cert),
             spiffe_id: spiffe_id.to_string(),
             bundle: Some((*self.shared.bundle.load_full()).clone()),
         }
@@ -728,7 +728,7 @@ impl Node for NodeService {
                     X509SvidResult {
                         entry_id: entry.id.clone(),
                         expires_at: cert_expiry(&signed.cert),
-                        cert_chain: vec![signed.cert],
+                        cert_chain: self.shared.ca.snapshot().svid_chain(signed.cert),
                         error: String::new(),
                     }
                 }

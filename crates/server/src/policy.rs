@@ -997,6 +997,7 @@ fn read_owner_key(path: &Path) -> Result<OwnerKey, ServerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::TestDatastore;
     use aws_lc_rs::signature::EcdsaKeyPair;
 
     const TRUST_DOMAIN: &str = "example.org";
@@ -1336,9 +1337,8 @@ mod tests {
     #[tokio::test]
     async fn applied_version_reaches_other_replicas() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let datastore = Datastore::open_sqlite(&dir.path().join("store.db"))
-            .await
-            .expect("open");
+        let database = TestDatastore::new(dir.path());
+        let datastore = Datastore::open(&database.config).await.expect("open");
         let key = new_key();
         let owner = owner(&key);
         let configured = Policy {
@@ -1458,9 +1458,8 @@ mod tests {
     #[tokio::test]
     async fn apply_rejects_malformed_input() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let datastore = Datastore::open_sqlite(&dir.path().join("store.db"))
-            .await
-            .expect("open");
+        let database = TestDatastore::new(dir.path());
+        let datastore = Datastore::open(&database.config).await.expect("open");
         let status = store(Vec::new())
             .apply(&datastore, "not a jws", 1)
             .await
@@ -1479,9 +1478,8 @@ mod tests {
     #[tokio::test]
     async fn apply_rejects_other_trust_domain() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let datastore = Datastore::open_sqlite(&dir.path().join("store.db"))
-            .await
-            .expect("open");
+        let database = TestDatastore::new(dir.path());
+        let datastore = Datastore::open(&database.config).await.expect("open");
         let key = new_key();
         let mut staging: Value =
             serde_json::from_slice(&document(1, &[&owner(&key)], 1)).expect("json");

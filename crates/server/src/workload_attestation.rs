@@ -689,7 +689,7 @@ impl WorkloadAttestationService {
             .map_or((String::new(), 0), |(token, _, expiry)| (token, expiry));
         Ok(AttestResponse {
             expires_at: cert_expiry(&issued.cert),
-            svid_chain: vec![issued.cert],
+            svid_chain: self.node.shared.ca.snapshot().svid_chain(issued.cert),
             bundle: bundle.x509_authorities.clone(),
             wit: issued.wit.map(|(token, _)| token).unwrap_or_default(),
             spiffe_id: issued.entry.spiffe_id.to_string(),

@@ -22,14 +22,21 @@ use twid_proto::node::{
 use twid_server::{Server, ServerHandle};
 use twid_spiffe::TrustDomain;
 
+#[path = "../src/test_support.rs"]
+mod test_support;
+
+use test_support::TestDatastore;
+
 const TRUST_DOMAIN: &str = "example.org";
 
-fn config(dir: &Path) -> ServerConfig {
+fn config(dir: &Path, datastore: &TestDatastore) -> ServerConfig {
     // The admin socket's directory must be private to its owner.
     let data_dir = dir.join("data");
     std::fs::create_dir(&data_dir).unwrap();
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-    ServerConfig::new_dev(TrustDomain::new(TRUST_DOMAIN).unwrap(), &data_dir)
+    let mut config = ServerConfig::new_dev(TrustDomain::new(TRUST_DOMAIN).unwrap(), &data_dir);
+    config.datastore = datastore.config.clone();
+    config
 }
 
 /// Opens a node API client that presents `svid` (signed for `key`) as TLS client certificate,
@@ -83,7 +90,8 @@ fn serial(svid: &AgentSvid) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_renewal_reply_recovers() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path());
+    let database = TestDatastore::new(dir.path());
+    let config = config(dir.path(), &database);
     let server = Server::start(config.clone()).await.unwrap();
     let datastore = twid_datastore::Datastore::open(&config.datastore)
         .await

@@ -11,6 +11,11 @@ use twid_config::{JwtIssuerConfig, OidcDiscoveryConfig, ServerConfig};
 use twid_server::Server;
 use twid_spiffe::TrustDomain;
 
+#[path = "../src/test_support.rs"]
+mod test_support;
+
+use test_support::TestDatastore;
+
 const ISSUER: &str = "https://oidc.example.org";
 
 async fn http_get(address: SocketAddr, path: &str) -> (u16, serde_json::Value) {
@@ -28,12 +33,13 @@ async fn http_get(address: SocketAddr, path: &str) -> (u16, serde_json::Value) {
     (status, serde_json::from_str(body).unwrap())
 }
 
-fn config(dir: &std::path::Path, oidc_enabled: bool) -> ServerConfig {
+fn config(dir: &std::path::Path, datastore: &TestDatastore, oidc_enabled: bool) -> ServerConfig {
     // The admin socket's directory must be private to its owner.
     let data_dir = dir.join("data");
     std::fs::create_dir(&data_dir).unwrap();
     std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
     let mut config = ServerConfig::new_dev(TrustDomain::new("example.org").unwrap(), &data_dir);
+    config.datastore = datastore.config.clone();
     config.jwt_issuers = vec![JwtIssuerConfig {
         name: "aws".to_owned(),
         issuer: ISSUER.to_owned(),
@@ -56,7 +62,10 @@ fn config(dir: &std::path::Path, oidc_enabled: bool) -> ServerConfig {
 #[tokio::test]
 async fn server_serves_issuer_keys() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path(), true)).await.unwrap();
+    let datastore = TestDatastore::new(dir.path());
+    let server = Server::start(config(dir.path(), &datastore, true))
+        .await
+        .unwrap();
     let address = server.oidc_address().expect("OIDC endpoint address");
     let expected = server.oidc_keys().jwks(ISSUER).expect("issuer keys");
     assert_eq!(expected.len(), 1);
@@ -79,7 +88,10 @@ async fn server_serves_issuer_keys() {
 #[tokio::test]
 async fn disabled_endpoint_not_started() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(config(dir.path(), false)).await.unwrap();
+    let datastore = TestDatastore::new(dir.path());
+    let server = Server::start(config(dir.path(), &datastore, false))
+        .await
+        .unwrap();
     assert!(server.oidc_address().is_none());
     assert!(server.oidc_keys().jwks(ISSUER).is_some());
     server.shutdown().await;

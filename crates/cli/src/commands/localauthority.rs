@@ -6,7 +6,7 @@ use clap::{Args, Subcommand};
 use serde_json::{Value, json};
 use twid_proto::admin::{
     ListLocalAuthoritiesRequest, LocalAuthority, LocalAuthorityKind, LocalAuthorityRequest,
-    PrepareLocalAuthorityRequest,
+    PrepareLocalAuthorityRequest, UpstreamAuthority,
 };
 
 use super::entry::CommonArgs;
@@ -25,7 +25,8 @@ pub(crate) enum LocalAuthorityCommand {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum StepCommand {
-    /// Show the active, prepared and old authorities.
+    /// Show the active, prepared and old authorities, and for x509 the upstream CA that signs
+    /// them when `UpstreamAuthority "disk"` is configured.
     Show(CommonArgs),
     /// Create a new prepared authority: published in the bundle, not signing yet. It replaces
     /// an existing prepared authority.
@@ -34,7 +35,8 @@ pub(crate) enum StepCommand {
     Activate(AuthorityArgs),
     /// Mark the old authority tainted: agents replace every SVID it signed.
     Taint(AuthorityArgs),
-    /// Remove a tainted authority from the bundle.
+    /// Remove a tainted authority from the bundle. Under an upstream CA the bundle contains
+    /// the upstream roots instead, so it stays the same and the output says so.
     Revoke(AuthorityArgs),
 }
 
@@ -61,7 +63,13 @@ pub(crate) async fn run(command: LocalAuthorityCommand) -> anyhow::Result<()> {
                 .await
                 .map_err(output::status_error)?
                 .into_inner();
-            print_changed(kind, "Prepared", response.authority.as_ref(), common.output)
+            print_changed(
+                kind,
+                "Prepared",
+                response.authority.as_ref(),
+                &response.notice,
+                common.output,
+            )
         }
         StepCommand::Activate(args) => step_call(kind, Verb::Activate, args).await,
         StepCommand::Taint(args) => step_call(kind, Verb::Taint, args).await,
@@ -96,6 +104,7 @@ async fn step_call(
         kind,
         heading,
         response.authority.as_ref(),
+        &response.notice,
         args.common.output,
     )
 }
@@ -112,6 +121,7 @@ async fn show(kind: LocalAuthorityKind, common: &CommonArgs) -> anyhow::Result<(
         OutputFormat::Json => {
             let json = json!({
                 "instance_id": response.instance_id,
+                "upstream": response.upstream.as_ref().map(upstream_json),
                 "active": by_state(authorities, "active"),
                 "prepared": by_state(authorities, "prepared"),
                 "old": by_state(authorities, "old"),
@@ -120,6 +130,9 @@ async fn show(kind: LocalAuthorityKind, common: &CommonArgs) -> anyhow::Result<(
         }
         OutputFormat::Pretty => {
             println!("Server instance: {}", response.instance_id);
+            if let Some(upstream) = &response.upstream {
+                println!("{}", upstream_line(upstream));
+            }
             println!();
             for (heading, state) in [
                 ("Active", "active"),
@@ -161,6 +174,29 @@ fn authority_json(authority: &LocalAuthority) -> Value {
     })
 }
 
+fn upstream_json(upstream: &UpstreamAuthority) -> Value {
+    json!({
+        "authority_id": upstream.authority_id,
+        "subject": upstream.subject,
+        "expires_at": upstream.expires_at,
+        "roots": upstream.roots,
+        "cert_file_path": upstream.cert_file_path,
+    })
+}
+
+/// Formats the upstream CA as one line: the X.509 authorities above are intermediates under
+/// it, and the bundle contains its roots.
+fn upstream_line(upstream: &UpstreamAuthority) -> String {
+    format!(
+        "Upstream authority: {} ({}; expires at {}; {} root(s) in the bundle; from {})",
+        upstream.authority_id,
+        upstream.subject,
+        output::timestamp(upstream.expires_at),
+        upstream.roots,
+        upstream.cert_file_path
+    )
+}
+
 fn print_authority(authority: &LocalAuthority) {
     println!("  Authority ID: {}", authority.authority_id);
     println!("  Expires at: {}", output::timestamp(authority.expires_at));
@@ -171,17 +207,25 @@ fn print_changed(
     kind: LocalAuthorityKind,
     heading: &str,
     authority: Option<&LocalAuthority>,
+    notice: &str,
     format: OutputFormat,
 ) -> anyhow::Result<()> {
     let authority = authority.ok_or_else(|| anyhow::anyhow!("the server returned no authority"))?;
     match format {
-        OutputFormat::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&authority_json(authority))?
-        ),
+        OutputFormat::Json => {
+            let mut json = authority_json(authority);
+            if !notice.is_empty() {
+                json["notice"] = Value::from(notice);
+            }
+            println!("{}", serde_json::to_string_pretty(&json)?);
+        }
         OutputFormat::Pretty => {
             println!("{heading} {}:", noun(kind));
             print_authority(authority);
+            if !notice.is_empty() {
+                println!();
+                println!("Note: {notice}");
+            }
         }
     }
     Ok(())

@@ -4,9 +4,19 @@ use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use twid_config::ServerConfig;
+use twid_datastore::{DatabaseType, DatastoreConfig};
+use twid_spiffe::TrustDomain;
 
 pub(crate) const TRUST_DOMAIN: &str = "example.org";
+
+/// The environment variable that selects the datastore of the servers these tests start:
+/// `sqlite` (the default) or `postgres`.
+pub(crate) const DATASTORE_ENV: &str = "TWID_TEST_DATASTORE";
 
 /// Returns a command that runs the `twid` binary under test.
 pub(crate) fn twid() -> Command {
@@ -43,7 +53,12 @@ pub(crate) fn is_root() -> bool {
 /// A temporary directory with a short path, because Unix socket paths are limited to 107
 /// bytes. Directories are world-traversable so that workloads under other uids can reach the
 /// agent socket inside.
-pub(crate) struct TempDir(PathBuf);
+pub(crate) struct TempDir {
+    path: PathBuf,
+    /// The PostgreSQL database of the in-process server configured here, dropped with the
+    /// directory.
+    server_database: Mutex<Option<TestDatabase>>,
+}
 
 impl TempDir {
     pub(crate) fn new() -> Self {
@@ -54,18 +69,182 @@ impl TempDir {
             .expect("temp dir should be creatable")
             .keep();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self(dir)
+        Self {
+            path: dir,
+            server_database: Mutex::new(None),
+        }
     }
 
     pub(crate) fn path(&self) -> &Path {
-        &self.0
+        &self.path
+    }
+
+    /// Returns the development configuration of an in-process server whose data directory is
+    /// `<dir>/server`. Under `TWID_TEST_DATASTORE=postgres` its datastore is a PostgreSQL
+    /// database that the first call creates, later calls reuse (so a restarted server finds
+    /// its data), and this directory drops.
+    pub(crate) fn dev_server_config(&self, trust_domain: TrustDomain) -> ServerConfig {
+        let mut config = ServerConfig::new_dev(trust_domain, &self.path.join("server"));
+        if postgres_selected() {
+            let mut database = self.server_database.lock().unwrap();
+            let database = database.get_or_insert_with(TestDatabase::create_required);
+            config.datastore = DatastoreConfig {
+                database_type: DatabaseType::Postgres,
+                connection_string: database.url(),
+            };
+        }
+        config
     }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        let _ = std::fs::remove_dir_all(&self.path);
     }
+}
+
+/// Returns whether `TWID_TEST_DATASTORE` selects PostgreSQL for the servers these tests start.
+///
+/// # Panics
+/// Panics when the variable is set to anything but `sqlite` or `postgres`, so that a typo
+/// cannot turn the PostgreSQL pass into a second SQLite pass.
+pub(crate) fn postgres_selected() -> bool {
+    let selected =
+        std::env::var_os(DATASTORE_ENV).map(|value| value.to_string_lossy().into_owned());
+    match selected.as_deref() {
+        None | Some("sqlite") => false,
+        Some("postgres") => true,
+        Some(other) => {
+            panic!("invalid {DATASTORE_ENV} value {other:?}, expected sqlite or postgres")
+        }
+    }
+}
+
+/// Runs `sql` with psql on `database` at 127.0.0.1:5432 as user postgres and returns the
+/// unaligned output, or the error output when psql fails.
+pub(crate) fn psql(database: &str, sql: &str) -> Result<String, String> {
+    let output = Command::new("psql")
+        .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            "5432",
+            "-U",
+            "postgres",
+            "-d",
+            database,
+        ])
+        .args(["-c", sql])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .output()
+        .map_err(|error| format!("psql failed to run: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
+    }
+}
+
+/// Runs `sql` on `database` and panics when psql fails.
+pub(crate) fn psql_ok(database: &str, sql: &str) -> String {
+    psql(database, sql).unwrap_or_else(|error| panic!("psql {sql:?} failed: {error}"))
+}
+
+/// A PostgreSQL database created for a test and dropped with `DROP DATABASE ... WITH (FORCE)`
+/// when the guard is dropped, even after a failed assertion.
+pub(crate) struct TestDatabase {
+    name: String,
+}
+
+impl TestDatabase {
+    /// Creates a fresh database, or returns `None` with a skip line when the connection to
+    /// PostgreSQL fails. Tests that need PostgreSQL whatever `TWID_TEST_DATASTORE` selects use
+    /// this.
+    pub(crate) fn create() -> Option<Self> {
+        if let Err(error) = psql("postgres", "SELECT 1") {
+            println!("postgres not available, skipping: {error}");
+            return None;
+        }
+        Some(Self::create_named())
+    }
+
+    /// Creates a fresh database for a server under `TWID_TEST_DATASTORE=postgres`.
+    ///
+    /// # Panics
+    /// Panics when PostgreSQL is unreachable, because skipping would pass the PostgreSQL run
+    /// without testing anything.
+    pub(crate) fn create_required() -> Self {
+        if let Err(error) = psql("postgres", "SELECT 1") {
+            panic!(
+                "{DATASTORE_ENV}=postgres, but PostgreSQL at 127.0.0.1:5432 (user postgres) is \
+                 unreachable: {error}"
+            );
+        }
+        Self::create_named()
+    }
+
+    /// Creates `twid_e2e_<pid>_<nanoseconds since 1970>_<sequence>`, a name unique across the
+    /// test processes that run at the same time and across earlier runs.
+    fn create_named() -> Self {
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let sequence = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+        let name = format!("twid_e2e_{}_{nanos}_{sequence}", std::process::id());
+        psql_ok("postgres", &format!("CREATE DATABASE {name}"));
+        Self { name }
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub(crate) fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    /// Returns the `DataStore "sql"` plugin block for this database, for use inside a
+    /// `plugins` block.
+    pub(crate) fn plugin_block(&self) -> String {
+        format!(
+            "  DataStore \"sql\" {{\n    plugin_data {{\n      database_type = \"postgres\"\n      \
+             connection_string = \"{}\"\n    }}\n  }}\n",
+            self.url()
+        )
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(error) = psql("postgres", &sql) {
+            eprintln!("failed to drop test database {}: {error}", self.name);
+        }
+    }
+}
+
+/// Returns the server's datastore as `TWID_TEST_DATASTORE` selects it, for `blocks`, the
+/// configuration text after the `server` block. Under `postgres`, unless `blocks` already
+/// configures a `DataStore`, this creates a database and returns it with `blocks` extended by
+/// its `DataStore` block. Otherwise the database is `None` and `blocks` comes back unchanged.
+pub(crate) fn server_datastore(blocks: &str) -> (Option<TestDatabase>, String) {
+    if !postgres_selected() || blocks.contains("DataStore") {
+        return (None, blocks.to_owned());
+    }
+    let database = TestDatabase::create_required();
+    let plugin = database.plugin_block();
+    // A configuration file may hold only one `plugins` block.
+    let blocks = match blocks.find("plugins {") {
+        Some(start) => {
+            let body = start + "plugins {".len();
+            format!("{}\n{plugin}{}", &blocks[..body], &blocks[body..])
+        }
+        None => format!("{blocks}plugins {{\n{plugin}}}\n"),
+    };
+    (Some(database), blocks)
 }
 
 /// Returns a TCP port that was free a moment ago on 127.0.0.1.
@@ -112,6 +291,9 @@ pub(crate) struct ServerProcess {
     pub port: u16,
     pub socket: PathBuf,
     pub config: PathBuf,
+    /// The PostgreSQL database that `TWID_TEST_DATASTORE=postgres` gave this server. Restarts
+    /// keep it, and it is dropped after the process is killed.
+    pub database: Option<TestDatabase>,
 }
 
 impl ServerProcess {
@@ -121,8 +303,10 @@ impl ServerProcess {
         Self::start_with_blocks(dir, extra, "")
     }
 
-    /// Like [`ServerProcess::start`], with `blocks` appended after the `server` block.
+    /// Like [`ServerProcess::start`], with `blocks` appended after the `server` block. The
+    /// datastore is the one [`server_datastore`] returns.
     pub(crate) fn start_with_blocks(dir: &Path, extra: &str, blocks: &str) -> Self {
+        let (database, blocks) = server_datastore(blocks);
         let port = free_port();
         let socket = dir.join("private/server.sock");
         let config = dir.join("server.conf");
@@ -140,6 +324,7 @@ impl ServerProcess {
             port,
             socket,
             config,
+            database,
         };
         server.spawn();
         server

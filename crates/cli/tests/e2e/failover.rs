@@ -21,7 +21,6 @@ use twid_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use twid_spiffe::x509::split_der_certificates;
 
 use crate::common::*;
-use crate::issuance_log_postgres::TestDatabase;
 use crate::replicas::uid_selector;
 
 /// Lifetime of workload and agent SVIDs. The agent renews both at half-life, so a failover

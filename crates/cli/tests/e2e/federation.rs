@@ -1,6 +1,7 @@
-//! SPIFFE federation between two trust domains, each with its own server and agent on
-//! SQLite: bundle endpoints over `https_spiffe`, bundles delivered to workloads, a rustls
-//! handshake across the domains, and refused bundles from a mock endpoint.
+//! SPIFFE federation between two trust domains, each with its own server and agent on the
+//! datastore that `TWID_TEST_DATASTORE` selects: bundle endpoints over `https_spiffe`, bundles
+//! delivered to workloads, a rustls handshake across the domains, and refused bundles from a
+//! mock endpoint.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -12,7 +13,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use twid_spiffe::{SpiffeId, TrustDomain};
 use twid_tls::{Authorizer, ClientAuth, SvidSource, TrustSource};
 
-use crate::common::{AgentProcess, ServerProcess, TempDir, free_port, run, run_ok, wait_until};
+use crate::common::{
+    AgentProcess, ServerProcess, TempDir, free_port, run, run_ok, server_datastore, wait_until,
+};
 
 const DOMAIN_A: &str = "a.org";
 const DOMAIN_B: &str = "b.org";
@@ -71,13 +74,15 @@ fn start_server(
         data = dir.path().join("server-data").display(),
         socket = socket.display(),
     );
-    std::fs::write(&config, text).unwrap();
+    let (database, blocks) = server_datastore("");
+    std::fs::write(&config, text + &blocks).unwrap();
     let mut server = ServerProcess {
         child: None,
         dir: dir.path().to_path_buf(),
         port,
         socket,
         config,
+        database,
     };
     server.spawn();
     Domain { name, dir, server }
@@ -1092,13 +1097,15 @@ fn start_server_with_relationships(name: &'static str, relationships: &str) -> D
         data = dir.path().join("server-data").display(),
         socket = socket.display(),
     );
-    std::fs::write(&config, text).unwrap();
+    let (database, blocks) = server_datastore("");
+    std::fs::write(&config, text + &blocks).unwrap();
     let mut server = ServerProcess {
         child: None,
         dir: dir.path().to_path_buf(),
         port,
         socket,
         config,
+        database,
     };
     server.spawn();
     Domain { name, dir, server }

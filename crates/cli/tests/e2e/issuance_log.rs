@@ -1,6 +1,7 @@
 //! The issuance log through the CLI: SVIDs fetched from an agent have records that
-//! `twid log show` finds, `twid log verify` passes, and after a row is edited in the SQLite
-//! datastore while the server is stopped, `twid log verify` names the edited position.
+//! `twid log show` finds, `twid log verify` passes, and after a row is edited in the datastore
+//! (with sqlite3 or psql) while the server is stopped, `twid log verify` names the edited
+//! position.
 
 use std::process::Command;
 use std::time::Duration;
@@ -191,20 +192,24 @@ fn issuance_log_records_and_detects_edits() {
     let intact = run_ok(&["log", "verify", "--socket-path", &socket]);
     assert!(intact.contains("intact"), "{intact}");
 
-    if !sqlite3_installed() {
+    let edit = format!(
+        "UPDATE issuance_log SET spiffe_id = 'spiffe://example.org/workload/other' \
+         WHERE seq = {x509_seq}"
+    );
+    if server.database.is_none() && !sqlite3_installed() {
         println!("sqlite3 not installed, skipping the tampering check");
         return;
     }
     drop(agent);
     server.stop();
-    let database = dir.path().join("server-data/datastore.sqlite3");
-    sqlite(
-        &database,
-        &format!(
-            "UPDATE issuance_log SET spiffe_id = 'spiffe://example.org/workload/other' \
-             WHERE seq = {x509_seq}"
-        ),
-    );
+    match &server.database {
+        Some(database) => {
+            psql_ok(database.name(), &edit);
+        }
+        None => {
+            sqlite(&dir.path().join("server-data/datastore.sqlite3"), &edit);
+        }
+    }
     server.spawn();
 
     let altered = run(&["log", "verify", "--socket-path", &socket]);
@@ -310,9 +315,9 @@ fn refusal_records(socket: &str) -> Vec<serde_json::Value> {
 }
 
 /// Starts a server in this process with a development configuration under `dir`.
-async fn start_server(dir: &std::path::Path) -> twid_server::ServerHandle {
+async fn start_server(dir: &TempDir) -> twid_server::ServerHandle {
     let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
-    let config = twid_config::ServerConfig::new_dev(trust_domain, &dir.join("server"));
+    let config = dir.dev_server_config(trust_domain);
     twid_server::Server::start(config)
         .await
         .expect("server should start")
@@ -353,7 +358,7 @@ async fn bad_token_flood_is_rate_limited() {
     const PER_SECOND: f64 = 50.0;
 
     let dir = TempDir::new();
-    let server = start_server(dir.path()).await;
+    let server = start_server(&dir).await;
     let socket = server.admin_socket().display().to_string();
     let mut client = node_client(&server, None);
     let key = twid_ca::PrivateKey::generate(twid_ca::KeyType::EcP256).unwrap();
@@ -420,7 +425,7 @@ async fn rejected_entry_id_is_escaped() {
     const ESCAPED: &str = "evil\\u{1b}[2J\\u{d}\\u{a}entry";
 
     let dir = TempDir::new();
-    let server = start_server(dir.path()).await;
+    let server = start_server(&dir).await;
     let socket = server.admin_socket().display().to_string();
 
     // Attest as an agent with a join token, so the agent can call NewJwtSvid.

@@ -8,8 +8,7 @@
 //! database and drops it afterwards. When psql is missing or the connection fails, it prints
 //! "postgres not available, skipping" and passes.
 
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -19,74 +18,6 @@ const WORKLOAD_ID: &str = "spiffe://example.org/workload/pg-logged";
 
 /// The number of JWT-SVIDs fetched, so that the log has rows before and after each change.
 const JWT_FETCHES: usize = 4;
-
-/// Runs `sql` with psql on `database` and returns the unaligned output, or the error output
-/// when psql fails.
-fn psql(database: &str, sql: &str) -> Result<String, String> {
-    let output = Command::new("psql")
-        .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1"])
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            "5432",
-            "-U",
-            "postgres",
-            "-d",
-            database,
-        ])
-        .args(["-c", sql])
-        .env("PGCONNECT_TIMEOUT", "10")
-        .output()
-        .map_err(|error| format!("psql failed to run: {error}"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).trim().to_owned())
-    } else {
-        Err(String::from_utf8_lossy(&output.stderr).trim().to_owned())
-    }
-}
-
-/// Runs `sql` on `database` and panics when psql fails.
-fn psql_ok(database: &str, sql: &str) -> String {
-    psql(database, sql).unwrap_or_else(|error| panic!("psql {sql:?} failed: {error}"))
-}
-
-/// A database created for this test and dropped with `DROP DATABASE ... WITH (FORCE)` when the
-/// guard is dropped, even after a failed assertion.
-pub(crate) struct TestDatabase {
-    name: String,
-}
-
-impl TestDatabase {
-    /// Creates a fresh database, or returns `None` with a skip line when the connection to
-    /// PostgreSQL fails.
-    pub(crate) fn create() -> Option<Self> {
-        if let Err(error) = psql("postgres", "SELECT 1") {
-            println!("postgres not available, skipping: {error}");
-            return None;
-        }
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let name = format!("twid_e2e_log_{}_{nanos}", std::process::id());
-        psql_ok("postgres", &format!("CREATE DATABASE {name}"));
-        Some(Self { name })
-    }
-
-    pub(crate) fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        if let Err(error) = psql("postgres", &sql) {
-            eprintln!("failed to drop test database {}: {error}", self.name);
-        }
-    }
-}
 
 /// Runs `twid log verify --output json` and returns the report.
 fn verify_json(socket: &str) -> Value {
@@ -139,13 +70,9 @@ fn postgres_log_tampering_detected() {
     let Some(database) = TestDatabase::create() else {
         return;
     };
-    let db = database.name.clone();
+    let db = database.name().to_owned();
     let dir = TempDir::new();
-    let plugins = format!(
-        "plugins {{\n  DataStore \"sql\" {{\n    plugin_data {{\n      \
-         database_type = \"postgres\"\n      connection_string = \"{}\"\n    }}\n  }}\n}}\n",
-        database.url()
-    );
+    let plugins = format!("plugins {{\n{}}}\n", database.plugin_block());
     let server = ServerProcess::start_with_blocks(dir.path(), "", &plugins);
     let socket = server.socket_arg().to_owned();
     let token = server.generate_token();

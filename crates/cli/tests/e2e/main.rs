@@ -32,6 +32,7 @@ mod sds;
 mod sds_python;
 mod sts_standin;
 mod svid_inspect;
+mod upstream_disk;
 mod verification_api;
 mod wit_svid;
 mod workload;

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use tonic::Code;
-use twid_config::ServerConfig;
 use twid_proto::node::attest_agent_request::Step as RequestStep;
 use twid_proto::node::node_client::NodeClient;
 use twid_proto::node::{AttestAgentParams, AttestAgentRequest, AttestationData};
@@ -16,7 +15,7 @@ use crate::common::{TRUST_DOMAIN, TempDir};
 async fn start() -> (TempDir, ServerHandle) {
     let dir = TempDir::new();
     let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
-    let config = ServerConfig::new_dev(trust_domain, &dir.path().join("server"));
+    let config = dir.dev_server_config(trust_domain);
     let server = Server::start(config).await.expect("server should start");
     (dir, server)
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use twid_agent::{Agent, AgentError, AgentHandle, AgentOptions};
 use twid_attestation::node::evidence::{CollectError, Collector};
-use twid_config::{AgentConfig, EvidenceAttestorConfig, ServerConfig};
+use twid_config::{AgentConfig, EvidenceAttestorConfig};
 use twid_evidence::binding;
 use twid_evidence::policy::Policy;
 use twid_evidence::{Envelope, Kind};
@@ -362,7 +362,7 @@ impl Deployment {
             roots.push(root);
         }
         let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
-        let mut config = ServerConfig::new_dev(trust_domain, &dir.path().join("server"));
+        let mut config = dir.dev_server_config(trust_domain);
         config.evidence_attestors.push(EvidenceAttestorConfig {
             name: platform.attestor.to_owned(),
             kind: platform.kind,
@@ -860,7 +860,7 @@ async fn tpm_deployment_with_pcrs(
 ) -> Deployment {
     let dir = TempDir::new();
     let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
-    let mut config = ServerConfig::new_dev(trust_domain, &dir.path().join("server"));
+    let mut config = dir.dev_server_config(trust_domain);
     config.evidence_attestors.push(EvidenceAttestorConfig {
         name: "tpm".to_owned(),
         kind: Kind::Tpm,

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use serde_json::{Value, json};
-use twid_config::{EvidenceAttestorConfig, ServerConfig};
+use twid_config::EvidenceAttestorConfig;
 use twid_evidence::policy::Policy;
 use twid_evidence::svid_claims::AttestationClaims;
 use twid_evidence::{Envelope, Kind, binding};
@@ -167,7 +167,7 @@ impl Deployment {
         let root = dir.path().join("tdx-root.pem");
         std::fs::write(&root, pem("CERTIFICATE", &tdx.platform.root_der())).unwrap();
         let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
-        let mut config = ServerConfig::new_dev(trust_domain, &dir.path().join("server"));
+        let mut config = dir.dev_server_config(trust_domain);
         config.evidence_attestors.push(EvidenceAttestorConfig {
             name: "tdx".to_owned(),
             kind: Kind::Tdx,

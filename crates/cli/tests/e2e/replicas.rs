@@ -17,7 +17,6 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::Value;
 
 use crate::common::*;
-use crate::issuance_log_postgres::TestDatabase;
 use crate::revoke_agent::start_agent;
 
 /// Functional bound for a change made through A to reach the workload through B's agent. The

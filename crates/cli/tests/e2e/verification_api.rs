@@ -14,7 +14,7 @@ use rustls_pki_types::CertificateDer;
 use serde_json::{Value, json};
 use tokio_rustls::rustls::SignatureScheme;
 use tonic::transport::Channel;
-use twid_config::{EvidenceAttestorConfig, ServerConfig};
+use twid_config::EvidenceAttestorConfig;
 use twid_evidence::policy::Policy;
 use twid_evidence::{Envelope, Kind, binding};
 use twid_evidence_testkit::nitro::{DocumentSpec, TestNitro};
@@ -141,7 +141,7 @@ impl Verifier {
     async fn start(platforms: &Platforms) -> Self {
         let dir = TempDir::new();
         let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
-        let mut config = ServerConfig::new_dev(trust_domain.clone(), &dir.path().join("server"));
+        let mut config = dir.dev_server_config(trust_domain.clone());
         let attestors = [
             ("snp", Kind::Snp, platforms.amd.ark_der(), SNP_MEASUREMENT),
             ("nitro", Kind::Nitro, platforms.nitro.root_der(), NITRO_PCR0),

@@ -18,7 +18,7 @@ use tonic::{Code, Request, Status};
 use twid_agent::{Agent, AgentHandle, AgentOptions};
 use twid_attestation::node::evidence::{CollectError, Collector};
 use twid_ca::{KeyType, PrivateKey};
-use twid_config::{AgentConfig, EvidenceAttestorConfig, JwtIssuerConfig, ServerConfig};
+use twid_config::{AgentConfig, EvidenceAttestorConfig, JwtIssuerConfig};
 use twid_evidence::policy::Policy;
 use twid_evidence::svid_claims::{AttestationClaims, JWT_CLAIM};
 use twid_evidence::{Envelope, Kind, binding};
@@ -176,7 +176,7 @@ impl Deployment {
     async fn start_with(platforms: &Platforms, tdx_max_evidence_age: Option<Duration>) -> Self {
         let dir = TempDir::new();
         let trust_domain = TrustDomain::new(TRUST_DOMAIN).unwrap();
-        let mut config = ServerConfig::new_dev(trust_domain.clone(), &dir.path().join("server"));
+        let mut config = dir.dev_server_config(trust_domain.clone());
         config.jwt_issuers = vec![JwtIssuerConfig {
             name: "cloud".to_owned(),
             issuer: "https://issuer.example.org".to_owned(),

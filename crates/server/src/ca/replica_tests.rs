@@ -17,6 +17,7 @@ use twid_spiffe::x509::{X509Bundle, X509BundleSet};
 use twid_spiffe::{SpiffeId, TrustDomain};
 
 use super::*;
+use crate::test_support::TestDatastore;
 
 const TTL: Duration = Duration::from_secs(3600);
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -103,6 +104,7 @@ fn settings(keys_dir: &Path, instance_id: &str) -> CaSettings {
         },
         keys_dir: Some(keys_dir.to_owned()),
         instance_id: instance_id.to_owned(),
+        upstream: None,
     }
 }
 
@@ -279,7 +281,13 @@ async fn legacy_row_keeps_existing_ca() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys");
     let now = SystemTime::now();
-    let first = open_sqlite(&dir.path().join("first.sqlite3")).await;
+    let first_dir = dir.path().join("first");
+    let upgraded_dir = dir.path().join("upgraded");
+    std::fs::create_dir(&first_dir).unwrap();
+    std::fs::create_dir(&upgraded_dir).unwrap();
+    let first_database = TestDatastore::new(&first_dir);
+    let upgraded_database = TestDatastore::new(&upgraded_dir);
+    let first = Datastore::open(&first_database.config).await.unwrap();
     let before = CaManager::load_or_create(settings(&keys, "before"), first.clone(), now)
         .await
         .unwrap();
@@ -289,7 +297,7 @@ async fn legacy_row_keeps_existing_ca() {
     let x509_row = first.get_ca_state("x509_authorities/before").await.unwrap();
     let jwt_row = first.get_ca_state("jwt_keys/before").await.unwrap();
     drop(before);
-    let upgraded = open_sqlite(&dir.path().join("upgraded.sqlite3")).await;
+    let upgraded = Datastore::open(&upgraded_database.config).await.unwrap();
     upgraded
         .put_ca_state(X509_STATE_KEY, &x509_row.unwrap())
         .await
