@@ -126,7 +126,9 @@ impl Datastore {
         .await?;
         let id: i64 = row.try_get("id")?;
         bump_revision(&mut tx).await?;
-        send_change(&mut tx, self.backend, ChangeKind::Revocation).await?;
+        // No change notification yet: other servers would wake their agents' Watch streams
+        // before the rule's credentials are stored. [`Datastore::add_revoked_credentials`]
+        // notifies once they are.
         tx.commit().await?;
         tracing::debug!(revocation_id = id, kind = %rule.kind, "revocation rule stored");
         Ok(RevocationRule {
@@ -138,7 +140,9 @@ impl Datastore {
         })
     }
 
-    /// Stores `credentials` as revoked by rule `revocation_id`, in one transaction.
+    /// Stores `credentials` as revoked by rule `revocation_id`, in one transaction, and
+    /// notifies other servers of the rule and its credentials. Call it with no credentials to
+    /// notify them of a rule whose credentials could not be listed.
     ///
     /// # Errors
     /// Returns the database failure, for example a foreign key violation for an unknown rule

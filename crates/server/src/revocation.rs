@@ -342,19 +342,28 @@ pub(crate) async fn revoke(
         "revocation rule stored"
     );
 
-    let credentials = scan(shared, basis, now_seconds).await.map_err(|error| {
-        tracing::error!(
-            revocation_id = rule.id,
-            error = %crate::tasks::error_chain(&error),
-            "scanning the issuance log for a revocation failed; the rule is enforced but \
-             its credentials are not listed"
-        );
-        Status::internal(format!(
-            "revocation {} is stored and enforced, but listing its credentials failed; see \
-             the server log",
-            rule.id
-        ))
-    })?;
+    let credentials = match scan(shared, basis, now_seconds).await {
+        Ok(credentials) => credentials,
+        Err(error) => {
+            tracing::error!(
+                revocation_id = rule.id,
+                error = %crate::tasks::error_chain(&error),
+                "scanning the issuance log for a revocation failed; the rule is enforced but \
+                 its credentials are not listed"
+            );
+            // Other servers still learn of the rule.
+            if let Err(error) = datastore.add_revoked_credentials(rule.id, &[]).await {
+                tracing::warn!(error = %error, "notifying other servers of the rule failed");
+            }
+            shared.hints.revocation_list.invalidate();
+            shared.hints.notify("revocation");
+            return Err(Status::internal(format!(
+                "revocation {} is stored and enforced, but listing its credentials failed; \
+                 see the server log",
+                rule.id
+            )));
+        }
+    };
     datastore
         .add_revoked_credentials(rule.id, &credentials)
         .await
