@@ -303,6 +303,7 @@ async fn new_syncer(
         revoked_retry_at: 0,
         taint_batch_size: settings.taint_batch_size,
         taint_batch_interval: settings.taint_batch_interval,
+        taint_batch_at: None,
         tainted_pending: false,
         x509_svid_cache_max_size: settings.x509_svid_cache_max_size,
         signing_incomplete: false,

@@ -191,8 +191,11 @@ pub(crate) struct Syncer {
     pub(crate) revoked_retry_at: i64,
     /// Maximum workload SVIDs signed by a tainted authority that one round replaces.
     pub(crate) taint_batch_size: usize,
-    /// Delay before the next round while SVIDs signed by a tainted authority remain.
+    /// Minimum time between two batches of SVIDs signed by a tainted authority, whatever
+    /// starts the rounds (the interval, hints, workload requests).
     pub(crate) taint_batch_interval: Duration,
+    /// When the last batch of SVIDs signed by a tainted authority was taken.
+    pub(crate) taint_batch_at: Option<std::time::Instant>,
     /// Whether the last round left SVIDs signed by a tainted authority to replace.
     pub(crate) tainted_pending: bool,
     /// `x509_svid_cache_max_size`, see [`svid_manager::PlanInputs::cache_limit`].
@@ -239,8 +242,7 @@ impl Syncer {
                 None => return,
             }
             if self.tainted_pending {
-                // Each batch reaches the server separately.
-                delay = delay.min(self.taint_batch_interval);
+                delay = delay.min(self.until_next_taint_batch());
             }
             // Runs even after a failed sync: attesting needs no valid agent SVID.
             if let Some(until_due) = self.reattest_if_due().await {
@@ -333,6 +335,23 @@ impl Syncer {
         };
         self.check_agent_expiry();
         Some(delay)
+    }
+
+    /// Returns how many SVIDs signed by a tainted authority this round may replace: a batch
+    /// once `taint_batch_interval` has passed since the last batch, otherwise none.
+    fn taint_budget(&self) -> usize {
+        if self.until_next_taint_batch().is_zero() {
+            self.taint_batch_size
+        } else {
+            0
+        }
+    }
+
+    /// Returns the time until the next batch of tainted SVIDs may be replaced.
+    fn until_next_taint_batch(&self) -> Duration {
+        self.taint_batch_at.map_or(Duration::ZERO, |at| {
+            self.taint_batch_interval.saturating_sub(at.elapsed())
+        })
     }
 
     /// Returns the delay after a successful round: the sync interval, unless a Watch stream is
@@ -447,13 +466,14 @@ impl Syncer {
             revoked: &revoked,
             retry_revoked,
             tainted: &tainted,
-            taint_batch_size: self.taint_batch_size,
+            taint_batch_size: self.taint_budget(),
             cache_limit: self.x509_svid_cache_max_size,
             requested: &requested,
         };
         let mut plan = svid_manager::plan(&previous, entries, inputs);
         self.tainted_pending = plan.tainted_pending > 0;
         if plan.tainted_due > 0 {
+            self.taint_batch_at = Some(std::time::Instant::now());
             tracing::info!(
                 replacing = plan.tainted_due,
                 remaining = plan.tainted_pending,

@@ -452,6 +452,11 @@ pub(crate) struct AgentProcess {
 impl AgentProcess {
     /// Writes an agent configuration and starts the agent; returns once its socket exists.
     pub(crate) fn start(dir: &Path, server: &ServerProcess, token: &str) -> Self {
+        Self::start_with(dir, server, token, "")
+    }
+
+    /// Like [`AgentProcess::start`], with `extra` appended inside the `agent` block.
+    pub(crate) fn start_with(dir: &Path, server: &ServerProcess, token: &str, extra: &str) -> Self {
         let socket = dir.join("agent.sock");
         let bundle = dir.join("bootstrap.pem");
         server.write_bundle(&bundle);
@@ -460,7 +465,7 @@ impl AgentProcess {
             "agent {{\n  trust_domain = \"{TRUST_DOMAIN}\"\n  server_address = \"127.0.0.1\"\n  \
              server_port = \"{port}\"\n  socket_path = \"{socket}\"\n  data_dir = \"{data}\"\n  \
              trust_bundle_path = \"{bundle}\"\n  join_token = \"{token}\"\n  \
-             log_level = \"DEBUG\"\n}}\n\
+             log_level = \"DEBUG\"\n{extra}\n}}\n\
              plugins {{\n  WorkloadAttestor \"unix\" {{\n    plugin_data {{\n      \
              discover_workload_path = true\n    }}\n  }}\n}}\n",
             port = server.port,

@@ -342,3 +342,104 @@ fn taint_and_revoke_replace_svids() {
         agent.log()
     );
 }
+
+/// Returns the authority key identifier of every X.509-SVID the workload receives.
+async fn fetch_all_issuers(client: &mut WorkloadClient) -> Option<Vec<String>> {
+    let mut stream = client
+        .fetch_x509svid(X509svidRequest {})
+        .await
+        .ok()?
+        .into_inner();
+    let response = stream.message().await.ok()??;
+    response
+        .svids
+        .iter()
+        .map(|svid| {
+            let chain = split_der_certificates(&svid.x509_svid).ok()?;
+            Some(authority_key_id(chain.first()?))
+        })
+        .collect()
+}
+
+#[test]
+fn taint_replaces_every_svid_in_timed_batches() {
+    const ENTRIES: usize = 25;
+    const BATCH: usize = 10;
+    const INTERVAL: Duration = Duration::from_secs(2);
+    // The rounds after the first: ceil(25 / 10) - 1 = 2 pauses of INTERVAL.
+    let batch_time = INTERVAL * u32::try_from(ENTRIES.div_ceil(BATCH) - 1).unwrap();
+    // Allowance for the taint to reach the agent and for each round's signing call.
+    let allowance = Duration::from_secs(3);
+
+    let dir = TempDir::new();
+    let server = ServerProcess::start(dir.path(), "");
+    let token = server.generate_token();
+    let selector = format!("unix:uid:{}", nix::unistd::geteuid().as_raw());
+    for index in 0..ENTRIES {
+        server.create_entry(
+            &format!("spiffe://example.org/localauthority/batch/{index}"),
+            &agent_id(&token),
+            &[&selector],
+        );
+    }
+    let agent = AgentProcess::start_with(
+        dir.path(),
+        &server,
+        &token,
+        &format!(
+            "  experimental {{\n    taint_batch_size = {BATCH}\n    \
+             taint_batch_interval = \"{}s\"\n  }}",
+            INTERVAL.as_secs()
+        ),
+    );
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut client = runtime.block_on(workload_client(&agent));
+    let first = runtime.block_on(poll(
+        &mut client,
+        "an X.509-SVID for every entry",
+        async |client| fetch_all_issuers(client).await,
+        |issuers| issuers.len() == ENTRIES,
+    ));
+    let old_x509 = first[0].clone();
+    assert!(first.iter().all(|issuer| *issuer == old_x509));
+
+    let new_x509 = step(&server, "x509", "prepare", None);
+    step(&server, "x509", "activate", Some(&new_x509));
+    let tainted_at = Instant::now();
+    step(&server, "x509", "taint", Some(&old_x509));
+
+    // Counts of replaced SVIDs as the workload sees them, sampled every 100 ms.
+    let mut seen = Vec::new();
+    let deadline = tainted_at + batch_time + allowance + Duration::from_secs(10);
+    let replaced_all = loop {
+        if let Some(issuers) = runtime.block_on(fetch_all_issuers(&mut client)) {
+            let replaced = issuers.iter().filter(|issuer| **issuer == new_x509).count();
+            if seen.last() != Some(&replaced) {
+                seen.push(replaced);
+            }
+            if replaced == ENTRIES {
+                break tainted_at.elapsed();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not every SVID was replaced; replaced counts seen: {seen:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        replaced_all <= batch_time + allowance,
+        "replacing {ENTRIES} SVIDs took {replaced_all:?}, more than the batch time \
+         {batch_time:?} plus {allowance:?}; replaced counts seen: {seen:?}"
+    );
+    // The agent replaced them in batches, not all at once.
+    assert!(
+        seen.iter().any(|count| (1..=BATCH).contains(count)),
+        "no sample showed only the first batch replaced: {seen:?}"
+    );
+    assert!(
+        replaced_all >= batch_time - Duration::from_millis(500),
+        "all {ENTRIES} SVIDs were replaced after {replaced_all:?}, before the pauses between \
+         batches could pass: {seen:?}"
+    );
+}
