@@ -1286,16 +1286,12 @@ mod tests {
 
     async fn open_with_upstream(
         dir: &Path,
-        database: &Path,
+        database: &TestDatastore,
         instance_id: &str,
         upstream: twid_config::UpstreamAuthorityDisk,
         now: SystemTime,
     ) -> CaManager {
-        let database = twid_datastore::DatastoreConfig {
-            database_type: twid_datastore::DatabaseType::Sqlite,
-            connection_string: database.display().to_string(),
-        };
-        let datastore = Datastore::open(&database).await.unwrap();
+        let datastore = Datastore::open(&database.config).await.unwrap();
         let settings = CaSettings {
             instance_id: instance_id.to_owned(),
             upstream: Some(upstream),
@@ -1340,7 +1336,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = crate::upstream::tests::write_pki(dir.path(), Duration::from_secs(30 * 86_400));
         let now = SystemTime::now();
-        let database = dir.path().join("datastore.sqlite3");
+        let database = TestDatastore::new(dir.path());
         let ca =
             open_with_upstream(dir.path(), &database, "a", pki.intermediate_config(), now).await;
         let snapshot = ca.snapshot();
@@ -1393,7 +1389,7 @@ mod tests {
         let first_pki = crate::upstream::tests::write_pki(&first_pki_dir, lifetime);
         let second_pki = crate::upstream::tests::write_pki(&second_pki_dir, lifetime);
         let now = SystemTime::now();
-        let database = dir.path().join("datastore.sqlite3");
+        let database = TestDatastore::new(dir.path());
         let a = open_with_upstream(
             dir.path(),
             &database,
@@ -1430,7 +1426,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pki = crate::upstream::tests::write_pki(dir.path(), Duration::from_secs(1800));
         let now = SystemTime::now();
-        let database = dir.path().join("datastore.sqlite3");
+        let database = TestDatastore::new(dir.path());
         let ca =
             open_with_upstream(dir.path(), &database, "a", pki.intermediate_config(), now).await;
         let upstream_not_after = ca.upstream().unwrap().signer.not_after();

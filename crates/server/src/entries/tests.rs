@@ -3,6 +3,7 @@ use std::collections::BTreeMap;
 use twid_types::NewEntry;
 
 use super::*;
+use crate::test_support::TestDatastore;
 
 const NOW: i64 = 1_700_000_000;
 
@@ -116,13 +117,25 @@ impl Agent {
     }
 }
 
-async fn open() -> (tempfile::TempDir, Datastore, EntryCache) {
+/// The test's datastore, on the backend `TWID_TEST_DATASTORE` selects; the directory and
+/// the database are removed when they are dropped.
+struct Store {
+    _dir: tempfile::TempDir,
+    _database: TestDatastore,
+}
+
+async fn open() -> (Store, Datastore, EntryCache) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let datastore = Datastore::open_sqlite(&dir.path().join("entries.db"))
+    let database = TestDatastore::new(dir.path());
+    let datastore = Datastore::open(&database.config)
         .await
         .expect("open datastore");
     let cache = EntryCache::new(datastore.clone(), id("spiffe://td/spire/server"));
-    (dir, datastore, cache)
+    let store = Store {
+        _dir: dir,
+        _database: database,
+    };
+    (store, datastore, cache)
 }
 
 #[tokio::test]
