@@ -13,15 +13,17 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument as _;
 use twid_datastore::{DatastoreError, EntryFilter};
 use twid_proto::admin::admin_server::{Admin, AdminServer};
+use twid_proto::admin::batch_create_entry_response::Result as BatchCreateResult;
 use twid_proto::admin::{
-    BanAgentRequest, BanAgentResponse, CountEntriesRequest, CountEntriesResponse,
-    CreateEntryRequest, CreateJoinTokenRequest, CreateJoinTokenResponse, DeleteEntryRequest,
-    DeleteEntryResponse, EvictAgentRequest, EvictAgentResponse, GetAgentRequest, GetBundleRequest,
-    GetEntryRequest, GetIssuanceRecordRequest, IssuanceLogAlteration, IssuanceRecord,
-    ListAgentsRequest, ListAgentsResponse, ListEntriesRequest, ListEntriesResponse,
-    ListIssuanceRecordsRequest, ListIssuanceRecordsResponse, ListRevocationsRequest,
-    ListRevocationsResponse, RevokeRequest, RevokeResponse, UpdateEntryRequest,
-    VerifyIssuanceLogRequest, VerifyIssuanceLogResponse, get_issuance_record_request,
+    BanAgentRequest, BanAgentResponse, BatchCreateEntryRequest, BatchCreateEntryResponse,
+    CountEntriesRequest, CountEntriesResponse, CreateEntryRequest, CreateJoinTokenRequest,
+    CreateJoinTokenResponse, DeleteEntryRequest, DeleteEntryResponse, EvictAgentRequest,
+    EvictAgentResponse, GetAgentRequest, GetBundleRequest, GetEntryRequest,
+    GetIssuanceRecordRequest, IssuanceLogAlteration, IssuanceRecord, ListAgentsRequest,
+    ListAgentsResponse, ListEntriesRequest, ListEntriesResponse, ListIssuanceRecordsRequest,
+    ListIssuanceRecordsResponse, ListRevocationsRequest, ListRevocationsResponse, RevokeRequest,
+    RevokeResponse, UpdateEntryRequest, VerifyIssuanceLogRequest, VerifyIssuanceLogResponse,
+    get_issuance_record_request,
 };
 use twid_proto::types as pb;
 use twid_provenance::{Alteration, AlterationKind, LogError, Record};
@@ -37,6 +39,10 @@ const DEFAULT_RECORD_PAGE: u32 = 100;
 
 /// Maximum records one `ListIssuanceRecords` call returns.
 const MAX_RECORD_PAGE: u32 = 1000;
+
+/// Maximum entries one `BatchCreateEntry` request may carry, so that one transaction and one
+/// response stay bounded.
+pub(crate) const MAX_BATCH_CREATE_ENTRIES: usize = 10_000;
 
 /// Binds the admin socket and starts serving it.
 pub(crate) async fn serve(
@@ -116,6 +122,80 @@ impl Admin for AdminService {
         tracing::debug!(entry_id = %created.id, spiffe_id = %created.spiffe_id, "entry created");
         self.shared.hints.notify("entry");
         Ok(Response::new(entry_to_pb(&created)))
+    }
+
+    #[tracing::instrument(skip_all)]
+    async fn batch_create_entry(
+        &self,
+        request: Request<BatchCreateEntryRequest>,
+    ) -> Result<Response<BatchCreateEntryResponse>, Status> {
+        let entries = request.into_inner().entries;
+        if entries.len() > MAX_BATCH_CREATE_ENTRIES {
+            return Err(Status::invalid_argument(format!(
+                "the request has {} entries; BatchCreateEntry accepts at most \
+                 {MAX_BATCH_CREATE_ENTRIES}, so split it into several requests",
+                entries.len()
+            )));
+        }
+        let trust_domain = &self.shared.config.trust_domain;
+        // Invalid entries get their error in place, and the valid ones go to the datastore
+        // together. `slots` maps each datastore result back to its position in the request.
+        let mut results: Vec<Option<BatchCreateResult>> = Vec::with_capacity(entries.len());
+        let mut valid = Vec::with_capacity(entries.len());
+        let mut slots = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            match new_entry_from_pb(entry, trust_domain) {
+                Ok(new) => {
+                    slots.push(results.len());
+                    valid.push(new);
+                    results.push(None);
+                }
+                Err(status) => results.push(Some(BatchCreateResult {
+                    entry: None,
+                    error: status.message().to_owned(),
+                })),
+            }
+        }
+        let stored = if valid.is_empty() {
+            Vec::new()
+        } else {
+            self.shared
+                .datastore
+                .create_entries(&valid, unix_now())
+                .await
+                .map_err(datastore_status)?
+        };
+        let mut created = 0_usize;
+        for (slot, outcome) in slots.into_iter().zip(stored) {
+            results[slot] = Some(match outcome {
+                Ok(entry) => {
+                    created += 1;
+                    BatchCreateResult {
+                        entry: Some(entry_to_pb(&entry)),
+                        error: String::new(),
+                    }
+                }
+                Err(error) => BatchCreateResult {
+                    entry: None,
+                    error: datastore_status(error).message().to_owned(),
+                },
+            });
+        }
+        tracing::debug!(
+            requested = entries.len(),
+            created,
+            "entries created in a batch"
+        );
+        if created > 0 {
+            self.shared.hints.notify("entry");
+        }
+        let results = results
+            .into_iter()
+            .map(|result| {
+                result.ok_or_else(|| Status::internal("the datastore returned too few results"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Response::new(BatchCreateEntryResponse { results }))
     }
 
     async fn get_entry(
@@ -663,4 +743,153 @@ fn non_empty(text: &str) -> Option<&str> {
 fn parse_entry_id(text: &str) -> Result<SpiffeId, Status> {
     SpiffeId::new(text)
         .map_err(|error| Status::invalid_argument(format!("invalid SPIFFE ID {text:?}: {error}")))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::path::PathBuf;
+
+    use hyper_util::rt::TokioIo;
+    use tonic::codegen::{Context, Poll, Service};
+    use tonic::transport::{Channel, Endpoint, Uri};
+    use twid_config::ServerConfig;
+    use twid_proto::admin::admin_client::AdminClient;
+    use twid_spiffe::TrustDomain;
+
+    use super::*;
+    use crate::Server;
+
+    /// Dials the admin socket for a tonic channel.
+    #[derive(Clone)]
+    struct UnixConnector(PathBuf);
+
+    impl Service<Uri> for UnixConnector {
+        type Response = TokioIo<tokio::net::UnixStream>;
+        type Error = std::io::Error;
+        type Future =
+            std::pin::Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Uri) -> Self::Future {
+            let path = self.0.clone();
+            Box::pin(async move { Ok(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) })
+        }
+    }
+
+    async fn admin_client(path: PathBuf) -> AdminClient<Channel> {
+        let channel = Endpoint::try_from("http://localhost")
+            .unwrap()
+            .connect_with_connector(UnixConnector(path))
+            .await
+            .unwrap();
+        AdminClient::new(channel)
+    }
+
+    fn entry(path: &str, uid: u32) -> pb::Entry {
+        pb::Entry {
+            spiffe_id: format!("spiffe://example.org/{path}"),
+            parent_id: "spiffe://example.org/spire/agent/join_token/batch".to_owned(),
+            selectors: vec![pb::Selector {
+                r#type: "unix".to_owned(),
+                value: format!("uid:{uid}"),
+            }],
+            ..pb::Entry::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batch_create_reports_each_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let config = ServerConfig::new_dev(TrustDomain::new("example.org").unwrap(), &data_dir);
+        let server = Server::start(config).await.unwrap();
+        let mut client = admin_client(server.admin_socket().to_path_buf()).await;
+
+        let mut invalid = entry("invalid", 3);
+        invalid.spiffe_id = "spiffe://other.org/invalid".to_owned();
+        let entries = vec![entry("a", 1), entry("b", 2), entry("a", 1), invalid];
+        let results = client
+            .batch_create_entry(BatchCreateEntryRequest { entries })
+            .await
+            .unwrap()
+            .into_inner()
+            .results;
+
+        assert_eq!(results.len(), 4);
+        assert!(results[0].error.is_empty(), "{}", results[0].error);
+        assert!(results[1].error.is_empty(), "{}", results[1].error);
+        assert!(results[2].entry.is_none());
+        assert!(
+            results[2].error.contains("already exists"),
+            "{}",
+            results[2].error
+        );
+        assert!(results[3].entry.is_none());
+        assert!(
+            results[3].error.contains("other.org"),
+            "{}",
+            results[3].error
+        );
+        let stored = client
+            .count_entries(CountEntriesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        assert_eq!(stored, 2);
+        let first = results[0].entry.as_ref().unwrap();
+        let fetched = client
+            .get_entry(GetEntryRequest {
+                id: first.id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fetched.spiffe_id, "spiffe://example.org/a");
+
+        server.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batch_create_rejects_oversized_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let config = ServerConfig::new_dev(TrustDomain::new("example.org").unwrap(), &data_dir);
+        let server = Server::start(config).await.unwrap();
+        let mut client = admin_client(server.admin_socket().to_path_buf()).await;
+
+        let entries = (0..=MAX_BATCH_CREATE_ENTRIES)
+            .map(|n| entry(&format!("w{n}"), 1))
+            .collect();
+        let status = client
+            .batch_create_entry(BatchCreateEntryRequest { entries })
+            .await
+            .unwrap_err();
+
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("at most 10000"),
+            "{}",
+            status.message()
+        );
+        let stored = client
+            .count_entries(CountEntriesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .count;
+        assert_eq!(stored, 0);
+
+        server.shutdown().await;
+    }
 }
