@@ -23,6 +23,7 @@ pub(crate) const DEFAULT_SERVER_PORT: u16 = 8081;
 const DEFAULT_SOCKET_PATH: &str = "/tmp/twid-server/private/api.sock";
 const DEFAULT_CA_TTL: Duration = Duration::from_secs(24 * 3600);
 const DEFAULT_X509_SVID_TTL: Duration = Duration::from_secs(3600);
+const DEFAULT_NODE_API_MAX_CONNECTIONS: usize = 16_384;
 const DEFAULT_JWT_SVID_TTL: Duration = Duration::from_secs(5 * 60);
 const SQLITE_FILE_NAME: &str = "datastore.sqlite3";
 const KEYS_DIR_NAME: &str = "keys";
@@ -55,6 +56,9 @@ pub struct ServerConfig {
     pub default_x509_svid_ttl: Duration,
     /// JWT-SVID lifetime when an entry sets none. Default 5m.
     pub default_jwt_svid_ttl: Duration,
+    /// Maximum connections, handshaking or established, on the node API port at once
+    /// (`node_api_max_connections`). Each agent holds one. Default 16384.
+    pub node_api_max_connections: usize,
     /// Lifetime of agent SVIDs. `None` means `default_x509_svid_ttl`.
     pub agent_ttl: Option<Duration>,
     /// Unix socket of the admin API. Default `/tmp/twid-server/private/api.sock`.
@@ -207,6 +211,7 @@ const SERVER_KEYS: &[&str] = &[
     "ca_ttl",
     "default_x509_svid_ttl",
     "default_jwt_svid_ttl",
+    "node_api_max_connections",
     "agent_ttl",
     "socket_path",
     "ca_subject",
@@ -382,6 +387,15 @@ impl ServerConfig {
             default_x509_svid_ttl: duration("default_x509_svid_ttl")?
                 .unwrap_or(DEFAULT_X509_SVID_TTL),
             default_jwt_svid_ttl: duration("default_jwt_svid_ttl")?.unwrap_or(DEFAULT_JWT_SVID_TTL),
+            node_api_max_connections: server
+                .optional("node_api_max_connections", |expr| {
+                    values::integer(expr)
+                        .ok()
+                        .and_then(|value| usize::try_from(value).ok())
+                        .filter(|max| *max > 0)
+                        .ok_or_else(|| "expected a positive integer, such as 16384".to_owned())
+                })?
+                .unwrap_or(DEFAULT_NODE_API_MAX_CONNECTIONS),
             agent_ttl: duration("agent_ttl")?,
             socket_path: server
                 .optional("socket_path", values::path)?
@@ -422,6 +436,7 @@ impl ServerConfig {
             ca_ttl: DEFAULT_CA_TTL,
             default_x509_svid_ttl: DEFAULT_X509_SVID_TTL,
             default_jwt_svid_ttl: DEFAULT_JWT_SVID_TTL,
+            node_api_max_connections: DEFAULT_NODE_API_MAX_CONNECTIONS,
             agent_ttl: None,
             socket_path: data_dir.join("server.sock"),
             ca_subject: CaSubject::default(),
@@ -629,6 +644,7 @@ impl fmt::Debug for ServerConfig {
             .field("jwt_key_type", &self.jwt_key_type)
             .field("ca_ttl", &self.ca_ttl)
             .field("default_x509_svid_ttl", &self.default_x509_svid_ttl)
+            .field("node_api_max_connections", &self.node_api_max_connections)
             .field("default_jwt_svid_ttl", &self.default_jwt_svid_ttl)
             .field("agent_ttl", &self.agent_ttl)
             .field("socket_path", &self.socket_path)

@@ -206,6 +206,29 @@ fn ports_accept_numbers_and_strings() {
 }
 
 #[test]
+fn node_api_max_connections_default_and_bounds() {
+    assert_eq!(parse(MINIMAL).node_api_max_connections, 16_384);
+    let with_max = |value: &str| {
+        MINIMAL.replace(
+            "data_dir",
+            &format!("node_api_max_connections = {value}\n    data_dir"),
+        )
+    };
+    assert_eq!(parse(&with_max("20000")).node_api_max_connections, 20_000);
+    for invalid in ["0", "-5", "\"many\""] {
+        let error = parse_error(&with_max(invalid));
+        assert!(
+            error.contains("node_api_max_connections"),
+            "{invalid}: {error}"
+        );
+        assert!(
+            error.contains("expected a positive integer"),
+            "{invalid}: {error}"
+        );
+    }
+}
+
+#[test]
 fn key_types_in_spire_spelling() {
     for (text, key_type) in [
         ("ec-p256", KeyType::EcP256),

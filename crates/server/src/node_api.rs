@@ -82,6 +82,34 @@ pub(crate) fn check_jwt_audiences(audiences: &[String], field: &str) -> Result<(
     Ok(())
 }
 
+/// File descriptors the server needs besides node API connections: datastore connections,
+/// the admin socket, key files and the other listeners. An estimate with room to spare.
+const DESCRIPTORS_BESIDES_CONNECTIONS: u64 = 256;
+
+/// Logs a warning when the open file limit is too low for `max_connections` node API
+/// connections, each of which takes one descriptor. Beyond the limit, accepting fails and new
+/// agents cannot connect until others leave.
+fn warn_if_descriptors_short(max_connections: usize) {
+    let Ok((soft, _hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    else {
+        return;
+    };
+    let needed = u64::try_from(max_connections)
+        .unwrap_or(u64::MAX)
+        .saturating_add(DESCRIPTORS_BESIDES_CONNECTIONS);
+    if soft < needed {
+        tracing::warn!(
+            open_file_limit = soft,
+            node_api_max_connections = max_connections,
+            "the open file limit (ulimit -n) is below node_api_max_connections plus {} for \
+             other files; raise it, or lower node_api_max_connections, or agents beyond the \
+             limit cannot connect",
+            DESCRIPTORS_BESIDES_CONNECTIONS
+        );
+    }
+}
+
 /// Binds the node API listener and starts serving it.
 pub(crate) async fn serve(
     shared: &Arc<Shared>,
@@ -105,7 +133,9 @@ pub(crate) async fn serve(
         shared.identity.trust.clone(),
         twid_tls::ClientAuth::Optional(twid_tls::Authorizer::MemberOf(config.trust_domain.clone())),
     )?;
-    let incoming = twid_tls::TlsIncoming::new(listener, tls);
+    let max_connections = config.node_api_max_connections;
+    warn_if_descriptors_short(max_connections);
+    let incoming = twid_tls::TlsIncoming::new(listener, tls).with_max_connections(max_connections);
     let service = NodeServer::new(NodeService {
         shared: Arc::clone(shared),
         shutdown: shutdown.clone(),
