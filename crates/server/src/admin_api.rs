@@ -782,6 +782,20 @@ mod tests {
         }
     }
 
+    /// Starts a development server in `dir` on the datastore `TWID_TEST_DATASTORE` selects;
+    /// the returned database is removed when dropped.
+    async fn start_server(
+        dir: &std::path::Path,
+    ) -> (crate::ServerHandle, crate::test_support::TestDatastore) {
+        let data_dir = dir.join("data");
+        std::fs::create_dir(&data_dir).unwrap();
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        let database = crate::test_support::TestDatastore::new(&data_dir);
+        let mut config = ServerConfig::new_dev(TrustDomain::new("example.org").unwrap(), &data_dir);
+        config.datastore = database.config.clone();
+        (Server::start(config).await.unwrap(), database)
+    }
+
     async fn admin_client(path: PathBuf) -> AdminClient<Channel> {
         let channel = Endpoint::try_from("http://localhost")
             .unwrap()
@@ -806,11 +820,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batch_create_reports_each_entry() {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
-        std::fs::create_dir(&data_dir).unwrap();
-        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let config = ServerConfig::new_dev(TrustDomain::new("example.org").unwrap(), &data_dir);
-        let server = Server::start(config).await.unwrap();
+        let (server, _database) = start_server(dir.path()).await;
         let mut client = admin_client(server.admin_socket().to_path_buf()).await;
 
         let mut invalid = entry("invalid", 3);
@@ -861,11 +871,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn batch_create_rejects_oversized_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let data_dir = dir.path().join("data");
-        std::fs::create_dir(&data_dir).unwrap();
-        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
-        let config = ServerConfig::new_dev(TrustDomain::new("example.org").unwrap(), &data_dir);
-        let server = Server::start(config).await.unwrap();
+        let (server, _database) = start_server(dir.path()).await;
         let mut client = admin_client(server.admin_socket().to_path_buf()).await;
 
         let entries = (0..=MAX_BATCH_CREATE_ENTRIES)
