@@ -39,10 +39,6 @@ use responses::X509View;
 pub(crate) use sds::SecretDiscovery;
 pub(crate) use wit::{NodeWitIssuer, WitIssuer};
 
-/// How often a stream renews its caller's request for its identities while it receives
-/// updates.
-const REQUEST_REFRESH: Duration = Duration::from_secs(60);
-
 /// The Workload API service state shared by all connections.
 pub(crate) struct WorkloadApi {
     cache: Cache,
@@ -255,7 +251,6 @@ where
 {
     let stream = async_stream::stream! {
         let mut last: Option<T> = None;
-        let mut requested_at = Instant::now();
         loop {
             tokio::select! {
                 changed = caller.updates.changed() => {
@@ -269,14 +264,10 @@ where
                 }
             }
             let snapshot = caller.updates.borrow_and_update().clone();
-            let built = build(&snapshot, &caller.identity);
-            if matches!(built, Ok(None)) || requested_at.elapsed() >= REQUEST_REFRESH {
-                // Pending SVIDs are signed on request; a long-lived stream renews its request
-                // so that its SVIDs stay cached.
-                caller.request_identities(&snapshot);
-                requested_at = Instant::now();
-            }
-            match built {
+            // Every update renews the caller's request, so that its SVIDs stay cached, and an
+            // identity that the update added without an SVID is signed now.
+            caller.request_identities(&snapshot);
+            match build(&snapshot, &caller.identity) {
                 Ok(Some(message)) if last.as_ref() != Some(&message) => {
                     last = Some(message.clone());
                     yield Ok(message);
