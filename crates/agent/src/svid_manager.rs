@@ -52,8 +52,8 @@ pub(crate) struct PlanInputs<'a> {
     pub(crate) tainted: &'a TaintedAuthorities,
     /// Maximum SVIDs signed by a tainted authority that this round replaces.
     pub(crate) taint_batch_size: usize,
-    /// `x509_svid_cache_max_size`: while there are more entries than this, only this many,
-    /// plus the ones workloads requested, keep an SVID.
+    /// `x509_svid_cache_max_size`: while there are more entries than this, the entries that
+    /// workloads requested keep an SVID, and others only while fewer than this many hold one.
     pub(crate) cache_limit: usize,
     /// Entries that workloads requested, with the Unix time of the latest request.
     pub(crate) requested: &'a HashMap<String, i64>,

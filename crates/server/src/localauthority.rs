@@ -352,6 +352,17 @@ pub(crate) async fn step_request(
 ) -> Result<LocalAuthorityResponse, Status> {
     let kind = Kind::from_pb(request.kind)?;
     let id = request.authority_id.trim();
+    // An X.509 authority created before the upstream was configured is self-signed and in
+    // the bundle itself, so the upstream notices do not apply to it.
+    let signed_by_upstream = kind == Kind::X509
+        && shared.ca.upstream().is_some()
+        && shared
+            .ca
+            .snapshot()
+            .x509
+            .iter()
+            .find(|slot| slot.authority_id() == id)
+            .is_some_and(|slot| !is_self_issued(slot.authority.cert_der()));
     let authority = shared
         .ca
         .apply_manual(|_: &CaManager, x509, jwt| -> Result<_, StepError> {
@@ -372,11 +383,17 @@ pub(crate) async fn step_request(
         Step::Revoke => "revoked",
     };
     let notice = match (kind, step) {
-        (Kind::X509, Step::Revoke) if shared.ca.upstream().is_some() => REVOKE_UNDER_UPSTREAM,
-        (Kind::X509, Step::Taint) if shared.ca.upstream().is_some() => TAINT_UNDER_UPSTREAM,
+        (Kind::X509, Step::Revoke) if signed_by_upstream => REVOKE_UNDER_UPSTREAM,
+        (Kind::X509, Step::Taint) if signed_by_upstream => TAINT_UNDER_UPSTREAM,
         _ => "",
     };
     finish(shared, kind, verb, &authority, notice.to_owned()).await
+}
+
+/// Returns whether the certificate's issuer is its subject, as for a self-signed root.
+fn is_self_issued(der: &[u8]) -> bool {
+    x509_parser::parse_x509_certificate(der)
+        .is_ok_and(|(_, cert)| cert.issuer().as_raw() == cert.subject().as_raw())
 }
 
 /// The notice of a revoked X.509 authority under an upstream CA.
