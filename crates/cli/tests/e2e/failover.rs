@@ -163,11 +163,20 @@ async fn stream_svids(socket: std::path::PathBuf, latest: Arc<Mutex<Option<Lates
                 .insert("workload.spiffe.io", "true".parse().unwrap());
             Ok(request)
         });
-    let mut stream = client
-        .fetch_x509svid(X509svidRequest {})
-        .await
-        .expect("FetchX509SVID should open")
-        .into_inner();
+    // The entry was created a moment ago, so the agent may not have it yet: until it does,
+    // the open fails with PermissionDenied.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut stream = loop {
+        match client.fetch_x509svid(X509svidRequest {}).await {
+            Ok(response) => break response.into_inner(),
+            Err(status)
+                if status.code() == tonic::Code::PermissionDenied && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("FetchX509SVID should open: {status:?}"),
+        }
+    };
     while let Some(message) = stream.next().await {
         match message {
             Ok(response) => *latest.lock().unwrap() = Some(latest_of(&response)),
