@@ -65,8 +65,13 @@ pub(crate) async fn run(
             _ = shutdown.wait_for(|stop| *stop) => Ended::Shutdown,
         };
         // A hint may be lost between the end of one stream and the first hint of the next, so
-        // the sync loop polls at its interval meanwhile.
-        watcher.connection.set_watching(false);
+        // the sync loop polls at its interval meanwhile. It may be asleep for a delay chosen
+        // while the stream was open, so it is woken to run a round now. That round also
+        // reports a rejection that ended the stream, such as a revoked or banned agent.
+        if watcher.connection.is_watching() {
+            watcher.connection.set_watching(false);
+            watcher.hints.notify_one();
+        }
         let wait = match ended {
             Ended::Shutdown => return,
             Ended::Reconnected => continue,

@@ -431,11 +431,16 @@ impl EntryCache {
         // authorized now is removed only if it was or is under one of them, so the agent never
         // learns the IDs of other agents' entries.
         let mut parents: HashSet<&SpiffeId> = HashSet::from([agent_id]);
+        // Only the aliases the agent belongs to: a delta does not change alias membership,
+        // because an alias change sends the whole set.
         parents.extend(
             state
                 .aliases
                 .iter()
                 .filter_map(|id| state.entries.get(id))
+                .filter(|alias| {
+                    twid_types::selectors_match(&alias.entry.selectors, agent_selectors)
+                })
                 .map(|alias| &alias.entry.spiffe_id),
         );
         parents.extend(authorized.iter().map(|indexed| &indexed.entry.spiffe_id));

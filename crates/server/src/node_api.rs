@@ -186,6 +186,11 @@ pub(crate) type SyncStream = Pin<Box<dyn Stream<Item = Result<SyncResponse, Stat
 /// the 4 MiB that gRPC implementations accept by default.
 const SYNC_ENTRIES_PER_MESSAGE: usize = 2_000;
 
+/// Encoded entry bytes per Sync message. Entries may be large (the admin API accepts many long
+/// selectors), so messages are also cut by size, below the 64 MiB that agents accept. A single
+/// entry larger than this still travels, alone in its message.
+const SYNC_BYTES_PER_MESSAGE: usize = 4 * 1024 * 1024;
+
 /// Splits a Sync response into messages: `first` carries the bundles and revocations, the
 /// entries and removed IDs follow in chunks, and the last message carries the revision, digest
 /// and count. Entries are converted to messages as the stream is read, so a large set is not
@@ -207,9 +212,17 @@ fn sync_messages(
         let mut entries = entries.into_iter().peekable();
         let mut removed = removed.into_iter().peekable();
         loop {
-            message
-                .entries
-                .extend(entries.by_ref().take(SYNC_ENTRIES_PER_MESSAGE).map(|indexed| indexed.pb.clone()));
+            let mut bytes = 0;
+            while let Some(next) = entries.peek() {
+                let size = prost::Message::encoded_len(&next.pb);
+                let full = message.entries.len() >= SYNC_ENTRIES_PER_MESSAGE
+                    || bytes + size > SYNC_BYTES_PER_MESSAGE;
+                if full && !message.entries.is_empty() {
+                    break;
+                }
+                bytes += size;
+                message.entries.extend(entries.next().map(|indexed| indexed.pb.clone()));
+            }
             let room = SYNC_ENTRIES_PER_MESSAGE * 8 - message.entries.len();
             message.removed_entry_ids.extend(removed.by_ref().take(room));
             if entries.peek().is_none() && removed.peek().is_none() {

@@ -235,10 +235,12 @@ async fn renews_agent_svid_and_keeps_syncing() {
     );
     let syncs_after_renewal = node.state().syncs;
     // The server accepts only the renewed certificate from now on, so syncs succeed only if
-    // the agent reconnected with it.
+    // the agent reconnected with it. With its Watch stream open the agent does not poll, so
+    // the rounds that follow are the ones the reopened stream's hint and the next renewal
+    // start.
     assert!(
         eventually(Duration::from_secs(5), || node.state().syncs
-            >= syncs_after_renewal + 3)
+            > syncs_after_renewal)
         .await,
         "syncing stopped after the renewal"
     );

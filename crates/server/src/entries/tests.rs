@@ -308,3 +308,38 @@ async fn unchanged_index_reads_one_row() {
     assert_eq!(again.digest, view.digest);
     assert_eq!(again.count, 1);
 }
+
+#[tokio::test]
+async fn delta_names_no_entry_under_an_alias_the_agent_does_not_match() {
+    let (_store, datastore, cache) = open().await;
+    let agent = Agent::new("a", &["group:blue"]);
+    let alias = new_entry(
+        "spiffe://td/alias/red",
+        "spiffe://td/spire/server",
+        &["group:red"],
+    );
+    datastore.create_entry(&alias, NOW).await.expect("alias");
+    let under = new_entry(
+        "spiffe://td/red/workload",
+        "spiffe://td/alias/red",
+        &["unix:uid:1"],
+    );
+    let under = datastore.create_entry(&under, NOW).await.expect("entry");
+    let first = cache
+        .view_for(&agent.id, &agent.selectors, 0, NOW)
+        .await
+        .expect("view");
+    assert_eq!(first.count, 0);
+
+    datastore.delete_entry(&under.id).await.expect("delete");
+    let delta = cache
+        .view_for(&agent.id, &agent.selectors, first.revision, NOW)
+        .await
+        .expect("view");
+    assert!(!delta.full);
+    assert!(
+        delta.removed.is_empty(),
+        "the agent learned an ID under an alias it does not match: {:?}",
+        delta.removed
+    );
+}
