@@ -435,9 +435,11 @@ async fn evidence_agent_reattests_after_failure() {
     assert_eq!(collector.calls.load(Ordering::SeqCst), 3);
     assert_eq!(node.state().renewals, 0, "an evidence agent must not renew");
 
-    // The server accepts only the new SVID, so syncs succeed only over a new connection. The
-    // Watch stream reopened there sends a hint, which starts a round.
+    // The server accepts only the new SVID, so syncs succeed only over a new connection. With
+    // its Watch stream open the agent does not poll, so a hint starts the round; the rounds
+    // that the reconnect itself started may be over already.
     let syncs = node.state().syncs;
+    node.notify();
     assert!(
         eventually(Duration::from_secs(5), || node.state().syncs > syncs).await,
         "syncing stopped after the re-attestation"
