@@ -58,7 +58,7 @@ fn unexpired(mut entries: Vec<CachedEntry>, now: i64) -> Vec<CachedEntry> {
 }
 
 /// Reads a Sync stream message by message and converts each entry as it arrives, so that a
-/// full sync of many entries never holds them all in their wire form. Returns the stream's
+/// full sync of many entries never keeps them all in their wire form. Returns the stream's
 /// fields other than entries (as [`twid_proto::collect_sync`] merges them), the entries, and
 /// the removed entry IDs.
 async fn read_sync_stream(
@@ -119,7 +119,7 @@ pub(crate) fn unix_now() -> i64 {
     i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// The longest pause between rounds while a Watch stream is open, as a safety net for a hint
+/// The maximum pause between rounds while a Watch stream is open, as a safety net for a hint
 /// the agent did not receive.
 const WATCHED_MAX_DELAY: Duration = Duration::from_secs(30 * 60);
 

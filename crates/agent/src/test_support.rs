@@ -451,7 +451,7 @@ impl Node for FakeService {
             let state = node.state();
             (state.revoked_serials.clone(), state.revoked_jtis.clone())
         };
-        // This server keeps no change history, so every answer is a full set.
+        // This server keeps no change history, so every response is a full set.
         let digest: twid_types::EntriesDigest = entries
             .iter()
             .map(|entry| twid_types::EntriesDigest::term(&entry.id, entry.revision_number))

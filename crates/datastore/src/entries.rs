@@ -431,7 +431,7 @@ async fn record_changes<'a>(
     Ok(())
 }
 
-/// What changed in the registration entries after a revision, from
+/// The registration entry changes after a revision, from
 /// [`Datastore::entry_changes_since`].
 #[derive(Debug, Clone, Default)]
 pub struct EntryChanges {

@@ -172,7 +172,7 @@ fn order(indexed: &IndexedEntry) -> (i64, &str) {
     (indexed.entry.created_at, indexed.entry.id.as_str())
 }
 
-/// What one agent's Sync stream carries about entries.
+/// The entries part of one agent's Sync stream.
 #[derive(Debug)]
 pub(crate) struct EntriesView {
     /// Whether `entries` is the whole authorized set rather than the changes.

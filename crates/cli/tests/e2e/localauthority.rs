@@ -408,7 +408,7 @@ fn taint_replaces_every_svid_in_timed_batches() {
     let tainted_at = Instant::now();
     step(&server, "x509", "taint", Some(&old_x509));
 
-    // Counts of replaced SVIDs as the workload sees them, sampled every 100 ms.
+    // Counts of replaced SVIDs in the workload's responses, sampled every 100 ms.
     let mut seen = Vec::new();
     let deadline = tainted_at + batch_time + allowance + Duration::from_secs(10);
     let replaced_all = loop {

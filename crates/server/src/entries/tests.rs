@@ -52,7 +52,7 @@ impl Agent {
     }
 
     /// Syncs as the agent does: applies the view, checks the digest, and syncs in full after
-    /// a mismatch. Returns whether the first answer was a delta that matched.
+    /// a mismatch. Returns the outcome of the first response.
     async fn sync(&mut self, cache: &EntryCache, own_ids: &HashSet<String>) -> Outcome {
         let view = cache
             .view_for(&self.id, &self.selectors, self.revision, NOW)
@@ -146,8 +146,8 @@ async fn deltas_keep_every_agent_copy_equal_to_the_reference_rule() {
         Agent::new("b", &["group:blue", "group:red"]),
         Agent::new("c", &[]),
     ];
-    // The entries each agent was authorized for at some point: the only ones whose removal it
-    // may be told about.
+    // The entries each agent was authorized for at some point: the only ones whose removal a
+    // delta may list.
     let mut held: Vec<HashSet<String>> = vec![HashSet::new(); agents.len()];
     let mut created: Vec<String> = Vec::new();
     // A deterministic walk over creates, updates, reparenting, deletes and expiry.
@@ -304,7 +304,8 @@ async fn unchanged_index_reads_one_row() {
         .await
         .expect("view");
     assert!(!again.full);
-    assert!(again.entries.is_empty() && again.removed.is_empty());
+    assert!(again.entries.is_empty());
+    assert!(again.removed.is_empty());
     assert_eq!(again.digest, view.digest);
     assert_eq!(again.count, 1);
 }
