@@ -25,14 +25,22 @@ postgres_answers() {
   (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null
 }
 
+# The read-only replica tests start their own primary and standby clusters with initdb,
+# pg_ctl and pg_basebackup, so the server programs are needed even beside a running server.
+install_postgres_programs() {
+  if ls /usr/lib/postgresql/*/bin/pg_basebackup >/dev/null 2>&1; then
+    return
+  fi
+  log "installing Debian's postgresql package for its server programs"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+}
+
 setup_postgres() {
+  install_postgres_programs
   if postgres_answers; then
     return
   fi
   log "no PostgreSQL on 127.0.0.1:5432; starting a throwaway cluster"
-  if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-  fi
   local bin
   bin=$(dirname "$(ls /usr/lib/postgresql/*/bin/initdb | sort -V | tail -n 1)")
   local data="$root/.pgtest"

@@ -14,7 +14,7 @@ use crate::ConfigError;
 
 /// Keys whose values are never printed in errors: join tokens, and connection strings that may
 /// carry a database password.
-const SECRET_KEYS: &[&str] = &["join_token", "connection_string"];
+const SECRET_KEYS: &[&str] = &["join_token", "connection_string", "ro_connection_string"];
 
 /// Values longer than this many characters are shortened in error messages.
 const MAX_SHOWN_VALUE_CHARS: usize = 60;

@@ -295,9 +295,8 @@ const PLUGIN_TYPES: Schema = Schema {
 };
 
 const DATASTORE_SQL: Schema = Schema {
-    keys: &["database_type", "connection_string"],
+    keys: &["database_type", "connection_string", "ro_connection_string"],
     hints: &[
-        ("ro_connection_string", ""),
         ("max_open_conns", ""),
         ("max_idle_conns", ""),
         ("conn_max_lifetime", ""),
@@ -520,6 +519,7 @@ fn default_datastore(data_dir: &Path) -> DatastoreConfig {
     DatastoreConfig {
         database_type: DatabaseType::Sqlite,
         connection_string: data_dir.join(SQLITE_FILE_NAME).display().to_string(),
+        ro_connection_string: None,
     }
 }
 
@@ -548,9 +548,24 @@ fn datastore(plugins: &[Plugin<'_>], data_dir: &Path) -> Result<DatastoreConfig,
     if let (Err(reason), Some(data)) = (check, &plugin.data) {
         return Err(data.invalid_value("connection_string", reason));
     }
+    let ro_connection_string = plugin.optional("ro_connection_string", values::non_empty_string)?;
+    if let (Some(ro), Some(data)) = (&ro_connection_string, &plugin.data) {
+        let check = match database_type {
+            DatabaseType::Sqlite => Err(
+                "a read-only replica needs database_type \"postgres\"; an embedded sqlite3 file \
+                 has no replicas"
+                    .to_owned(),
+            ),
+            DatabaseType::Postgres => postgres_url(ro),
+        };
+        if let Err(reason) = check {
+            return Err(data.invalid_value("ro_connection_string", reason));
+        }
+    }
     Ok(DatastoreConfig {
         database_type,
         connection_string,
+        ro_connection_string,
     })
 }
 
@@ -653,6 +668,14 @@ impl fmt::Debug for ServerConfig {
             .field("telemetry", &self.telemetry)
             .field("database_type", &self.datastore.database_type)
             .field("connection_string", &connection_string)
+            .field(
+                "ro_connection_string",
+                &self
+                    .datastore
+                    .ro_connection_string
+                    .as_ref()
+                    .map(|_| "<redacted>"),
+            )
             .field("key_manager", &self.key_manager)
             .field("upstream_authority", &self.upstream_authority)
             .field("public_url", &self.public_url)

@@ -134,6 +134,7 @@ fn minimal_file_gets_every_default() {
     assert_eq!(
         config.datastore,
         DatastoreConfig {
+            ro_connection_string: None,
             database_type: DatabaseType::Sqlite,
             connection_string: "/var/lib/twid/datastore.sqlite3".to_owned(),
         }
@@ -175,6 +176,7 @@ fn spire_style_file_sets_every_key() {
     assert_eq!(
         config.datastore,
         DatastoreConfig {
+            ro_connection_string: None,
             database_type: DatabaseType::Sqlite,
             connection_string: "./.data/datastore.sqlite3".to_owned(),
         }
@@ -276,9 +278,30 @@ fn datastore_postgres_url() {
         config.datastore.connection_string,
         "postgres://twid:secret@127.0.0.1:5432/twid"
     );
+    assert_eq!(config.datastore.ro_connection_string, None);
     let debug = format!("{config:?}");
     assert!(!debug.contains("secret"), "{debug}");
     assert!(debug.contains("<redacted>"), "{debug}");
+}
+
+#[test]
+fn datastore_postgres_read_only_replica() {
+    let config = parse(&with_plugins(
+        r#"DataStore "sql" {
+            plugin_data {
+                database_type = "postgres"
+                connection_string = "postgres://twid:secret@db-primary:5432/twid"
+                ro_connection_string = "postgres://twid:readsecret@db-replica:5432/twid"
+            }
+        }"#,
+    ));
+    assert_eq!(
+        config.datastore.ro_connection_string.as_deref(),
+        Some("postgres://twid:readsecret@db-replica:5432/twid")
+    );
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("readsecret"), "{debug}");
+    assert!(!debug.contains("db-replica"), "{debug}");
 }
 
 #[test]
@@ -328,6 +351,26 @@ fn datastore_rejections() {
             r#"DataStore "sql" {
             }"#,
             "server.conf:8: missing required key \"database_type\" in block \"plugins.DataStore.sql.plugin_data\"",
+        ),
+        (
+            r#"DataStore "sql" {
+                plugin_data {
+                    database_type = "postgres"
+                    connection_string = "postgres://twid@db/twid"
+                    ro_connection_string = "host=replica password=hunter2"
+                }
+            }"#,
+            "server.conf:12: ro_connection_string = <redacted>: expected a postgres:// URL for postgres; key=value connection strings are not supported",
+        ),
+        (
+            r#"DataStore "sql" {
+                plugin_data {
+                    database_type = "sqlite3"
+                    connection_string = "/x.db"
+                    ro_connection_string = "postgres://twid@replica/twid"
+                }
+            }"#,
+            "server.conf:12: ro_connection_string = <redacted>: a read-only replica needs database_type \"postgres\"; an embedded sqlite3 file has no replicas",
         ),
         (
             r#"DataStore "cassandra" {

@@ -441,85 +441,46 @@ pub struct EntryChanges {
     /// revision order. An ID may appear more than once.
     pub changed: Vec<(u64, String)>,
     /// The current state of the changed entries that still exist. A changed ID without an
-    /// entry here was deleted. An entry may be newer than `revision`, because it is read
-    /// after the counter; its change is then reported again by the next call.
+    /// entry here was deleted. They are read in the same snapshot as `revision`.
     pub entries: Vec<RegistrationEntry>,
 }
 
 impl Datastore {
     /// Returns the change counter and every entry, for a reader that starts an index at that
-    /// revision. The counter is read first, so an entry may be newer than it; such an entry's
-    /// change is reported again by [`Datastore::entry_changes_since`] from that revision.
+    /// revision, which is at least `at_least`. Both come from one snapshot, read from the
+    /// read-only replica when one is configured and has reached `at_least` (see
+    /// [`Datastore::replica_stats`]), from the primary otherwise.
     ///
     /// # Errors
-    /// Returns the database failure or [`DatastoreError::Corrupt`].
+    /// Returns the primary's failure or [`DatastoreError::Corrupt`]; a replica's failure only
+    /// moves the read to the primary.
     pub async fn entries_at_revision(
         &self,
+        at_least: u64,
     ) -> Result<(u64, Vec<RegistrationEntry>), DatastoreError> {
-        let revision = self.current_revision().await?;
-        let entries = self.list_all_entries().await?;
-        Ok((revision, entries))
+        self.read_tolerating_lag(at_least, "all entries", 0, |conn, _| {
+            Box::pin(read_all_entries(conn))
+        })
+        .await
     }
 
     /// Returns the entries written after `after`, or `None` when the rows that list them
-    /// were pruned, in which case the caller reads every entry again.
+    /// were pruned, in which case the caller reads every entry again. The result is at least
+    /// as new as revision `at_least` and comes from one snapshot, of the read-only replica
+    /// when it has reached `at_least`, of the primary otherwise.
     ///
     /// # Errors
-    /// Returns the database failure or [`DatastoreError::Corrupt`].
+    /// Returns the primary's failure or [`DatastoreError::Corrupt`]; a replica's failure only
+    /// moves the read to the primary.
     pub async fn entry_changes_since(
         &self,
         after: u64,
+        at_least: u64,
     ) -> Result<Option<EntryChanges>, DatastoreError> {
-        let horizon_row = sqlx::query("SELECT revision FROM entry_changes_horizon")
-            .fetch_one(&self.pool)
-            .await?;
-        let horizon = to_u64(
-            "entry_changes_horizon.revision",
-            horizon_row.try_get("revision")?,
-        )?;
-        if after < horizon {
-            return Ok(None);
-        }
-        let revision = self.current_revision().await?;
-        if revision <= after {
-            return Ok(Some(EntryChanges {
-                revision: after.max(revision),
-                ..EntryChanges::default()
-            }));
-        }
-        let (after_i64, revision_i64) = (to_i64(after)?, to_i64(revision)?);
-        let rows = sqlx::query(
-            "SELECT revision, entry_id FROM entry_changes WHERE revision > $1 AND revision <= $2 \
-             ORDER BY revision",
-        )
-        .bind(after_i64)
-        .bind(revision_i64)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut changed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let at = to_u64("entry_changes.revision", row.try_get("revision")?)?;
-            changed.push((at, row.try_get::<String, _>("entry_id")?));
-        }
-        let entry_rows = sqlx::query(concat!(
-            "SELECT ",
-            entry_columns!(),
-            " FROM registration_entries WHERE id IN (SELECT entry_id FROM entry_changes \
-             WHERE revision > $1 AND revision <= $2)"
-        ))
-        .bind(after_i64)
-        .bind(revision_i64)
-        .fetch_all(&self.pool)
-        .await?;
-        let entries = entry_rows
-            .iter()
-            .map(entry_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Some(EntryChanges {
-            revision,
-            changed,
-            entries,
-        }))
+        self.read_tolerating_lag(at_least, "entry changes", after, |conn, after| {
+            Box::pin(read_entry_changes(conn, after))
+        })
+        .await
     }
 
     /// Deletes the `entry_changes` rows written before `before` (Unix seconds), moves the
@@ -551,6 +512,92 @@ impl Datastore {
         tracing::debug!(deleted, horizon = newest, "entry change rows pruned");
         Ok(deleted)
     }
+}
+
+/// Reads the change counter and every entry, oldest first, on one connection; run it inside a
+/// snapshot transaction so that both belong to one state.
+async fn read_all_entries(
+    conn: &mut AnyConnection,
+) -> Result<(u64, Vec<RegistrationEntry>), DatastoreError> {
+    let revision = read_revision(&mut *conn).await?;
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM registration_entries ORDER BY created_at, id"
+    ))
+    .fetch_all(&mut *conn)
+    .await?;
+    let entries = rows
+        .iter()
+        .map(entry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((revision, entries))
+}
+
+async fn read_revision(conn: &mut AnyConnection) -> Result<u64, DatastoreError> {
+    let row = sqlx::query("SELECT revision FROM changes")
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| DatastoreError::Corrupt("the changes table has no row".into()))?;
+    to_u64("changes.revision", row.try_get("revision")?)
+}
+
+/// Reads what changed after revision `after` on one connection, inside a snapshot, so that a
+/// prune cannot remove change rows between the horizon check and their read.
+async fn read_entry_changes(
+    conn: &mut AnyConnection,
+    after: u64,
+) -> Result<Option<EntryChanges>, DatastoreError> {
+    let horizon_row = sqlx::query("SELECT revision FROM entry_changes_horizon")
+        .fetch_one(&mut *conn)
+        .await?;
+    let horizon = to_u64(
+        "entry_changes_horizon.revision",
+        horizon_row.try_get("revision")?,
+    )?;
+    if after < horizon {
+        return Ok(None);
+    }
+    let revision = read_revision(&mut *conn).await?;
+    if revision <= after {
+        return Ok(Some(EntryChanges {
+            revision: after.max(revision),
+            ..EntryChanges::default()
+        }));
+    }
+    let (after_i64, revision_i64) = (to_i64(after)?, to_i64(revision)?);
+    let rows = sqlx::query(
+        "SELECT revision, entry_id FROM entry_changes WHERE revision > $1 AND revision <= $2 \
+         ORDER BY revision",
+    )
+    .bind(after_i64)
+    .bind(revision_i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut changed = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let at = to_u64("entry_changes.revision", row.try_get("revision")?)?;
+        changed.push((at, row.try_get::<String, _>("entry_id")?));
+    }
+    let entry_rows = sqlx::query(concat!(
+        "SELECT ",
+        entry_columns!(),
+        " FROM registration_entries WHERE id IN (SELECT entry_id FROM entry_changes \
+         WHERE revision > $1 AND revision <= $2)"
+    ))
+    .bind(after_i64)
+    .bind(revision_i64)
+    .fetch_all(&mut *conn)
+    .await?;
+    let entries = entry_rows
+        .iter()
+        .map(entry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(EntryChanges {
+        revision,
+        changed,
+        entries,
+    }))
 }
 
 fn to_i64(revision: u64) -> Result<i64, DatastoreError> {

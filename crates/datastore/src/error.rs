@@ -54,6 +54,18 @@ pub enum DatastoreError {
         #[source]
         source: sqlx::Error,
     },
+    /// The read-only replica holds another database than the primary.
+    #[error(
+        "ro_connection_string reaches a database with datastore ID {found}, but \
+         connection_string's database has {expected}: point ro_connection_string at a \
+         read-only replica of the same database"
+    )]
+    ReplicaMismatch {
+        /// The ID the replica returned.
+        found: String,
+        /// The primary's ID.
+        expected: String,
+    },
     /// The configuration cannot be used, for example a non-UTF-8 path.
     #[error("invalid datastore configuration: {0}")]
     InvalidConfig(String),

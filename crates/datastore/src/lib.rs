@@ -23,6 +23,7 @@ mod join_tokens;
 mod migrate;
 mod notify;
 mod policy;
+mod replica;
 mod revocation;
 mod sqlite;
 
@@ -46,6 +47,7 @@ pub use job_lock::JobLock;
 pub use join_tokens::JoinToken;
 pub use notify::{CHANGES_CHANNEL, ChangeEvent, ChangeKind, ChangeListener};
 pub use policy::PolicyVersion;
+pub use replica::ReplicaStats;
 pub use revocation::{IssuedCredential, NewRevocation, RevocationRule, RevokedCredential};
 
 /// The SQL backend.
@@ -67,6 +69,10 @@ pub struct DatastoreConfig {
     pub database_type: DatabaseType,
     /// A file path for SQLite, a `postgres://` URL for PostgreSQL.
     pub connection_string: String,
+    /// A `postgres://` URL of a read-only replica of the same PostgreSQL database, which
+    /// serves the reads that tolerate replication lag (SPIRE's `ro_connection_string`).
+    #[serde(default)]
+    pub ro_connection_string: Option<String>,
 }
 
 /// Connections to the store. Cloning is cheap and shares the pool.
@@ -78,7 +84,13 @@ pub struct Datastore {
     sqlite_path: Option<std::sync::Arc<Path>>,
     /// The PostgreSQL URL, which change listeners connect to on a connection of their own.
     postgres_url: Option<notify::PostgresUrl>,
+    /// The read-only replica, when `ro_connection_string` names one.
+    replica: Option<std::sync::Arc<replica::Replica>>,
 }
+
+/// The future of a read that [`Datastore::read_tolerating_lag`] runs on either connection.
+type ReadFuture<'c, T> =
+    std::pin::Pin<Box<dyn Future<Output = Result<T, DatastoreError>> + Send + 'c>>;
 
 /// Pool size for PostgreSQL. SQLite uses one connection because it allows one writer at a
 /// time anyway, and a single connection avoids `SQLITE_BUSY` on lock upgrades.
@@ -92,8 +104,23 @@ impl Datastore {
     /// or the connection or migration failure.
     pub async fn open(config: &DatastoreConfig) -> Result<Self, DatastoreError> {
         match config.database_type {
+            DatabaseType::Sqlite if config.ro_connection_string.is_some() => {
+                Err(DatastoreError::InvalidConfig(
+                    "ro_connection_string needs database_type \"postgres\"; an embedded \
+                     SQLite file has no replicas"
+                        .into(),
+                ))
+            }
             DatabaseType::Sqlite => Self::open_sqlite(Path::new(&config.connection_string)).await,
-            DatabaseType::Postgres => Self::open_postgres(&config.connection_string).await,
+            DatabaseType::Postgres => {
+                let mut store = Self::open_postgres(&config.connection_string).await?;
+                if let Some(url) = &config.ro_connection_string {
+                    let id = store.datastore_id().await?;
+                    store.replica =
+                        Some(std::sync::Arc::new(replica::Replica::open(url, id).await?));
+                }
+                Ok(store)
+            }
         }
     }
 
@@ -157,6 +184,7 @@ impl Datastore {
             backend,
             sqlite_path: None,
             postgres_url: None,
+            replica: None,
         })
     }
 
@@ -178,6 +206,67 @@ impl Datastore {
         to_u64("changes.revision", row.try_get("revision")?)
     }
 
+    /// Returns the random ID the migrations gave this database, which its replicas share.
+    ///
+    /// # Errors
+    /// Returns the query failure, or [`DatastoreError::Corrupt`] if the row is missing.
+    pub async fn datastore_id(&self) -> Result<String, DatastoreError> {
+        let row = sqlx::query("SELECT id FROM datastore_identity")
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| DatastoreError::Corrupt("datastore_identity has no row".into()))?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Returns how many lag-tolerant reads the read-only replica and the primary served, or
+    /// `None` without a replica.
+    pub fn replica_stats(&self) -> Option<ReplicaStats> {
+        self.replica.as_ref().map(|replica| replica.stats())
+    }
+
+    /// Runs `read` in one snapshot of the read-only replica when the replica has reached
+    /// revision `at_least`, and in one snapshot of the primary when there is no replica or
+    /// the replica lags, fails or does not respond within [`replica::READ_TIMEOUT`].
+    /// `read` gets `argument` with the connection.
+    async fn read_tolerating_lag<T>(
+        &self,
+        at_least: u64,
+        what: &'static str,
+        argument: u64,
+        read: for<'c> fn(&'c mut AnyConnection, u64) -> ReadFuture<'c, T>,
+    ) -> Result<T, DatastoreError> {
+        if let Some(replica) = &self.replica
+            && let Some(mut tx) = replica.snapshot(at_least).await
+        {
+            match tokio::time::timeout(replica::READ_TIMEOUT, read(&mut tx, argument)).await {
+                Ok(Ok(value)) => {
+                    replica.record_served();
+                    tracing::debug!(source = "replica", at_least, "{what} read");
+                    return Ok(value);
+                }
+                Ok(Err(error)) => replica.failed::<()>(&error),
+                Err(_) => replica.failed::<()>(&format_args!(
+                    "timed out after {} s",
+                    replica::READ_TIMEOUT.as_secs()
+                )),
+            };
+        }
+        let mut tx = self.begin_snapshot().await?;
+        let value = read(&mut tx, argument).await?;
+        tx.commit().await?;
+        tracing::debug!(source = "primary", at_least, "{what} read");
+        Ok(value)
+    }
+
+    /// Begins a read-only transaction whose statements all see one snapshot. SQLite's deferred
+    /// `BEGIN` takes its snapshot at the first read, in WAL mode without blocking writers.
+    async fn begin_snapshot(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            DatabaseType::Sqlite => self.pool.begin().await,
+            DatabaseType::Postgres => self.pool.begin_with(replica::SNAPSHOT_BEGIN).await,
+        }
+    }
+
     /// Begins a transaction for a write. On SQLite it takes the write lock at once with
     /// `BEGIN IMMEDIATE`, because the issuance log writes through a connection of its own. A
     /// deferred transaction that read before that connection committed could not upgrade to a
@@ -191,6 +280,9 @@ impl Datastore {
 
     /// Closes every connection; later calls fail.
     pub async fn close(&self) {
+        if let Some(replica) = &self.replica {
+            replica.close().await;
+        }
         self.pool.close().await;
     }
 }

@@ -53,6 +53,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0007_entry_changes.sql"),
         postgres: include_str!("../migrations/postgres/0007_entry_changes.sql"),
     },
+    Migration {
+        version: 8,
+        sqlite: include_str!("../migrations/sqlite/0008_datastore_identity.sql"),
+        postgres: include_str!("../migrations/postgres/0008_datastore_identity.sql"),
+    },
 ];
 
 /// Returns the newest schema version this binary supports.

@@ -471,7 +471,7 @@ async fn entry_prune(db: &TestDb) {
 
 async fn entry_change_feed(db: &TestDb) {
     let store = db.open().await;
-    let (start, none) = store.entries_at_revision().await.expect("snapshot");
+    let (start, none) = store.entries_at_revision(0).await.expect("snapshot");
     assert!(none.is_empty());
 
     let kept = store
@@ -493,7 +493,7 @@ async fn entry_change_feed(db: &TestDb) {
     assert_eq!(store.prune_expired_entries(NOW).await.expect("prune"), 1);
 
     let changes = store
-        .entry_changes_since(start)
+        .entry_changes_since(start, 0)
         .await
         .expect("changes")
         .expect("nothing was pruned yet");
@@ -520,7 +520,7 @@ async fn entry_change_feed(db: &TestDb) {
     assert_eq!(changes.entries[0].revision_number, updated.revision_number);
 
     let up_to_date = store
-        .entry_changes_since(changes.revision)
+        .entry_changes_since(changes.revision, 0)
         .await
         .expect("changes")
         .expect("nothing was pruned yet");
@@ -538,14 +538,14 @@ async fn entry_change_feed(db: &TestDb) {
     );
     assert!(
         store
-            .entry_changes_since(start)
+            .entry_changes_since(start, 0)
             .await
             .expect("changes")
             .is_none()
     );
     assert!(
         store
-            .entry_changes_since(changes.revision)
+            .entry_changes_since(changes.revision, 0)
             .await
             .expect("changes")
             .is_some()
@@ -1227,12 +1227,19 @@ async fn migration_idempotent(db: &TestDb) {
         .await
         .expect("create");
     let revision_before = revision(&first).await;
+    let id_before = first.datastore_id().await.expect("datastore ID");
+    assert_eq!(id_before.len(), 32, "a 128-bit hex ID: {id_before}");
     first.close().await;
 
     for _ in 0..2 {
         let again = db.open().await;
         assert_eq!(again.count_entries().await.expect("count"), 1);
         assert_eq!(revision(&again).await, revision_before);
+        assert_eq!(
+            again.datastore_id().await.expect("datastore ID"),
+            id_before,
+            "reopening keeps the datastore ID"
+        );
         again.close().await;
     }
 
@@ -1246,7 +1253,7 @@ async fn migration_idempotent(db: &TestDb) {
         .collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4, 5, 6, 7],
+        [1, 2, 3, 4, 5, 6, 7, 8],
         "each migration is recorded once"
     );
     let counters = sqlx::query("SELECT COUNT(*) AS count FROM changes")
@@ -1284,7 +1291,7 @@ async fn concurrent_open_migrates_once(db: &TestDb) {
         .await
         .expect("count schema_migrations rows");
     let recorded: i64 = rows.try_get("count").expect("count column");
-    assert_eq!(recorded, 7, "migration rows after concurrent opens");
+    assert_eq!(recorded, 8, "migration rows after concurrent opens");
     raw.close().await.expect("close raw connection");
 }
 
@@ -1302,7 +1309,7 @@ async fn schema_too_new(db: &TestDb) {
     match Datastore::open(&db.config).await {
         Err(DatastoreError::SchemaTooNew { found, supported }) => {
             assert_eq!(found, 999);
-            assert_eq!(supported, 7);
+            assert_eq!(supported, 8);
         }
         Err(other) => panic!("opening a newer schema failed with the wrong error: {other}"),
         Ok(_) => panic!("opening a newer schema succeeded"),
@@ -1439,6 +1446,7 @@ async fn crash_child() {
         other => panic!("unknown backend {other:?} in {CRASH_CHILD_ENV}"),
     };
     let store = Datastore::open(&DatastoreConfig {
+        ro_connection_string: None,
         database_type,
         connection_string: connection_string.to_owned(),
     })

@@ -192,6 +192,7 @@ async fn create_postgres_database(name: &str) -> Option<DatastoreConfig> {
         .unwrap();
     admin.close().await.unwrap();
     Some(DatastoreConfig {
+        ro_connection_string: None,
         database_type: DatabaseType::Postgres,
         connection_string: format!("postgres://postgres@127.0.0.1:5432/{name}"),
     })
@@ -217,6 +218,7 @@ fn signing_with_log(c: &mut Criterion) {
     let sqlite_log = open_log(
         &runtime,
         &DatastoreConfig {
+            ro_connection_string: None,
             database_type: DatabaseType::Sqlite,
             connection_string: dir.path().join("bench.db").to_str().unwrap().to_owned(),
         },

@@ -46,6 +46,7 @@ impl TestDb {
         let text = path.to_str().expect("temp path is UTF-8").to_owned();
         Self {
             config: DatastoreConfig {
+                ro_connection_string: None,
                 database_type: DatabaseType::Sqlite,
                 connection_string: text.clone(),
             },
@@ -79,6 +80,7 @@ impl TestDb {
         let url = format!("{POSTGRES_BASE_URL}/{name}");
         Some(Self {
             config: DatastoreConfig {
+                ro_connection_string: None,
                 database_type: DatabaseType::Postgres,
                 connection_string: url.clone(),
             },

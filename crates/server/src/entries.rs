@@ -242,10 +242,13 @@ impl EntryCache {
         let Some(known) = known else {
             return self.load_all().await;
         };
-        if self.datastore.current_revision().await? == known {
+        // The counter comes from the primary, so that a read-only replica serves the change
+        // read only once it has replayed every write made so far, this server's included.
+        let current = self.datastore.current_revision().await?;
+        if current == known {
             return Ok(());
         }
-        let Some(changes) = self.datastore.entry_changes_since(known).await? else {
+        let Some(changes) = self.datastore.entry_changes_since(known, current).await? else {
             tracing::info!(
                 revision = known,
                 "the entry changes since the index's revision were pruned; reading every entry"
@@ -298,7 +301,8 @@ impl EntryCache {
     }
 
     async fn load_all(&self) -> Result<(), ServerError> {
-        let (revision, entries) = self.datastore.entries_at_revision().await?;
+        let current = self.datastore.current_revision().await?;
+        let (revision, entries) = self.datastore.entries_at_revision(current).await?;
         let mut fresh = State {
             revision: Some(revision),
             horizon: revision,

@@ -39,6 +39,7 @@ impl TestDatastore {
         match selected.as_deref() {
             None | Some("sqlite") => Self {
                 config: DatastoreConfig {
+                    ro_connection_string: None,
                     database_type: DatabaseType::Sqlite,
                     connection_string: dir.join("datastore.sqlite3").display().to_string(),
                 },
@@ -54,6 +55,7 @@ impl TestDatastore {
                 });
                 Self {
                     config: DatastoreConfig {
+                        ro_connection_string: None,
                         database_type: DatabaseType::Postgres,
                         connection_string: format!("{POSTGRES_BASE_URL}/{name}"),
                     },

@@ -89,6 +89,7 @@ impl TempDir {
             let mut database = self.server_database.lock().unwrap();
             let database = database.get_or_insert_with(TestDatabase::create_required);
             config.datastore = DatastoreConfig {
+                ro_connection_string: None,
                 database_type: DatabaseType::Postgres,
                 connection_string: database.url(),
             };

@@ -24,6 +24,7 @@ mod node_evidence;
 mod oidc_provider;
 mod operations;
 mod policy;
+mod replica_reads;
 mod replicas;
 mod revocation;
 mod revoke_agent;

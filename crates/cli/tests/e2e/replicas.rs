@@ -82,7 +82,7 @@ fn start_replica(dir: &Path, database_url: &str) -> ServerProcess {
 /// Waits until the agent's Watch stream is open and no sync round has completed for a second.
 /// A hint that arrives during a round starts another round right after it, so a quiet second
 /// means that no round started before this returns can read a later change.
-fn wait_watching_and_idle(agent: &AgentProcess) {
+pub(crate) fn wait_watching_and_idle(agent: &AgentProcess) {
     wait_until(
         Duration::from_secs(30),
         "the agent's Watch stream and the sync its first hint causes",

@@ -33,6 +33,7 @@ impl TestDb {
         let path = dir.path().join(file_name);
         Self {
             config: DatastoreConfig {
+                ro_connection_string: None,
                 database_type: DatabaseType::Sqlite,
                 connection_string: path.to_str().expect("temp path is UTF-8").to_owned(),
             },
@@ -71,6 +72,7 @@ impl TestDb {
         admin.close().await.expect("close admin connection");
         Some(Self {
             config: DatastoreConfig {
+                ro_connection_string: None,
                 database_type: DatabaseType::Postgres,
                 connection_string: format!("{POSTGRES_BASE_URL}/{name}"),
             },

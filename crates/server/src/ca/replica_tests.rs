@@ -59,6 +59,7 @@ impl TestDatabase {
 
     async fn open(&self) -> Datastore {
         let config = DatastoreConfig {
+            ro_connection_string: None,
             database_type: DatabaseType::Postgres,
             connection_string: format!("postgres://postgres@127.0.0.1:5432/{}", self.name),
         };
@@ -110,6 +111,7 @@ fn settings(keys_dir: &Path, instance_id: &str) -> CaSettings {
 
 async fn open_sqlite(path: &Path) -> Datastore {
     let config = DatastoreConfig {
+        ro_connection_string: None,
         database_type: DatabaseType::Sqlite,
         connection_string: path.display().to_string(),
     };
