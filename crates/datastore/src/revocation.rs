@@ -262,6 +262,27 @@ impl Datastore {
         rows.iter().map(credential_from_row).collect()
     }
 
+    /// Returns the lowest seq among issuance log records with a time at or after
+    /// `from_unix_ms`, or `None` when there is none. A scan of recent records starts here:
+    /// paging by seq from the start of the log would read every older record first, because
+    /// no index orders records by seq and time together.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn issuance_log_first_seq_since(
+        &self,
+        from_unix_ms: i64,
+    ) -> Result<Option<i64>, DatastoreError> {
+        // `seq + 0` keeps PostgreSQL from rewriting MIN(seq) into a walk of the primary key
+        // from the oldest record, which reads every record older than `from_unix_ms`.
+        let row =
+            sqlx::query("SELECT MIN(seq + 0) AS first FROM issuance_log WHERE time_unix_ms >= $1")
+                .bind(from_unix_ms)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(row.try_get::<Option<i64>, _>("first")?)
+    }
+
     /// Returns up to `limit` issuance log records of issued credentials (not refusals) with
     /// `seq > after_seq` and a time at or after `from_unix_ms`, in seq order. Callers page
     /// through the log by passing the last seq they received.

@@ -402,7 +402,14 @@ async fn scan(
     let from_ms = now
         .saturating_mul(1000)
         .saturating_sub(lifetime_ms.saturating_mul(2));
-    let mut after_seq = -1;
+    let Some(first_seq) = shared
+        .datastore
+        .issuance_log_first_seq_since(from_ms)
+        .await?
+    else {
+        return Ok(Vec::new());
+    };
+    let mut after_seq = first_seq - 1;
     let mut revoked = Vec::new();
     loop {
         let page = shared
