@@ -245,6 +245,14 @@ const SERVER: Schema = Schema {
         ),
         ("registration_uds_path", "SPIRE's old name; use socket_path"),
         (
+            "connection_string",
+            "datastore keys belong in plugins { DataStore \"sql\" { plugin_data { ... } } }",
+        ),
+        (
+            "ro_connection_string",
+            "datastore keys belong in plugins { DataStore \"sql\" { plugin_data { ... } } }",
+        ),
+        (
             "log_file",
             "twid logs to standard error; redirect it to a file instead",
         ),
@@ -593,7 +601,11 @@ fn postgres_url(connection_string: &str) -> Result<(), String> {
     if connection_string.starts_with("postgres://")
         || connection_string.starts_with("postgresql://")
     {
-        return Ok(());
+        return twid_datastore::check_postgres_url(connection_string)
+            .map_err(|reason| format!("invalid PostgreSQL URL: {reason}"));
+    }
+    if connection_string.contains("://") {
+        return Err("expected a postgres:// or postgresql:// URL for postgres".to_owned());
     }
     Err(
         "expected a postgres:// URL for postgres; key=value connection strings are not supported"

@@ -285,6 +285,19 @@ fn datastore_postgres_url() {
 }
 
 #[test]
+fn datastore_key_in_server_block_gets_hint() {
+    let text = MINIMAL.replace(
+        "trust_domain = \"example.org\"",
+        "trust_domain = \"example.org\"\n    ro_connection_string = \"postgres://db/twid\"",
+    );
+    let error = parse_error(&text);
+    assert!(
+        error.contains("DataStore \"sql\""),
+        "the error must say where the key belongs: {error}"
+    );
+}
+
+#[test]
 fn datastore_postgres_read_only_replica() {
     let config = parse(&with_plugins(
         r#"DataStore "sql" {
@@ -361,6 +374,34 @@ fn datastore_rejections() {
                 }
             }"#,
             "server.conf:12: ro_connection_string = <redacted>: expected a postgres:// URL for postgres; key=value connection strings are not supported",
+        ),
+        (
+            r#"DataStore "sql" {
+                plugin_data {
+                    database_type = "postgres"
+                    connection_string = "postgres://twid@db/twid"
+                    ro_connection_string = "postgres://twid:hunter2@replica:99999/twid"
+                }
+            }"#,
+            "server.conf:12: ro_connection_string = <redacted>: invalid PostgreSQL URL: invalid port number",
+        ),
+        (
+            r#"DataStore "sql" {
+                plugin_data {
+                    database_type = "postgres"
+                    connection_string = "postgres://twid:hunter2@db/twid?sslmode=bogus"
+                }
+            }"#,
+            "server.conf:11: connection_string = <redacted>: invalid PostgreSQL URL: unknown value \"bogus\" for `ssl_mode`",
+        ),
+        (
+            r#"DataStore "sql" {
+                plugin_data {
+                    database_type = "postgres"
+                    connection_string = "mysql://root@db/spire"
+                }
+            }"#,
+            "server.conf:11: connection_string = <redacted>: expected a postgres:// or postgresql:// URL for postgres",
         ),
         (
             r#"DataStore "sql" {

@@ -11,8 +11,8 @@ use twid_types::{NewEntry, RegistrationEntry, Selector};
 use crate::error::map_unique;
 use crate::notify::{ChangeKind, send_change};
 use crate::{
-    Datastore, DatastoreError, bump_revision, from_json, get_bool, parse_spiffe_id, sha256_hex,
-    to_json, to_u64, unix_now,
+    Datastore, DatastoreError, bump_revision, from_json, get_bool, parse_spiffe_id, replica,
+    sha256_hex, to_json, to_u64, unix_now,
 };
 
 /// Conditions for [`Datastore::list_entries`]. An entry is listed when it meets every
@@ -458,10 +458,26 @@ impl Datastore {
         &self,
         at_least: u64,
     ) -> Result<(u64, Vec<RegistrationEntry>), DatastoreError> {
-        self.read_tolerating_lag(at_least, "all entries", 0, |conn, _| {
-            Box::pin(read_all_entries(conn))
-        })
+        self.read_tolerating_lag(
+            at_least,
+            replica::FULL_READ_TIMEOUT,
+            "all entries",
+            0,
+            |conn, _| Box::pin(read_all_entries(conn)),
+        )
         .await
+    }
+
+    /// Returns the change counter and every entry from one snapshot of the primary, never the
+    /// replica, for a reader whose earlier data cannot be trusted.
+    ///
+    /// # Errors
+    /// Returns the database failure or [`DatastoreError::Corrupt`].
+    pub async fn entries_at_revision_on_primary(
+        &self,
+    ) -> Result<(u64, Vec<RegistrationEntry>), DatastoreError> {
+        self.read_on_primary("all entries", 0, |conn, _| Box::pin(read_all_entries(conn)))
+            .await
     }
 
     /// Returns the entries written after `after`, or `None` when the rows that list them
@@ -477,9 +493,13 @@ impl Datastore {
         after: u64,
         at_least: u64,
     ) -> Result<Option<EntryChanges>, DatastoreError> {
-        self.read_tolerating_lag(at_least, "entry changes", after, |conn, after| {
-            Box::pin(read_entry_changes(conn, after))
-        })
+        self.read_tolerating_lag(
+            at_least,
+            replica::CHANGES_READ_TIMEOUT,
+            "entry changes",
+            after,
+            |conn, after| Box::pin(read_entry_changes(conn, after)),
+        )
         .await
     }
 

@@ -224,13 +224,13 @@ impl Datastore {
         self.replica.as_ref().map(|replica| replica.stats())
     }
 
-    /// Runs `read` in one snapshot of the read-only replica when the replica has reached
-    /// revision `at_least`, and in one snapshot of the primary when there is no replica or
-    /// the replica lags, fails or does not respond within [`replica::READ_TIMEOUT`].
-    /// `read` gets `argument` with the connection.
+    /// Runs `read` with `argument` in one snapshot of the read-only replica when the replica
+    /// has reached revision `at_least`. The primary serves the read instead when there is no
+    /// replica or the replica lags, fails, or does not finish within `timeout`.
     async fn read_tolerating_lag<T>(
         &self,
         at_least: u64,
+        timeout: std::time::Duration,
         what: &'static str,
         argument: u64,
         read: for<'c> fn(&'c mut AnyConnection, u64) -> ReadFuture<'c, T>,
@@ -238,7 +238,7 @@ impl Datastore {
         if let Some(replica) = &self.replica
             && let Some(mut tx) = replica.snapshot(at_least).await
         {
-            match tokio::time::timeout(replica::READ_TIMEOUT, read(&mut tx, argument)).await {
+            match tokio::time::timeout(timeout, read(&mut tx, argument)).await {
                 Ok(Ok(value)) => {
                     replica.record_served();
                     tracing::debug!(source = "replica", at_least, "{what} read");
@@ -246,15 +246,25 @@ impl Datastore {
                 }
                 Ok(Err(error)) => replica.failed::<()>(&error),
                 Err(_) => replica.failed::<()>(&format_args!(
-                    "timed out after {} s",
-                    replica::READ_TIMEOUT.as_secs()
+                    "the {what} read timed out after {} s",
+                    timeout.as_secs()
                 )),
             };
         }
+        self.read_on_primary(what, argument, read).await
+    }
+
+    /// Runs `read` with `argument` in one snapshot of the primary.
+    async fn read_on_primary<T>(
+        &self,
+        what: &'static str,
+        argument: u64,
+        read: for<'c> fn(&'c mut AnyConnection, u64) -> ReadFuture<'c, T>,
+    ) -> Result<T, DatastoreError> {
         let mut tx = self.begin_snapshot().await?;
         let value = read(&mut tx, argument).await?;
         tx.commit().await?;
-        tracing::debug!(source = "primary", at_least, "{what} read");
+        tracing::debug!(source = "primary", "{what} read");
         Ok(value)
     }
 
@@ -284,6 +294,26 @@ impl Datastore {
             replica.close().await;
         }
         self.pool.close().await;
+    }
+}
+
+/// Checks, without connecting, that `url` is a PostgreSQL URL the datastore can use, and
+/// returns the reason when it is not. The reason never repeats the URL, which may contain a
+/// password.
+///
+/// # Errors
+/// Returns the parse failure: an invalid port or an unknown `sslmode`, for example.
+pub fn check_postgres_url(url: &str) -> Result<(), String> {
+    use std::str::FromStr as _;
+    match sqlx::postgres::PgConnectOptions::from_str(url) {
+        Ok(_) => Ok(()),
+        Err(sqlx::Error::Configuration(source)) => {
+            let reason = source.to_string();
+            // Nested configuration errors repeat sqlx's generic prefix.
+            let reason = reason.trim_start_matches("error with configuration: ");
+            Err(reason.to_owned())
+        }
+        Err(_) => Err("not a valid PostgreSQL URL".to_owned()),
     }
 }
 

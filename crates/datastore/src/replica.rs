@@ -3,44 +3,57 @@
 //!
 //! The contract of such a read: the caller names the revision it needs (a value of the change
 //! counter that it read from the primary), and gets data at least that new. The replica
-//! serves the read when its copy of the counter has reached that revision within [`LAG_WAIT`];
-//! otherwise, and whenever the replica fails, the primary serves it. A replica is used only after
-//! it returned the primary's datastore ID, so a connection string that reaches another
-//! database is never read from.
+//! serves the read when its copy of the counter has reached that revision within [`LAG_WAIT`].
+//! Otherwise, and whenever the replica fails, the primary serves it.
+//!
+//! Only a hot standby of the same database serves reads. Every new connection to the replica
+//! must return the primary's datastore ID and be in recovery, and every read checks again that
+//! the server is still in recovery. A promoted standby takes its own writes and is no longer a
+//! copy, and an address that now reaches another server is caught at its first connection.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
 
 use crate::{DatastoreError, to_u64};
 
 /// How long a read waits for the replica to replay up to the revision it needs before the
-/// primary serves the read instead. Replay on a healthy replica takes milliseconds; the wait bounds
-/// what a lagging one adds to the propagation of a change.
+/// primary serves the read instead. Replay on a healthy replica takes milliseconds; the wait
+/// bounds what a lagging replica adds to the propagation of a change.
 pub(crate) const LAG_WAIT: Duration = Duration::from_millis(250);
 
 /// The pause between two looks at a lagging replica's revision.
 const LAG_POLL: Duration = Duration::from_millis(5);
 
-/// How long a failed replica is left alone before the next attempt, so that a dead replica
-/// costs one connection timeout per interval instead of one per read.
+/// How long a failed replica is left alone before the next attempt. Each further failure in a
+/// row doubles it, up to [`MAX_RETRY_AFTER`], so that a replica that keeps failing costs a
+/// timeout rarely instead of once per read.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 
 /// How long a connection attempt, and each statement that checks the replica's state, may
-/// take. A dead replica costs one such wait per [`RETRY_AFTER`].
+/// take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// How long a read on the replica may take before the primary serves it instead. A replica
-/// behind a broken network path can leave a statement without a response; PostgreSQL's own
-/// `statement_timeout` cannot end that, so the client bounds it.
-pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a read of the entries changed since a revision may take on the replica before the
+/// primary serves it instead. The read holds the index's refresh lock, so every agent sync
+/// waits for it. A replica behind a broken network path can leave a statement without a
+/// response, which PostgreSQL's own `statement_timeout` cannot end.
+pub(crate) const CHANGES_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How long a read of every entry may take on the replica. It runs when the server starts
+/// and when its index must be rebuilt; 100,000 entries take about a second on a quiet replica.
+pub(crate) const FULL_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the replica may lag behind every read before a warning is logged.
+const LAG_WARN_AFTER: Duration = Duration::from_secs(30);
 
 /// How long opening the datastore waits for a reachable replica to show the datastore ID,
 /// which a new database's replica receives only when it replays the migration.
-const IDENTITY_WAIT: Duration = Duration::from_secs(5);
+const IDENTITY_WAIT: Duration = Duration::from_secs(2);
 
 const REPLICA_POOL_SIZE: u32 = 4;
 
@@ -53,48 +66,113 @@ pub(crate) const SNAPSHOT_BEGIN: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ R
 pub struct ReplicaStats {
     /// Reads the replica served.
     pub replica_reads: u64,
-    /// Reads the primary served because the replica lagged, failed or was not yet verified.
+    /// Reads the primary served because the replica lagged, failed or was not usable.
     pub primary_fallbacks: u64,
 }
 
+/// Whether the replica is tried, and after how many failures in a row it was left alone.
 #[derive(Debug, Clone, Copy)]
 enum Health {
-    /// Not yet shown to hold the primary's datastore ID.
-    Unverified,
-    Verified,
-    /// Failed; not tried again before this instant.
-    Failed(Instant),
+    Usable,
+    /// Not tried again before `until`.
+    Failed {
+        until: Instant,
+        failures: u32,
+    },
+}
+
+/// Since when the replica has lagged behind every read, and whether that was logged.
+#[derive(Debug, Default)]
+struct Lag {
+    since: Option<Instant>,
+    warned: bool,
 }
 
 /// The replica's connection pool, health and read counts.
 #[derive(Debug)]
 pub(crate) struct Replica {
     pool: AnyPool,
-    primary_id: String,
     health: Mutex<Health>,
+    lag: Mutex<Lag>,
     replica_reads: AtomicU64,
     primary_fallbacks: AtomicU64,
 }
 
-/// The result of comparing the replica's datastore ID with the primary's.
-enum Identity {
-    Same,
-    Missing,
-    Different(String),
+/// The datastore ID and recovery state that a connection to the replica returned.
+struct Inspection {
+    /// The datastore ID, or `None` before the replica has replayed the migration that made it.
+    datastore_id: Option<String>,
+    /// Whether the server is a standby in recovery.
+    in_recovery: bool,
+}
+
+impl Inspection {
+    /// Returns why a connection with this inspection must not serve reads, if it must not.
+    fn problem(&self, primary_id: &str) -> Option<String> {
+        match &self.datastore_id {
+            None => Some(
+                "the read-only replica has no datastore ID: it has not replayed the schema yet, \
+                 or ro_connection_string names a database that twid did not create"
+                    .to_owned(),
+            ),
+            Some(found) if found != primary_id => Some(format!(
+                "the read-only replica has datastore ID {found}, but the primary has \
+                 {primary_id}: it is not a copy of the same database"
+            )),
+            Some(_) if !self.in_recovery => Some(
+                "the read-only replica is not in recovery (pg_is_in_recovery() is false), so \
+                 it is not a standby: a promoted standby takes its own writes"
+                    .to_owned(),
+            ),
+            Some(_) => None,
+        }
+    }
+}
+
+/// Reads the datastore ID and recovery state over `conn`.
+async fn inspect(conn: &mut AnyConnection) -> Result<Inspection, sqlx::Error> {
+    let in_recovery: bool = sqlx::query("SELECT pg_is_in_recovery() AS in_recovery")
+        .fetch_one(&mut *conn)
+        .await?
+        .try_get("in_recovery")?;
+    let datastore_id = match sqlx::query("SELECT id FROM datastore_identity")
+        .fetch_optional(&mut *conn)
+        .await
+    {
+        Ok(row) => row.map(|row| row.try_get("id")).transpose()?,
+        // 42P01: the table does not exist yet on the replica.
+        Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => None,
+        Err(error) => return Err(error),
+    };
+    Ok(Inspection {
+        datastore_id,
+        in_recovery,
+    })
 }
 
 impl Replica {
-    /// Connects lazily to `url` and checks, when the replica responds within a few seconds, that
-    /// it contains `primary_id`. An unreachable replica is not an error: the primary serves until
-    /// it responds.
+    /// Creates the replica's pool, which connects lazily and accepts a connection only to a
+    /// standby with `primary_id`, and inspects the replica once when it responds within a few
+    /// seconds. A replica that cannot be reached, or is not a standby, is not an error: the
+    /// primary serves until it can be used.
     ///
     /// # Errors
     /// Returns [`DatastoreError::ReplicaMismatch`] when the replica has another database's
     /// ID, and [`DatastoreError::InvalidConfig`] for a URL sqlx cannot parse.
     pub(crate) async fn open(url: &str, primary_id: String) -> Result<Self, DatastoreError> {
+        let expected = primary_id.clone();
         let pool = AnyPoolOptions::new()
             .max_connections(REPLICA_POOL_SIZE)
             .acquire_timeout(CONNECT_TIMEOUT)
+            .after_connect(move |conn, _| {
+                let expected = expected.clone();
+                Box::pin(async move {
+                    match inspect(conn).await?.problem(&expected) {
+                        None => Ok(()),
+                        Some(problem) => Err(sqlx::Error::Configuration(problem.into())),
+                    }
+                })
+            })
             .connect_lazy(url)
             .map_err(|error| {
                 DatastoreError::InvalidConfig(format!(
@@ -103,54 +181,61 @@ impl Replica {
             })?;
         let replica = Self {
             pool,
-            primary_id,
-            health: Mutex::new(Health::Unverified),
+            health: Mutex::new(Health::Usable),
+            lag: Mutex::new(Lag::default()),
             replica_reads: AtomicU64::new(0),
             primary_fallbacks: AtomicU64::new(0),
         };
-        let started = Instant::now();
-        loop {
-            match replica.identity().await {
-                Ok(Identity::Same) => {
-                    replica.set_health(Health::Verified);
-                    tracing::info!("read-only replica verified; index reads go to it");
-                    break;
-                }
-                Ok(Identity::Different(found)) => {
-                    return Err(DatastoreError::ReplicaMismatch {
-                        found,
-                        expected: replica.primary_id.clone(),
-                    });
-                }
-                Ok(Identity::Missing) if started.elapsed() < IDENTITY_WAIT => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Ok(Identity::Missing) => {
-                    tracing::warn!(
-                        "the read-only replica has no datastore ID yet; the primary serves \
-                         every read until the replica has replayed the schema"
-                    );
-                    break;
-                }
-                Err(error) => {
-                    tracing::warn!(
-                        %error,
-                        "the read-only replica did not respond; the primary serves every read \
-                         until it does"
-                    );
-                    replica.set_health(Health::Failed(Instant::now() + RETRY_AFTER));
-                    break;
-                }
-            }
-        }
+        replica.check_at_open(url, &primary_id).await?;
         Ok(replica)
     }
 
-    fn set_health(&self, health: Health) {
-        *self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = health;
+    /// Inspects the replica over a connection of its own, so that a replica of another
+    /// database stops the start. Waits up to [`IDENTITY_WAIT`] for the datastore ID, which a
+    /// replica receives only when it replays the migration that the primary just ran.
+    async fn check_at_open(&self, url: &str, primary_id: &str) -> Result<(), DatastoreError> {
+        let started = Instant::now();
+        loop {
+            let inspection = tokio::time::timeout(CONNECT_TIMEOUT, async {
+                let mut conn = AnyConnection::connect(url).await?;
+                let inspection = inspect(&mut conn).await;
+                let _ = conn.close().await;
+                inspection
+            })
+            .await;
+            let inspection = match inspection {
+                Ok(Ok(inspection)) => inspection,
+                Ok(Err(error)) => {
+                    self.mark_failed(&error);
+                    return Ok(());
+                }
+                Err(_) => {
+                    self.mark_failed(&"the first connection timed out after 1 s");
+                    return Ok(());
+                }
+            };
+            match &inspection.datastore_id {
+                Some(found) if found != primary_id => {
+                    return Err(DatastoreError::ReplicaMismatch {
+                        found: found.clone(),
+                        expected: primary_id.to_owned(),
+                    });
+                }
+                None if started.elapsed() < IDENTITY_WAIT => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => match inspection.problem(primary_id) {
+                    None => {
+                        tracing::info!("read-only replica verified; index reads go to it");
+                        return Ok(());
+                    }
+                    Some(problem) => {
+                        self.mark_failed(&problem);
+                        return Ok(());
+                    }
+                },
+            }
+        }
     }
 
     fn health(&self) -> Health {
@@ -160,57 +245,17 @@ impl Replica {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    async fn identity(&self) -> Result<Identity, sqlx::Error> {
-        let query = sqlx::query("SELECT id FROM datastore_identity").fetch_optional(&self.pool);
-        let Ok(result) = tokio::time::timeout(CONNECT_TIMEOUT, query).await else {
-            return Err(sqlx::Error::PoolTimedOut);
-        };
-        let row = match result {
-            Ok(row) => row,
-            // 42P01: the table does not exist yet on the replica.
-            Err(sqlx::Error::Database(error)) if error.code().as_deref() == Some("42P01") => {
-                return Ok(Identity::Missing);
-            }
-            Err(error) => return Err(error),
-        };
-        let Some(row) = row else {
-            return Ok(Identity::Missing);
-        };
-        let id: String = row.try_get("id")?;
-        Ok(if id == self.primary_id {
-            Identity::Same
-        } else {
-            Identity::Different(id)
-        })
-    }
-
     /// Returns a read transaction on the replica whose snapshot has reached `at_least`, or
-    /// `None` when the primary must serve the read: the replica lags past [`LAG_WAIT`], fails, contains
-    /// another database, or was recently found failed.
+    /// `None` when the primary must serve the read: the replica lags past [`LAG_WAIT`], fails,
+    /// is not a standby of the same database, or failed recently.
     pub(crate) async fn snapshot(
         &self,
         at_least: u64,
     ) -> Option<sqlx::Transaction<'static, sqlx::Any>> {
-        match self.health() {
-            Health::Verified => {}
-            Health::Failed(until) if Instant::now() < until => return self.fall_back(),
-            Health::Failed(_) | Health::Unverified => match self.identity().await {
-                Ok(Identity::Same) => {
-                    tracing::info!("read-only replica verified; index reads go to it");
-                    self.set_health(Health::Verified);
-                }
-                Ok(Identity::Missing) => return self.fall_back(),
-                Ok(Identity::Different(found)) => {
-                    tracing::error!(
-                        found,
-                        expected = self.primary_id,
-                        "the read-only replica contains another database; reads stay on the primary"
-                    );
-                    self.set_health(Health::Failed(Instant::now() + RETRY_AFTER));
-                    return self.fall_back();
-                }
-                Err(error) => return self.failed(&error),
-            },
+        if let Health::Failed { until, .. } = self.health()
+            && Instant::now() < until
+        {
+            return self.fall_back();
         }
         let deadline = Instant::now() + LAG_WAIT;
         loop {
@@ -222,56 +267,131 @@ impl Replica {
             };
             let look = tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                sqlx::query("SELECT revision FROM changes").fetch_one(&mut *tx),
+                sqlx::query("SELECT revision, pg_is_in_recovery() AS in_recovery FROM changes")
+                    .fetch_one(&mut *tx),
             );
-            let revision = match look.await {
+            let row = match look.await {
                 Err(_) => return self.failed(&"the revision read timed out after 1 s"),
                 Ok(Err(error)) => return self.failed(&error),
-                Ok(Ok(row)) => row
-                    .try_get::<i64, _>("revision")
-                    .map_err(DatastoreError::from)
-                    .and_then(|value| to_u64("changes.revision", value)),
+                Ok(Ok(row)) => row,
             };
-            match revision {
-                Ok(revision) if revision >= at_least => return Some(tx),
-                Ok(revision) if Instant::now() < deadline => {
-                    drop(tx);
-                    tracing::trace!(revision, at_least, "read-only replica lags; waiting");
-                    tokio::time::sleep(LAG_POLL).await;
-                }
-                Ok(revision) => {
-                    tracing::debug!(
-                        revision,
-                        at_least,
-                        "read-only replica lags; the primary serves the read"
+            match row.try_get::<bool, _>("in_recovery") {
+                Ok(true) => {}
+                Ok(false) => {
+                    return self.failed(
+                        &"the read-only replica left recovery (was it promoted?) and is no \
+                          longer a copy of the primary",
                     );
-                    return self.fall_back();
                 }
-                Err(error) => {
-                    tracing::warn!(%error, "the read-only replica returned a bad revision");
-                    self.set_health(Health::Failed(Instant::now() + RETRY_AFTER));
-                    return self.fall_back();
-                }
+                Err(error) => return self.failed(&error),
             }
+            let revision = match row
+                .try_get::<i64, _>("revision")
+                .map_err(DatastoreError::from)
+                .and_then(|value| to_u64("changes.revision", value))
+            {
+                Ok(revision) => revision,
+                Err(error) => return self.failed(&error),
+            };
+            if revision >= at_least {
+                self.caught_up();
+                return Some(tx);
+            }
+            drop(tx);
+            if Instant::now() >= deadline {
+                tracing::debug!(
+                    revision,
+                    at_least,
+                    "read-only replica lags; the primary serves the read"
+                );
+                self.lagged(revision, at_least);
+                return self.fall_back();
+            }
+            tokio::time::sleep(LAG_POLL).await;
         }
+    }
+
+    /// Records that the replica lagged past [`LAG_WAIT`], and warns once when it has lagged
+    /// behind every read for [`LAG_WARN_AFTER`].
+    fn lagged(&self, revision: u64, at_least: u64) {
+        let mut lag = self
+            .lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = *lag.since.get_or_insert_with(Instant::now);
+        if !lag.warned && since.elapsed() >= LAG_WARN_AFTER {
+            lag.warned = true;
+            tracing::warn!(
+                revision,
+                at_least,
+                lagging_s = since.elapsed().as_secs(),
+                "the read-only replica has not caught up with the primary; the primary serves \
+                 the index reads until it does"
+            );
+        }
+    }
+
+    fn caught_up(&self) {
+        let mut lag = self
+            .lag
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if lag.since.take().is_some() && lag.warned {
+            tracing::info!("the read-only replica caught up; index reads go to it again");
+        }
+        lag.warned = false;
     }
 
     /// Records that the replica served a read from a [`Replica::snapshot`] transaction.
     pub(crate) fn record_served(&self) {
         self.replica_reads.fetch_add(1, Ordering::Relaxed);
+        let mut health = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if matches!(*health, Health::Failed { .. }) {
+            tracing::info!("the read-only replica serves index reads again");
+        }
+        *health = Health::Usable;
     }
 
     /// Records that the replica failed a read that the primary will now serve.
     pub(crate) fn failed<T>(&self, error: &dyn std::fmt::Display) -> Option<T> {
-        if !matches!(self.health(), Health::Failed(_)) {
+        self.mark_failed(error);
+        self.fall_back()
+    }
+
+    /// Leaves the replica alone for a retry interval that doubles with each failure in a row.
+    fn mark_failed(&self, error: &dyn std::fmt::Display) {
+        let mut health = self
+            .health
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let failures = match *health {
+            Health::Usable => 1,
+            Health::Failed { failures, .. } => failures.saturating_add(1),
+        };
+        let retry_after = RETRY_AFTER
+            .saturating_mul(1 << (failures - 1).min(5))
+            .min(MAX_RETRY_AFTER);
+        if failures == 1 {
             tracing::warn!(
                 %error,
-                retry_after_s = RETRY_AFTER.as_secs(),
-                "the read-only replica failed; the primary serves reads until it responds"
+                retry_after_s = retry_after.as_secs(),
+                "the read-only replica cannot be used; the primary serves reads until it can"
+            );
+        } else {
+            tracing::debug!(
+                %error,
+                failures,
+                retry_after_s = retry_after.as_secs(),
+                "the read-only replica failed again"
             );
         }
-        self.set_health(Health::Failed(Instant::now() + RETRY_AFTER));
-        self.fall_back()
+        *health = Health::Failed {
+            until: Instant::now() + retry_after,
+            failures,
+        };
     }
 
     fn fall_back<T>(&self) -> Option<T> {

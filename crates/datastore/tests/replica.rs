@@ -165,6 +165,52 @@ async fn dead_replica_falls_back_to_primary() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_outside_recovery_is_not_used() {
+    let pair = PgPair::start();
+    pair.create_database("twid");
+
+    // The primary itself as the replica: a copy-paste mistake, which must not count as one.
+    let store = Datastore::open(&DatastoreConfig {
+        ro_connection_string: Some(pair.primary_url("twid")),
+        ..config(&pair, "twid", "twid")
+    })
+    .await
+    .expect("a server that is not a standby does not stop the start");
+    store.create_entry(&entry("first"), NOW).await.unwrap();
+    let target = store.current_revision().await.unwrap();
+    let (_, entries) = store.entries_at_revision(target).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(stats(&store).replica_reads, 0);
+    store.close().await;
+
+    // A standby that is promoted while in use takes writes of its own and stops serving.
+    let store = Datastore::open(&config(&pair, "twid", "twid"))
+        .await
+        .unwrap();
+    let target = store.current_revision().await.unwrap();
+    store.entries_at_revision(target).await.unwrap();
+    assert_eq!(
+        stats(&store).replica_reads,
+        1,
+        "the standby serves before promotion"
+    );
+    // The promoted server has every write up to `target`, so only the recovery check keeps
+    // it from serving this read.
+    pair.promote_standby();
+    let (_, entries) = store.entries_at_revision(target).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(
+        stats(&store),
+        ReplicaStats {
+            replica_reads: 1,
+            primary_fallbacks: 1
+        },
+        "the promoted server must not serve reads"
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_replica_is_rejected() {
     let pair = PgPair::start();
     pair.create_database("twid");

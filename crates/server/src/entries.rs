@@ -248,6 +248,17 @@ impl EntryCache {
         if current == known {
             return Ok(());
         }
+        if current < known {
+            // The primary's counter never goes back, so the index read data the primary
+            // never had: a read-only replica that was promoted and took writes, or an address
+            // that reached another database. Nothing read so far can be trusted.
+            tracing::error!(
+                index_revision = known,
+                primary_revision = current,
+                "the entry index is ahead of the primary; reading every entry from the primary"
+            );
+            return self.load_all_from_primary().await;
+        }
         let Some(changes) = self.datastore.entry_changes_since(known, current).await? else {
             tracing::info!(
                 revision = known,
@@ -302,7 +313,19 @@ impl EntryCache {
 
     async fn load_all(&self) -> Result<(), ServerError> {
         let current = self.datastore.current_revision().await?;
-        let (revision, entries) = self.datastore.entries_at_revision(current).await?;
+        let loaded = self.datastore.entries_at_revision(current).await?;
+        self.replace_all(loaded);
+        Ok(())
+    }
+
+    async fn load_all_from_primary(&self) -> Result<(), ServerError> {
+        let loaded = self.datastore.entries_at_revision_on_primary().await?;
+        self.replace_all(loaded);
+        Ok(())
+    }
+
+    /// Replaces the index with `entries` at `revision`.
+    fn replace_all(&self, (revision, entries): (u64, Vec<RegistrationEntry>)) {
         let mut fresh = State {
             revision: Some(revision),
             horizon: revision,
@@ -318,7 +341,6 @@ impl EntryCache {
             "entry index loaded"
         );
         *self.write() = fresh;
-        Ok(())
     }
 
     /// Returns all entries as of the datastore's current revision, oldest first.

@@ -95,7 +95,7 @@ fn entry_index_uses_replica() {
     );
     let log = server.log();
     assert!(
-        log.contains("the read-only replica failed"),
+        log.contains("the read-only replica cannot be used"),
         "the server did not report the lost replica; log:\n{log}"
     );
     assert!(

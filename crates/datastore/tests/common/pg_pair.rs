@@ -128,6 +128,14 @@ impl PgPair {
         self.stop_cluster(&self.standby_dir());
     }
 
+    /// Promotes the standby: it leaves recovery and accepts writes of its own.
+    pub(crate) fn promote_standby(&self) {
+        self.run_ok(
+            "pg_ctl",
+            &["-D", utf8(&self.standby_dir()), "-w", "promote"],
+        );
+    }
+
     pub(crate) fn start_standby(&self) {
         self.start_cluster(&self.standby_dir());
     }

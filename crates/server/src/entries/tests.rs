@@ -344,3 +344,38 @@ async fn delta_names_no_entry_under_an_alias_the_agent_does_not_match() {
         delta.removed
     );
 }
+
+/// An index that got ahead of the primary's change counter read data the primary never had,
+/// as from a promoted replica that took writes. The next refresh must replace it with the
+/// primary's entries instead of waiting for the primary to reach that revision.
+#[tokio::test]
+async fn index_ahead_of_primary_reloads() {
+    let (_dir, datastore, cache) = open().await;
+    let parent = "spiffe://td/spire/agent/join_token/a";
+    let real = datastore
+        .create_entry(&new_entry("spiffe://td/real", parent, &["unix:uid:1"]), NOW)
+        .await
+        .expect("create");
+    cache.refresh().await.expect("load");
+    let primary_revision = datastore.current_revision().await.expect("revision");
+
+    let mut foreign = real.clone();
+    foreign.id = "foreign-entry".to_owned();
+    foreign.spiffe_id = id("spiffe://td/foreign");
+    {
+        let mut state = cache.write();
+        state.insert(foreign, &id("spiffe://td/spire/server"));
+        state.revision = Some(primary_revision + 100);
+        state.all = None;
+    }
+
+    cache.refresh().await.expect("refresh");
+    let all = cache.all().await.expect("all");
+    let ids: Vec<&str> = all.iter().map(|entry| entry.id.as_str()).collect();
+    assert_eq!(
+        ids,
+        vec![real.id.as_str()],
+        "the foreign entry must be gone"
+    );
+    assert_eq!(cache.read().revision, Some(primary_revision));
+}
