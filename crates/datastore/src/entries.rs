@@ -528,6 +528,12 @@ impl Datastore {
             .bind(newest)
             .execute(&mut *tx)
             .await?;
+        // A replica read is checked against the token of a recent revision only, so tokens
+        // as old as the pruned change rows are no longer needed.
+        sqlx::query("DELETE FROM change_tokens WHERE revision < $1")
+            .bind(newest)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         tracing::debug!(deleted, horizon = newest, "entry change rows pruned");
         Ok(deleted)

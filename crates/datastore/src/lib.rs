@@ -116,8 +116,9 @@ impl Datastore {
                 let mut store = Self::open_postgres(&config.connection_string).await?;
                 if let Some(url) = &config.ro_connection_string {
                     let id = store.datastore_id().await?;
-                    store.replica =
-                        Some(std::sync::Arc::new(replica::Replica::open(url, id).await?));
+                    store.replica = Some(std::sync::Arc::new(
+                        replica::Replica::open(url, store.pool.clone(), id).await?,
+                    ));
                 }
                 Ok(store)
             }
@@ -322,9 +323,25 @@ pub fn check_postgres_url(url: &str) -> Result<(), String> {
 /// revisions become visible in order.
 async fn bump_revision(conn: &mut AnyConnection) -> Result<u64, DatastoreError> {
     let row = sqlx::query("UPDATE changes SET revision = revision + 1 RETURNING revision")
-        .fetch_one(conn)
+        .fetch_one(&mut *conn)
         .await?;
-    to_u64("changes.revision", row.try_get("revision")?)
+    let revision: i64 = row.try_get("revision")?;
+    sqlx::query("INSERT INTO change_tokens (revision, token) VALUES ($1, $2)")
+        .bind(revision)
+        .bind(random_token())
+        .execute(&mut *conn)
+        .await?;
+    to_u64("changes.revision", revision)
+}
+
+/// Returns a random token for [`bump_revision`], which a replica's copy must match.
+fn random_token() -> i64 {
+    use aws_lc_rs::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .expect("the system random generator must work");
+    i64::from_le_bytes(bytes)
 }
 
 /// Converts a stored count or sequence number to `u64`, reporting a negative value as corrupt.

@@ -8,8 +8,9 @@
 //!
 //! Only a hot standby of the same database serves reads. Every new connection to the replica
 //! must return the primary's datastore ID and be in recovery, and every read checks again that
-//! the server is still in recovery. A promoted standby takes its own writes and is no longer a
-//! copy, and an address that now reaches another server is caught at its first connection.
+//! the server is still in recovery and that its revision carries the primary's token for that
+//! revision. A promoted standby takes its own writes and is no longer a copy, and a standby
+//! of such a copy is in recovery with the right ID but gives its revisions other tokens.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +93,11 @@ struct Lag {
 #[derive(Debug)]
 pub(crate) struct Replica {
     pool: AnyPool,
+    /// The primary's pool, for the token check of each read.
+    primary: AnyPool,
+    /// The reason the pool last rejected a new connection, which the pool reports only as a
+    /// timeout.
+    last_rejection: std::sync::Arc<Mutex<Option<String>>>,
     health: Mutex<Health>,
     lag: Mutex<Lag>,
     replica_reads: AtomicU64,
@@ -159,15 +165,27 @@ impl Replica {
     /// # Errors
     /// Returns [`DatastoreError::ReplicaMismatch`] when the replica has another database's
     /// ID, and [`DatastoreError::InvalidConfig`] for a URL sqlx cannot parse.
-    pub(crate) async fn open(url: &str, primary_id: String) -> Result<Self, DatastoreError> {
+    pub(crate) async fn open(
+        url: &str,
+        primary: AnyPool,
+        primary_id: String,
+    ) -> Result<Self, DatastoreError> {
         let expected = primary_id.clone();
+        let last_rejection = std::sync::Arc::new(Mutex::new(None));
+        let rejection = std::sync::Arc::clone(&last_rejection);
         let pool = AnyPoolOptions::new()
             .max_connections(REPLICA_POOL_SIZE)
             .acquire_timeout(CONNECT_TIMEOUT)
             .after_connect(move |conn, _| {
                 let expected = expected.clone();
+                let rejection = std::sync::Arc::clone(&rejection);
                 Box::pin(async move {
-                    match inspect(conn).await?.problem(&expected) {
+                    let problem = inspect(conn).await?.problem(&expected);
+                    let mut last = rejection
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    last.clone_from(&problem);
+                    match problem {
                         None => Ok(()),
                         Some(problem) => Err(sqlx::Error::Configuration(problem.into())),
                     }
@@ -181,6 +199,8 @@ impl Replica {
             })?;
         let replica = Self {
             pool,
+            primary,
+            last_rejection,
             health: Mutex::new(Health::Usable),
             lag: Mutex::new(Lag::default()),
             replica_reads: AtomicU64::new(0),
@@ -257,18 +277,33 @@ impl Replica {
         {
             return self.fall_back();
         }
-        let deadline = Instant::now() + LAG_WAIT;
+        let started = Instant::now();
+        let deadline = started + LAG_WAIT;
         loop {
             let begin = tokio::time::timeout(CONNECT_TIMEOUT, self.pool.begin_with(SNAPSHOT_BEGIN));
             let mut tx = match begin.await {
                 Ok(Ok(tx)) => tx,
+                Ok(Err(sqlx::Error::PoolTimedOut)) => {
+                    let rejection = self
+                        .last_rejection
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .clone();
+                    return match rejection {
+                        Some(reason) => self.failed(&reason),
+                        None => self.failed(&sqlx::Error::PoolTimedOut),
+                    };
+                }
                 Ok(Err(error)) => return self.failed(&error),
                 Err(_) => return self.failed(&"BEGIN timed out after 1 s"),
             };
             let look = tokio::time::timeout(
                 CONNECT_TIMEOUT,
-                sqlx::query("SELECT revision, pg_is_in_recovery() AS in_recovery FROM changes")
-                    .fetch_one(&mut *tx),
+                sqlx::query(
+                    "SELECT c.revision, t.token, pg_is_in_recovery() AS in_recovery \
+                     FROM changes c LEFT JOIN change_tokens t ON t.revision = c.revision",
+                )
+                .fetch_one(&mut *tx),
             );
             let row = match look.await {
                 Err(_) => return self.failed(&"the revision read timed out after 1 s"),
@@ -294,6 +329,13 @@ impl Replica {
                 Err(error) => return self.failed(&error),
             };
             if revision >= at_least {
+                let token = match row.try_get::<Option<i64>, _>("token") {
+                    Ok(token) => token,
+                    Err(error) => return self.failed(&error),
+                };
+                if !self.same_history(revision, token).await {
+                    return self.fall_back();
+                }
                 self.caught_up();
                 return Some(tx);
             }
@@ -305,9 +347,49 @@ impl Replica {
                     "read-only replica lags; the primary serves the read"
                 );
                 self.lagged(revision, at_least);
+                if started.elapsed() > LAG_WAIT * 2 {
+                    // Each look took long as well, so the next reads would wait as long; a
+                    // retry interval keeps them on the primary.
+                    return self.failed(&format_args!(
+                        "the read-only replica lags and took {} ms to report its revision",
+                        started.elapsed().as_millis()
+                    ));
+                }
                 return self.fall_back();
             }
             tokio::time::sleep(LAG_POLL).await;
+        }
+    }
+
+    /// Returns whether the primary has the replica's `token` for `revision`, which shows
+    /// that both have the same history up to that revision. Records the failure otherwise.
+    async fn same_history(&self, revision: u64, token: Option<i64>) -> bool {
+        let Ok(revision_i64) = i64::try_from(revision) else {
+            self.mark_failed(&"the replica's revision exceeds BIGINT");
+            return false;
+        };
+        let primary_token = sqlx::query("SELECT token FROM change_tokens WHERE revision = $1")
+            .bind(revision_i64)
+            .fetch_optional(&self.primary)
+            .await
+            .and_then(|row| row.map(|row| row.try_get::<i64, _>("token")).transpose());
+        match (primary_token, token) {
+            (Ok(Some(expected)), Some(found)) if expected == found => true,
+            (Err(error), _) => {
+                // The primary failed, not the replica; the primary's read reports it.
+                tracing::debug!(%error, "the primary failed the replica's token check");
+                false
+            }
+            _ => {
+                tracing::error!(
+                    revision,
+                    "the read-only replica's history differs from the primary's at this \
+                     revision: it is a promoted copy or a standby of one; reads stay on the \
+                     primary"
+                );
+                self.mark_failed(&"the replica's change token differs from the primary's");
+                false
+            }
         }
     }
 

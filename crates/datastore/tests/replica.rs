@@ -210,6 +210,81 @@ async fn server_outside_recovery_is_not_used() {
     store.close().await;
 }
 
+/// A standby of a promoted copy is in recovery and has the right datastore ID, but the copy
+/// wrote its own history after the promotion. Its reads must not reach the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standby_of_promoted_copy_is_not_used() {
+    let pair = PgPair::start();
+    pair.create_database("twid");
+    let primary = Datastore::open(&DatastoreConfig {
+        ro_connection_string: None,
+        ..config(&pair, "twid", "twid")
+    })
+    .await
+    .unwrap();
+    primary.create_entry(&entry("shared"), NOW).await.unwrap();
+    let shared_revision = primary.current_revision().await.unwrap();
+    let standby_url = pair.standby_url("twid");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pair
+        .psql(pair.standby_port, "twid", "SELECT revision FROM changes")
+        .trim()
+        != shared_revision.to_string()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the standby did not replay the entry"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The copy and the primary each write one entry, so both reach the same revision.
+    pair.promote_standby();
+    let copy = Datastore::open(&DatastoreConfig {
+        database_type: DatabaseType::Postgres,
+        connection_string: standby_url,
+        ro_connection_string: None,
+    })
+    .await
+    .unwrap();
+    copy.create_entry(&entry("copy-only"), NOW).await.unwrap();
+    primary
+        .create_entry(&entry("primary-only"), NOW)
+        .await
+        .unwrap();
+    let target = primary.current_revision().await.unwrap();
+    assert_eq!(copy.current_revision().await.unwrap(), target);
+    primary.close().await;
+
+    let cascade_port = pg_pair::free_port();
+    pair.start_standby_of_standby(cascade_port);
+    let store = Datastore::open(&DatastoreConfig {
+        ro_connection_string: Some(format!("postgres://postgres@127.0.0.1:{cascade_port}/twid")),
+        ..config(&pair, "twid", "twid")
+    })
+    .await
+    .expect("the standby of the copy passes the checks at start");
+    let (_, ids) = changed_ids(&store, shared_revision, target).await;
+    assert_eq!(ids, vec!["spiffe://example.org/primary-only".to_owned()]);
+    let (_, entries) = store.entries_at_revision(target).await.unwrap();
+    let mut ids: Vec<String> = entries.iter().map(|e| e.spiffe_id.to_string()).collect();
+    ids.sort();
+    assert_eq!(
+        ids,
+        vec![
+            "spiffe://example.org/primary-only".to_owned(),
+            "spiffe://example.org/shared".to_owned()
+        ]
+    );
+    assert_eq!(
+        stats(&store).replica_reads,
+        0,
+        "the copy's standby served a read"
+    );
+    copy.close().await;
+    store.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_replica_is_rejected() {
     let pair = PgPair::start();

@@ -204,22 +204,41 @@ impl PgPair {
     }
 
     fn make_standby(&self) {
-        let data = self.standby_dir();
-        self.make_owned_dir(&data);
+        self.copy_cluster(self.primary_port, &self.standby_dir(), self.standby_port);
+    }
+
+    /// Returns the directory of the standby that [`PgPair::start_standby_of_standby`] makes.
+    pub(crate) fn cascade_dir(&self) -> PathBuf {
+        self.dir.path().join("cascade")
+    }
+
+    /// Makes and starts a third cluster on `port`, a streaming standby of the standby, and
+    /// returns once it serves reads. Made after [`PgPair::promote_standby`], it is a standby
+    /// of a copy whose history has left the primary's.
+    pub(crate) fn start_standby_of_standby(&self, port: u16) {
+        let data = self.cascade_dir();
+        self.copy_cluster(self.standby_port, &data, port);
+        self.start_cluster(&data);
+    }
+
+    /// Copies the cluster at `source_port` into `data` as a standby that listens on `port`.
+    fn copy_cluster(&self, source_port: u16, data: &Path, port: u16) {
+        self.make_owned_dir(data);
         self.run_ok(
             "pg_basebackup",
             &[
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &self.primary_port.to_string(),
+                &source_port.to_string(),
                 "-U",
                 "postgres",
                 "-D",
-                utf8(&data),
+                utf8(data),
                 "-R",
                 "-X",
                 "stream",
+                "--checkpoint=fast",
                 "--no-sync",
             ],
         );
@@ -227,8 +246,7 @@ impl PgPair {
         append(
             &data.join("postgresql.conf"),
             &format!(
-                "port = {}\nunix_socket_directories = '{}'\n",
-                self.standby_port,
+                "port = {port}\nunix_socket_directories = '{}'\n",
                 data.display()
             ),
         );
@@ -319,6 +337,9 @@ impl PgPair {
 
 impl Drop for PgPair {
     fn drop(&mut self) {
+        if self.cascade_dir().exists() {
+            self.stop_cluster(&self.cascade_dir());
+        }
         self.stop_cluster(&self.standby_dir());
         self.stop_cluster(&self.primary_dir());
     }
@@ -354,7 +375,7 @@ fn utf8(path: &Path) -> &str {
     path.to_str().expect("temporary paths are UTF-8")
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
