@@ -443,6 +443,20 @@ pub struct EntryChanges {
     /// The current state of the changed entries that still exist. A changed ID without an
     /// entry here was deleted. They are read in the same snapshot as `revision`.
     pub entries: Vec<RegistrationEntry>,
+    /// The change token of `revision`, or `None` when nothing changed after the requested
+    /// revision or `revision` has no token (a server without change tokens wrote it).
+    pub token: Option<i64>,
+}
+
+/// Every registration entry at one revision, from [`Datastore::entries_at_revision`].
+#[derive(Debug, Clone, Default)]
+pub struct EntrySnapshot {
+    /// The change counter in the snapshot.
+    pub revision: u64,
+    /// The change token of `revision`, or `None` when it has none.
+    pub token: Option<i64>,
+    /// Every entry, oldest first.
+    pub entries: Vec<RegistrationEntry>,
 }
 
 impl Datastore {
@@ -457,7 +471,7 @@ impl Datastore {
     pub async fn entries_at_revision(
         &self,
         at_least: u64,
-    ) -> Result<(u64, Vec<RegistrationEntry>), DatastoreError> {
+    ) -> Result<EntrySnapshot, DatastoreError> {
         self.read_tolerating_lag(
             at_least,
             replica::FULL_READ_TIMEOUT,
@@ -473,9 +487,7 @@ impl Datastore {
     ///
     /// # Errors
     /// Returns the database failure or [`DatastoreError::Corrupt`].
-    pub async fn entries_at_revision_on_primary(
-        &self,
-    ) -> Result<(u64, Vec<RegistrationEntry>), DatastoreError> {
+    pub async fn entries_at_revision_on_primary(&self) -> Result<EntrySnapshot, DatastoreError> {
         self.read_on_primary("all entries", 0, |conn, _| Box::pin(read_all_entries(conn)))
             .await
     }
@@ -542,10 +554,8 @@ impl Datastore {
 
 /// Reads the change counter and every entry, oldest first, on one connection; run it inside a
 /// snapshot transaction so that both belong to one state.
-async fn read_all_entries(
-    conn: &mut AnyConnection,
-) -> Result<(u64, Vec<RegistrationEntry>), DatastoreError> {
-    let revision = read_revision(&mut *conn).await?;
+async fn read_all_entries(conn: &mut AnyConnection) -> Result<EntrySnapshot, DatastoreError> {
+    let (revision, token) = read_revision(&mut *conn).await?;
     let rows = sqlx::query(concat!(
         "SELECT ",
         entry_columns!(),
@@ -557,15 +567,24 @@ async fn read_all_entries(
         .iter()
         .map(entry_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-    Ok((revision, entries))
+    Ok(EntrySnapshot {
+        revision,
+        token,
+        entries,
+    })
 }
 
-async fn read_revision(conn: &mut AnyConnection) -> Result<u64, DatastoreError> {
-    let row = sqlx::query("SELECT revision FROM changes")
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| DatastoreError::Corrupt("the changes table has no row".into()))?;
-    to_u64("changes.revision", row.try_get("revision")?)
+/// Reads the change counter and its change token.
+async fn read_revision(conn: &mut AnyConnection) -> Result<(u64, Option<i64>), DatastoreError> {
+    let row = sqlx::query(
+        "SELECT c.revision, t.token FROM changes c \
+         LEFT JOIN change_tokens t ON t.revision = c.revision",
+    )
+    .fetch_optional(conn)
+    .await?
+    .ok_or_else(|| DatastoreError::Corrupt("the changes table has no row".into()))?;
+    let revision = to_u64("changes.revision", row.try_get("revision")?)?;
+    Ok((revision, row.try_get("token")?))
 }
 
 /// Reads what changed after revision `after` on one connection, inside a snapshot, so that a
@@ -584,7 +603,7 @@ async fn read_entry_changes(
     if after < horizon {
         return Ok(None);
     }
-    let revision = read_revision(&mut *conn).await?;
+    let (revision, token) = read_revision(&mut *conn).await?;
     if revision <= after {
         return Ok(Some(EntryChanges {
             revision: after.max(revision),
@@ -623,6 +642,7 @@ async fn read_entry_changes(
         revision,
         changed,
         entries,
+        token,
     }))
 }
 

@@ -36,7 +36,7 @@ use sqlx::{AnyConnection, AnyPool, Row};
 use twid_spiffe::{SpiffeId, TrustDomain};
 
 pub use bundles::StoredBundle;
-pub use entries::{EntryChanges, EntryFilter};
+pub use entries::{EntryChanges, EntryFilter, EntrySnapshot};
 pub use error::DatastoreError;
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use issuance_log::{
@@ -205,6 +205,31 @@ impl Datastore {
             .await?
             .ok_or_else(|| DatastoreError::Corrupt("the changes table has no row".into()))?;
         to_u64("changes.revision", row.try_get("revision")?)
+    }
+
+    /// Returns the change counter, and the change token of revision `of` or `None` when that
+    /// revision has none, in one query. A reader that keeps the token of the revision it has
+    /// read compares it with this one to notice that the database lost that revision, as in a
+    /// failover to a standby that had not received it.
+    ///
+    /// # Errors
+    /// Returns the query failure, or [`DatastoreError::Corrupt`] if the counter row is missing.
+    pub async fn current_revision_and_token_of(
+        &self,
+        of: u64,
+    ) -> Result<(u64, Option<i64>), DatastoreError> {
+        let of = i64::try_from(of)
+            .map_err(|_| DatastoreError::Corrupt(format!("revision {of} exceeds BIGINT")))?;
+        let row = sqlx::query(
+            "SELECT revision, (SELECT token FROM change_tokens WHERE revision = $1) AS token \
+             FROM changes",
+        )
+        .bind(of)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| DatastoreError::Corrupt("the changes table has no row".into()))?;
+        let revision = to_u64("changes.revision", row.try_get("revision")?)?;
+        Ok((revision, row.try_get("token")?))
     }
 
     /// Returns the random ID the migrations gave this database, which its replicas share.

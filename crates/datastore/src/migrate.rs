@@ -58,6 +58,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0008_datastore_identity.sql"),
         postgres: include_str!("../migrations/postgres/0008_datastore_identity.sql"),
     },
+    Migration {
+        version: 9,
+        sqlite: include_str!("../migrations/sqlite/0009_change_tokens.sql"),
+        postgres: include_str!("../migrations/postgres/0009_change_tokens.sql"),
+    },
 ];
 
 /// Returns the newest schema version this binary supports.

@@ -375,6 +375,14 @@ impl Replica {
             .and_then(|row| row.map(|row| row.try_get::<i64, _>("token")).transpose());
         match (primary_token, token) {
             (Ok(Some(expected)), Some(found)) if expected == found => true,
+            (Ok(None), _) => {
+                self.mark_failed(&format_args!(
+                    "the primary has no change token for revision {revision}, so the replica's \
+                     history cannot be checked; a server of an older twid version may have \
+                     written that revision"
+                ));
+                false
+            }
             (Err(error), _) => {
                 // The primary failed, not the replica; the primary's read reports it.
                 tracing::debug!(%error, "the primary failed the replica's token check");

@@ -471,7 +471,12 @@ async fn entry_prune(db: &TestDb) {
 
 async fn entry_change_feed(db: &TestDb) {
     let store = db.open().await;
-    let (start, none) = store.entries_at_revision(0).await.expect("snapshot");
+    let snapshot = store.entries_at_revision(0).await.expect("snapshot");
+    assert!(
+        snapshot.token.is_some(),
+        "the migration gives the current revision a change token"
+    );
+    let (start, none) = (snapshot.revision, snapshot.entries);
     assert!(none.is_empty());
 
     let kept = store
@@ -498,6 +503,16 @@ async fn entry_change_feed(db: &TestDb) {
         .expect("changes")
         .expect("nothing was pruned yet");
     assert_eq!(changes.revision, revision(&store).await);
+    let (current, token) = store
+        .current_revision_and_token_of(changes.revision)
+        .await
+        .expect("token");
+    assert_eq!(current, changes.revision);
+    assert!(token.is_some(), "every counter write stores a token");
+    assert_eq!(
+        changes.token, token,
+        "the changes carry the token of their revision"
+    );
     let ids: Vec<&str> = changes.changed.iter().map(|(_, id)| id.as_str()).collect();
     assert_eq!(
         ids,
@@ -1253,7 +1268,7 @@ async fn migration_idempotent(db: &TestDb) {
         .collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4, 5, 6, 7, 8],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
         "each migration is recorded once"
     );
     let counters = sqlx::query("SELECT COUNT(*) AS count FROM changes")
@@ -1291,7 +1306,7 @@ async fn concurrent_open_migrates_once(db: &TestDb) {
         .await
         .expect("count schema_migrations rows");
     let recorded: i64 = rows.try_get("count").expect("count column");
-    assert_eq!(recorded, 8, "migration rows after concurrent opens");
+    assert_eq!(recorded, 9, "migration rows after concurrent opens");
     raw.close().await.expect("close raw connection");
 }
 
@@ -1309,7 +1324,7 @@ async fn schema_too_new(db: &TestDb) {
     match Datastore::open(&db.config).await {
         Err(DatastoreError::SchemaTooNew { found, supported }) => {
             assert_eq!(found, 999);
-            assert_eq!(supported, 8);
+            assert_eq!(supported, 9);
         }
         Err(other) => panic!("opening a newer schema failed with the wrong error: {other}"),
         Ok(_) => panic!("opening a newer schema succeeded"),

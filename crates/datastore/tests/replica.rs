@@ -63,7 +63,8 @@ async fn replica_serves_reads_until_it_lags() {
 
     let first = store.create_entry(&entry("first"), NOW).await.unwrap();
     let target = store.current_revision().await.unwrap();
-    let (revision, entries) = store.entries_at_revision(target).await.unwrap();
+    let snapshot = store.entries_at_revision(target).await.unwrap();
+    let (revision, entries) = (snapshot.revision, snapshot.entries);
     assert!(revision >= target);
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0].id, first.id);
@@ -135,7 +136,7 @@ async fn dead_replica_falls_back_to_primary() {
         .expect("a replica that does not respond does not stop the server");
     store.create_entry(&entry("first"), NOW).await.unwrap();
     let target = store.current_revision().await.unwrap();
-    let (_, entries) = store.entries_at_revision(target).await.unwrap();
+    let entries = store.entries_at_revision(target).await.unwrap().entries;
     assert_eq!(entries.len(), 1);
     let (_, ids) = changed_ids(&store, 0, target).await;
     assert_eq!(ids, vec!["spiffe://example.org/first".to_owned()]);
@@ -158,7 +159,7 @@ async fn dead_replica_falls_back_to_primary() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
         let target = store.current_revision().await.unwrap();
-        let (_, entries) = store.entries_at_revision(target).await.unwrap();
+        let entries = store.entries_at_revision(target).await.unwrap().entries;
         assert_eq!(entries.len(), 1);
     }
     store.close().await;
@@ -178,7 +179,7 @@ async fn server_outside_recovery_is_not_used() {
     .expect("a server that is not a standby does not stop the start");
     store.create_entry(&entry("first"), NOW).await.unwrap();
     let target = store.current_revision().await.unwrap();
-    let (_, entries) = store.entries_at_revision(target).await.unwrap();
+    let entries = store.entries_at_revision(target).await.unwrap().entries;
     assert_eq!(entries.len(), 1);
     assert_eq!(stats(&store).replica_reads, 0);
     store.close().await;
@@ -197,7 +198,7 @@ async fn server_outside_recovery_is_not_used() {
     // The promoted server has every write up to `target`, so only the recovery check keeps
     // it from serving this read.
     pair.promote_standby();
-    let (_, entries) = store.entries_at_revision(target).await.unwrap();
+    let entries = store.entries_at_revision(target).await.unwrap().entries;
     assert_eq!(entries.len(), 1);
     assert_eq!(
         stats(&store),
@@ -266,7 +267,7 @@ async fn standby_of_promoted_copy_is_not_used() {
     .expect("the standby of the copy passes the checks at start");
     let (_, ids) = changed_ids(&store, shared_revision, target).await;
     assert_eq!(ids, vec!["spiffe://example.org/primary-only".to_owned()]);
-    let (_, entries) = store.entries_at_revision(target).await.unwrap();
+    let entries = store.entries_at_revision(target).await.unwrap().entries;
     let mut ids: Vec<String> = entries.iter().map(|e| e.spiffe_id.to_string()).collect();
     ids.sort();
     assert_eq!(

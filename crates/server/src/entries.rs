@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use tokio::sync::Mutex;
-use twid_datastore::Datastore;
+use twid_datastore::{Datastore, EntrySnapshot};
 use twid_proto::types as pb;
 use twid_spiffe::{SpiffeId, TrustDomain};
 use twid_types::{EntriesDigest, RegistrationEntry, Selector};
@@ -61,6 +61,8 @@ struct Change {
 struct State {
     /// The datastore revision the index reflects; `None` before the first load.
     revision: Option<u64>,
+    /// The change token of `revision`, or `None` when it has none.
+    token: Option<i64>,
     /// The oldest revision from which [`State::changes`] is complete.
     horizon: u64,
     /// The highest hint revision that a refresh has covered, see [`EntryCache::refresh_for_hint`].
@@ -244,7 +246,23 @@ impl EntryCache {
         };
         // The counter comes from the primary, so that a read-only replica serves the change
         // read only once it has replayed every write made so far, this server's included.
-        let current = self.datastore.current_revision().await?;
+        let (current, known_token) = self.datastore.current_revision_and_token_of(known).await?;
+        let index_token = self.read().token;
+        if let Some(index_token) = index_token
+            && known_token != Some(index_token)
+        {
+            // The primary's history at the index's revision is not the one the index read:
+            // the database lost writes, as in a failover to a standby that had not received
+            // them, and then reached that revision again. Changes after it would not show
+            // what was lost.
+            tracing::error!(
+                index_revision = known,
+                primary_revision = current,
+                "the primary's history differs from the entry index's at the index's \
+                 revision; reading every entry from the primary"
+            );
+            return self.load_all_from_primary().await;
+        }
         if current == known {
             return Ok(());
         }
@@ -300,6 +318,9 @@ impl EntryCache {
             state.change_count += 1;
         }
         state.trim_changes();
+        if changes.revision != known {
+            state.token = changes.token;
+        }
         state.revision = Some(changes.revision);
         state.all = None;
         tracing::debug!(
@@ -325,14 +346,16 @@ impl EntryCache {
     }
 
     /// Replaces the index with `entries` at `revision`.
-    fn replace_all(&self, (revision, entries): (u64, Vec<RegistrationEntry>)) {
+    fn replace_all(&self, snapshot: EntrySnapshot) {
+        let revision = snapshot.revision;
         let mut fresh = State {
             revision: Some(revision),
+            token: snapshot.token,
             horizon: revision,
             hint_seen: self.read().hint_seen,
             ..State::default()
         };
-        for entry in entries {
+        for entry in snapshot.entries {
             fresh.insert(entry, &self.server_id);
         }
         tracing::info!(

@@ -379,3 +379,43 @@ async fn index_ahead_of_primary_reloads() {
     );
     assert_eq!(cache.read().revision, Some(primary_revision));
 }
+
+/// The primary reached the index's revision again after losing writes (a failover to a
+/// standby that had not received them), so the same revision carries another token. The next
+/// refresh must replace the index instead of reading the changes after that revision.
+#[tokio::test]
+async fn index_with_lost_history_reloads() {
+    let (_dir, datastore, cache) = open().await;
+    let parent = "spiffe://td/spire/agent/join_token/a";
+    let real = datastore
+        .create_entry(&new_entry("spiffe://td/real", parent, &["unix:uid:1"]), NOW)
+        .await
+        .expect("create");
+    cache.refresh().await.expect("load");
+    let revision = datastore.current_revision().await.expect("revision");
+    let (_, token) = datastore
+        .current_revision_and_token_of(revision)
+        .await
+        .expect("token");
+    assert_eq!(
+        cache.read().token,
+        token,
+        "the index keeps its revision's token"
+    );
+
+    let mut lost = real.clone();
+    lost.id = "lost-entry".to_owned();
+    lost.spiffe_id = id("spiffe://td/lost");
+    {
+        let mut state = cache.write();
+        state.insert(lost, &id("spiffe://td/spire/server"));
+        state.token = token.map(|token| token.wrapping_add(1));
+        state.all = None;
+    }
+
+    cache.refresh().await.expect("refresh");
+    let all = cache.all().await.expect("all");
+    let ids: Vec<&str> = all.iter().map(|entry| entry.id.as_str()).collect();
+    assert_eq!(ids, vec![real.id.as_str()], "the lost entry must be gone");
+    assert_eq!(cache.read().token, token);
+}
