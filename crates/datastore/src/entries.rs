@@ -603,6 +603,7 @@ async fn read_entry_changes(
     if after < horizon {
         return Ok(None);
     }
+
     let (revision, token) = read_revision(&mut *conn).await?;
     if revision <= after {
         return Ok(Some(EntryChanges {
@@ -610,6 +611,7 @@ async fn read_entry_changes(
             ..EntryChanges::default()
         }));
     }
+
     let (after_i64, revision_i64) = (to_i64(after)?, to_i64(revision)?);
     let rows = sqlx::query(
         "SELECT revision, entry_id FROM entry_changes WHERE revision > $1 AND revision <= $2 \
@@ -624,6 +626,7 @@ async fn read_entry_changes(
         let at = to_u64("entry_changes.revision", row.try_get("revision")?)?;
         changed.push((at, row.try_get::<String, _>("entry_id")?));
     }
+
     let entry_rows = sqlx::query(concat!(
         "SELECT ",
         entry_columns!(),

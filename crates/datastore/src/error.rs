@@ -54,7 +54,7 @@ pub enum DatastoreError {
         #[source]
         source: sqlx::Error,
     },
-    /// The read-only replica holds another database than the primary.
+    /// The read-only replica contains another database than the primary.
     #[error(
         "ro_connection_string reaches a database with datastore ID {found}, but \
          connection_string's database has {expected}: point ro_connection_string at a \

@@ -257,7 +257,7 @@ impl Datastore {
         &self,
         at_least: u64,
         timeout: std::time::Duration,
-        what: &'static str,
+        description: &'static str,
         argument: u64,
         read: for<'c> fn(&'c mut AnyConnection, u64) -> ReadFuture<'c, T>,
     ) -> Result<T, DatastoreError> {
@@ -267,30 +267,30 @@ impl Datastore {
             match tokio::time::timeout(timeout, read(&mut tx, argument)).await {
                 Ok(Ok(value)) => {
                     replica.record_served();
-                    tracing::debug!(source = "replica", at_least, "{what} read");
+                    tracing::debug!(source = "replica", at_least, "{description} read");
                     return Ok(value);
                 }
                 Ok(Err(error)) => replica.failed::<()>(&error),
                 Err(_) => replica.failed::<()>(&format_args!(
-                    "the {what} read timed out after {} s",
+                    "the {description} read timed out after {} s",
                     timeout.as_secs()
                 )),
             };
         }
-        self.read_on_primary(what, argument, read).await
+        self.read_on_primary(description, argument, read).await
     }
 
     /// Runs `read` with `argument` in one snapshot of the primary.
     async fn read_on_primary<T>(
         &self,
-        what: &'static str,
+        description: &'static str,
         argument: u64,
         read: for<'c> fn(&'c mut AnyConnection, u64) -> ReadFuture<'c, T>,
     ) -> Result<T, DatastoreError> {
         let mut tx = self.begin_snapshot().await?;
         let value = read(&mut tx, argument).await?;
         tx.commit().await?;
-        tracing::debug!(source = "primary", "{what} read");
+        tracing::debug!(source = "primary", "{description} read");
         Ok(value)
     }
 

@@ -23,8 +23,8 @@ fn fetched(agent: &AgentProcess) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn wait_for_svid(agent: &AgentProcess, spiffe_id: &str, what: &str) {
-    wait_until(PROPAGATION_TIMEOUT, what, || {
+fn wait_for_svid(agent: &AgentProcess, spiffe_id: &str, description: &str) {
+    wait_until(PROPAGATION_TIMEOUT, description, || {
         fetched(agent).contains(spiffe_id)
     });
 }

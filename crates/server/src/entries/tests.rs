@@ -345,38 +345,49 @@ async fn delta_names_no_entry_under_an_alias_the_agent_does_not_match() {
     );
 }
 
-/// An index that got ahead of the primary's change counter read data the primary never had,
-/// as from a promoted replica that took writes. The next refresh must replace it with the
-/// primary's entries instead of waiting for the primary to reach that revision.
-#[tokio::test]
-async fn index_ahead_of_primary_reloads() {
-    let (_dir, datastore, cache) = open().await;
+/// Opens an index over one real entry and loads it.
+async fn index_with_one_entry() -> (Store, Datastore, EntryCache, RegistrationEntry) {
+    let (store, datastore, cache) = open().await;
     let parent = "spiffe://td/spire/agent/join_token/a";
     let real = datastore
         .create_entry(&new_entry("spiffe://td/real", parent, &["unix:uid:1"]), NOW)
         .await
         .expect("create");
     cache.refresh().await.expect("load");
-    let primary_revision = datastore.current_revision().await.expect("revision");
+    (store, datastore, cache, real)
+}
 
-    let mut foreign = real.clone();
-    foreign.id = "foreign-entry".to_owned();
-    foreign.spiffe_id = id("spiffe://td/foreign");
-    {
-        let mut state = cache.write();
-        state.insert(foreign, &id("spiffe://td/spire/server"));
-        state.revision = Some(primary_revision + 100);
-        state.all = None;
-    }
+/// Puts a copy of `real` under another ID into the index, as a read of another history would.
+fn plant_copy(state: &mut State, real: &RegistrationEntry) {
+    let mut planted = real.clone();
+    planted.id = "planted-entry".to_owned();
+    planted.spiffe_id = id("spiffe://td/planted");
+    state.insert(planted, &id("spiffe://td/spire/server"));
+    state.all = None;
+}
 
+/// Refreshes the index and returns the IDs of its entries.
+async fn ids_after_refresh(cache: &EntryCache) -> Vec<String> {
     cache.refresh().await.expect("refresh");
     let all = cache.all().await.expect("all");
-    let ids: Vec<&str> = all.iter().map(|entry| entry.id.as_str()).collect();
-    assert_eq!(
-        ids,
-        vec![real.id.as_str()],
-        "the foreign entry must be gone"
-    );
+    all.iter().map(|entry| entry.id.clone()).collect()
+}
+
+/// An index that got ahead of the primary's change counter read data the primary never had,
+/// as from a promoted replica that took writes. The next refresh must replace it with the
+/// primary's entries instead of waiting for the primary to reach that revision.
+#[tokio::test]
+async fn index_ahead_of_primary_reloads() {
+    let (_dir, datastore, cache, real) = index_with_one_entry().await;
+    let primary_revision = datastore.current_revision().await.expect("revision");
+    {
+        let mut state = cache.write();
+        plant_copy(&mut state, &real);
+        state.revision = Some(primary_revision + 100);
+    }
+
+    let ids = ids_after_refresh(&cache).await;
+    assert_eq!(ids, vec![real.id.clone()], "the planted entry must be gone");
     assert_eq!(cache.read().revision, Some(primary_revision));
 }
 
@@ -385,13 +396,7 @@ async fn index_ahead_of_primary_reloads() {
 /// refresh must replace the index instead of reading the changes after that revision.
 #[tokio::test]
 async fn index_with_lost_history_reloads() {
-    let (_dir, datastore, cache) = open().await;
-    let parent = "spiffe://td/spire/agent/join_token/a";
-    let real = datastore
-        .create_entry(&new_entry("spiffe://td/real", parent, &["unix:uid:1"]), NOW)
-        .await
-        .expect("create");
-    cache.refresh().await.expect("load");
+    let (_dir, datastore, cache, real) = index_with_one_entry().await;
     let revision = datastore.current_revision().await.expect("revision");
     let (_, token) = datastore
         .current_revision_and_token_of(revision)
@@ -402,20 +407,13 @@ async fn index_with_lost_history_reloads() {
         token,
         "the index keeps its revision's token"
     );
-
-    let mut lost = real.clone();
-    lost.id = "lost-entry".to_owned();
-    lost.spiffe_id = id("spiffe://td/lost");
     {
         let mut state = cache.write();
-        state.insert(lost, &id("spiffe://td/spire/server"));
+        plant_copy(&mut state, &real);
         state.token = token.map(|token| token.wrapping_add(1));
-        state.all = None;
     }
 
-    cache.refresh().await.expect("refresh");
-    let all = cache.all().await.expect("all");
-    let ids: Vec<&str> = all.iter().map(|entry| entry.id.as_str()).collect();
-    assert_eq!(ids, vec![real.id.as_str()], "the lost entry must be gone");
+    let ids = ids_after_refresh(&cache).await;
+    assert_eq!(ids, vec![real.id.clone()], "the planted entry must be gone");
     assert_eq!(cache.read().token, token);
 }
