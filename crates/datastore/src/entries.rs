@@ -466,7 +466,7 @@ impl Datastore {
     /// [`Datastore::replica_stats`]), from the primary otherwise.
     ///
     /// # Errors
-    /// Returns the primary's failure or [`DatastoreError::Corrupt`]; a replica's failure only
+    /// Returns the primary's failure or [`DatastoreError::Corrupt`]. A replica's failure only
     /// moves the read to the primary.
     pub async fn entries_at_revision(
         &self,
@@ -498,7 +498,7 @@ impl Datastore {
     /// when it has reached `at_least`, of the primary otherwise.
     ///
     /// # Errors
-    /// Returns the primary's failure or [`DatastoreError::Corrupt`]; a replica's failure only
+    /// Returns the primary's failure or [`DatastoreError::Corrupt`]. A replica's failure only
     /// moves the read to the primary.
     pub async fn entry_changes_since(
         &self,
@@ -540,8 +540,8 @@ impl Datastore {
             .bind(newest)
             .execute(&mut *tx)
             .await?;
-        // A replica read is checked against the token of a recent revision only, so tokens
-        // as old as the pruned change rows are no longer needed.
+        // Replica reads and the entry index's check compare the tokens of recent revisions
+        // only, so tokens as old as the pruned change rows are no longer needed.
         sqlx::query("DELETE FROM change_tokens WHERE revision < $1")
             .bind(newest)
             .execute(&mut *tx)
@@ -552,8 +552,8 @@ impl Datastore {
     }
 }
 
-/// Reads the change counter and every entry, oldest first, on one connection; run it inside a
-/// snapshot transaction so that both belong to one state.
+/// Reads the change counter, its token and every entry, oldest first, on one connection. Run
+/// it inside a snapshot transaction so that all belong to one state.
 async fn read_all_entries(conn: &mut AnyConnection) -> Result<EntrySnapshot, DatastoreError> {
     let (revision, token) = read_revision(&mut *conn).await?;
     let rows = sqlx::query(concat!(

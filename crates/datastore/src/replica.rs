@@ -22,8 +22,8 @@ use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use crate::{DatastoreError, to_u64};
 
 /// How long a read waits for the replica to replay up to the revision it needs before the
-/// primary serves the read instead. Replay on a healthy replica takes milliseconds; the wait
-/// bounds what a lagging replica adds to the propagation of a change.
+/// primary serves the read instead. Replay on a healthy replica takes milliseconds, and the
+/// wait bounds what a lagging replica adds to the propagation of a change.
 pub(crate) const LAG_WAIT: Duration = Duration::from_millis(250);
 
 /// The pause between two looks at a lagging replica's revision.
@@ -46,7 +46,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 pub(crate) const CHANGES_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How long a read of every entry may take on the replica. It runs when the server starts
-/// and when its index must be rebuilt; 100,000 entries take about a second on a quiet replica.
+/// and when its index must be rebuilt, so it allows for large indexes.
 pub(crate) const FULL_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long the replica may lag behind every read before a warning is logged.
@@ -113,7 +113,8 @@ struct Inspection {
 }
 
 impl Inspection {
-    /// Returns why a connection with this inspection must not serve reads, if it must not.
+    /// Returns the reason a connection with this inspection must not serve reads, or `None`
+    /// when it may.
     fn problem(&self, primary_id: &str) -> Option<String> {
         match &self.datastore_id {
             None => Some(
@@ -133,6 +134,14 @@ impl Inspection {
             Some(_) => None,
         }
     }
+}
+
+/// Locks `mutex`, also after a panic in another holder: every value guarded here stays valid
+/// between statements.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Reads the datastore ID and recovery state over `conn`.
@@ -181,9 +190,7 @@ impl Replica {
                 let rejection = std::sync::Arc::clone(&rejection);
                 Box::pin(async move {
                     let problem = inspect(conn).await?.problem(&expected);
-                    let mut last = rejection
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let mut last = lock(&rejection);
                     last.clone_from(&problem);
                     match problem {
                         None => Ok(()),
@@ -259,10 +266,7 @@ impl Replica {
     }
 
     fn health(&self) -> Health {
-        *self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        *lock(&self.health)
     }
 
     /// Returns a read transaction on the replica whose snapshot has reached `at_least`, or
@@ -284,11 +288,7 @@ impl Replica {
             let mut tx = match begin.await {
                 Ok(Ok(tx)) => tx,
                 Ok(Err(sqlx::Error::PoolTimedOut)) => {
-                    let rejection = self
-                        .last_rejection
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner)
-                        .clone();
+                    let rejection = lock(&self.last_rejection).clone();
                     return match rejection {
                         Some(reason) => self.failed(&reason),
                         None => self.failed(&sqlx::Error::PoolTimedOut),
@@ -297,7 +297,7 @@ impl Replica {
                 Ok(Err(error)) => return self.failed(&error),
                 Err(_) => return self.failed(&"BEGIN timed out after 1 s"),
             };
-            let look = tokio::time::timeout(
+            let revision_query = tokio::time::timeout(
                 CONNECT_TIMEOUT,
                 sqlx::query(
                     "SELECT c.revision, t.token, pg_is_in_recovery() AS in_recovery \
@@ -305,7 +305,7 @@ impl Replica {
                 )
                 .fetch_one(&mut *tx),
             );
-            let row = match look.await {
+            let row = match revision_query.await {
                 Err(_) => return self.failed(&"the revision read timed out after 1 s"),
                 Ok(Err(error)) => return self.failed(&error),
                 Ok(Ok(row)) => row,
@@ -348,7 +348,7 @@ impl Replica {
                 );
                 self.lagged(revision, at_least);
                 if started.elapsed() > LAG_WAIT * 2 {
-                    // Each look took long as well, so the next reads would wait as long; a
+                    // Each look took long as well, so the next reads would wait as long. A
                     // retry interval keeps them on the primary.
                     return self.failed(&format_args!(
                         "the read-only replica lags and took {} ms to report its revision",
@@ -384,7 +384,7 @@ impl Replica {
                 false
             }
             (Err(error), _) => {
-                // The primary failed, not the replica; the primary's read reports it.
+                // The primary failed, not the replica, and the primary's own read reports it.
                 tracing::debug!(%error, "the primary failed the replica's token check");
                 false
             }
@@ -404,10 +404,7 @@ impl Replica {
     /// Records that the replica lagged past [`LAG_WAIT`], and warns once when it has lagged
     /// behind every read for [`LAG_WARN_AFTER`].
     fn lagged(&self, revision: u64, at_least: u64) {
-        let mut lag = self
-            .lag
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lag = lock(&self.lag);
         let since = *lag.since.get_or_insert_with(Instant::now);
         if !lag.warned && since.elapsed() >= LAG_WARN_AFTER {
             lag.warned = true;
@@ -422,10 +419,7 @@ impl Replica {
     }
 
     fn caught_up(&self) {
-        let mut lag = self
-            .lag
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut lag = lock(&self.lag);
         if lag.since.take().is_some() && lag.warned {
             tracing::info!("the read-only replica caught up; index reads go to it again");
         }
@@ -435,10 +429,7 @@ impl Replica {
     /// Records that the replica served a read from a [`Replica::snapshot`] transaction.
     pub(crate) fn record_served(&self) {
         self.replica_reads.fetch_add(1, Ordering::Relaxed);
-        let mut health = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut health = lock(&self.health);
         if matches!(*health, Health::Failed { .. }) {
             tracing::info!("the read-only replica serves index reads again");
         }
@@ -453,10 +444,7 @@ impl Replica {
 
     /// Leaves the replica alone for a retry interval that doubles with each failure in a row.
     fn mark_failed(&self, error: &dyn std::fmt::Display) {
-        let mut health = self
-            .health
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut health = lock(&self.health);
         let failures = match *health {
             Health::Usable => 1,
             Health::Failed { failures, .. } => failures.saturating_add(1),

@@ -345,7 +345,7 @@ impl EntryCache {
         Ok(())
     }
 
-    /// Replaces the index with `entries` at `revision`.
+    /// Replaces the index with the entries of `snapshot`.
     fn replace_all(&self, snapshot: EntrySnapshot) {
         let revision = snapshot.revision;
         let mut fresh = State {

@@ -14,7 +14,8 @@ use crate::replicas::{SYNC_INTERVAL, uid_selector, wait_watching_and_idle};
 use crate::revoke_agent::start_agent;
 use pg_pair::PgPair;
 
-/// Functional bound for an entry to reach the workload; the replica's lag wait is 250 ms.
+/// Functional bound for an entry to reach the workload, well above the replica's 250 ms lag
+/// wait.
 const PROPAGATION_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Returns the SPIFFE IDs that the workload's one-shot X.509 fetch prints, or "" on failure.

@@ -16,7 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-/// A primary and its standby; both stop when this drops.
+/// A primary, its standby and an optional standby of the standby, all stopped when this
+/// value drops.
 pub(crate) struct PgPair {
     bin: PathBuf,
     dir: tempfile::TempDir,
@@ -41,7 +42,7 @@ impl PgPair {
                  (scripts/test.sh does) to run the read-only replica tests"
             )
         });
-        let as_postgres = nix_is_root();
+        let as_postgres = is_root();
         let dir = tempfile::Builder::new()
             .prefix("twid-pgpair-")
             .tempdir()
@@ -363,7 +364,7 @@ fn server_binaries() -> Option<PathBuf> {
     found.pop().map(|(_, bin)| bin)
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
