@@ -508,6 +508,10 @@ impl fmt::Debug for IssuanceLogWriter {
 /// inserts depend on that update: a head moved by another process stores nothing. Under READ
 /// COMMITTED, a concurrent appender's lock on the head row makes the update wait, and the
 /// update then rechecks its condition against the committed row.
+///
+/// The records' arrays are unnested in the select list, where PostgreSQL walks them in step
+/// and hands each row straight to the insert. `FROM UNNEST(...)` first copies every row into a
+/// tuple store, which cost about a sixth of the server's CPU per record.
 const POSTGRES_APPEND: &str = concat!(
     "WITH head AS (UPDATE issuance_log_head SET next_seq = $1, head_hash = $2 \
      WHERE next_seq = $3 AND head_hash = $4 RETURNING 1), \
@@ -517,9 +521,11 @@ const POSTGRES_APPEND: &str = concat!(
      $10::int8[]) WHERE EXISTS (SELECT 1 FROM head) ON CONFLICT (seq) DO NOTHING) \
      INSERT INTO issuance_log (",
     record_columns!(),
-    ") SELECT * FROM UNNEST($11::int8[], $12::bytea[], $13::bytea[], $14::text[], \
-     $15::text[], $16::text[], $17::text[], $18::text[], $19::text[], $20::text[], \
-     $21::bytea[], $22::bytea[], $23::text[], $24::text[], $25::text[], $26::int8[]) \
+    ") SELECT unnest($11::int8[]), unnest($12::bytea[]), unnest($13::bytea[]), \
+     unnest($14::text[]), unnest($15::text[]), unnest($16::text[]), unnest($17::text[]), \
+     unnest($18::text[]), unnest($19::text[]), unnest($20::text[]), unnest($21::bytea[]), \
+     unnest($22::bytea[]), unnest($23::text[]), unnest($24::text[]), unnest($25::text[]), \
+     unnest($26::int8[]) \
      WHERE EXISTS (SELECT 1 FROM head)"
 );
 

@@ -63,6 +63,11 @@ const MIGRATIONS: &[Migration] = &[
         sqlite: include_str!("../migrations/sqlite/0009_change_tokens.sql"),
         postgres: include_str!("../migrations/postgres/0009_change_tokens.sql"),
     },
+    Migration {
+        version: 10,
+        sqlite: include_str!("../migrations/sqlite/0010_log_indexes.sql"),
+        postgres: include_str!("../migrations/postgres/0010_log_indexes.sql"),
+    },
 ];
 
 /// Returns the newest schema version this binary supports.

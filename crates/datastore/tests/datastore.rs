@@ -1268,7 +1268,7 @@ async fn migration_idempotent(db: &TestDb) {
         .collect();
     assert_eq!(
         versions,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
         "each migration is recorded once"
     );
     let counters = sqlx::query("SELECT COUNT(*) AS count FROM changes")
@@ -1306,7 +1306,7 @@ async fn concurrent_open_migrates_once(db: &TestDb) {
         .await
         .expect("count schema_migrations rows");
     let recorded: i64 = rows.try_get("count").expect("count column");
-    assert_eq!(recorded, 9, "migration rows after concurrent opens");
+    assert_eq!(recorded, 10, "migration rows after concurrent opens");
     raw.close().await.expect("close raw connection");
 }
 
@@ -1324,7 +1324,7 @@ async fn schema_too_new(db: &TestDb) {
     match Datastore::open(&db.config).await {
         Err(DatastoreError::SchemaTooNew { found, supported }) => {
             assert_eq!(found, 999);
-            assert_eq!(supported, 9);
+            assert_eq!(supported, 10);
         }
         Err(other) => panic!("opening a newer schema failed with the wrong error: {other}"),
         Ok(_) => panic!("opening a newer schema succeeded"),

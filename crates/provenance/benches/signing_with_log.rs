@@ -1,7 +1,8 @@
 //! The cost of logging per X.509-SVID. 64 tasks sign SVIDs concurrently, as agents' requests
 //! do on the server. In `sign_only` they only sign. In `sign_and_append_*` each signature is
 //! followed by the append of its issuance record, which the server awaits before it returns
-//! the SVID.
+//! the SVID. The tasks run for the whole of a case and every sample times a number of SVIDs
+//! completed under that running load; see [`SteadyLoad`].
 //!
 //! Signing is the server path: parse and check the CSR, then sign the certificate with an
 //! ECDSA P-256 CA key. The record has the fields the server fills in: serial, SPIFFE ID, entry
@@ -23,6 +24,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -123,34 +125,91 @@ fn batch_interval() -> Duration {
     }
 }
 
-/// Signs `count` SVIDs from `callers` tasks, appending each record to `log` when given, and
-/// returns the elapsed time.
-async fn sign_many(
-    signer: &Arc<Signer>,
-    log: Option<&IssuanceLog>,
-    callers: u64,
-    count: u64,
-) -> Duration {
-    let start = Instant::now();
-    let mut tasks = tokio::task::JoinSet::new();
-    for task in 0..callers {
-        let signer = Arc::clone(signer);
-        let log = log.cloned();
-        tasks.spawn(async move {
-            let mut n = task;
-            while n < count {
-                let record = signer.sign();
-                if let Some(log) = &log {
-                    log.append(record).await.unwrap();
-                }
-                n += callers;
+/// Signers that run from [`SteadyLoad::start`] until [`SteadyLoad::stop`], so that every
+/// sample measures a load that is already running. A sample that started its signers and
+/// waited for the last of them would also time their start and the drain at its end, when
+/// fewer and fewer signers keep the cores busy while the last records wait for their
+/// commits. Criterion's first samples are a few dozen SVIDs, so that drain would weigh on the
+/// result, while a server under sustained load never drains.
+struct SteadyLoad {
+    /// SVIDs signed, and logged when there is a log, since the start.
+    done: Arc<AtomicU64>,
+    /// The count at which a signer reports to the sample that waits for it.
+    target: Arc<AtomicU64>,
+    reached: std::sync::mpsc::Receiver<()>,
+    stop: Arc<AtomicBool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl SteadyLoad {
+    /// Starts `callers` tasks on `runtime` that sign, and append to `log` when given, in a
+    /// loop.
+    fn start(
+        runtime: &tokio::runtime::Runtime,
+        signer: &Arc<Signer>,
+        log: Option<&IssuanceLog>,
+        callers: u64,
+    ) -> Self {
+        let done = Arc::new(AtomicU64::new(0));
+        let target = Arc::new(AtomicU64::new(u64::MAX));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (report, reached) = std::sync::mpsc::sync_channel(1);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..callers {
+            let signer = Arc::clone(signer);
+            let log = log.cloned();
+            let (done, target, stop) = (Arc::clone(&done), Arc::clone(&target), Arc::clone(&stop));
+            let report = report.clone();
+            tasks.spawn_on(
+                async move {
+                    while !stop.load(Ordering::Relaxed) {
+                        let record = signer.sign();
+                        if let Some(log) = &log {
+                            log.append(record).await.unwrap();
+                        }
+                        let count = done.fetch_add(1, Ordering::AcqRel) + 1;
+                        if count == target.load(Ordering::Acquire) {
+                            let _ = report.try_send(());
+                        }
+                        // Without a log there is no await, and the task must yield to let
+                        // the stop flag and the other tasks through.
+                        tokio::task::yield_now().await;
+                    }
+                },
+                runtime.handle(),
+            );
+        }
+        Self {
+            done,
+            target,
+            reached,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Waits until the signers have completed `count` more SVIDs and returns the time taken.
+    fn measure(&self, count: u64) -> Duration {
+        while self.reached.try_recv().is_ok() {}
+        let start = Instant::now();
+        let target = self.done.load(Ordering::Acquire) + count;
+        self.target.store(target, Ordering::Release);
+        // A signer that passed the target before it was stored did not report.
+        if self.done.load(Ordering::Acquire) < target {
+            self.reached.recv().unwrap();
+        }
+        start.elapsed()
+    }
+
+    /// Stops the signers and waits for the records they are appending.
+    fn stop(mut self, runtime: &tokio::runtime::Runtime) {
+        self.stop.store(true, Ordering::Relaxed);
+        runtime.block_on(async {
+            while let Some(result) = self.tasks.join_next().await {
+                result.unwrap();
             }
         });
     }
-    while let Some(result) = tasks.join_next().await {
-        result.unwrap();
-    }
-    start.elapsed()
 }
 
 fn open_log(runtime: &tokio::runtime::Runtime, config: &DatastoreConfig) -> IssuanceLog {
@@ -232,26 +291,31 @@ fn signing_with_log(c: &mut Criterion) {
     let callers = callers();
     let mut group = c.benchmark_group("signing_with_log");
     group.throughput(Throughput::Elements(1));
-    group.bench_function(format!("sign_only_{callers}_concurrent"), |b| {
-        b.iter_custom(|iters| runtime.block_on(sign_many(&signer, None, callers, iters)));
-    });
-    group.bench_function(
-        format!("sign_and_append_sqlite_{callers}_concurrent"),
-        |b| {
-            b.iter_custom(|iters| {
-                runtime.block_on(sign_many(&signer, Some(&sqlite_log), callers, iters))
-            });
-        },
-    );
+    let mut cases = vec![
+        (format!("sign_only_{callers}_concurrent"), None),
+        (
+            format!("sign_and_append_sqlite_{callers}_concurrent"),
+            Some(&sqlite_log),
+        ),
+    ];
     if let Some(log) = &postgres_log {
-        group.bench_function(
+        cases.push((
             format!("sign_and_append_postgres_{callers}_concurrent"),
-            |b| {
-                b.iter_custom(|iters| {
-                    runtime.block_on(sign_many(&signer, Some(log), callers, iters))
-                });
-            },
-        );
+            Some(log),
+        ));
+    }
+    for (name, log) in cases {
+        // Criterion's filter decides whether a case runs, and only a case that runs may load
+        // the machine.
+        let mut load = None;
+        group.bench_function(name, |b| {
+            let load =
+                load.get_or_insert_with(|| SteadyLoad::start(&runtime, &signer, log, callers));
+            b.iter_custom(|iters| load.measure(iters));
+        });
+        if let Some(load) = load {
+            load.stop(&runtime);
+        }
     }
     group.finish();
 
