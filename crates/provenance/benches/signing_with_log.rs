@@ -1,8 +1,8 @@
 //! The cost of logging per X.509-SVID. 64 tasks sign SVIDs concurrently, as agents' requests
 //! do on the server. In `sign_only` they only sign. In `sign_and_append_*` each signature is
 //! followed by the append of its issuance record, which the server awaits before it returns
-//! the SVID. The tasks run for the whole of a case and every sample times a number of SVIDs
-//! completed under that running load; see [`SteadyLoad`].
+//! the SVID. The tasks run for the whole of a case, and every sample times a number of SVIDs
+//! completed under that running load (see [`SteadyLoad`]).
 //!
 //! Signing is the server path: parse and check the CSR, then sign the certificate with an
 //! ECDSA P-256 CA key. The record has the fields the server fills in: serial, SPIFFE ID, entry
@@ -126,11 +126,11 @@ fn batch_interval() -> Duration {
 }
 
 /// Signers that run from [`SteadyLoad::start`] until [`SteadyLoad::stop`], so that every
-/// sample measures a load that is already running. A sample that started its signers and
-/// waited for the last of them would also time their start and the drain at its end, when
-/// fewer and fewer signers keep the cores busy while the last records wait for their
-/// commits. Criterion's first samples are a few dozen SVIDs, so that drain would weigh on the
-/// result, while a server under sustained load never drains.
+/// sample measures a load that is already running. A sample that started its own signers
+/// would also time their start and the drain at its end. During the drain, fewer and fewer
+/// signers keep the cores busy while the last records wait for their commits. Criterion's
+/// first samples are a few dozen SVIDs, so that drain would weigh on the result, while a
+/// server under sustained load never drains.
 struct SteadyLoad {
     /// SVIDs signed, and logged when there is a log, since the start.
     done: Arc<AtomicU64>,

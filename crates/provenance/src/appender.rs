@@ -37,15 +37,15 @@ use crate::record::{RecordPosition, hash_array};
 /// head row stays locked.
 pub(crate) const MAX_BATCH: usize = 1024;
 
-/// Records waiting at the start of a batch from which the appender may gather more: that
-/// many concurrent requests.
+/// Minimum records waiting at the start of a batch for the appender to gather more. Each
+/// waiting record is a caller waiting for its commit.
 const BUSY_BATCH: usize = 64;
 
 /// Checks per batch interval of whether records still arrive while a batch gathers.
 const GATHER_STEPS_PER_INTERVAL: u32 = 8;
 
-/// Records that must arrive during one check's step for the batch to keep gathering: 2 per
-/// 0.25 ms, or 8,000 per second, at the default interval.
+/// Minimum records that must arrive during one step for the batch to keep gathering. At the
+/// default interval that is 2 per 0.25 ms, or 8,000 per second.
 const BUSY_STEP_RECORDS: usize = 2;
 
 /// Batch intervals, counted from the start of the previous batch, that a batch may gather for
