@@ -8,7 +8,8 @@
 
 mod common;
 
-use twid_datastore::{IssuanceLogRecord, NewRevocation, RevokedCredential};
+use sqlx::{AnyConnection, Connection};
+use twid_datastore::{DatabaseType, IssuanceLogRecord, NewRevocation, RevokedCredential};
 
 use common::{TestDb, on_both_backends};
 
@@ -22,6 +23,7 @@ on_both_backends!(
         serial_lookup,
         scan_pages_and_filters,
         many_credentials_stored,
+        scan_start_summarizes_time_index,
     ],
 );
 
@@ -247,6 +249,43 @@ async fn scan_pages_and_filters(db: &TestDb) {
         Some(r#"{"tcb_status":"OutOfDate"}"#)
     );
     assert_eq!(jwt.time_unix_ms, 7_000);
+}
+
+async fn scan_start_summarizes_time_index(db: &TestDb) {
+    // PostgreSQL summarizes only full block ranges of 128 pages, which hold about 4,000 of
+    // these rows, so 10,000 rows leave two full ranges to summarize.
+    let store = db.open().await;
+    let rows: Vec<IssuanceLogRecord> = (0..10_000)
+        .map(|seq| log_row(seq, "x509", 1_000 + seq))
+        .collect();
+    let mut append = store.begin_issuance_log_append().await.unwrap();
+    append.insert_records(&rows).await.unwrap();
+    append.commit().await.unwrap();
+
+    assert_eq!(
+        store.issuance_log_first_seq_since(10_000).await.unwrap(),
+        Some(9_000)
+    );
+    assert_eq!(
+        store.issuance_log_first_seq_since(20_000).await.unwrap(),
+        None
+    );
+    if db.config.database_type != DatabaseType::Postgres {
+        return;
+    }
+    // PostgreSQL's BRIN time index covers a block range only once it is summarized.
+    let mut raw = AnyConnection::connect(&db.config.connection_string)
+        .await
+        .unwrap();
+    let unsummarized: i32 =
+        sqlx::query_scalar("SELECT brin_summarize_new_values('issuance_log_time'::regclass)")
+            .fetch_one(&mut raw)
+            .await
+            .unwrap();
+    assert_eq!(
+        unsummarized, 0,
+        "the scan start left block ranges of the time index unsummarized"
+    );
 }
 
 async fn many_credentials_stored(db: &TestDb) {

@@ -279,8 +279,8 @@ fn stored_seq(seq: u64) -> Result<i64, LogError> {
     })
 }
 
-/// Keeps adding to `batch` while records arrive at least [`BUSY_STEP_RECORDS`] per step of
-/// `interval / GATHER_STEPS_PER_INTERVAL`, until [`MAX_GATHER_INTERVALS`] intervals after
+/// Keeps adding to `batch` while records arrive at a rate of at least [`BUSY_STEP_RECORDS`]
+/// per step of `interval / GATHER_STEPS_PER_INTERVAL`, until [`MAX_GATHER_INTERVALS`] intervals after
 /// `last_start` or a full batch. Only a batch of [`BUSY_BATCH`] records or more gathers.
 ///
 /// Records that keep arriving while this many wait mean that other signers keep the cores
@@ -308,7 +308,10 @@ fn gather_while_busy(
         // Sleeping blocks only the appender's thread, as the pacing in `Appender::run` does.
         std::thread::sleep(step.min(until - now));
         take_waiting(queue, batch);
-        if batch.len() - before < BUSY_STEP_RECORDS {
+        // A sleep lasts longer than asked, so the rate is judged over the time that passed.
+        let arrived = u128::try_from(batch.len() - before).unwrap_or(u128::MAX);
+        let busy = u128::try_from(BUSY_STEP_RECORDS).unwrap_or(u128::MAX);
+        if arrived < busy || arrived * step.as_nanos() < busy * now.elapsed().as_nanos() {
             return;
         }
     }

@@ -112,7 +112,8 @@ pub struct LogOptions {
     /// The minimum time from the start of one batch to the start of the next, unless a full
     /// batch is waiting. A record that arrives after a quiet spell is written at once. Under
     /// load, records gather for up to this long, so that one commit (a disk sync) serves
-    /// many. Zero writes every batch as soon as the previous one has committed.
+    /// many. When 64 or more wait and more keep arriving fast, they gather for up to eight
+    /// times this long. Zero writes every batch as soon as the previous one has committed.
     pub batch_interval: Duration,
 }
 
