@@ -243,18 +243,25 @@ impl IssuanceLog {
     }
 
     /// Returns the newest record with this X.509 serial number (hex, any case), or `None`.
+    /// The serial may lack the leading zeros of the stored form, the certificate's serial
+    /// bytes in hex, because tools that print serials as integers drop them.
     ///
     /// # Errors
     /// Returns [`LogError::InvalidRecord`] for a serial that is not hex, the datastore
     /// failure, or [`LogError::Corrupt`].
     pub async fn find_by_serial(&self, serial: &str) -> Result<Option<Record>, LogError> {
         let serial = normalize_serial(serial)?;
-        let row = self
-            .inner
-            .store
-            .find_issuance_log_by_serial(&serial)
-            .await?;
-        row.map(from_row).transpose()
+        for candidate in serial_forms(&serial) {
+            let row = self
+                .inner
+                .store
+                .find_issuance_log_by_serial(&candidate)
+                .await?;
+            if let Some(row) = row {
+                return from_row(row).map(Some);
+            }
+        }
+        Ok(None)
     }
 
     /// Returns the newest record with this JWT ID, or `None`.
@@ -303,4 +310,24 @@ impl IssuanceLog {
     ) -> Result<VerifyReport, LogError> {
         verify::verify(&self.inner.store, checkpoint_key).await
     }
+}
+
+/// Returns the stored forms that `serial` (normalized hex) may stand for, in lookup order.
+/// The first is the serial as given. The second is its digits without leading zeros, padded
+/// to whole bytes. The third adds the zero byte that DER puts before a serial whose first
+/// byte has its high bit set.
+fn serial_forms(serial: &str) -> Vec<String> {
+    let digits = serial.trim_start_matches('0');
+    let bytes = if digits.len() % 2 == 1 {
+        format!("0{digits}")
+    } else {
+        digits.to_owned()
+    };
+    let mut forms = vec![serial.to_owned()];
+    for form in [bytes.clone(), format!("00{bytes}")] {
+        if !form.is_empty() && !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    forms
 }
