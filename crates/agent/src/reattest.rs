@@ -216,7 +216,7 @@ impl Syncer {
         self.connection.reconnect()?;
         // A new attestation is newer than every revocation so far, so the server may again
         // sign entries whose SVID was revoked.
-        self.revoked_retry_at = 0;
+        self.revoked_retry.reset();
 
         if spiffe_id != previous_id {
             // Entries parented to the old ID no longer reach this agent.

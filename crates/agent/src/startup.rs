@@ -14,7 +14,7 @@ use crate::node::{self, ServerConnection};
 use crate::reattest::Reattestation;
 use crate::settings::AgentSettings;
 use crate::state::{self, AgentState};
-use crate::sync::{Syncer, unix_now};
+use crate::sync::{RevokedRetry, Syncer, unix_now};
 
 /// Extra time for an evidence attestation, for the collector to run.
 const EVIDENCE_COLLECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(35);
@@ -299,8 +299,7 @@ async fn new_syncer(
         health: health.clone(),
         failing_entries: std::collections::HashSet::new(),
         reattestation: reattestation(settings),
-        revoked_retry_interval: settings.sync_interval,
-        revoked_retry_at: 0,
+        revoked_retry: RevokedRetry::new(settings.sync_interval),
         taint_batch_size: settings.taint_batch_size,
         taint_batch_interval: settings.taint_batch_interval,
         taint_batch_at: None,

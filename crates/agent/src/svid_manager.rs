@@ -66,8 +66,9 @@ pub(crate) struct PlanInputs<'a> {
 ///
 /// An entry whose SVID is dropped as revoked is marked [`CachedEntry::svid_revoked`], and an
 /// entry marked so in `previous` stays marked, until [`sign_due`] stores a new SVID. A marked
-/// entry is due only when `retry_revoked` is true, because the server rejects it until the
-/// agent attests again.
+/// entry is due only when `retry_revoked` is true or the entry changed, because the server
+/// rejects it until the agent attests again or the entry's selectors no longer match the
+/// revocation.
 ///
 /// Entries whose SVID a tainted authority signed are due as well, at most `taint_batch_size`
 /// of them in the order of `entries`. Each keeps its SVID until the new one is signed.
@@ -119,7 +120,7 @@ pub(crate) fn plan(previous: &Snapshot, entries: Vec<CachedEntry>, inputs: PlanI
             let changed =
                 old.is_none_or(|cached| cached.entry.revision_number != entry.revision_number);
             let needs_signing = changed || svid.as_ref().is_none_or(|svid| svid.needs_renewal(now));
-            if needs_signing && (!svid_revoked || retry_revoked) {
+            if needs_signing && (!svid_revoked || retry_revoked || changed) {
                 due.push(index);
             } else if svid
                 .as_ref()
@@ -418,6 +419,27 @@ mod tests {
         assert!(plan.entries[2].svid_revoked);
         assert_eq!(plan.due, [0, 2]);
         assert_eq!(plan.revoked, ["a"]);
+    }
+
+    #[test]
+    fn changed_entry_with_revoked_svid_is_due_before_the_retry() {
+        let mut unchanged = CachedEntry::new(entry("a", 1), None);
+        unchanged.svid_revoked = true;
+        let mut changed = CachedEntry::new(entry("b", 1), None);
+        changed.svid_revoked = true;
+        let previous = Snapshot {
+            entries: vec![unchanged, changed],
+            ..Snapshot::default()
+        };
+        // b's selectors were edited, so the revocation may no longer match it.
+        let synced = vec![entry("a", 1), entry("b", 2)];
+        let plan = plan(
+            &previous,
+            shared(synced),
+            inputs(60, &Revoked::default(), false),
+        );
+        assert_eq!(plan.due, [1]);
+        assert!(plan.entries.iter().all(|cached| cached.svid_revoked));
     }
 
     #[test]

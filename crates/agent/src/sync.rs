@@ -151,6 +151,54 @@ impl Backoff {
     }
 }
 
+/// The longest pause between two requests for entries whose SVID was revoked.
+const REVOKED_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
+
+/// When entries whose SVID was revoked are requested again. The server refuses them, and
+/// records every refusal in its issuance log, until the agent attests again after the
+/// revocation. So the pause between requests starts at the sync interval and doubles up to
+/// [`REVOKED_RETRY_MAX`], with the jitter of [`Backoff`]. Attesting again, or a round that
+/// leaves no entry revoked, starts over. An entry that changes is requested at once (see
+/// [`svid_manager::plan`]).
+#[derive(Debug)]
+pub(crate) struct RevokedRetry {
+    start: Duration,
+    backoff: Backoff,
+    /// Unix seconds from which the entries are requested again.
+    at: i64,
+}
+
+impl RevokedRetry {
+    pub(crate) fn new(start: Duration) -> Self {
+        Self {
+            start,
+            backoff: Backoff::with_bounds(start, REVOKED_RETRY_MAX.max(start)),
+            at: 0,
+        }
+    }
+
+    pub(crate) fn is_due(&self, now: i64) -> bool {
+        now >= self.at
+    }
+
+    /// Unix seconds from which the entries are requested again.
+    pub(crate) fn at(&self) -> i64 {
+        self.at
+    }
+
+    /// Schedules the next request after one made at `now` that still had revoked entries to
+    /// ask for.
+    pub(crate) fn schedule(&mut self, now: i64) {
+        let delay = i64::try_from(self.backoff.step().as_secs()).unwrap_or(i64::MAX);
+        self.at = now.saturating_add(delay.max(1));
+    }
+
+    /// Requests the entries at the next round, and starts the pauses over.
+    pub(crate) fn reset(&mut self) {
+        *self = Self::new(self.start);
+    }
+}
+
 /// Consecutive failures of the sync loop.
 #[derive(Debug)]
 pub(crate) struct RetryState {
@@ -183,12 +231,8 @@ pub(crate) struct Syncer {
     /// The schedule for attesting again with fresh evidence; `None` for a join token agent,
     /// which renews its SVID with RenewAgent instead.
     pub(crate) reattestation: Option<Reattestation>,
-    /// Time between the requests to sign entries whose SVID was revoked: the sync interval.
-    pub(crate) revoked_retry_interval: Duration,
-    /// Unix seconds from which entries whose SVID was revoked are requested again. The server
-    /// rejects them until the agent attests again, so they are not requested in every round
-    /// that a hint starts. Attesting again resets it to 0.
-    pub(crate) revoked_retry_at: i64,
+    /// When entries whose SVID was revoked are requested again.
+    pub(crate) revoked_retry: RevokedRetry,
     /// Maximum workload SVIDs signed by a tainted authority that one round replaces.
     pub(crate) taint_batch_size: usize,
     /// Minimum time between two batches of SVIDs signed by a tainted authority, whatever
@@ -376,7 +420,7 @@ impl Syncer {
             .entries
             .iter()
             .any(|cached| cached.svid_revoked)
-            .then_some(self.revoked_retry_at);
+            .then_some(self.revoked_retry.at());
         if self.signing_incomplete {
             return interval;
         }
@@ -459,7 +503,7 @@ impl Syncer {
         );
         let tainted = TaintedAuthorities::new(response.tainted_x509_authority_ids);
 
-        let retry_revoked = now >= self.revoked_retry_at;
+        let retry_revoked = self.revoked_retry.is_due(now);
         let requested = self.cache.requested_entries(now);
         let inputs = svid_manager::PlanInputs {
             now,
@@ -481,8 +525,7 @@ impl Syncer {
             );
         }
         if retry_revoked && plan.entries.iter().any(|cached| cached.svid_revoked) {
-            let interval = i64::try_from(self.revoked_retry_interval.as_secs()).unwrap_or(i64::MAX);
-            self.revoked_retry_at = now.saturating_add(interval);
+            self.revoked_retry.schedule(now);
         }
         let published_early = if !plan.revoked.is_empty() || revoked != previous.revoked {
             // Workloads lose revoked credentials now rather than after the signing calls.
@@ -501,6 +544,9 @@ impl Syncer {
         self.log_signing_failures(&report.failed);
         self.signing_incomplete = !report.failed.is_empty() || report.error.is_some();
         let entry_count = plan.entries.len();
+        if !plan.entries.iter().any(|cached| cached.svid_revoked) {
+            self.revoked_retry.reset();
+        }
         let snapshot = self.snapshot(plan.entries, bundle.jwt_authorities, federated, revoked);
         let published = self.cache.publish_if_changed(snapshot) || published_early;
         tracing::debug!(
@@ -745,6 +791,42 @@ fn federated_bundles(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn revoked_retry_doubles_to_an_hour_and_starts_over() {
+        let mut retry = RevokedRetry::new(Duration::from_secs(5));
+        assert!(retry.is_due(0));
+        let mut now = 1_000;
+        let mut pauses = Vec::new();
+        for _ in 0..12 {
+            retry.schedule(now);
+            assert!(!retry.is_due(now));
+            pauses.push(retry.at() - now);
+            now = retry.at();
+            assert!(retry.is_due(now));
+        }
+        // Each pause is its step of 5, 10, 20 ... 3600 s, shortened by at most a fifth.
+        for (pause, step) in pauses
+            .iter()
+            .zip([5, 10, 20, 40, 80, 160, 320, 640, 1280, 2560])
+        {
+            assert!((step * 4 / 5..=step).contains(pause), "{pauses:?}");
+        }
+        assert!(
+            pauses[10..]
+                .iter()
+                .all(|pause| (2880..=3600).contains(pause)),
+            "{pauses:?}"
+        );
+        retry.reset();
+        assert!(retry.is_due(0));
+        retry.schedule(now);
+        assert!(
+            (4..=5).contains(&(retry.at() - now)),
+            "{}",
+            retry.at() - now
+        );
+    }
 
     #[test]
     fn backoff_doubles_to_thirty_seconds() {
