@@ -506,11 +506,27 @@ pub(crate) fn refusing_rule<'a>(
 /// Returns the refusal message for a request that `rule` refuses.
 pub(crate) fn refusal_message(rule: &RevocationRule, agent: &AttestedAgent, what: &str) -> String {
     format!(
-        "{what} refused: revocation {} ({} {}) withdrew credentials on this basis, and agent \
-         {} was attested at {}, not after it; renewals without compliant fresh evidence are \
-         refused, so the agent must attest again",
-        rule.id, rule.kind, rule.value, agent.spiffe_id, agent.attested_at
+        "{what} refused: revocation {} ({} {}, made at {}) withdrew credentials on this basis, \
+         and agent {} was attested at {}, not after it; renewals without compliant fresh \
+         evidence are refused, so the agent must attest again",
+        rule.id,
+        rule.kind,
+        rule.value,
+        utc_time(rule.created_at),
+        agent.spiffe_id,
+        utc_time(agent.attested_at)
     )
+}
+
+/// Formats Unix seconds as RFC 3339 in UTC, or as the bare number when out of range.
+fn utc_time(unix_seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix_seconds)
+        .ok()
+        .and_then(|time| {
+            time.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("Unix time {unix_seconds}"))
 }
 
 /// Checks an agent-mediated request against the rules that apply to the agent. A refusal is
@@ -968,6 +984,24 @@ mod tests {
 
     const AGENT_A: &str = "spiffe://example.org/spire/agent/tdx/a";
     const AGENT_B: &str = "spiffe://example.org/spire/agent/tdx/b";
+
+    #[test]
+    fn refusal_message_gives_times_in_utc() {
+        let rule = RevocationRule {
+            id: 7,
+            kind: "selector".to_owned(),
+            value: "tdx:mrtd:00".to_owned(),
+            reason: String::new(),
+            created_at: NOW,
+        };
+        let message = refusal_message(&rule, &agent(AGENT_A, &[]), "X.509-SVID");
+        assert!(
+            message.contains("made at 2027-01-15T08:00:00Z")
+                && message.contains("attested at 2027-01-15T07:58:20Z"),
+            "{message}"
+        );
+        assert_eq!(utc_time(i64::MAX), format!("Unix time {}", i64::MAX));
+    }
 
     #[test]
     fn selector_matches_entry_selectors() {
