@@ -171,7 +171,8 @@ impl Datastore {
         let pool = AnyPoolOptions::new()
             .max_connections(POSTGRES_POOL_SIZE)
             .connect(url)
-            .await?;
+            .await
+            .map_err(postgres_connect_error)?;
         let mut store = Self::finish_open(pool, DatabaseType::Postgres).await?;
         store.postgres_url = Some(notify::PostgresUrl(url.into()));
         Ok(store)
@@ -420,4 +421,29 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Turns the connection refusals that an operator fixes in PostgreSQL or in
+/// `connection_string` into a configuration error that says what to do. PostgreSQL's own
+/// message names the database or user; the URL is left out, because it may hold a password.
+fn postgres_connect_error(error: sqlx::Error) -> DatastoreError {
+    if let sqlx::Error::Database(database) = &error {
+        let hint = match database.code().as_deref() {
+            Some("3D000") => Some(
+                "create it, for example with `createdb` as a PostgreSQL superuser, or correct \
+                 the database name in connection_string",
+            ),
+            Some("28000" | "28P01") => Some(
+                "check the user and password in connection_string and the server's pg_hba.conf",
+            ),
+            _ => None,
+        };
+        if let Some(hint) = hint {
+            return DatastoreError::InvalidConfig(format!(
+                "PostgreSQL refused the connection: {}; {hint}",
+                database.message()
+            ));
+        }
+    }
+    DatastoreError::Backend(error)
 }

@@ -1509,6 +1509,27 @@ async fn sqlite_file_is_private_and_uses_wal() {
 }
 
 #[tokio::test]
+async fn postgres_missing_database_says_what_to_do() {
+    // Creating a database first shows that PostgreSQL answers; its name plus a suffix is one
+    // that does not exist.
+    let Some(db) = TestDb::postgres("twid_missing").await else {
+        return;
+    };
+    let mut config = db.config.clone();
+    config.connection_string.push_str("_absent");
+    let message = match Datastore::open(&config).await {
+        Err(error @ DatastoreError::InvalidConfig(_)) => error.to_string(),
+        Err(other) => panic!("wrong error for a missing database: {other:?}"),
+        Ok(_) => panic!("a missing database opened"),
+    };
+    assert!(
+        message.contains("_absent\" does not exist") && message.contains("createdb"),
+        "{message}"
+    );
+    assert!(!message.contains("at line"), "{message}");
+}
+
+#[tokio::test]
 async fn sqlite_missing_directory_fails() {
     let dir = tempfile::tempdir().expect("create temp dir");
     let path = dir.path().join("absent").join("twid.db");
