@@ -247,8 +247,9 @@ fn report_json(report: &VerifyIssuanceLogResponse) -> Value {
     });
     json!({
         "intact": report.alteration.is_none(),
-        "records": report.records,
-        "checkpoints": report.checkpoints,
+        // Before an alteration, only the records and checkpoints ahead of it count as intact.
+        "intact_records": report.records,
+        "intact_checkpoints": report.checkpoints,
         "signatures_checked": report.signatures_checked,
         "alteration": alteration,
     })

@@ -44,6 +44,7 @@ fn assert_altered(socket: &str, seq: u64, kind: &str, original_seq: Option<u64>)
     assert_eq!(report["intact"], false, "{kind} at {seq}: {report}");
     assert_eq!(report["alteration"]["seq"], seq, "{report}");
     assert_eq!(report["alteration"]["kind"], kind, "{report}");
+    assert_eq!(report["intact_records"], seq, "{report}");
     if let Some(original) = original_seq {
         assert_eq!(report["alteration"]["original_seq"], original, "{report}");
     }
@@ -53,7 +54,7 @@ fn assert_altered(socket: &str, seq: u64, kind: &str, original_seq: Option<u64>)
 fn assert_intact(socket: &str, records: u64) {
     let report = verify_json(socket);
     assert_eq!(report["intact"], true, "{report}");
-    assert_eq!(report["records"], records, "{report}");
+    assert_eq!(report["intact_records"], records, "{report}");
     let pretty = run_ok(&["log", "verify", "--socket-path", socket]);
     assert!(pretty.contains("intact"), "{pretty}");
 }
