@@ -289,7 +289,7 @@ pub fn verify(
             format!(
                 "IAS report timestamp {} is more than {MAX_CLOCK_SKEW_SECS} s after now {}",
                 report.timestamp,
-                format_unix(now)
+                crate::utc_text(now)
             ),
         ));
     }
@@ -452,16 +452,16 @@ fn check_validity(cert: &X509Certificate<'_>, now: i64) -> Result<i64, VerifyErr
         return Err(VerifyError::expired(format!(
             "certificate {} notBefore {} is after now {}",
             describe(cert),
-            format_unix(not_before),
-            format_unix(now)
+            crate::utc_text(not_before),
+            crate::utc_text(now)
         )));
     }
     if now > not_after {
         return Err(VerifyError::expired(format!(
             "certificate {} notAfter {} is before now {}",
             describe(cert),
-            format_unix(not_after),
-            format_unix(now)
+            crate::utc_text(not_after),
+            crate::utc_text(now)
         )));
     }
     Ok(not_after)
@@ -514,17 +514,6 @@ fn describe(cert: &X509Certificate<'_>) -> String {
         Some(cn) => format!("\"{cn}\""),
         None => format!("\"{}\"", cert.subject()),
     }
-}
-
-/// Formats Unix seconds as RFC 3339 UTC, or as the bare number when out of range.
-fn format_unix(seconds: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(seconds)
-        .ok()
-        .and_then(|at| {
-            at.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| seconds.to_string())
 }
 
 #[cfg(test)]

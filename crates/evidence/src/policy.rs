@@ -189,8 +189,8 @@ impl Policy {
             return Err(VerifyError::expired(format!(
                 "collateral issued at {} is {age}s old at {}, over max_collateral_age {}s; \
                  refresh the collateral",
-                rfc3339(issued_at),
-                rfc3339(now),
+                crate::utc_text(issued_at),
+                crate::utc_text(now),
                 seconds(max_age)
             )));
         }
@@ -217,8 +217,8 @@ impl Policy {
                 Reason::Freshness,
                 format!(
                     "{what} {} is more than {MAX_CLOCK_SKEW_SECONDS}s after now {}",
-                    rfc3339(timestamp),
-                    rfc3339(now)
+                    crate::utc_text(timestamp),
+                    crate::utc_text(now)
                 ),
             ));
         }
@@ -228,8 +228,8 @@ impl Policy {
                 Reason::Freshness,
                 format!(
                     "{what} {} is {age}s old at {}, over max_evidence_age {}s",
-                    rfc3339(timestamp),
-                    rfc3339(now),
+                    crate::utc_text(timestamp),
+                    crate::utc_text(now),
                     seconds(max_age)
                 ),
             ));
@@ -352,17 +352,6 @@ fn check_snp_tcb(field: &str, actual: &SnpTcb, minimum: &SnpTcb) -> Result<(), V
 
 fn seconds(duration: Duration) -> i64 {
     i64::try_from(duration.as_secs()).unwrap_or(i64::MAX)
-}
-
-/// Formats Unix seconds as RFC 3339 for messages, or the raw number when out of range.
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|time| {
-            time.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
 }
 
 #[cfg(test)]
