@@ -241,13 +241,21 @@ async fn sign_batch(
             continue;
         };
         let entry_id = result.entry_id.clone();
+        let revoked = result.revoked;
         match checked_svid(&entries[index].entry, result, &key) {
             Ok(svid) => {
                 entries[index].svid = Some(Arc::new(svid));
                 entries[index].svid_revoked = false;
                 report.signed += 1;
             }
-            Err(reason) => report.failed.push((entry_id, reason)),
+            Err(reason) => {
+                // Also an entry whose SVID this agent never held, for example after a restart
+                // or one made after the revocation, waits for the retry like a revoked one.
+                if revoked {
+                    entries[index].svid_revoked = true;
+                }
+                report.failed.push((entry_id, reason));
+            }
         }
     }
     for (entry_id, _) in keys {
@@ -544,6 +552,7 @@ mod tests {
             cert_chain: vec![ca.leaf(key, spiffe_id)],
             expires_at: 0,
             error: String::new(),
+            revoked: false,
         }
     }
 

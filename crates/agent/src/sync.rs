@@ -177,8 +177,12 @@ impl RevokedRetry {
         }
     }
 
+    /// Returns whether the entries are due at `now`. They are also due when the wall clock
+    /// went back by more than the longest pause, which would otherwise add the jump.
     pub(crate) fn is_due(&self, now: i64) -> bool {
-        now >= self.at
+        let longest =
+            i64::try_from(REVOKED_RETRY_MAX.max(self.start).as_secs()).unwrap_or(i64::MAX);
+        now >= self.at || self.at.saturating_sub(now) > longest
     }
 
     /// Unix seconds from which the entries are requested again.
@@ -524,9 +528,6 @@ impl Syncer {
                 "replacing X.509-SVIDs signed by a tainted authority"
             );
         }
-        if retry_revoked && plan.entries.iter().any(|cached| cached.svid_revoked) {
-            self.revoked_retry.schedule(now);
-        }
         let published_early = if !plan.revoked.is_empty() || revoked != previous.revoked {
             // Workloads lose revoked credentials now rather than after the signing calls.
             self.log_revocations(&plan.revoked, &revoked);
@@ -546,6 +547,10 @@ impl Syncer {
         let entry_count = plan.entries.len();
         if !plan.entries.iter().any(|cached| cached.svid_revoked) {
             self.revoked_retry.reset();
+        } else if retry_revoked && report.error.is_none() {
+            // The revoked entries were asked for in this round and refused again. A round whose
+            // signing call failed may have asked for nothing, so then the pause stays.
+            self.revoked_retry.schedule(now);
         }
         let snapshot = self.snapshot(plan.entries, bundle.jwt_authorities, federated, revoked);
         let published = self.cache.publish_if_changed(snapshot) || published_early;
@@ -818,6 +823,9 @@ mod tests {
                 .all(|pause| (2880..=3600).contains(pause)),
             "{pauses:?}"
         );
+        // A clock set back by more than the longest pause does not add the jump.
+        assert!(!retry.is_due(now - 3600));
+        assert!(retry.is_due(now - 2 * 3600));
         retry.reset();
         assert!(retry.is_due(0));
         retry.schedule(now);

@@ -489,6 +489,7 @@ impl Node for FakeService {
                 results.push(X509SvidResult {
                     entry_id: params.entry_id.clone(),
                     error: "the entry's SVIDs were revoked".to_owned(),
+                    revoked: true,
                     ..X509SvidResult::default()
                 });
                 continue;
@@ -515,6 +516,7 @@ impl Node for FakeService {
                 cert_chain: vec![cert],
                 expires_at: 0,
                 error: String::new(),
+                revoked: false,
             });
         }
         Ok(Response::new(BatchNewX509SvidResponse { results }))

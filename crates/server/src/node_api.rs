@@ -754,6 +754,7 @@ impl Node for NodeService {
                 results.push(X509SvidResult {
                     entry_id: entry.id.clone(),
                     error: reason,
+                    revoked: true,
                     ..X509SvidResult::default()
                 });
                 continue;
@@ -773,6 +774,7 @@ impl Node for NodeService {
                         expires_at: cert_expiry(&signed.cert),
                         cert_chain: self.shared.ca.snapshot().svid_chain(signed.cert),
                         error: String::new(),
+                        revoked: false,
                     }
                 }
                 Err(status) => X509SvidResult {

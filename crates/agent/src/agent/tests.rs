@@ -874,3 +874,114 @@ async fn signs_beyond_cache_limit_only_on_request() {
     assert_eq!(setup.node.state().signed_svids, 3);
     agent.shutdown().await;
 }
+
+/// Returns the refusals the fake server counted during `window`, which starts after `settle`.
+async fn refusals_during(node: &FakeNode, settle: Duration, window: Duration) -> usize {
+    tokio::time::sleep(settle).await;
+    let before = node.state().refusals;
+    tokio::time::sleep(window).await;
+    node.state().refusals - before
+}
+
+#[tokio::test]
+async fn refused_new_entry_backs_off() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    let mut settings = setup.settings(Some("good"));
+    settings.sync_interval = Duration::from_secs(1);
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+
+    // An entry that a revocation covers from its start: the agent never held its SVID.
+    setup.node.state().refused_entries.insert("late".to_owned());
+    setup
+        .node
+        .entries
+        .lock()
+        .expect("entries")
+        .push(own_entry("late", 3));
+    setup.node.notify();
+    // Asked at about 0, 1, 3 and 7 s: one request in the window, at every sync six.
+    let refusals =
+        refusals_during(&setup.node, Duration::from_secs(4), Duration::from_secs(6)).await;
+    agent.shutdown().await;
+    assert!(refusals <= 2, "{refusals} refusals in 6 s");
+}
+
+#[tokio::test]
+async fn workload_fetches_repeat_no_refusal() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    setup.node.state().refused_entries.insert("e1".to_owned());
+    let mut settings = setup.settings(Some("good"));
+    settings.sync_interval = LONG;
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = setup.node.state().refusals;
+
+    // Each fetch of a caller whose only identity is refused used to start a round.
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    for _ in 0..20 {
+        let _ = client.fetch_x509svid(with_header(X509svidRequest {})).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refusals = setup.node.state().refusals - before;
+    agent.shutdown().await;
+    assert!(refusals <= 1, "{refusals} refusals for 20 fetches");
+}
+
+#[tokio::test]
+async fn revoked_entry_beyond_cache_limit_returns() {
+    let setup = Setup::new(&["good"], LONG, LONG).await;
+    setup
+        .node
+        .entries
+        .lock()
+        .expect("entries")
+        .push(own_entry("second", 2));
+    let mut settings = setup.settings(Some("good"));
+    settings.sync_interval = Duration::from_secs(1);
+    settings.x509_svid_cache_max_size = 2;
+    let agent = Agent::start_with(settings).await.expect("agent starts");
+    agent
+        .wait_first_sync(Duration::from_secs(10))
+        .await
+        .expect("first sync");
+    assert!(setup.node.state().issued.contains_key("second"));
+    setup.node.revoke_entries(&["second"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // An entry of another uid, listed first, fills the cache limit ahead of the revoked one.
+    let mut other = own_entry("other", 3);
+    other.selectors[0].value = format!("uid:{}", own_euid() + 8);
+    setup.node.entries.lock().expect("entries").insert(0, other);
+    setup.node.notify();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    // The server signs it again, as after a new attestation, and its workload keeps asking.
+    setup.node.state().refused_entries.clear();
+    let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let signed_again = eventually(Duration::from_secs(20), || {
+        setup.node.state().issued.get("second").map_or(0, Vec::len) >= 2
+    });
+    let fetches = async {
+        loop {
+            let _ = client.fetch_x509svid(with_header(X509svidRequest {})).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let signed_again = tokio::select! {
+        signed = signed_again => signed,
+        () = fetches => unreachable!("the fetch loop never ends"),
+    };
+    agent.shutdown().await;
+    assert!(
+        signed_again,
+        "the revoked entry beyond the cache limit was not signed again"
+    );
+}

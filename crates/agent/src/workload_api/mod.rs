@@ -62,7 +62,7 @@ impl Caller {
     /// keeps their SVIDs signed, and signs missing ones now, when the agent holds more entries
     /// than `x509_svid_cache_max_size`.
     fn request_identities(&self, snapshot: &Snapshot) {
-        let entries = responses::identities(snapshot, &self.identity.selectors);
+        let entries = responses::requested_identities(snapshot, &self.identity.selectors);
         self.cache
             .request_entries(&entries, crate::sync::unix_now());
     }

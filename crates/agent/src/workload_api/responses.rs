@@ -79,6 +79,23 @@ pub(crate) fn identities<'a>(
         .collect()
 }
 
+/// Returns the entries that a caller's request keeps signed: its [`identities`] and its
+/// matching entries whose SVID was revoked. Beyond the cache limit only requested entries
+/// are signed, so a revoked entry left out here would never be asked for again.
+pub(crate) fn requested_identities<'a>(
+    snapshot: &'a Snapshot,
+    selectors: &[Selector],
+) -> Vec<&'a CachedEntry> {
+    let mut entries = identities(snapshot, selectors);
+    entries.extend(
+        snapshot
+            .matching_entries(selectors)
+            .into_iter()
+            .filter(|cached| cached.svid_revoked),
+    );
+    entries
+}
+
 /// Builds the FetchX509Bundles message: the local trust domain's CA certificates and those of
 /// the trust domains the caller's entries federate with.
 pub(crate) fn x509_bundles(snapshot: &Snapshot, entries: &[&CachedEntry]) -> X509BundlesResponse {
