@@ -490,6 +490,11 @@ fn leaf_serial(chain: &[u8]) -> String {
 async fn start_slow(setup: &Setup) -> AgentHandle {
     let mut settings = setup.settings(Some("good"));
     settings.sync_interval = Duration::from_secs(60);
+    start_synced(settings).await
+}
+
+/// Starts an agent and waits for its first sync.
+async fn start_synced(settings: AgentSettings) -> AgentHandle {
     let agent = Agent::start_with(settings).await.expect("agent starts");
     agent
         .wait_first_sync(Duration::from_secs(10))
@@ -888,11 +893,7 @@ async fn refused_new_entry_backs_off() {
     let setup = Setup::new(&["good"], LONG, LONG).await;
     let mut settings = setup.settings(Some("good"));
     settings.sync_interval = Duration::from_secs(1);
-    let agent = Agent::start_with(settings).await.expect("agent starts");
-    agent
-        .wait_first_sync(Duration::from_secs(10))
-        .await
-        .expect("first sync");
+    let agent = start_synced(settings).await;
 
     // An entry that a revocation covers from its start: the agent never held its SVID.
     setup.node.state().refused_entries.insert("late".to_owned());
@@ -916,11 +917,7 @@ async fn workload_fetches_repeat_no_refusal() {
     setup.node.state().refused_entries.insert("e1".to_owned());
     let mut settings = setup.settings(Some("good"));
     settings.sync_interval = LONG;
-    let agent = Agent::start_with(settings).await.expect("agent starts");
-    agent
-        .wait_first_sync(Duration::from_secs(10))
-        .await
-        .expect("first sync");
+    let agent = start_synced(settings).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = setup.node.state().refusals;
 
@@ -947,11 +944,7 @@ async fn revoked_entry_beyond_cache_limit_returns() {
     let mut settings = setup.settings(Some("good"));
     settings.sync_interval = Duration::from_secs(1);
     settings.x509_svid_cache_max_size = 2;
-    let agent = Agent::start_with(settings).await.expect("agent starts");
-    agent
-        .wait_first_sync(Duration::from_secs(10))
-        .await
-        .expect("first sync");
+    let agent = start_synced(settings).await;
     assert!(setup.node.state().issued.contains_key("second"));
     setup.node.revoke_entries(&["second"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
