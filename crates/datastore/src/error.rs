@@ -69,6 +69,12 @@ pub enum DatastoreError {
     /// The configuration cannot be used, for example a non-UTF-8 path.
     #[error("invalid datastore configuration: {0}")]
     InvalidConfig(String),
+    /// No connection to the database server could be opened.
+    #[error(
+        "cannot reach PostgreSQL: {0}; check that it is running and that connection_string \
+         names its host and port"
+    )]
+    Unreachable(String),
 }
 
 impl From<sqlx::Error> for DatastoreError {

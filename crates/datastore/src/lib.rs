@@ -28,11 +28,11 @@ mod revocation;
 mod sqlite;
 
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
 use sqlx::any::{AnyPoolOptions, AnyRow};
-use sqlx::{AnyConnection, AnyPool, Row};
+use sqlx::{AnyConnection, AnyPool, Connection as _, Row};
 use twid_spiffe::{SpiffeId, TrustDomain};
 
 pub use bundles::StoredBundle;
@@ -96,6 +96,10 @@ type ReadFuture<'c, T> =
 /// time anyway, and a single connection avoids `SQLITE_BUSY` on lock upgrades.
 const POSTGRES_POOL_SIZE: u32 = 8;
 
+/// How long opening the datastore waits for its first PostgreSQL connection, as long as the
+/// pool waits for one.
+const POSTGRES_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Datastore {
     /// Opens the configured datastore and applies pending migrations.
     ///
@@ -148,7 +152,7 @@ impl Datastore {
                     if sqlite::is_busy(&error) && started.elapsed() < sqlite::OPEN_BUSY_RETRY =>
                 {
                     tracing::debug!(%error, "sqlite file busy while opening; retrying");
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 result => {
                     result.map_err(open_error)?;
@@ -168,6 +172,21 @@ impl Datastore {
 
     async fn open_postgres(url: &str) -> Result<Self, DatastoreError> {
         sqlx::any::install_default_drivers();
+        // A pool retries a failed connection until its acquire timeout and then reports only
+        // the timeout, so one connection first reports why PostgreSQL cannot be reached.
+        match tokio::time::timeout(POSTGRES_CONNECT_TIMEOUT, AnyConnection::connect(url)).await {
+            Ok(Ok(probe)) => {
+                // The pool opens its own connections, so a failed close changes nothing.
+                let _ = probe.close().await;
+            }
+            Ok(Err(error)) => return Err(postgres_connect_error(error)),
+            Err(_) => {
+                return Err(DatastoreError::Unreachable(format!(
+                    "no connection within {} s",
+                    POSTGRES_CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(POSTGRES_POOL_SIZE)
             .connect(url)
@@ -257,7 +276,7 @@ impl Datastore {
     async fn read_tolerating_lag<T>(
         &self,
         at_least: u64,
-        timeout: std::time::Duration,
+        timeout: Duration,
         description: &'static str,
         argument: u64,
         read: for<'c> fn(&'c mut AnyConnection, u64) -> ReadFuture<'c, T>,
@@ -444,6 +463,9 @@ fn postgres_connect_error(error: sqlx::Error) -> DatastoreError {
                 database.message()
             ));
         }
+    }
+    if let sqlx::Error::Io(io) = &error {
+        return DatastoreError::Unreachable(io.to_string());
     }
     DatastoreError::Backend(error)
 }

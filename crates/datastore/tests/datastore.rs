@@ -1530,6 +1530,30 @@ async fn postgres_missing_database_says_what_to_do() {
 }
 
 #[tokio::test]
+async fn postgres_unreachable_fails_at_once() {
+    // Nothing listens on port 1 of the loopback address, so the connection is refused.
+    let config = DatastoreConfig {
+        ro_connection_string: None,
+        database_type: DatabaseType::Postgres,
+        connection_string: "postgres://postgres:hunter2@127.0.0.1:1/twid".to_owned(),
+    };
+    let started = Instant::now();
+    let message = match Datastore::open(&config).await {
+        Err(error @ DatastoreError::Unreachable(_)) => error.to_string(),
+        Err(other) => panic!("wrong error for an unreachable server: {other:?}"),
+        Ok(_) => panic!("an unreachable server opened"),
+    };
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(message.contains("refused"), "{message}");
+    assert!(message.contains("host and port"), "{message}");
+    assert!(!message.contains("hunter2"), "{message}");
+}
+
+#[tokio::test]
 async fn sqlite_missing_directory_fails() {
     let dir = tempfile::tempdir().expect("create temp dir");
     let path = dir.path().join("absent").join("twid.db");

@@ -921,8 +921,16 @@ async fn workload_fetches_repeat_no_refusal() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = setup.node.state().refusals;
 
-    // Each fetch of a caller whose only identity is refused used to start a round.
+    // The caller's only identity is refused, so it has none, as after an agent restart with
+    // a revoked entry.
     let mut client = workload_client(agent.socket_path().to_owned()).await;
+    let refused = client
+        .fetch_x509svid(with_header(X509svidRequest {}))
+        .await
+        .expect_err("a caller whose identity is refused gets no stream");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
+    // Each fetch of such a caller used to start a round.
     for _ in 0..20 {
         let _ = client.fetch_x509svid(with_header(X509svidRequest {})).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
