@@ -200,16 +200,18 @@ async fn attested_caller<T>(
     Ok(caller)
 }
 
-/// Builds the PermissionDenied status for a caller that matches no entry.
+/// Builds the PermissionDenied status for a caller that matches no entry, or only entries
+/// whose SVID the server revoked.
 fn no_identity(caller: &Identity) -> Status {
     let selectors: Vec<String> = caller.selectors.iter().map(ToString::to_string).collect();
     tracing::debug!(
         ?selectors,
         uid = caller.peer.uid,
-        "no registration entry matches the caller"
+        "no registration entry with a current SVID matches the caller"
     );
     Status::permission_denied(format!(
-        "no identity issued: no identity is registered for this caller ({})",
+        "no identity issued: no identity is registered for this caller, or the server revoked \
+         the SVIDs of those that are ({})",
         caller::describe(&caller.peer)
     ))
 }

@@ -116,13 +116,15 @@ fn list_json(response: &ListRevocationsResponse) -> Value {
         .credentials
         .iter()
         .map(|credential| {
+            // An absent value is null, as in `twid log show`, not an empty string.
+            let text = |value: &str| (!value.is_empty()).then(|| value.to_owned());
             json!({
                 "revocation_id": credential.revocation_id,
                 "kind": credential.kind,
-                "serial": credential.serial,
-                "jti": credential.jti,
-                "spiffe_id": credential.spiffe_id,
-                "agent_id": credential.agent_id,
+                "serial": text(&credential.serial),
+                "jti": text(&credential.jti),
+                "spiffe_id": text(&credential.spiffe_id),
+                "agent_id": text(&credential.agent_id),
                 "expires_at": credential.expires_at,
             })
         })

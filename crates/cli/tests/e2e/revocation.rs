@@ -379,14 +379,18 @@ async fn revoke_selector_lists_refuses_and_publishes() {
     )
     .unwrap();
     assert_eq!(list["revocations"].as_array().unwrap().len(), 1, "{list}");
-    let listed: Vec<String> = list["credentials"]
-        .as_array()
-        .unwrap()
+    let credentials = list["credentials"].as_array().unwrap();
+    let listed: Vec<&str> = credentials
         .iter()
-        .map(|credential| credential["serial"].as_str().unwrap().to_owned())
-        .filter(|serial| !serial.is_empty())
+        .filter_map(|credential| credential["serial"].as_str())
         .collect();
     assert_eq!(listed, [revoked_serial.as_str()]);
+    // A JWT has no serial and an X.509-SVID no jti: null, as in `twid log show`.
+    let listed_jtis: Vec<&str> = credentials
+        .iter()
+        .filter_map(|credential| credential["jti"].as_str())
+        .collect();
+    assert_eq!(listed_jtis, [revoked_jti.as_str()]);
     let claims = verify_jws(list["signed_list"].as_str().unwrap(), &bundle);
     assert_eq!(
         strings(&claims["revoked_x509_serials"]),
