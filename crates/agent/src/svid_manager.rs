@@ -430,7 +430,7 @@ mod tests {
     }
 
     #[test]
-    fn changed_entry_with_revoked_svid_is_due_before_the_retry() {
+    fn changed_revoked_entry_is_due() {
         let mut unchanged = CachedEntry::new(entry("a", 1), None);
         unchanged.svid_revoked = true;
         let mut changed = CachedEntry::new(entry("b", 1), None);

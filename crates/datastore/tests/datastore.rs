@@ -1509,9 +1509,9 @@ async fn sqlite_file_is_private_and_uses_wal() {
 }
 
 #[tokio::test]
-async fn postgres_missing_database_says_what_to_do() {
-    // Creating a database first shows that PostgreSQL answers; its name plus a suffix is one
-    // that does not exist.
+async fn postgres_missing_database_error() {
+    // Creating a database first shows that PostgreSQL is reachable, and its name plus a suffix
+    // names a database that does not exist.
     let Some(db) = TestDb::postgres("twid_missing").await else {
         return;
     };
@@ -1531,7 +1531,7 @@ async fn postgres_missing_database_says_what_to_do() {
 
 #[tokio::test]
 async fn postgres_unreachable_fails_at_once() {
-    // Nothing listens on port 1 of the loopback address, so the connection is refused.
+    // Port 1 of the loopback address normally has no listener, so the connection is refused.
     let config = DatastoreConfig {
         ro_connection_string: None,
         database_type: DatabaseType::Postgres,
