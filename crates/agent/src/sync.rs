@@ -798,9 +798,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn revoked_retry_doubles_to_an_hour_and_starts_over() {
+    fn revoked_retry_doubles_then_resets() {
         let mut retry = RevokedRetry::new(Duration::from_secs(5));
         assert!(retry.is_due(0));
+
         let mut now = 1_000;
         let mut pauses = Vec::new();
         for _ in 0..12 {
@@ -810,6 +811,7 @@ mod tests {
             now = retry.at();
             assert!(retry.is_due(now));
         }
+
         // Each pause is its step of 5, 10, 20 ... 3600 s, shortened by at most a fifth.
         for (pause, step) in pauses
             .iter()
@@ -823,9 +825,11 @@ mod tests {
                 .all(|pause| (2880..=3600).contains(pause)),
             "{pauses:?}"
         );
+
         // A clock set back by more than the longest pause does not add the jump.
         assert!(!retry.is_due(now - 3600));
         assert!(retry.is_due(now - 2 * 3600));
+
         retry.reset();
         assert!(retry.is_due(0));
         retry.schedule(now);
