@@ -151,11 +151,11 @@ impl Backoff {
     }
 }
 
-/// The longest pause between two requests for entries whose SVID was revoked.
+/// Maximum pause between two requests for entries whose SVID was revoked.
 const REVOKED_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
 
-/// When entries whose SVID was revoked are requested again. The server refuses them, and
-/// records every refusal in its issuance log, until the agent attests again after the
+/// The schedule of requests for entries whose SVID was revoked. The server rejects them, and
+/// records every rejection in its issuance log, until the agent attests again after the
 /// revocation. So the pause between requests starts at the sync interval and doubles up to
 /// [`REVOKED_RETRY_MAX`], with the jitter of [`Backoff`]. Attesting again, or a round that
 /// leaves no entry revoked, starts over. An entry that changes is requested at once (see
@@ -163,6 +163,8 @@ const REVOKED_RETRY_MAX: Duration = Duration::from_secs(60 * 60);
 #[derive(Debug)]
 pub(crate) struct RevokedRetry {
     start: Duration,
+    /// The maximum pause in seconds: [`REVOKED_RETRY_MAX`], or `start` when longer.
+    max_pause: i64,
     backoff: Backoff,
     /// Unix seconds from which the entries are requested again.
     at: i64,
@@ -170,19 +172,19 @@ pub(crate) struct RevokedRetry {
 
 impl RevokedRetry {
     pub(crate) fn new(start: Duration) -> Self {
+        let max_pause = REVOKED_RETRY_MAX.max(start);
         Self {
             start,
-            backoff: Backoff::with_bounds(start, REVOKED_RETRY_MAX.max(start)),
+            max_pause: i64::try_from(max_pause.as_secs()).unwrap_or(i64::MAX),
+            backoff: Backoff::with_bounds(start, max_pause),
             at: 0,
         }
     }
 
     /// Returns whether the entries are due at `now`. They are also due when the wall clock
-    /// went back by more than the longest pause, which would otherwise add the jump.
+    /// went back by more than the maximum pause, which would otherwise add the jump.
     pub(crate) fn is_due(&self, now: i64) -> bool {
-        let longest =
-            i64::try_from(REVOKED_RETRY_MAX.max(self.start).as_secs()).unwrap_or(i64::MAX);
-        now >= self.at || self.at.saturating_sub(now) > longest
+        now >= self.at || self.at.saturating_sub(now) > self.max_pause
     }
 
     /// Unix seconds from which the entries are requested again.

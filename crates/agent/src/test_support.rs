@@ -184,6 +184,14 @@ impl FakeNode {
         })
     }
 
+    /// Appends `entry` to the entries that Sync returns.
+    pub(crate) fn add_entry(&self, entry: Entry) {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(entry);
+    }
+
     /// Sends a sync hint to every open Watch stream.
     pub(crate) fn notify(&self) {
         self.hints.send_modify(|revision| *revision += 1);

@@ -442,9 +442,9 @@ fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
-/// Turns the connection refusals that an operator fixes in PostgreSQL or in
-/// `connection_string` into a configuration error that says what to do. PostgreSQL's own
-/// message names the database or user; the URL is left out, because it may hold a password.
+/// Converts the connection errors that an operator fixes in PostgreSQL or in
+/// `connection_string` into configuration errors with the fix, and I/O errors into
+/// [`DatastoreError::Unreachable`]. The URL is left out, because it may contain a password.
 fn postgres_connect_error(error: sqlx::Error) -> DatastoreError {
     if let sqlx::Error::Database(database) = &error {
         let hint = match database.code().as_deref() {

@@ -280,8 +280,9 @@ fn stored_seq(seq: u64) -> Result<i64, LogError> {
 }
 
 /// Keeps adding to `batch` while records arrive at a rate of at least [`BUSY_STEP_RECORDS`]
-/// per step of `interval / GATHER_STEPS_PER_INTERVAL`, until [`MAX_GATHER_INTERVALS`] intervals after
-/// `last_start` or a full batch. Only a batch of [`BUSY_BATCH`] records or more gathers.
+/// per step of `interval / GATHER_STEPS_PER_INTERVAL`, until [`MAX_GATHER_INTERVALS`]
+/// intervals after `last_start` or a full batch. Only a batch of [`BUSY_BATCH`] records or
+/// more gathers.
 ///
 /// Records that keep arriving while this many wait mean that other signers keep the cores
 /// busy, and then a commit's fixed cost, which on PostgreSQL is that of about a hundred rows,

@@ -622,12 +622,7 @@ async fn watch_reopens_after_server_restart() {
 #[tokio::test]
 async fn revoked_svids_are_never_served_again() {
     let setup = Setup::new(&["good"], LONG, LONG).await;
-    setup
-        .node
-        .entries
-        .lock()
-        .expect("entries")
-        .push(own_entry("second", 2));
+    setup.node.add_entry(own_entry("second", 2));
     let agent = start_slow(&setup).await;
     let node = Arc::clone(&setup.node);
     let mut client = workload_client(agent.socket_path().to_owned()).await;
@@ -786,7 +781,7 @@ async fn fails_over_to_second_address() {
         .await,
         "the agent did not reopen the Watch stream on the second address"
     );
-    setup.node.entries.lock().expect("entries").push(Entry {
+    setup.node.add_entry(Entry {
         id: "e2".to_owned(),
         spiffe_id: "spiffe://example.org/after-failover".to_owned(),
         parent_id: "spiffe://example.org/spire/agent/join_token/any".to_owned(),
@@ -897,12 +892,7 @@ async fn refused_new_entry_backs_off() {
 
     // An entry that a revocation covers from its start: the agent never held its SVID.
     setup.node.state().refused_entries.insert("late".to_owned());
-    setup
-        .node
-        .entries
-        .lock()
-        .expect("entries")
-        .push(own_entry("late", 3));
+    setup.node.add_entry(own_entry("late", 3));
     setup.node.notify();
     // Asked at about 0, 1, 3 and 7 s: one request in the window, at every sync six.
     let refusals =
@@ -943,12 +933,7 @@ async fn workload_fetches_repeat_no_refusal() {
 #[tokio::test]
 async fn revoked_entry_beyond_cache_limit_returns() {
     let setup = Setup::new(&["good"], LONG, LONG).await;
-    setup
-        .node
-        .entries
-        .lock()
-        .expect("entries")
-        .push(own_entry("second", 2));
+    setup.node.add_entry(own_entry("second", 2));
     let mut settings = setup.settings(Some("good"));
     settings.sync_interval = Duration::from_secs(1);
     settings.x509_svid_cache_max_size = 2;
