@@ -249,8 +249,8 @@ async fn sign_batch(
                 report.signed += 1;
             }
             Err(reason) => {
-                // Also an entry whose SVID this agent never held, for example after a restart
-                // or one made after the revocation, waits for the retry like a revoked one.
+                // An entry whose SVID this agent never held, for example after a restart, also
+                // waits for the retry schedule like a revoked one.
                 if revoked {
                     entries[index].svid_revoked = true;
                 }

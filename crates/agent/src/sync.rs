@@ -192,8 +192,7 @@ impl RevokedRetry {
         self.at
     }
 
-    /// Schedules the next request after one made at `now` that still had revoked entries to
-    /// ask for.
+    /// Schedules the next request after a round at `now` that requested revoked entries.
     pub(crate) fn schedule(&mut self, now: i64) {
         let delay = i64::try_from(self.backoff.step().as_secs()).unwrap_or(i64::MAX);
         self.at = now.saturating_add(delay.max(1));
@@ -237,7 +236,7 @@ pub(crate) struct Syncer {
     /// The schedule for attesting again with fresh evidence; `None` for a join token agent,
     /// which renews its SVID with RenewAgent instead.
     pub(crate) reattestation: Option<Reattestation>,
-    /// When entries whose SVID was revoked are requested again.
+    /// The schedule of requests for entries whose SVID was revoked.
     pub(crate) revoked_retry: RevokedRetry,
     /// Maximum workload SVIDs signed by a tainted authority that one round replaces.
     pub(crate) taint_batch_size: usize,
@@ -550,8 +549,8 @@ impl Syncer {
         if !plan.entries.iter().any(|cached| cached.svid_revoked) {
             self.revoked_retry.reset();
         } else if retry_revoked && report.error.is_none() {
-            // The revoked entries were asked for in this round and refused again. A round whose
-            // signing call failed may have asked for nothing, so then the pause stays.
+            // The revoked entries were requested in this round and rejected again. A round
+            // whose signing call failed may have requested nothing, so then the pause stays.
             self.revoked_retry.schedule(now);
         }
         let snapshot = self.snapshot(plan.entries, bundle.jwt_authorities, federated, revoked);
