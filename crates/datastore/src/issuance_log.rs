@@ -14,9 +14,6 @@
 //! that the caller remembers and stores a whole batch only if the head row still contains that
 //! value, so a batch needs no read of the head. On PostgreSQL it uses a connection of its own
 //! and stores a batch, its checkpoints and the new head with one statement.
-//!
-//! Limit: every record is a row with its own index entries, and the log costs more than its
-//! 10 % target of the signing rate. One row per batch took only about 3 points off.
 
 use std::fmt;
 use std::path::Path;

@@ -1,8 +1,15 @@
 //! The cost of logging per X.509-SVID. 64 tasks sign SVIDs concurrently, as agents' requests
-//! do on the server. In `sign_only` they only sign. In `sign_and_append_*` each signature is
+//! do on the server. In the sign-only phase they only sign. In a log phase each signature is
 //! followed by the append of its issuance record, which the server awaits before it returns
-//! the SVID. The tasks run for the whole of a case, and every sample times a number of SVIDs
-//! completed under that running load (see [`SteadyLoad`]).
+//! the SVID. Each phase counts the SVIDs completed in a window of [`WINDOW`], after its
+//! signers have run for [`WARM_UP`] (see [`SteadyLoad`]).
+//!
+//! A round runs a sign-only phase, a phase per database, and a sign-only phase again, and a
+//! database's cost in the round is one minus its rate over the mean of the two sign-only
+//! rates. The phases alternate because the signing rate drifts. On a 2-vCPU virtual machine,
+//! two sign-only phases 12 seconds apart differed by up to 11 %. A run that measures all
+//! sign-only samples before all log samples counts such a drift as cost. The result is the
+//! median cost over the rounds.
 //!
 //! Signing is the server path: parse and check the CSR, then sign the certificate with an
 //! ECDSA P-256 CA key. The record has the fields the server fills in: serial, SPIFFE ID, entry
@@ -15,10 +22,11 @@
 //! and is skipped with a message when the connection fails.
 //!
 //! Run with `cargo bench -p twid-provenance --bench signing_with_log`.
-//! `TWID_BENCH_CALLERS=N` runs N tasks instead of 64 in every case. With many tasks the
+//! `TWID_BENCH_CALLERS=N` runs N tasks instead of 64 in every phase. With many tasks the
 //! batches grow large, so the result shows the CPU cost of the log more than the commit
 //! latency. `TWID_BENCH_BATCH_INTERVAL_US=N` sets the appender's batch interval in
-//! microseconds instead of the default.
+//! microseconds instead of the default, and `TWID_BENCH_ROUNDS=N` runs N rounds instead of
+//! [`DEFAULT_ROUNDS`].
 
 // A benchmark setup failure should abort the run.
 #![allow(clippy::unwrap_used)]
@@ -29,7 +37,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING, EcdsaKeyPair};
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sqlx::{AnyConnection, AssertSqlSafe, Connection};
 use twid_ca::{
     CaSubject, KeyType, PrivateKey, X509Authority, X509SvidRequest, build_csr, parse_csr,
@@ -41,6 +48,12 @@ use twid_types::Selector;
 
 /// Concurrent signers, unless `TWID_BENCH_CALLERS` sets another number.
 const DEFAULT_CALLERS: u64 = 64;
+/// Rounds, unless `TWID_BENCH_ROUNDS` sets another number.
+const DEFAULT_ROUNDS: u32 = 7;
+/// How long a phase's signers run before its count starts.
+const WARM_UP: Duration = Duration::from_secs(1);
+/// How long a phase counts completed SVIDs.
+const WINDOW: Duration = Duration::from_secs(3);
 const HOUR: Duration = Duration::from_secs(3600);
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -125,18 +138,14 @@ fn batch_interval() -> Duration {
     }
 }
 
-/// Signers that run from [`SteadyLoad::start`] until [`SteadyLoad::stop`], so that every
-/// sample measures a load that is already running. A sample that started its own signers
-/// would also time their start and the drain at its end. During the drain, fewer and fewer
-/// signers keep the cores busy while the last records wait for their commits. Criterion's
-/// first samples are a few dozen SVIDs, so that drain would weigh on the result, while a
-/// server under sustained load never drains.
+/// Signers that run from [`SteadyLoad::start`] until [`SteadyLoad::stop`], so that the count
+/// covers a load that is already running. Counting from the start would also count the
+/// signers' start, and the drain at the end, during which fewer and fewer signers keep the
+/// cores busy while the last records wait for their commits. A server under sustained load
+/// never drains.
 struct SteadyLoad {
     /// SVIDs signed, and logged when there is a log, since the start.
     done: Arc<AtomicU64>,
-    /// The count at which a signer reports to the sample that waits for it.
-    target: Arc<AtomicU64>,
-    reached: std::sync::mpsc::Receiver<()>,
     stop: Arc<AtomicBool>,
     tasks: tokio::task::JoinSet<()>,
 }
@@ -151,15 +160,12 @@ impl SteadyLoad {
         callers: u64,
     ) -> Self {
         let done = Arc::new(AtomicU64::new(0));
-        let target = Arc::new(AtomicU64::new(u64::MAX));
         let stop = Arc::new(AtomicBool::new(false));
-        let (report, reached) = std::sync::mpsc::sync_channel(1);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..callers {
             let signer = Arc::clone(signer);
             let log = log.cloned();
-            let (done, target, stop) = (Arc::clone(&done), Arc::clone(&target), Arc::clone(&stop));
-            let report = report.clone();
+            let (done, stop) = (Arc::clone(&done), Arc::clone(&stop));
             tasks.spawn_on(
                 async move {
                     while !stop.load(Ordering::Relaxed) {
@@ -167,10 +173,7 @@ impl SteadyLoad {
                         if let Some(log) = &log {
                             log.append(record).await.unwrap();
                         }
-                        let count = done.fetch_add(1, Ordering::AcqRel) + 1;
-                        if count == target.load(Ordering::Acquire) {
-                            let _ = report.try_send(());
-                        }
+                        done.fetch_add(1, Ordering::Relaxed);
                         // Without a log there is no await, and the task must yield to let
                         // the stop flag and the other tasks through.
                         tokio::task::yield_now().await;
@@ -179,26 +182,16 @@ impl SteadyLoad {
                 runtime.handle(),
             );
         }
-        Self {
-            done,
-            target,
-            reached,
-            stop,
-            tasks,
-        }
+        Self { done, stop, tasks }
     }
 
-    /// Waits until the signers have completed `count` more SVIDs and returns the time taken.
-    fn measure(&self, count: u64) -> Duration {
-        while self.reached.try_recv().is_ok() {}
-        let start = Instant::now();
-        let target = self.done.load(Ordering::Acquire) + count;
-        self.target.store(target, Ordering::Release);
-        // A signer that passed the target before it was stored did not report.
-        if self.done.load(Ordering::Acquire) < target {
-            self.reached.recv().unwrap();
-        }
-        start.elapsed()
+    /// Returns the SVIDs completed per second over [`WINDOW`], after [`WARM_UP`].
+    fn rate(&self) -> f64 {
+        std::thread::sleep(WARM_UP);
+        let (start, before) = (Instant::now(), self.done.load(Ordering::Relaxed));
+        std::thread::sleep(WINDOW);
+        let count = self.done.load(Ordering::Relaxed) - before;
+        count as f64 / start.elapsed().as_secs_f64()
     }
 
     /// Stops the signers and waits for the records they are appending.
@@ -267,7 +260,43 @@ async fn drop_postgres_database(name: &str) {
     .unwrap();
 }
 
-fn signing_with_log(c: &mut Criterion) {
+/// Returns the number of rounds: `TWID_BENCH_ROUNDS`, or [`DEFAULT_ROUNDS`].
+fn rounds() -> u32 {
+    let Ok(text) = std::env::var("TWID_BENCH_ROUNDS") else {
+        return DEFAULT_ROUNDS;
+    };
+    match text.parse() {
+        Ok(rounds) if rounds > 0 => rounds,
+        _ => panic!("TWID_BENCH_ROUNDS={text:?} is invalid; set a positive integer"),
+    }
+}
+
+/// Runs one phase and returns its rate in SVIDs per second.
+fn phase(
+    runtime: &tokio::runtime::Runtime,
+    signer: &Arc<Signer>,
+    log: Option<&IssuanceLog>,
+    callers: u64,
+) -> f64 {
+    let load = SteadyLoad::start(runtime, signer, log, callers);
+    let rate = load.rate();
+    load.stop(runtime);
+    rate
+}
+
+/// Returns the median of `values`, which must not be empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len().is_multiple_of(2) {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    } else {
+        sorted[middle]
+    }
+}
+
+fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -287,43 +316,49 @@ fn signing_with_log(c: &mut Criterion) {
     let postgres_log = postgres_config
         .as_ref()
         .map(|config| open_log(&runtime, config));
-
-    let callers = callers();
-    let mut group = c.benchmark_group("signing_with_log");
-    group.throughput(Throughput::Elements(1));
-    let mut cases = vec![
-        (format!("sign_only_{callers}_concurrent"), None),
-        (
-            format!("sign_and_append_sqlite_{callers}_concurrent"),
-            Some(&sqlite_log),
-        ),
-    ];
+    let mut logs = vec![("SQLite", &sqlite_log)];
     if let Some(log) = &postgres_log {
-        cases.push((
-            format!("sign_and_append_postgres_{callers}_concurrent"),
-            Some(log),
-        ));
+        logs.push(("PostgreSQL", log));
     }
-    for (name, log) in cases {
-        // Criterion's filter decides whether a case runs, and only a case that runs may load
-        // the machine.
-        let mut load = None;
-        group.bench_function(name, |b| {
-            let load =
-                load.get_or_insert_with(|| SteadyLoad::start(&runtime, &signer, log, callers));
-            b.iter_custom(|iters| load.measure(iters));
-        });
-        if let Some(load) = load {
-            load.stop(&runtime);
+
+    let (callers, rounds) = (callers(), rounds());
+    println!(
+        "{callers} signers, {rounds} rounds, phases of {}s after {}s of warm-up",
+        WINDOW.as_secs(),
+        WARM_UP.as_secs()
+    );
+    let mut costs = vec![Vec::new(); logs.len()];
+    let mut sign_only = Vec::new();
+    for round in 1..=rounds {
+        let before = phase(&runtime, &signer, None, callers);
+        let rates: Vec<f64> = logs
+            .iter()
+            .map(|(_, log)| phase(&runtime, &signer, Some(log), callers))
+            .collect();
+        let after = phase(&runtime, &signer, None, callers);
+        let base = (before + after) / 2.0;
+        sign_only.push(base);
+        let mut line = format!("round {round}: sign only {before:.0} and {after:.0}/s");
+        for ((name, _), (rate, costs)) in logs.iter().zip(rates.iter().zip(&mut costs)) {
+            let cost = 100.0 * (1.0 - rate / base);
+            costs.push(cost);
+            line.push_str(&format!(", {name} {rate:.0}/s ({cost:.1} %)"));
         }
+        println!("{line}");
     }
-    group.finish();
+    println!("median sign-only rate: {:.0}/s", median(&sign_only));
+    for ((name, _), costs) in logs.iter().zip(&costs) {
+        let (low, high) = costs.iter().fold((f64::MAX, f64::MIN), |(low, high), &c| {
+            (low.min(c), high.max(c))
+        });
+        println!(
+            "{name}: median cost {:.1} % (rounds from {low:.1} to {high:.1} %)",
+            median(costs)
+        );
+    }
 
     drop(postgres_log);
     if postgres_config.is_some() {
         runtime.block_on(drop_postgres_database(&postgres_name));
     }
 }
-
-criterion_group!(benches, signing_with_log);
-criterion_main!(benches);

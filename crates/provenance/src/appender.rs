@@ -10,8 +10,9 @@
 //! most of what the log costs. When 64 or more records wait and more keep arriving, the batch
 //! gathers them for up to eight intervals, so that at saturation a commit serves hundreds.
 //!
-//! Limit: batches commit one at a time. With few concurrent signers each waits for a commit,
-//! and their rate is bound by commit latency, not by the log's CPU.
+//! Limit: batches commit one at a time, and the log costs about 10 % of the signing rate at
+//! saturation. With few concurrent signers each waits for a commit, and their rate is bound
+//! by commit latency: 18 to 35 % with 64 signers on a 2-vCPU machine.
 //!
 //! The task runs on a thread of its own with a single-threaded Tokio runtime. On the callers'
 //! runtime, a task woken by the database driver waits behind the runnable tasks, and a server
