@@ -108,6 +108,7 @@ fn revoke_json(response: &RevokeResponse) -> Value {
         "revoked_jwt_count": response.revoked_jwt_count,
         "revoked_x509_serials": response.revoked_x509_serials,
         "revoked_jtis": response.revoked_jtis,
+        "already_revoked_count": response.already_revoked_count,
     })
 }
 
@@ -167,7 +168,17 @@ fn print_revoke(response: &RevokeResponse) {
     for jti in &response.revoked_jtis {
         println!("  jti    {}", escape_control(jti));
     }
-    if response.revoked_x509_count == 0 && response.revoked_jwt_count == 0 {
+    if response.already_revoked_count > 0 {
+        println!(
+            "{} more matching credential{} had been revoked by earlier rules",
+            response.already_revoked_count,
+            plural(response.already_revoked_count)
+        );
+    }
+    if response.revoked_x509_count == 0
+        && response.revoked_jwt_count == 0
+        && response.already_revoked_count == 0
+    {
         eprintln!(
             "warning: no unexpired credential matched, but the rule still rejects new \
              credentials on this basis and cannot be removed; check the spelling against \

@@ -467,6 +467,17 @@ async fn revoke_selector_lists_refuses_and_publishes() {
         strings(&revoked["revoked_x509_serials"]).contains(&kept_serial),
         "{revoked}"
     );
+    // The selector's rule revoked two of the agent's credentials already, and they are
+    // counted apart.
+    assert!(
+        !strings(&revoked["revoked_x509_serials"]).contains(&revoked_serial),
+        "{revoked}"
+    );
+    assert!(
+        !strings(&revoked["revoked_jtis"]).contains(&revoked_jti),
+        "{revoked}"
+    );
+    assert_eq!(revoked["already_revoked_count"], 2, "{revoked}");
     let status = node_client(port, Some(svid))
         .sync(SyncRequest::default())
         .await
