@@ -3,6 +3,8 @@
 //!
 //! The server decides what a rule matches; this module stores rules and credentials as given.
 
+use std::collections::HashSet;
+
 use sqlx::any::AnyRow;
 use sqlx::{AnyConnection, AssertSqlSafe, Row};
 
@@ -15,6 +17,10 @@ const CREDENTIAL_COLUMN_COUNT: usize = 7;
 /// Rows per multi-row INSERT of revoked credentials, largest first. A list is split greedily
 /// into these sizes, so only four distinct statements exist. 64 rows use 448 bind parameters.
 const INSERT_CHUNK_ROWS: [usize; 4] = [64, 16, 4, 1];
+
+/// The PostgreSQL advisory lock key that serializes [`Datastore::add_new_revoked_credentials`]:
+/// the ASCII bytes of "twid-rev".
+const POSTGRES_REVOCATION_LOCK: i64 = 0x7477_6964_2d72_6576;
 
 /// A stored revocation rule.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,6 +171,60 @@ impl Datastore {
         send_change(&mut tx, self.backend, ChangeKind::Revocation).await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Stores the `credentials` that no rule has revoked yet as revoked by rule
+    /// `revocation_id`, like [`Self::add_revoked_credentials`], and returns them with the
+    /// number of distinct serials and JWT IDs left out because an earlier rule revoked them.
+    /// Concurrent calls take turns, so a credential that two new rules match is stored and
+    /// returned once.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn add_new_revoked_credentials(
+        &self,
+        revocation_id: i64,
+        credentials: Vec<RevokedCredential>,
+    ) -> Result<(Vec<RevokedCredential>, u64), DatastoreError> {
+        // SQLite's BEGIN IMMEDIATE already lets one writer in at a time.
+        let mut tx = self.begin_write().await?;
+        if self.backend == DatabaseType::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(POSTGRES_REVOCATION_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+
+        let rows = sqlx::query("SELECT serial, jti FROM revoked_credentials")
+            .fetch_all(&mut *tx)
+            .await?;
+        let mut known = HashSet::new();
+        for row in &rows {
+            let serial: Option<String> = row.try_get("serial")?;
+            let jti: Option<String> = row.try_get("jti")?;
+            known.insert((serial, jti));
+        }
+        let (fresh, old): (Vec<_>, Vec<_>) = credentials
+            .into_iter()
+            .partition(|c| !known.contains(&(c.serial.clone(), c.jti.clone())));
+        let already = old
+            .iter()
+            .map(|c| (c.serial.as_deref(), c.jti.as_deref()))
+            .collect::<HashSet<_>>()
+            .len();
+
+        let mut rest = fresh.as_slice();
+        for size in INSERT_CHUNK_ROWS {
+            while rest.len() >= size {
+                let (chunk, tail) = rest.split_at(size);
+                insert_credential_chunk(&mut tx, self.backend, revocation_id, chunk).await?;
+                rest = tail;
+            }
+        }
+        bump_revision(&mut tx).await?;
+        send_change(&mut tx, self.backend, ChangeKind::Revocation).await?;
+        tx.commit().await?;
+        Ok((fresh, already as u64))
     }
 
     /// Returns every revocation rule, oldest first.

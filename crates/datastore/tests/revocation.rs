@@ -21,6 +21,7 @@ on_both_backends!(
         rules_listed_by_time,
         credentials_by_agent_and_expiry,
         serial_lookup,
+        new_credentials_stored_once,
         scan_pages_and_filters,
         many_credentials_stored,
         scan_start_summarizes_time_index,
@@ -155,6 +156,67 @@ async fn credentials_by_agent_and_expiry(db: &TestDb) {
             .unwrap()
             .is_empty()
     );
+}
+
+/// Checks that a rule stores only the credentials that no earlier rule revoked, also when
+/// two rules store them at the same time.
+async fn new_credentials_stored_once(db: &TestDb) {
+    let store = db.open().await;
+    let first = store
+        .create_revocation(&rule("agent", AGENT_A, 100))
+        .await
+        .unwrap();
+    let (stored, already) = store
+        .add_new_revoked_credentials(
+            first.id,
+            vec![x509("0a", AGENT_A, 1000), jwt("0b", AGENT_A, 1000)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), 2);
+    assert_eq!(already, 0);
+
+    let second = store
+        .create_revocation(&rule("selector", "unix:uid:1", 200))
+        .await
+        .unwrap();
+    let (stored, already) = store
+        .add_new_revoked_credentials(
+            second.id,
+            vec![x509("0a", AGENT_A, 1000), x509("0c", AGENT_A, 1000)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(stored, [x509("0c", AGENT_A, 1000)]);
+    assert_eq!(already, 1);
+    assert_eq!(store.serial_revocation("0a").await.unwrap(), Some(first.id));
+
+    // Two rules that match the same new credentials at once store each of them once. A
+    // round may run one call after the other, so there are several.
+    for round in 0..10_u32 {
+        let mut calls = tokio::task::JoinSet::new();
+        for value in ["unix:uid:2", "unix:gid:2"] {
+            let store = store.clone();
+            let rule = store
+                .create_revocation(&rule("selector", value, 300))
+                .await
+                .unwrap();
+            let matched: Vec<_> = (0..20)
+                .map(|n| x509(&format!("{round:02x}{n:02x}"), AGENT_A, 1000))
+                .collect();
+            calls.spawn(async move { store.add_new_revoked_credentials(rule.id, matched).await });
+        }
+        let (mut stored, mut already) = (0, 0);
+        while let Some(result) = calls.join_next().await {
+            let (fresh, old) = result.unwrap().unwrap();
+            stored += fresh.len();
+            already += old;
+        }
+        assert_eq!(stored, 20, "round {round}");
+        assert_eq!(already, 20, "round {round}");
+    }
+    let all = store.unexpired_revoked_credentials(0).await.unwrap();
+    assert_eq!(all.len(), 203, "each credential is stored once");
 }
 
 async fn serial_lookup(db: &TestDb) {

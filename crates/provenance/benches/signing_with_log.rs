@@ -133,8 +133,10 @@ fn batch_interval() -> Duration {
         return LogOptions::default().batch_interval;
     };
     match text.parse() {
-        Ok(micros) => Duration::from_micros(micros),
-        _ => panic!("TWID_BENCH_BATCH_INTERVAL_US={text:?} is invalid; set microseconds"),
+        Ok(micros) if micros <= 1_000_000 => Duration::from_micros(micros),
+        _ => panic!(
+            "TWID_BENCH_BATCH_INTERVAL_US={text:?} is invalid; set microseconds up to 1000000"
+        ),
     }
 }
 
@@ -205,7 +207,11 @@ impl SteadyLoad {
     }
 }
 
-fn open_log(runtime: &tokio::runtime::Runtime, config: &DatastoreConfig) -> IssuanceLog {
+fn open_log(
+    runtime: &tokio::runtime::Runtime,
+    config: &DatastoreConfig,
+    batch_interval: Duration,
+) -> IssuanceLog {
     runtime.block_on(async {
         let store = Datastore::open(config).await.unwrap();
         let pkcs8 =
@@ -217,7 +223,7 @@ fn open_log(runtime: &tokio::runtime::Runtime, config: &DatastoreConfig) -> Issu
             LogOptions {
                 checkpoint_every: 1000,
                 signing_key: Some(key),
-                batch_interval: batch_interval(),
+                batch_interval,
             },
         )
     })
@@ -297,6 +303,9 @@ fn median(values: &[f64]) -> f64 {
 }
 
 fn main() {
+    // Read the settings first, so that an invalid one stops the run before it creates a
+    // database.
+    let (callers, rounds, interval) = (callers(), rounds(), batch_interval());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -310,18 +319,18 @@ fn main() {
             database_type: DatabaseType::Sqlite,
             connection_string: dir.path().join("bench.db").to_str().unwrap().to_owned(),
         },
+        interval,
     );
     let postgres_name = format!("twid_bench_signing_{}", std::process::id());
     let postgres_config = runtime.block_on(create_postgres_database(&postgres_name));
     let postgres_log = postgres_config
         .as_ref()
-        .map(|config| open_log(&runtime, config));
+        .map(|config| open_log(&runtime, config, interval));
     let mut logs = vec![("SQLite", &sqlite_log)];
     if let Some(log) = &postgres_log {
         logs.push(("PostgreSQL", log));
     }
 
-    let (callers, rounds) = (callers(), rounds());
     println!(
         "{callers} signers, {rounds} rounds, phases of {}s after {}s of warm-up",
         WINDOW.as_secs(),

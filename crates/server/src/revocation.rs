@@ -12,7 +12,7 @@
 //! Limit: rules are never removed. A rule that matches an entry's selector blocks that entry for
 //! every agent attested before the rule, so a join-token agent needs a new join token.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -364,9 +364,8 @@ pub(crate) async fn revoke(
             )));
         }
     };
-    let (credentials, already_revoked) = without_revoked(shared, credentials, now_seconds).await;
-    datastore
-        .add_revoked_credentials(rule.id, &credentials)
+    let (credentials, already_revoked) = datastore
+        .add_new_revoked_credentials(rule.id, credentials)
         .await
         .map_err(|error| internal(error.into()))?;
     shared.hints.revocation_list.invalidate();
@@ -388,35 +387,6 @@ pub(crate) async fn revoke(
         revoked_jtis: jtis,
         already_revoked_count: already_revoked,
     })
-}
-
-/// Removes the credentials that an earlier rule revoked already, and returns the rest with
-/// the number of distinct credentials removed. If the earlier rules cannot be read, every
-/// credential is kept: listing one twice is harmless.
-async fn without_revoked(
-    shared: &Shared,
-    credentials: Vec<RevokedCredential>,
-    now: i64,
-) -> (Vec<RevokedCredential>, u64) {
-    let revoked = match shared.datastore.unexpired_revoked_credentials(now).await {
-        Ok(revoked) => revoked,
-        Err(error) => {
-            tracing::warn!(
-                error = %error,
-                "reading the credentials of earlier revocations failed; listing every match"
-            );
-            return (credentials, 0);
-        }
-    };
-    let known: HashSet<(Option<&str>, Option<&str>)> = revoked
-        .iter()
-        .map(|credential| (credential.serial.as_deref(), credential.jti.as_deref()))
-        .collect();
-    let (kept, removed): (Vec<_>, Vec<_>) = credentials.into_iter().partition(|credential| {
-        !known.contains(&(credential.serial.as_deref(), credential.jti.as_deref()))
-    });
-    let (serials, jtis) = split_identifiers(&removed);
-    (kept, (serials.len() + jtis.len()) as u64)
 }
 
 /// Reads the issuance records of the last two credential lifetimes (agent records from the
