@@ -170,7 +170,7 @@ fn print_revoke(response: &RevokeResponse) {
     }
     if response.already_revoked_count > 0 {
         println!(
-            "{} more matching credential{} had been revoked by earlier rules",
+            "{} matching credential{} had been revoked by earlier rules already",
             response.already_revoked_count,
             plural(response.already_revoked_count)
         );
