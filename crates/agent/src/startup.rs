@@ -93,7 +93,16 @@ async fn load_or_attest(settings: &AgentSettings) -> Result<(AgentState, Origin)
     });
     let method = attestation_method(settings);
     let stored_bundle = match stored {
-        Ok(Some(Stored::Usable(agent))) => return Ok((agent, Origin::Stored)),
+        Ok(Some(Stored::Usable(agent))) => {
+            if settings.join_token.is_some() {
+                tracing::info!(
+                    data_dir = %settings.data_dir.display(),
+                    "join_token is set, but the agent uses its stored SVID while the server \
+                     accepts it; to attest with the token now, start with an empty data_dir"
+                );
+            }
+            return Ok((agent, Origin::Stored));
+        }
         Ok(Some(Stored::Expired { bundle })) => Some(bundle),
         Ok(None) => None,
         Err(error) if method.is_some() => {

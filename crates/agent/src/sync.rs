@@ -681,7 +681,7 @@ impl Syncer {
             if self.failing_entries.contains(entry_id) {
                 tracing::debug!(entry_id = %entry_id, %reason, "the server still does not sign the entry's SVID");
             } else {
-                tracing::warn!(entry_id = %entry_id, %reason, "the server did not sign the entry's SVID; retrying at every sync");
+                tracing::warn!(entry_id = %entry_id, %reason, "the server did not sign the entry's SVID; asking again at a later sync");
             }
             now_failing.insert(entry_id.clone());
         }
