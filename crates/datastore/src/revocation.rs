@@ -158,19 +158,9 @@ impl Datastore {
         revocation_id: i64,
         credentials: &[RevokedCredential],
     ) -> Result<(), DatastoreError> {
-        let mut tx = self.begin_write().await?;
-        let mut rest = credentials;
-        for size in INSERT_CHUNK_ROWS {
-            while rest.len() >= size {
-                let (chunk, tail) = rest.split_at(size);
-                insert_credential_chunk(&mut tx, self.backend, revocation_id, chunk).await?;
-                rest = tail;
-            }
-        }
-        bump_revision(&mut tx).await?;
-        send_change(&mut tx, self.backend, ChangeKind::Revocation).await?;
-        tx.commit().await?;
-        Ok(())
+        let tx = self.begin_write().await?;
+        self.commit_credentials(tx, revocation_id, credentials)
+            .await
     }
 
     /// Stores the `credentials` that no rule has revoked yet as revoked by rule
@@ -212,8 +202,19 @@ impl Datastore {
             .map(|c| (c.serial.as_deref(), c.jti.as_deref()))
             .collect::<HashSet<_>>()
             .len();
+        self.commit_credentials(tx, revocation_id, &fresh).await?;
+        Ok((fresh, already as u64))
+    }
 
-        let mut rest = fresh.as_slice();
+    /// Inserts `credentials` for rule `revocation_id` in `tx`, notifies other servers and
+    /// commits.
+    async fn commit_credentials(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Any>,
+        revocation_id: i64,
+        credentials: &[RevokedCredential],
+    ) -> Result<(), DatastoreError> {
+        let mut rest = credentials;
         for size in INSERT_CHUNK_ROWS {
             while rest.len() >= size {
                 let (chunk, tail) = rest.split_at(size);
@@ -224,7 +225,7 @@ impl Datastore {
         bump_revision(&mut tx).await?;
         send_change(&mut tx, self.backend, ChangeKind::Revocation).await?;
         tx.commit().await?;
-        Ok((fresh, already as u64))
+        Ok(())
     }
 
     /// Returns every revocation rule, oldest first.
