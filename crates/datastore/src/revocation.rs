@@ -164,10 +164,9 @@ impl Datastore {
     }
 
     /// Stores the `credentials` that no rule has revoked yet as revoked by rule
-    /// `revocation_id`, like [`Self::add_revoked_credentials`], and returns them with the
-    /// number of distinct serials and JWT IDs left out because an earlier rule revoked them.
-    /// Concurrent calls take turns, so a credential that two new rules match is stored and
-    /// returned once.
+    /// `revocation_id`, like [`Self::add_revoked_credentials`]. Returns them and the number of
+    /// distinct serials and JWT IDs that earlier rules revoked. Concurrent calls take turns, so
+    /// a credential that two new rules match is stored and returned once.
     ///
     /// # Errors
     /// Returns the database failure.

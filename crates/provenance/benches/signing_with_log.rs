@@ -4,7 +4,7 @@
 //! the SVID. Each phase counts the SVIDs completed in a window of [`WINDOW`], after its
 //! signers have run for [`WARM_UP`] (see [`SteadyLoad`]).
 //!
-//! A round runs a sign-only phase, a phase per database, and a sign-only phase again, and a
+//! A round runs a sign-only phase, a phase per database, and a sign-only phase again. A
 //! database's cost in the round is one minus its rate over the mean of the two sign-only
 //! rates. The phases alternate because the signing rate drifts. On a 2-vCPU virtual machine,
 //! two sign-only phases 12 seconds apart differed by up to 11 %. A run that measures all
@@ -47,12 +47,12 @@ use twid_spiffe::{SpiffeId, TrustDomain};
 use twid_types::Selector;
 
 /// Concurrent signers, unless `TWID_BENCH_CALLERS` sets another number.
-const DEFAULT_CALLERS: u64 = 64;
-/// Rounds, unless `TWID_BENCH_ROUNDS` sets another number.
+const DEFAULT_CALLERS: u32 = 64;
+/// Number of rounds, unless `TWID_BENCH_ROUNDS` sets another number.
 const DEFAULT_ROUNDS: u32 = 7;
-/// How long a phase's signers run before its count starts.
+/// Time that a phase's signers run before its count starts.
 const WARM_UP: Duration = Duration::from_secs(1);
-/// How long a phase counts completed SVIDs.
+/// Time over which a phase counts completed SVIDs.
 const WINDOW: Duration = Duration::from_secs(3);
 const HOUR: Duration = Duration::from_secs(3600);
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -115,15 +115,21 @@ impl Signer {
     }
 }
 
-/// Returns the number of concurrent signers: `TWID_BENCH_CALLERS`, or [`DEFAULT_CALLERS`].
-fn callers() -> u64 {
-    let Ok(text) = std::env::var("TWID_BENCH_CALLERS") else {
-        return DEFAULT_CALLERS;
+/// Returns the positive integer in the environment variable `name`, or `default` when it is
+/// not set.
+fn positive_setting(name: &str, default: u32) -> u32 {
+    let Ok(text) = std::env::var(name) else {
+        return default;
     };
     match text.parse() {
-        Ok(callers) if callers > 0 => callers,
-        _ => panic!("TWID_BENCH_CALLERS={text:?} is invalid; set a positive integer"),
+        Ok(value) if value > 0 => value,
+        _ => panic!("{name}={text:?} is invalid; set a positive integer"),
     }
+}
+
+/// Returns the number of concurrent signers: `TWID_BENCH_CALLERS`, or [`DEFAULT_CALLERS`].
+fn callers() -> u64 {
+    u64::from(positive_setting("TWID_BENCH_CALLERS", DEFAULT_CALLERS))
 }
 
 /// Returns the appender's batch interval: `TWID_BENCH_BATCH_INTERVAL_US` in microseconds, or
@@ -268,13 +274,7 @@ async fn drop_postgres_database(name: &str) {
 
 /// Returns the number of rounds: `TWID_BENCH_ROUNDS`, or [`DEFAULT_ROUNDS`].
 fn rounds() -> u32 {
-    let Ok(text) = std::env::var("TWID_BENCH_ROUNDS") else {
-        return DEFAULT_ROUNDS;
-    };
-    match text.parse() {
-        Ok(rounds) if rounds > 0 => rounds,
-        _ => panic!("TWID_BENCH_ROUNDS={text:?} is invalid; set a positive integer"),
-    }
+    positive_setting("TWID_BENCH_ROUNDS", DEFAULT_ROUNDS)
 }
 
 /// Runs one phase and returns its rate in SVIDs per second.
