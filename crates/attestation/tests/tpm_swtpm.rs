@@ -58,33 +58,44 @@ fn free_port_pair() -> u16 {
     panic!("no free pair of loopback ports");
 }
 
+/// Starts swtpm on a free pair of ports. The pair is free when chosen but not reserved, so a
+/// concurrent test can take a port before swtpm binds it, and swtpm then exits. An exited
+/// swtpm is started again on another pair.
 fn start_swtpm(state: &Path) -> Swtpm {
-    let port = free_port_pair();
-    let child = Command::new("swtpm")
-        .args(["socket", "--tpm2", "--tpmstate"])
-        .arg(format!("dir={}", state.display()))
-        .arg("--server")
-        .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
-        .arg("--ctrl")
-        .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
-        .args(["--flags", "not-need-init,startup-clear"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start swtpm");
-    let swtpm = Swtpm {
-        child,
-        tcti: format!("swtpm:host=127.0.0.1,port={port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "swtpm did not listen on port {port}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    for _ in 0..5 {
+        let port = free_port_pair();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--tpmstate"])
+            .arg(format!("dir={}", state.display()))
+            .arg("--server")
+            .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+            .arg("--ctrl")
+            .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+            .args(["--flags", "not-need-init,startup-clear"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start swtpm");
+        let mut swtpm = Swtpm {
+            child,
+            tcti: format!("swtpm:host=127.0.0.1,port={port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "swtpm did not listen on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The connection may have reached another test's listener on the same port, so
+        // swtpm must still run a moment later.
+        std::thread::sleep(Duration::from_millis(200));
+        if swtpm.child.try_wait().expect("check swtpm").is_none() {
+            return swtpm;
+        }
     }
-    swtpm
+    panic!("swtpm exited on five pairs of loopback ports");
 }
 
 fn tool(tcti: &str, dir: &Path, program: &str, arguments: &[&str]) {
