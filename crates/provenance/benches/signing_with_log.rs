@@ -1,15 +1,16 @@
 //! The cost of logging per X.509-SVID. 64 tasks sign SVIDs concurrently, as agents' requests
-//! do on the server. In the sign-only phase they only sign. In a log phase each signature is
+//! do on the server. In sign-only mode they only sign. In a log mode each signature is
 //! followed by the append of its issuance record, which the server awaits before it returns
-//! the SVID. Each phase counts the SVIDs completed in a window of [`WINDOW`], after its
-//! signers have run for [`WARM_UP`] (see [`SteadyLoad`]).
+//! the SVID.
 //!
-//! A round runs a sign-only phase, a phase per database, and a sign-only phase again. A
-//! database's cost in the round is one minus its rate over the mean of the two sign-only
-//! rates. The phases alternate because the signing rate drifts. On a 2-vCPU virtual machine,
-//! two sign-only phases 12 seconds apart differed by up to 11 %. A run that measures all
-//! sign-only samples before all log samples counts such a drift as cost. The result is the
-//! median cost over the rounds.
+//! The signers run for the whole benchmark and switch modes on a shared flag (see [`Load`]).
+//! A round runs a slot of each log mode, each followed by a sign-only slot, and a log's cost
+//! in its slot is one minus its rate over the mean of the sign-only slots on either side.
+//! The result is the median over the rounds. Slots last [`SLOT`], so that the signing rate,
+//! which drifts by several percent within seconds on a 2-vCPU virtual machine, changes
+//! little between a log slot and its neighbours. An earlier version ran a phase of four
+//! seconds per mode with a new set of signers each. On one machine its median costs for one
+//! build ranged over 3.6 points between runs, and this version's over 2.7.
 //!
 //! Signing is the server path: parse and check the CSR, then sign the certificate with an
 //! ECDSA P-256 CA key. The record has the fields the server fills in: serial, SPIFFE ID, entry
@@ -22,7 +23,7 @@
 //! and is skipped with a message when the connection fails.
 //!
 //! Run with `cargo bench -p twid-provenance --bench signing_with_log`.
-//! `TWID_BENCH_CALLERS=N` runs N tasks instead of 64 in every phase. With many tasks the
+//! `TWID_BENCH_CALLERS=N` runs N tasks instead of 64. With many tasks the
 //! batches grow large, so the result shows the CPU cost of the log more than the commit
 //! latency. `TWID_BENCH_BATCH_INTERVAL_US=N` sets the appender's batch interval in
 //! microseconds instead of the default, and `TWID_BENCH_ROUNDS=N` runs N rounds instead of
@@ -32,7 +33,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_lc_rs::rand::SystemRandom;
@@ -49,11 +50,13 @@ use twid_types::Selector;
 /// Concurrent signers, unless `TWID_BENCH_CALLERS` sets another number.
 const DEFAULT_CALLERS: u32 = 64;
 /// Number of rounds, unless `TWID_BENCH_ROUNDS` sets another number.
-const DEFAULT_ROUNDS: u32 = 7;
-/// Time that a phase's signers run before its count starts.
+const DEFAULT_ROUNDS: u32 = 20;
+/// Time that the signers run before the first round.
 const WARM_UP: Duration = Duration::from_secs(1);
-/// Time over which a phase counts completed SVIDs.
-const WINDOW: Duration = Duration::from_secs(3);
+/// Length of one mode's slot.
+const SLOT: Duration = Duration::from_millis(500);
+/// Start of a slot that its count leaves out.
+const SETTLE: Duration = Duration::from_millis(150);
 const HOUR: Duration = Duration::from_secs(3600);
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
@@ -146,39 +149,43 @@ fn batch_interval() -> Duration {
     }
 }
 
-/// Signers that run from [`SteadyLoad::start`] until [`SteadyLoad::stop`], so that the count
-/// covers a load that is already running. Counting from the start would also count the
-/// signers' start, and the drain at the end, during which fewer and fewer signers keep the
-/// cores busy while the last records wait for their commits. A server under sustained load
-/// never drains.
-struct SteadyLoad {
-    /// SVIDs signed, and logged when there is a log, since the start.
+/// What the signers do with each SVID: nothing more, or append its record to one of the logs.
+const SIGN_ONLY: usize = usize::MAX;
+
+/// Signers that run for the whole benchmark and switch between modes on a shared flag, so
+/// that the modes alternate in slots of [`SLOT`] without restarting the load. A slot counts
+/// the SVIDs completed after its first [`SETTLE`], once records appended under the previous
+/// mode have committed and the appender's batches have reached their steady size.
+struct Load {
+    /// SVIDs signed, and logged in a log mode, since the start.
     done: Arc<AtomicU64>,
+    /// [`SIGN_ONLY`], or the index of the log in use.
+    mode: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     tasks: tokio::task::JoinSet<()>,
 }
 
-impl SteadyLoad {
-    /// Starts `callers` tasks on `runtime` that sign, and append to `log` when given, in a
-    /// loop.
+impl Load {
+    /// Starts `callers` tasks on `runtime` that sign in a loop, in sign-only mode.
     fn start(
         runtime: &tokio::runtime::Runtime,
         signer: &Arc<Signer>,
-        log: Option<&IssuanceLog>,
+        logs: &[IssuanceLog],
         callers: u64,
     ) -> Self {
         let done = Arc::new(AtomicU64::new(0));
+        let mode = Arc::new(AtomicUsize::new(SIGN_ONLY));
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..callers {
             let signer = Arc::clone(signer);
-            let log = log.cloned();
-            let (done, stop) = (Arc::clone(&done), Arc::clone(&stop));
+            let logs = logs.to_vec();
+            let (done, mode, stop) = (Arc::clone(&done), Arc::clone(&mode), Arc::clone(&stop));
             tasks.spawn_on(
                 async move {
                     while !stop.load(Ordering::Relaxed) {
                         let record = signer.sign();
-                        if let Some(log) = &log {
+                        if let Some(log) = logs.get(mode.load(Ordering::Relaxed)) {
                             log.append(record).await.unwrap();
                         }
                         done.fetch_add(1, Ordering::Relaxed);
@@ -190,14 +197,20 @@ impl SteadyLoad {
                 runtime.handle(),
             );
         }
-        Self { done, stop, tasks }
+        Self {
+            done,
+            mode,
+            stop,
+            tasks,
+        }
     }
 
-    /// Returns the SVIDs completed per second over [`WINDOW`], after [`WARM_UP`].
-    fn rate(&self) -> f64 {
-        std::thread::sleep(WARM_UP);
+    /// Switches to `mode` and returns the SVIDs completed per second in the slot.
+    fn slot(&self, mode: usize) -> f64 {
+        self.mode.store(mode, Ordering::Relaxed);
+        std::thread::sleep(SETTLE);
         let (start, before) = (Instant::now(), self.done.load(Ordering::Relaxed));
-        std::thread::sleep(WINDOW);
+        std::thread::sleep(SLOT - SETTLE);
         let count = self.done.load(Ordering::Relaxed) - before;
         count as f64 / start.elapsed().as_secs_f64()
     }
@@ -277,19 +290,6 @@ fn rounds() -> u32 {
     positive_setting("TWID_BENCH_ROUNDS", DEFAULT_ROUNDS)
 }
 
-/// Runs one phase and returns its rate in SVIDs per second.
-fn phase(
-    runtime: &tokio::runtime::Runtime,
-    signer: &Arc<Signer>,
-    log: Option<&IssuanceLog>,
-    callers: u64,
-) -> f64 {
-    let load = SteadyLoad::start(runtime, signer, log, callers);
-    let rate = load.rate();
-    load.stop(runtime);
-    rate
-}
-
 /// Returns the median of `values`, which must not be empty.
 fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
@@ -326,47 +326,53 @@ fn main() {
     let postgres_log = postgres_config
         .as_ref()
         .map(|config| open_log(&runtime, config, interval));
-    let mut logs = vec![("SQLite", &sqlite_log)];
-    if let Some(log) = &postgres_log {
+    let mut logs = vec![("SQLite", sqlite_log)];
+    if let Some(log) = postgres_log {
         logs.push(("PostgreSQL", log));
     }
 
     println!(
-        "{callers} signers, {rounds} rounds, phases of {}s after {}s of warm-up",
-        WINDOW.as_secs(),
-        WARM_UP.as_secs()
+        "{callers} signers, {rounds} rounds of {} slots of {} ms, each counted after {} ms",
+        2 * logs.len(),
+        SLOT.as_millis(),
+        SETTLE.as_millis()
     );
+    let handles: Vec<IssuanceLog> = logs.iter().map(|(_, log)| log.clone()).collect();
+    let load = Load::start(&runtime, &signer, &handles, callers);
+    std::thread::sleep(WARM_UP);
     let mut costs = vec![Vec::new(); logs.len()];
     let mut sign_only = Vec::new();
+    let mut before = load.slot(SIGN_ONLY);
     for round in 1..=rounds {
-        let before = phase(&runtime, &signer, None, callers);
-        let rates: Vec<f64> = logs
-            .iter()
-            .map(|(_, log)| phase(&runtime, &signer, Some(log), callers))
-            .collect();
-        let after = phase(&runtime, &signer, None, callers);
-        let base = (before + after) / 2.0;
-        sign_only.push(base);
-        let mut line = format!("round {round}: sign only {before:.0} and {after:.0}/s");
-        for ((name, _), (rate, costs)) in logs.iter().zip(rates.iter().zip(&mut costs)) {
+        let mut line = format!("round {round}:");
+        for (index, ((name, _), costs)) in logs.iter().zip(&mut costs).enumerate() {
+            let rate = load.slot(index);
+            let after = load.slot(SIGN_ONLY);
+            let base = (before + after) / 2.0;
+            sign_only.push(base);
             let cost = 100.0 * (1.0 - rate / base);
             costs.push(cost);
-            line.push_str(&format!(", {name} {rate:.0}/s ({cost:.1} %)"));
+            line.push_str(&format!(
+                " {name} {rate:.0}/s against {base:.0}/s ({cost:.1} %)"
+            ));
+            before = after;
         }
         println!("{line}");
     }
+    load.stop(&runtime);
     println!("median sign-only rate: {:.0}/s", median(&sign_only));
     for ((name, _), costs) in logs.iter().zip(&costs) {
         let (low, high) = costs.iter().fold((f64::MAX, f64::MIN), |(low, high), &c| {
             (low.min(c), high.max(c))
         });
         println!(
-            "{name}: median cost {:.1} % (rounds from {low:.1} to {high:.1} %)",
+            "{name}: median cost {:.1} % (slots from {low:.1} to {high:.1} %)",
             median(costs)
         );
     }
 
-    drop(postgres_log);
+    drop(handles);
+    drop(logs);
     if postgres_config.is_some() {
         runtime.block_on(drop_postgres_database(&postgres_name));
     }

@@ -109,11 +109,12 @@ pub struct LogOptions {
     pub checkpoint_every: u64,
     /// The checkpoint signing key, or `None` to write no checkpoints.
     pub signing_key: Option<SigningKey>,
-    /// The minimum time from the start of one batch to the start of the next, unless a full
-    /// batch is waiting. A record that arrives after a quiet spell is written at once. Under
-    /// load, records gather for up to this long, so that one commit (a disk sync) serves
-    /// many. When 64 or more wait and more keep arriving fast, they gather for up to eight
-    /// times this long. Zero writes every batch as soon as the previous one has committed.
+    /// The minimum time from the start of one batch to the start of the next while records
+    /// keep arriving, so that one commit (a disk sync) serves many. A batch starts sooner
+    /// when it is full or when no record arrived for a twentieth of this time, and a record
+    /// that arrives after a quiet spell is written at once. When 64 or more wait and more
+    /// keep arriving fast, they gather for up to eight times this long. Zero writes every
+    /// batch as soon as the previous one has committed.
     pub batch_interval: Duration,
 }
 

@@ -1038,10 +1038,14 @@ async fn datastore_writes_during_appends(db: &TestDb) {
     store.close().await;
 }
 
-/// A record that arrives after a quiet spell is written at once. One that arrives right after
-/// a batch waits until the batch interval has passed since that batch began.
+/// A record that arrives after a quiet spell is written at once, and so, after a short check
+/// that nothing follows it, is one that arrives alone right after a batch. Records that keep
+/// arriving after a batch wait until the batch interval has passed since that batch began.
 async fn batch_interval_paces_only_under_load(db: &TestDb) {
-    const INTERVAL: Duration = Duration::from_millis(1500);
+    // The pause ends early after a twentieth of this, 100 ms, without a record.
+    const INTERVAL: Duration = Duration::from_secs(2);
+    // Well under that step, so that only a stall of a whole step ends the pause.
+    const ARRIVAL_GAP: Duration = Duration::from_millis(10);
     let store = db.open().await;
     let log = IssuanceLog::new(
         store.clone(),
@@ -1060,16 +1064,44 @@ async fn batch_interval_paces_only_under_load(db: &TestDb) {
     let quiet = started.elapsed();
     log.append(sample_record(2))
         .await
-        .expect("append right after a batch");
-    let paced = started.elapsed();
+        .expect("append alone right after a batch");
+    let alone = started.elapsed();
     assert!(
-        quiet < INTERVAL / 2,
+        quiet < INTERVAL / 4,
         "a record after a quiet spell took {quiet:?}, as if it had waited for the interval"
     );
     assert!(
-        paced >= INTERVAL - Duration::from_millis(50),
-        "a record right after a batch was written after {paced:?}, before the interval"
+        alone < INTERVAL / 4,
+        "a record alone after a batch was written after {alone:?}, as if it had waited for the \
+         interval"
     );
-    assert_intact(&log.verify(None).await.expect("verify"), 3);
+
+    tokio::time::sleep(INTERVAL + Duration::from_millis(100)).await;
+    let started = Instant::now();
+    log.append(sample_record(3))
+        .await
+        .expect("append that starts a batch");
+    let mut appends = tokio::task::JoinSet::new();
+    let arrivals = u64::try_from(INTERVAL.as_millis() / ARRIVAL_GAP.as_millis()).expect("u64") + 20;
+    for n in 0..arrivals {
+        let log = log.clone();
+        appends.spawn(async move {
+            log.append(sample_record(4 + n))
+                .await
+                .map(|_| started.elapsed())
+        });
+        tokio::time::sleep(ARRIVAL_GAP).await;
+    }
+    let mut first_written = Duration::MAX;
+    while let Some(joined) = appends.join_next().await {
+        let written = joined.expect("append task").expect("append under load");
+        first_written = first_written.min(written);
+    }
+    assert!(
+        first_written >= INTERVAL - Duration::from_millis(50),
+        "records arriving every {ARRIVAL_GAP:?} after a batch were written after \
+         {first_written:?}, before the interval"
+    );
+    assert_intact(&log.verify(None).await.expect("verify"), 4 + arrivals);
     store.close().await;
 }
