@@ -149,7 +149,7 @@ fn batch_interval() -> Duration {
     }
 }
 
-/// What the signers do with each SVID: nothing more, or append its record to one of the logs.
+/// The mode in which the signers only sign: a value that is no log's index.
 const SIGN_ONLY: usize = usize::MAX;
 
 /// Signers that run for the whole benchmark and switch between modes on a shared flag, so

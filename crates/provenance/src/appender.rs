@@ -5,10 +5,10 @@
 //! for a disk sync (SQLite with `synchronous=FULL`) or a WAL flush (PostgreSQL), while hashing
 //! and inserting a record costs microseconds.
 //!
-//! Batches start at most once per [`crate::LogOptions::batch_interval`], so that under load one
-//! commit serves tens of records, since each commit has a fixed cost (disk sync, locks, WAL
-//! flush). A batch waiting for its start begins early once no record has arrived for a
-//! twentieth of the interval: then every caller already waits, or few append at all. When 64
+//! While records keep arriving, batches start at most once per
+//! [`crate::LogOptions::batch_interval`], so that one commit serves tens of records, because
+//! each commit has a fixed cost (disk sync, locks, WAL flush). A batch waiting for its start begins early once no record has arrived for a
+//! twentieth of the interval, because then every caller already waits or few append. When 64
 //! or more records wait and more keep arriving, the batch gathers them for up to eight
 //! intervals, so that at saturation a commit serves hundreds.
 //!
