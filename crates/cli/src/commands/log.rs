@@ -107,11 +107,18 @@ fn print_records(records: &[IssuanceRecord], format: OutputFormat) -> anyhow::Re
     Ok(())
 }
 
-/// Formats milliseconds since the Unix epoch as RFC 3339.
+/// Formats milliseconds since the Unix epoch as RFC 3339 in UTC with exactly three fraction
+/// digits, so that times in a list line up. The `time` crate's RFC 3339 format drops trailing
+/// zeros of the fraction.
 fn timestamp_ms(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+    let millis = ms.rem_euclid(1000);
+    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
         .ok()
         .and_then(|time| time.format(&Rfc3339).ok())
+        .and_then(|text| {
+            text.strip_suffix('Z')
+                .map(|seconds| format!("{seconds}.{millis:03}Z"))
+        })
         .unwrap_or_else(|| format!("{ms} ms"))
 }
 
@@ -265,6 +272,14 @@ mod tests {
             escape_control("a\u{1b}[2J\r\n\u{7f}\u{85}\u{202e}é"),
             "a\\u{1b}[2J\\u{d}\\u{a}\\u{7f}\\u{85}\\u{202e}é"
         );
+    }
+
+    #[test]
+    fn timestamp_ms_keeps_three_digits() {
+        assert_eq!(timestamp_ms(1_700_000_000_360), "2023-11-14T22:13:20.360Z");
+        assert_eq!(timestamp_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
+        assert_eq!(timestamp_ms(1_700_000_000_007), "2023-11-14T22:13:20.007Z");
+        assert_eq!(timestamp_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]
