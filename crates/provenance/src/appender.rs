@@ -5,10 +5,10 @@
 //! for a disk sync (SQLite with `synchronous=FULL`) or a WAL flush (PostgreSQL), while hashing
 //! and inserting a record costs microseconds.
 //!
-//! While records keep arriving, batches start at most once per
-//! [`crate::LogOptions::batch_interval`], so that one commit serves tens of records, because
-//! each commit has a fixed cost (disk sync, locks, WAL flush). A batch waiting for its start begins early once no record has arrived for a
-//! twentieth of the interval, because then every caller already waits or few append. When 64
+//! Batches start at most once per [`crate::LogOptions::batch_interval`] while records keep
+//! arriving, so that one commit serves tens of records, because each commit has a fixed cost
+//! (disk sync, locks, WAL flush). A batch waiting for its start begins early when records that
+//! came in quick succession stop (see [`pace`]), because then every caller waits for it. When 64
 //! or more records wait and more keep arriving, the batch gathers them for up to eight
 //! intervals, so that at saturation a commit serves hundreds.
 //!
@@ -52,6 +52,10 @@ const GATHER_STEPS_PER_INTERVAL: u32 = 8;
 /// Checks per batch interval, while a batch waits for its start, of whether records still
 /// arrive.
 const PACE_STEPS_PER_INTERVAL: u32 = 20;
+
+/// Length of a quiet spell that starts a batch early, in mean gaps between arrivals: with
+/// independent arrivals, a spell of three gaps occurs after about one gap in twenty.
+const QUIET_GAPS: u32 = 3;
 
 /// Minimum records that must arrive during one step for the batch to keep gathering. At the
 /// default interval that is 2 per 0.25 ms, or 8,000 per second.
@@ -117,10 +121,10 @@ impl Appender {
         let mut last_start: Option<Instant> = None;
         while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
             let mut quiet = false;
-            if let Some(due) = last_start.map(|start| start + self.batch_interval) {
-                let now = Instant::now();
-                if now < due && batch.len() < MAX_BATCH {
-                    quiet = pace(&mut queue, &mut batch, due, self.batch_interval);
+            if let Some(start) = last_start {
+                let due = start + self.batch_interval;
+                if Instant::now() < due && batch.len() < MAX_BATCH {
+                    quiet = pace(&mut queue, &mut batch, start, self.batch_interval);
                 }
             }
             if let Some(start) = last_start
@@ -287,21 +291,26 @@ fn stored_seq(seq: u64) -> Result<i64, LogError> {
     })
 }
 
-/// Waits until `due` for more records, and ends the wait early after a step of
-/// `interval / PACE_STEPS_PER_INTERVAL` in which none arrived. Returns whether it ended early,
-/// in which case gathering more would only wait longer.
+/// Waits until `last_start + interval` for more records, and ends the wait early when none
+/// arrived for a quiet spell: at least a step of `interval / PACE_STEPS_PER_INTERVAL`, and at
+/// least [`QUIET_GAPS`] times the mean gap between the records that arrived since
+/// `last_start`. Returns whether it ended early, in which case gathering more would only wait
+/// longer.
 ///
-/// A step without arrivals means that every caller with a record to append already waits for
-/// this batch, or that few callers append at all. Waiting on would leave the cores idle in the
-/// first case and add latency in the second, and in both the commit's cost takes CPU time
-/// that nothing else needs.
+/// Records that stop arriving while they came at a fast rate mean that every caller with a
+/// record to append already waits for this batch. Waiting on would leave the cores idle. The
+/// spell in units of the mean gap keeps independent arrivals at a moderate rate, whose gaps
+/// vary at random, from starting a batch early and so from adding commits (disk syncs).
 fn pace(
     queue: &mut mpsc::Receiver<Pending>,
     batch: &mut Vec<Pending>,
-    due: Instant,
+    last_start: Instant,
     interval: Duration,
 ) -> bool {
+    let due = last_start + interval;
     let step = interval / PACE_STEPS_PER_INTERVAL;
+    // The records already in the batch arrived by now.
+    let mut last_arrival = Instant::now();
     while batch.len() < MAX_BATCH {
         let now = Instant::now();
         if now >= due {
@@ -312,7 +321,14 @@ fn pace(
         // to tens of microseconds where Tokio's timer rounds up to whole milliseconds.
         std::thread::sleep(step.min(due - now));
         take_waiting(queue, batch);
-        if batch.len() == before {
+        let now = Instant::now();
+        if batch.len() > before {
+            last_arrival = now;
+            continue;
+        }
+        let records = u32::try_from(batch.len()).unwrap_or(u32::MAX).max(1);
+        let mean_gap = last_arrival.saturating_duration_since(last_start) / records;
+        if now - last_arrival >= step.max(mean_gap * QUIET_GAPS) {
             return true;
         }
     }
@@ -483,7 +499,7 @@ mod tests {
         let (_sender, mut queue) = mpsc::channel(QUEUE);
         let mut batch = batch_of(1);
         let started = Instant::now();
-        let quiet = pace(&mut queue, &mut batch, started + INTERVAL, INTERVAL);
+        let quiet = pace(&mut queue, &mut batch, started, INTERVAL);
         let waited = started.elapsed();
         assert!(quiet, "a pause with no arrivals ran to its end");
         assert!(
@@ -510,7 +526,7 @@ mod tests {
         let interval = Duration::from_secs(1);
         let mut batch = batch_of(1);
         let started = Instant::now();
-        let quiet = pace(&mut queue, &mut batch, started + interval, interval);
+        let quiet = pace(&mut queue, &mut batch, started, interval);
         let waited = started.elapsed();
         drop(queue);
         producer.join().expect("producer thread");
@@ -523,6 +539,34 @@ mod tests {
             "the pause ended after {waited:?} with {} records",
             batch.len()
         );
+    }
+
+    #[test]
+    fn pause_lasts_through_gaps_of_moderate_arrivals() {
+        // Steps of 50 ms, and a record every 80 ms: most steps see none, but no spell without
+        // records reaches three mean gaps.
+        let interval = Duration::from_secs(1);
+        let gap = Duration::from_millis(80);
+        let (sender, mut queue) = mpsc::channel(QUEUE);
+        let producer = std::thread::spawn(move || {
+            for n in 0_i64..20 {
+                std::thread::sleep(gap);
+                if sender.blocking_send(pending(1000 + n)).is_err() {
+                    return;
+                }
+            }
+        });
+        let mut batch = batch_of(1);
+        let last_start = Instant::now() - gap;
+        let quiet = pace(&mut queue, &mut batch, last_start, interval);
+        let waited = last_start.elapsed();
+        drop(queue);
+        producer.join().expect("producer thread");
+        assert!(
+            !quiet,
+            "records every {gap:?} ended the pause after {waited:?}"
+        );
+        assert!(waited >= interval, "the pause ended after {waited:?}");
     }
 
     /// A queue larger than any batch, as in the log.

@@ -65,11 +65,12 @@
 //! One chain spans every server replica that shares a PostgreSQL database. Within a process,
 //! an appender task on a thread of its own batches concurrent [`IssuanceLog::append`] calls
 //! into one transaction (group commit), at most one batch per
-//! [`LogOptions::batch_interval`] while records keep arriving. It remembers the head it wrote last and stores the
-//! next batch on the condition that the head row still contains that head, which on
-//! PostgreSQL is one statement. When another process has appended in between, the batch is
-//! rebuilt in a transaction that locks the head row with `SELECT ... FOR UPDATE` (SQLite:
-//! `BEGIN IMMEDIATE`), so appends from several processes take turns and each makes progress.
+//! [`LogOptions::batch_interval`] while records keep arriving. It remembers the head it wrote
+//! last and stores the next batch on the condition that the head row still contains that
+//! head, which on PostgreSQL is one statement. When another process has appended in between,
+//! the batch is rebuilt in a transaction that locks the head row with `SELECT ... FOR UPDATE`
+//! (SQLite: `BEGIN IMMEDIATE`), so appends from several processes take turns and each makes
+//! progress.
 
 #![forbid(unsafe_code)]
 
@@ -111,8 +112,9 @@ pub struct LogOptions {
     pub signing_key: Option<SigningKey>,
     /// The minimum time from the start of one batch to the start of the next while records
     /// keep arriving, so that one commit (a disk sync) serves many. A batch starts sooner
-    /// when it is full or when no record arrived for a twentieth of this time, and a record
-    /// that arrives after a quiet spell is written at once. When 64 or more wait and more
+    /// when it is full, or when records that came in quick succession stop for three times
+    /// their mean gap and at least a twentieth of this time. A record that arrives after a
+    /// quiet spell is written at once. When 64 or more wait and more
     /// keep arriving fast, they gather for up to eight times this long. Zero writes every
     /// batch as soon as the previous one has committed.
     pub batch_interval: Duration,
