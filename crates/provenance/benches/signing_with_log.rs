@@ -59,6 +59,8 @@ const SLOT: Duration = Duration::from_millis(500);
 const SETTLE: Duration = Duration::from_millis(150);
 const HOUR: Duration = Duration::from_secs(3600);
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// Name of a run's PostgreSQL database, before the run's process ID.
+const DATABASE_PREFIX: &str = "twid_bench_signing_";
 
 /// The CA, the CSR and the IDs that every caller shares.
 struct Signer {
@@ -263,6 +265,7 @@ async fn create_postgres_database(name: &str) -> Option<DatastoreConfig> {
             return None;
         }
     };
+    drop_abandoned_databases(&mut admin).await;
     sqlx::raw_sql(AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
         .await
@@ -273,6 +276,40 @@ async fn create_postgres_database(name: &str) -> Option<DatastoreConfig> {
         database_type: DatabaseType::Postgres,
         connection_string: format!("postgres://postgres@127.0.0.1:5432/{name}"),
     })
+}
+
+/// Drops the databases of earlier runs on this machine whose process no longer runs, such as
+/// a run stopped with Ctrl-C, which leaves its database behind. A database name ends in its
+/// run's process ID, which is checked under `/proc`, so only Linux drops them.
+async fn drop_abandoned_databases(admin: &mut AnyConnection) {
+    if !std::path::Path::new("/proc/self").exists() {
+        return;
+    }
+    // `_` in the pattern matches any character, so the loop checks the prefix exactly.
+    let names: Vec<String> =
+        sqlx::query_scalar("SELECT datname::text FROM pg_database WHERE datname LIKE $1")
+            .bind(format!("{DATABASE_PREFIX}%"))
+            .fetch_all(&mut *admin)
+            .await
+            .unwrap();
+    for name in names {
+        let Some(pid) = name
+            .strip_prefix(DATABASE_PREFIX)
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        println!("dropping database {name}, left behind by an earlier run");
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut *admin)
+        .await
+        .unwrap();
+    }
 }
 
 async fn drop_postgres_database(name: &str) {
@@ -321,7 +358,7 @@ fn main() {
         },
         interval,
     );
-    let postgres_name = format!("twid_bench_signing_{}", std::process::id());
+    let postgres_name = format!("{DATABASE_PREFIX}{}", std::process::id());
     let postgres_config = runtime.block_on(create_postgres_database(&postgres_name));
     let postgres_log = postgres_config
         .as_ref()
