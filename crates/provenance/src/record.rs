@@ -71,7 +71,7 @@ impl FromStr for RecordKind {
 pub struct NewRecord {
     /// The event the record documents.
     pub kind: RecordKind,
-    /// The X.509 serial number in hex, without separators.
+    /// The X.509 serial number in hex. Colons between the digits are removed.
     pub serial: Option<String>,
     /// The `jti` claim of a JWT-SVID or WIT.
     pub jti: Option<String>,
@@ -187,15 +187,17 @@ pub fn evidence_digest(evidence: &[u8]) -> [u8; 32] {
     sha256(evidence)
 }
 
-/// Returns `serial` in lowercase after checking that it is non-empty hex.
+/// Returns `serial` in lowercase and without colons, after checking that it is non-empty hex.
 pub(crate) fn normalize_serial(serial: &str) -> Result<String, LogError> {
-    if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+    // Tools such as `openssl x509 -serial` print bytes separated by colons.
+    let digits: String = serial.chars().filter(|&c| c != ':').collect();
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(LogError::InvalidRecord(format!(
-            "serial {serial:?} is not a hex number; pass the certificate serial as hex digits \
-             without separators"
+            "serial {serial:?} is not a hex number; pass the certificate serial as hex digits, \
+             optionally separated by colons"
         )));
     }
-    Ok(serial.to_ascii_lowercase())
+    Ok(digits.to_ascii_lowercase())
 }
 
 /// Checks `record` and converts it to a row whose `seq`, `prev_hash` and `hash` the appender
@@ -362,6 +364,15 @@ pub(crate) fn system_time_from_unix_ms(ms: i64) -> Option<SystemTime> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn normalize_serial_drops_colons() {
+        assert_eq!(normalize_serial("01:A2:ff").expect("valid"), "01a2ff");
+        assert_eq!(normalize_serial("01A2FF").expect("valid"), "01a2ff");
+        assert!(normalize_serial("xyz").is_err());
+        assert!(normalize_serial(":").is_err());
+        assert!(normalize_serial("").is_err());
+    }
 
     fn id(text: &str) -> SpiffeId {
         SpiffeId::new(text).expect("valid SPIFFE ID")

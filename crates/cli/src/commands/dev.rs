@@ -165,5 +165,6 @@ fn print_next_steps(trust_domain: &TrustDomain, workload_socket: &Path, admin_so
         "  {twid} entry show --socket-path {}",
         admin_socket.display()
     );
+    println!("  {twid} log show --socket-path {}", admin_socket.display());
     println!("Stop with Ctrl-C.");
 }

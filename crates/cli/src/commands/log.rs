@@ -39,8 +39,9 @@ pub(crate) struct ShowArgs {
     /// Show records from this position (seq) on, where 0 is the first record.
     #[arg(long, default_value_t = 0)]
     from: u64,
-    /// Maximum number of records to show from --from. The server returns at most 1000.
-    #[arg(long, default_value_t = 100)]
+    /// Maximum number of records to show from --from, at least 1. The server returns at most
+    /// 1000.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     limit: u32,
     #[command(flatten)]
     common: CommonArgs,
