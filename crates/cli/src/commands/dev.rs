@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::Args;
 use twid_proto::admin::{CreateEntryRequest, CreateJoinTokenRequest, GetBundleRequest};
 use twid_proto::types::{Entry, Selector};
-use twid_spiffe::TrustDomain;
+use twid_spiffe::{SpiffeId, TrustDomain};
 
 use crate::client;
 
@@ -44,6 +44,7 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
     } else {
         Some(register_dev_agent(&admin_socket, &trust_domain).await?)
     };
+    let registered_now = join_token.is_some();
     let bundle_path = write_bundle(&admin_socket, &data_dir).await?;
 
     let mut agent_config = twid_config::AgentConfig::new_dev(
@@ -60,7 +61,13 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         .await
         .context("agent failed to start")?;
 
-    print_next_steps(&trust_domain, &workload_socket, &admin_socket);
+    print_next_steps(&NextSteps {
+        trust_domain: &trust_domain,
+        agent_id: agent.agent_id(),
+        workload_socket: &workload_socket,
+        admin_socket: &admin_socket,
+        registered_now,
+    });
     super::run::shutdown_signal().await;
     agent.shutdown().await;
     server.shutdown().await;
@@ -144,7 +151,24 @@ async fn write_bundle(admin_socket: &Path, data_dir: &Path) -> anyhow::Result<Pa
     Ok(path)
 }
 
-fn print_next_steps(trust_domain: &TrustDomain, workload_socket: &Path, admin_socket: &Path) {
+/// The values that the start-up message of `twid dev` prints.
+struct NextSteps<'a> {
+    trust_domain: &'a TrustDomain,
+    agent_id: &'a SpiffeId,
+    workload_socket: &'a Path,
+    admin_socket: &'a Path,
+    /// Whether this start registered the entry for the user's uid, which later starts keep.
+    registered_now: bool,
+}
+
+fn print_next_steps(steps: &NextSteps<'_>) {
+    let NextSteps {
+        trust_domain,
+        agent_id,
+        workload_socket,
+        admin_socket,
+        registered_now,
+    } = steps;
     let twid = std::env::current_exe()
         .map(|path| path.display().to_string())
         .unwrap_or_else(|_| "twid".to_owned());
@@ -152,7 +176,13 @@ fn print_next_steps(trust_domain: &TrustDomain, workload_socket: &Path, admin_so
     println!("twid dev is running for trust domain {trust_domain}");
     println!("  Workload API socket: {}", workload_socket.display());
     println!("  Admin API socket:    {}", admin_socket.display());
-    println!("  Registered spiffe://{trust_domain}/uid/{uid} for workloads with unix:uid:{uid}");
+    // Entries for this agent's workloads take it as their --parent-id.
+    println!("  Agent SPIFFE ID:     {agent_id}");
+    if *registered_now {
+        println!(
+            "  Registered spiffe://{trust_domain}/uid/{uid} for workloads with unix:uid:{uid}"
+        );
+    }
     println!();
     println!("Try, in another shell:");
     println!(
