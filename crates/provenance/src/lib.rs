@@ -94,7 +94,7 @@ pub use record::{NewRecord, Record, RecordKind, RecordPosition, evidence_digest,
 pub use verify::{Alteration, AlterationKind, VerifyReport};
 
 use crate::appender::{Appender, MAX_BATCH, Pending};
-use crate::record::{from_row, normalize_serial, to_row_encoded};
+use crate::record::{from_row, lookup_serial, to_row_encoded};
 
 /// Records that may wait for the appender before [`IssuanceLog::append`] waits for room.
 const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
@@ -245,15 +245,15 @@ impl IssuanceLog {
         }
     }
 
-    /// Returns the newest record with this X.509 serial number (hex, any case), or `None`.
-    /// The serial may lack the leading zeros of the stored form, the certificate's serial
-    /// bytes in hex, because tools that print serials as integers drop them.
+    /// Returns the newest record with this X.509 serial number (hex, any case, colons allowed),
+    /// or `None`. The serial may lack the leading zeros of the stored form, the certificate's
+    /// serial bytes in hex, because tools that print serials as integers drop them.
     ///
     /// # Errors
     /// Returns [`LogError::InvalidRecord`] for a serial that is not hex, the datastore
     /// failure, or [`LogError::Corrupt`].
     pub async fn find_by_serial(&self, serial: &str) -> Result<Option<Record>, LogError> {
-        let serial = normalize_serial(serial)?;
+        let serial = lookup_serial(serial)?;
         for candidate in serial_forms(&serial) {
             let row = self
                 .inner

@@ -71,7 +71,7 @@ impl FromStr for RecordKind {
 pub struct NewRecord {
     /// The event the record documents.
     pub kind: RecordKind,
-    /// The X.509 serial number in hex. Colons between the digits are removed.
+    /// The X.509 serial number in hex, without separators.
     pub serial: Option<String>,
     /// The `jti` claim of a JWT-SVID or WIT.
     pub jti: Option<String>,
@@ -187,17 +187,27 @@ pub fn evidence_digest(evidence: &[u8]) -> [u8; 32] {
     sha256(evidence)
 }
 
-/// Returns `serial` in lowercase and without colons, after checking that it is non-empty hex.
+/// Returns `serial` in lowercase after checking that it is non-empty hex. A record's serial
+/// comes from the certificate that twid signed, so it never has separators.
 pub(crate) fn normalize_serial(serial: &str) -> Result<String, LogError> {
-    // Tools such as `openssl x509 -serial` print bytes separated by colons.
-    let digits: String = serial.chars().filter(|&c| c != ':').collect();
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(LogError::InvalidRecord(format!(
-            "serial {serial:?} is not a hex number; pass the certificate serial as hex digits, \
-             optionally separated by colons"
+            "serial {serial:?} is not a hex number; pass the certificate serial as hex digits"
         )));
     }
-    Ok(digits.to_ascii_lowercase())
+    Ok(serial.to_ascii_lowercase())
+}
+
+/// Returns the serial that a lookup asks for in the stored form: lowercase hex without the
+/// colons that tools such as `openssl x509 -serial` print between bytes.
+pub(crate) fn lookup_serial(serial: &str) -> Result<String, LogError> {
+    let digits: String = serial.chars().filter(|&c| c != ':').collect();
+    normalize_serial(&digits).map_err(|_| {
+        LogError::InvalidRecord(format!(
+            "serial {serial:?} is not a hex number; pass the certificate serial as hex digits, \
+             optionally separated by colons"
+        ))
+    })
 }
 
 /// Checks `record` and converts it to a row whose `seq`, `prev_hash` and `hash` the appender
@@ -366,12 +376,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalize_serial_drops_colons() {
-        assert_eq!(normalize_serial("01:A2:ff").expect("valid"), "01a2ff");
-        assert_eq!(normalize_serial("01A2FF").expect("valid"), "01a2ff");
-        assert!(normalize_serial("xyz").is_err());
-        assert!(normalize_serial(":").is_err());
-        assert!(normalize_serial("").is_err());
+    fn lookup_serial_drops_colons() {
+        assert_eq!(lookup_serial("01:A2:ff").expect("valid"), "01a2ff");
+        assert_eq!(lookup_serial("01A2FF").expect("valid"), "01a2ff");
+        assert!(lookup_serial("xyz").is_err());
+        assert!(lookup_serial(":").is_err());
+        assert!(lookup_serial("").is_err());
     }
 
     fn id(text: &str) -> SpiffeId {
