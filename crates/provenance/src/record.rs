@@ -198,7 +198,7 @@ pub(crate) fn normalize_serial(serial: &str) -> Result<String, LogError> {
     Ok(serial.to_ascii_lowercase())
 }
 
-/// Returns the serial that a lookup asks for in the stored form: lowercase hex without the
+/// Returns the serial that a lookup requests in the stored form: lowercase hex without the
 /// colons that tools such as `openssl x509 -serial` print between bytes.
 pub(crate) fn lookup_serial(serial: &str) -> Result<String, LogError> {
     let digits: String = serial.chars().filter(|&c| c != ':').collect();
