@@ -102,6 +102,11 @@ const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
 /// The default [`LogOptions::batch_interval`].
 pub const DEFAULT_BATCH_INTERVAL: Duration = Duration::from_millis(2);
 
+/// The largest [`LogOptions::batch_interval`]. A longer one is cut to this, because a batch may
+/// gather for eight intervals and its callers wait that long for their commit, and because
+/// the appender adds the interval to the current time, which overflows near `Duration::MAX`.
+pub const MAX_BATCH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Settings for [`IssuanceLog::new`].
 #[derive(Debug)]
 pub struct LogOptions {
@@ -116,7 +121,7 @@ pub struct LogOptions {
     /// their mean gap and at least a twentieth of this time. A record that arrives after a
     /// quiet spell is written at once. When 64 or more wait and more
     /// keep arriving fast, they gather for up to eight times this long. Zero writes every
-    /// batch as soon as the previous one has committed.
+    /// batch as soon as the previous one has committed. At most [`MAX_BATCH_INTERVAL`].
     pub batch_interval: Duration,
 }
 
@@ -152,6 +157,14 @@ impl IssuanceLog {
     /// [`LogError::Closed`].
     pub fn new(store: Datastore, options: LogOptions) -> Self {
         let signing_key = options.signing_key.map(Arc::new);
+        let batch_interval = options.batch_interval.min(MAX_BATCH_INTERVAL);
+        if batch_interval < options.batch_interval {
+            tracing::warn!(
+                requested = ?options.batch_interval,
+                used = ?batch_interval,
+                "issuance log batch interval is longer than the maximum; using the maximum"
+            );
+        }
         let (queue, receiver) = mpsc::channel(QUEUE_CAPACITY);
         match store.issuance_log_writer() {
             Ok(writer) => Appender {
@@ -159,7 +172,7 @@ impl IssuanceLog {
                 writer,
                 signing_key: signing_key.clone(),
                 checkpoint_every: options.checkpoint_every,
-                batch_interval: options.batch_interval,
+                batch_interval,
                 head: None,
             }
             .start(receiver),

@@ -193,6 +193,7 @@ on_both_backends!(
     writer_stores_values_exactly,
     datastore_writes_during_appends,
     batch_interval_paces_only_under_load,
+    longest_batch_interval_is_capped,
 );
 
 fn ed25519_key() -> SigningKey {
@@ -1104,5 +1105,23 @@ async fn batch_interval_paces_only_under_load(db: &TestDb) {
          nothing paced them"
     );
     assert_intact(&log.verify(None).await.expect("verify"), 3 + arrivals);
+    store.close().await;
+}
+
+/// A batch interval near `Duration::MAX` is cut to the maximum, so that adding it to the time
+/// of a batch cannot overflow and stop the appender.
+async fn longest_batch_interval_is_capped(db: &TestDb) {
+    let store = db.open().await;
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            batch_interval: Duration::MAX,
+            ..LogOptions::default()
+        },
+    );
+    for n in 0..3 {
+        log.append(sample_record(n)).await.expect("append");
+    }
+    assert_intact(&log.verify(None).await.expect("verify"), 3);
     store.close().await;
 }
