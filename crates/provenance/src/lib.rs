@@ -119,9 +119,9 @@ pub struct LogOptions {
     /// keep arriving, so that one commit (a disk sync) serves many. A batch starts sooner
     /// when it is full, or when records that came in quick succession stop for three times
     /// their mean gap and at least a twentieth of this time. A record that arrives after a
-    /// quiet spell is written at once. When 64 or more wait and more
-    /// keep arriving fast, they gather for up to eight times this long. Zero writes every
-    /// batch as soon as the previous one has committed. At most [`MAX_BATCH_INTERVAL`].
+    /// quiet spell is written at once. When 64 or more wait and more keep arriving fast, they
+    /// gather for up to eight times this long. Zero writes every batch as soon as the previous
+    /// one has committed. At most [`MAX_BATCH_INTERVAL`].
     pub batch_interval: Duration,
 }
 
