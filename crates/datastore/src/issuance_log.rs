@@ -64,6 +64,88 @@ pub struct IssuanceLogRecord {
     pub time_unix_ms: i64,
 }
 
+/// One issuance log row that [`IssuanceLogWriter::append`] stores, with its values borrowed,
+/// so that a writer needs no copy of values that its caller holds in another form. The fields
+/// mean what those of [`IssuanceLogRecord`] mean.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IssuanceLogRowRef<'a> {
+    pub seq: i64,
+    pub prev_hash: &'a [u8],
+    pub hash: &'a [u8],
+    pub kind: &'a str,
+    pub serial: Option<&'a str>,
+    pub jti: Option<&'a str>,
+    pub spiffe_id: Option<&'a str>,
+    pub entry_id: Option<&'a str>,
+    pub agent_id: Option<&'a str>,
+    pub selectors: &'a str,
+    pub key_fingerprint: Option<&'a [u8]>,
+    pub evidence_digest: Option<&'a [u8]>,
+    pub attestation_result: Option<&'a str>,
+    pub policy_version: Option<&'a str>,
+    pub refusal_reason: Option<&'a str>,
+    pub time_unix_ms: i64,
+}
+
+impl IssuanceLogRowRef<'_> {
+    /// Copies the row into an owned record.
+    pub fn to_record(&self) -> IssuanceLogRecord {
+        IssuanceLogRecord {
+            seq: self.seq,
+            prev_hash: self.prev_hash.to_vec(),
+            hash: self.hash.to_vec(),
+            kind: self.kind.to_owned(),
+            serial: self.serial.map(str::to_owned),
+            jti: self.jti.map(str::to_owned),
+            spiffe_id: self.spiffe_id.map(str::to_owned),
+            entry_id: self.entry_id.map(str::to_owned),
+            agent_id: self.agent_id.map(str::to_owned),
+            selectors: self.selectors.to_owned(),
+            key_fingerprint: self.key_fingerprint.map(<[u8]>::to_vec),
+            evidence_digest: self.evidence_digest.map(<[u8]>::to_vec),
+            attestation_result: self.attestation_result.map(str::to_owned),
+            policy_version: self.policy_version.map(str::to_owned),
+            refusal_reason: self.refusal_reason.map(str::to_owned),
+            time_unix_ms: self.time_unix_ms,
+        }
+    }
+}
+
+/// A row that [`IssuanceLogWriter::append`] can store.
+pub trait AsIssuanceLogRow {
+    /// Borrows the row's values.
+    fn as_row(&self) -> IssuanceLogRowRef<'_>;
+}
+
+impl AsIssuanceLogRow for IssuanceLogRowRef<'_> {
+    fn as_row(&self) -> IssuanceLogRowRef<'_> {
+        *self
+    }
+}
+
+impl AsIssuanceLogRow for IssuanceLogRecord {
+    fn as_row(&self) -> IssuanceLogRowRef<'_> {
+        IssuanceLogRowRef {
+            seq: self.seq,
+            prev_hash: &self.prev_hash,
+            hash: &self.hash,
+            kind: &self.kind,
+            serial: self.serial.as_deref(),
+            jti: self.jti.as_deref(),
+            spiffe_id: self.spiffe_id.as_deref(),
+            entry_id: self.entry_id.as_deref(),
+            agent_id: self.agent_id.as_deref(),
+            selectors: &self.selectors,
+            key_fingerprint: self.key_fingerprint.as_deref(),
+            evidence_digest: self.evidence_digest.as_deref(),
+            attestation_result: self.attestation_result.as_deref(),
+            policy_version: self.policy_version.as_deref(),
+            refusal_reason: self.refusal_reason.as_deref(),
+            time_unix_ms: self.time_unix_ms,
+        }
+    }
+}
+
 /// A signature over one record's `(seq, hash)`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct IssuanceLogCheckpoint {
@@ -544,14 +626,14 @@ impl IssuanceLogWriter {
     /// # Errors
     /// Returns the database failure, after which nothing is stored unless the connection broke
     /// during the commit. On PostgreSQL the writer then reconnects on its next call.
-    pub async fn append(
+    pub async fn append<R: AsIssuanceLogRow>(
         &mut self,
         next_seq: i64,
         head_hash: &[u8],
-        records: &[IssuanceLogRecord],
+        records: &[R],
         checkpoints: &[IssuanceLogCheckpoint],
     ) -> Result<WriteOutcome, DatastoreError> {
-        let Some(last) = records.last() else {
+        let Some(last) = records.last().map(AsIssuanceLogRow::as_row) else {
             return Ok(WriteOutcome::Committed);
         };
         let new_next_seq = last.seq.checked_add(1).ok_or_else(|| {
@@ -561,7 +643,7 @@ impl IssuanceLogWriter {
             expected_next_seq: next_seq,
             expected_hash: head_hash,
             new_next_seq,
-            new_hash: &last.hash,
+            new_hash: last.hash,
         };
         match &mut self.backend {
             WriterBackend::Sqlite { path, conn } => {
@@ -639,10 +721,10 @@ fn open_sqlite_writer(path: &Path) -> Result<rusqlite::Connection, DatastoreErro
 /// nothing.
 ///
 /// This blocks the calling thread for the transaction, the commit's disk sync included.
-fn append_sqlite(
+fn append_sqlite<R: AsIssuanceLogRow>(
     conn: &mut rusqlite::Connection,
     head: &HeadUpdate<'_>,
-    records: &[IssuanceLogRecord],
+    records: &[R],
     checkpoints: &[IssuanceLogCheckpoint],
 ) -> Result<WriteOutcome, DatastoreError> {
     // IMMEDIATE takes the write lock first, so the head cannot move before the commit.
@@ -668,7 +750,7 @@ fn append_sqlite(
             record_columns!(),
             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ))?;
-        for r in records {
+        for r in records.iter().map(AsIssuanceLogRow::as_row) {
             insert.execute(rusqlite::params![
                 r.seq,
                 r.prev_hash,
@@ -710,17 +792,19 @@ fn append_sqlite(
     Ok(WriteOutcome::Committed)
 }
 
-async fn append_postgres(
+async fn append_postgres<R: AsIssuanceLogRow>(
     conn: &mut PgConnection,
     head: &HeadUpdate<'_>,
-    records: &[IssuanceLogRecord],
+    records: &[R],
     checkpoints: &[IssuanceLogCheckpoint],
 ) -> Result<WriteOutcome, DatastoreError> {
-    let column = |get: fn(&IssuanceLogRecord) -> Option<&str>| -> Vec<Option<&str>> {
-        records.iter().map(get).collect()
+    let records: Vec<IssuanceLogRowRef<'_>> =
+        records.iter().map(AsIssuanceLogRow::as_row).collect();
+    let column = |get: fn(IssuanceLogRowRef<'_>) -> Option<&str>| -> Vec<Option<&str>> {
+        records.iter().copied().map(get).collect()
     };
-    let bytes_column = |get: fn(&IssuanceLogRecord) -> Option<&[u8]>| -> Vec<Option<&[u8]>> {
-        records.iter().map(get).collect()
+    let bytes_column = |get: fn(IssuanceLogRowRef<'_>) -> Option<&[u8]>| -> Vec<Option<&[u8]>> {
+        records.iter().copied().map(get).collect()
     };
     let query = sqlx::query(POSTGRES_APPEND)
         .bind(head.new_next_seq)
@@ -759,35 +843,20 @@ async fn append_postgres(
                 .collect::<Vec<_>>(),
         )
         .bind(records.iter().map(|r| r.seq).collect::<Vec<_>>())
-        .bind(
-            records
-                .iter()
-                .map(|r| r.prev_hash.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            records
-                .iter()
-                .map(|r| r.hash.as_slice())
-                .collect::<Vec<_>>(),
-        )
-        .bind(records.iter().map(|r| r.kind.as_str()).collect::<Vec<_>>())
-        .bind(column(|r| r.serial.as_deref()))
-        .bind(column(|r| r.jti.as_deref()))
-        .bind(column(|r| r.spiffe_id.as_deref()))
-        .bind(column(|r| r.entry_id.as_deref()))
-        .bind(column(|r| r.agent_id.as_deref()))
-        .bind(
-            records
-                .iter()
-                .map(|r| r.selectors.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(bytes_column(|r| r.key_fingerprint.as_deref()))
-        .bind(bytes_column(|r| r.evidence_digest.as_deref()))
-        .bind(column(|r| r.attestation_result.as_deref()))
-        .bind(column(|r| r.policy_version.as_deref()))
-        .bind(column(|r| r.refusal_reason.as_deref()))
+        .bind(records.iter().map(|r| r.prev_hash).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.hash).collect::<Vec<_>>())
+        .bind(records.iter().map(|r| r.kind).collect::<Vec<_>>())
+        .bind(column(|r| r.serial))
+        .bind(column(|r| r.jti))
+        .bind(column(|r| r.spiffe_id))
+        .bind(column(|r| r.entry_id))
+        .bind(column(|r| r.agent_id))
+        .bind(records.iter().map(|r| r.selectors).collect::<Vec<_>>())
+        .bind(bytes_column(|r| r.key_fingerprint))
+        .bind(bytes_column(|r| r.evidence_digest))
+        .bind(column(|r| r.attestation_result))
+        .bind(column(|r| r.policy_version))
+        .bind(column(|r| r.refusal_reason))
         .bind(records.iter().map(|r| r.time_unix_ms).collect::<Vec<_>>());
     // execute() reads the server's replies up to ReadyForQuery, which PostgreSQL sends after
     // the statement's implicit transaction has committed (synchronous_commit stays on), so a

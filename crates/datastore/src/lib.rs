@@ -40,8 +40,8 @@ pub use entries::{EntryChanges, EntryFilter, EntrySnapshot};
 pub use error::DatastoreError;
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use issuance_log::{
-    IssuanceLogAppend, IssuanceLogCheckpoint, IssuanceLogHead, IssuanceLogRecord,
-    IssuanceLogWriter, WriteOutcome,
+    AsIssuanceLogRow, IssuanceLogAppend, IssuanceLogCheckpoint, IssuanceLogHead, IssuanceLogRecord,
+    IssuanceLogRowRef, IssuanceLogWriter, WriteOutcome,
 };
 pub use job_lock::JobLock;
 pub use join_tokens::JoinToken;

@@ -8,9 +8,11 @@
 //! Batches start at most once per [`crate::LogOptions::batch_interval`] while records keep
 //! arriving, so that one commit serves tens of records, because each commit has a fixed cost
 //! (disk sync, locks, WAL flush). A batch waiting for its start begins early when records that
-//! came in quick succession stop (see [`pace`]), because then every caller waits for it. When 64
+//! came in quick succession stop (see [`pace`]), because then every caller waits for it. When 16
 //! or more records wait and more keep arriving, the batch gathers them for up to eight
-//! intervals, so that at saturation a commit serves hundreds.
+//! intervals, so that at saturation a commit serves hundreds. It stops at three quarters of the
+//! callers it last saw waiting at once (see [`CallerCount`]), so that callers that each wait
+//! for their commit do not all wait for the same one.
 //!
 //! Limit: the log costs 11 to 15 % of the signing rate at saturation on a 2-vCPU machine that
 //! signs 40,000 SVIDs a second, above the target of 10 %. About half of that remains with the
@@ -29,14 +31,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 use twid_datastore::{
-    Datastore, DatastoreError, IssuanceLogCheckpoint, IssuanceLogRecord, IssuanceLogWriter,
-    WriteOutcome,
+    Datastore, DatastoreError, IssuanceLogCheckpoint, IssuanceLogRecord, IssuanceLogRowRef,
+    IssuanceLogWriter, WriteOutcome,
 };
 
 use crate::checkpoint::SigningKey;
 use crate::encoding::chain_hash;
 use crate::error::LogError;
-use crate::record::{RecordPosition, hash_array};
+use crate::record::{EncodedRecord, RecordPosition, hash_array};
 
 /// Maximum records per transaction, which bounds the transaction's size and the time the
 /// head row stays locked.
@@ -44,7 +46,11 @@ pub(crate) const MAX_BATCH: usize = 1024;
 
 /// Minimum records waiting at the start of a batch for the appender to gather more. Each
 /// waiting record is a caller waiting for its commit.
-const BUSY_BATCH: usize = 64;
+const BUSY_BATCH: usize = 16;
+
+/// How long a count of the callers that can wait at once stays in use. After that the next
+/// busy batch gathers until arrivals stop or its time is up, and so counts them again.
+const CALLERS_SEEN_FOR: Duration = Duration::from_secs(1);
 
 /// Checks per batch interval of whether records still arrive while a batch gathers.
 const GATHER_STEPS_PER_INTERVAL: u32 = 8;
@@ -70,9 +76,7 @@ const MAX_ATTEMPTS: u32 = 3;
 
 /// A record waiting in the queue, with the channel that receives its outcome.
 pub(crate) struct Pending {
-    pub(crate) row: IssuanceLogRecord,
-    /// The row's record encoding, computed by the caller.
-    pub(crate) encoding: Vec<u8>,
+    pub(crate) record: EncodedRecord,
     pub(crate) reply: oneshot::Sender<Result<RecordPosition, LogError>>,
 }
 
@@ -86,6 +90,48 @@ pub(crate) struct Appender {
     /// The seq and hash the next record continues from, as this task last wrote or read them,
     /// or `None` when they must be read from the head row.
     pub(crate) head: Option<(u64, [u8; 32])>,
+    /// The callers seen waiting at once when arrivals last stopped during a gathering.
+    pub(crate) callers: CallerCount,
+}
+
+/// The number of callers that can wait for a batch at once, as last seen.
+///
+/// A closed loop of callers, each of which appends again only after its commit, stops
+/// sending records once all of them wait. A batch that gathers until then leaves every core
+/// idle while it commits. A batch that stops at three quarters of them leaves the rest
+/// signing. Many independent callers never all wait, and their batches gather for as long as
+/// [`MAX_GATHER_INTERVALS`] allows.
+#[derive(Debug, Default)]
+pub(crate) struct CallerCount {
+    seen: Option<(usize, Instant)>,
+}
+
+impl CallerCount {
+    /// The batch size at which gathering stops: three quarters of the callers seen waiting at
+    /// once, but at least [`BUSY_BATCH`]; or [`MAX_BATCH`] when no count is recent.
+    fn gather_limit(&self, now: Instant) -> usize {
+        match self.seen {
+            Some((callers, at)) if now.saturating_duration_since(at) < CALLERS_SEEN_FOR => {
+                (callers - callers / 4).clamp(BUSY_BATCH, MAX_BATCH)
+            }
+            _ => MAX_BATCH,
+        }
+    }
+
+    /// Counts the callers after a gathering, which counts them when arrivals stopped. A
+    /// smaller count does not replace a recent larger one, because a lull that reads as a
+    /// stop, when the machine stalls for a step, would otherwise shrink the batches.
+    fn record(&mut self, gathered: Gathered, batch: usize, now: Instant) {
+        if gathered != Gathered::Stopped {
+            return;
+        }
+        // The larger count keeps its own time, so a count that is no longer right expires.
+        match self.seen {
+            Some((seen, at))
+                if seen >= batch && now.saturating_duration_since(at) < CALLERS_SEEN_FOR => {}
+            _ => self.seen = Some((batch, now)),
+        }
+    }
 }
 
 impl Appender {
@@ -130,29 +176,31 @@ impl Appender {
             if let Some(start) = last_start
                 && !quiet
             {
-                gather_while_busy(&mut queue, &mut batch, start, self.batch_interval);
+                let now = Instant::now();
+                let limit = self.callers.gather_limit(now);
+                let gathered =
+                    gather_while_busy(&mut queue, &mut batch, start, self.batch_interval, limit);
+                self.callers.record(gathered, batch.len(), Instant::now());
             }
             last_start = Some(Instant::now());
-            let mut rows = Vec::with_capacity(batch.len());
-            let mut encodings = Vec::with_capacity(batch.len());
+            let mut records = Vec::with_capacity(batch.len());
             let mut replies = Vec::with_capacity(batch.len());
             for pending in batch.drain(..) {
-                rows.push(pending.row);
-                encodings.push(pending.encoding);
+                records.push(pending.record);
                 replies.push(pending.reply);
             }
-            let outcome = self.write_with_retry(&mut rows, &encodings).await;
+            let outcome = self.write_with_retry(&records).await;
             match outcome {
-                Ok(()) => {
-                    for (row, reply) in rows.iter().zip(replies) {
+                Ok((first_seq, hashes)) => {
+                    for ((seq, hash), reply) in (first_seq..).zip(hashes).zip(replies) {
                         // A caller that stopped waiting has dropped its receiver; its record
                         // is stored all the same.
-                        let _ = reply.send(Ok(position(row)));
+                        let _ = reply.send(Ok(RecordPosition { seq, hash }));
                     }
                 }
                 Err(error) => {
                     tracing::error!(
-                        records = rows.len(),
+                        records = records.len(),
                         error = %error,
                         "issuance log append failed; the records were not written"
                     );
@@ -165,20 +213,20 @@ impl Appender {
         tracing::debug!("issuance log appender stopped");
     }
 
+    /// Writes `records` as [`Self::write`] does, and tries again after a conflict.
     async fn write_with_retry(
         &mut self,
-        rows: &mut [IssuanceLogRecord],
-        encodings: &[Vec<u8>],
-    ) -> Result<(), LogError> {
+        records: &[EncodedRecord],
+    ) -> Result<(u64, Vec<[u8; 32]>), LogError> {
         let mut attempt = 1;
         loop {
-            match self.write(rows, encodings).await {
+            match self.write(records).await {
                 Err(LogError::Datastore(error))
                     if matches!(*error, DatastoreError::Conflict(_)) && attempt < MAX_ATTEMPTS =>
                 {
                     tracing::warn!(
                         attempt,
-                        records = rows.len(),
+                        records = records.len(),
                         error = %error,
                         "issuance log append conflicted; retrying"
                     );
@@ -190,31 +238,28 @@ impl Appender {
         }
     }
 
-    /// Chains `rows` onto the head, signs any checkpoints that fall due, and stores them all
-    /// in one transaction.
+    /// Chains `records` onto the head, signs any checkpoints that fall due, and stores them
+    /// all in one transaction. Returns the first record's seq and every record's hash.
     ///
     /// With a remembered head, the batch is stored on the condition that the head row still
     /// contains it. When another process has appended since, or no head is remembered, the batch
     /// is written in a transaction that locks the head row first, which always makes
     /// progress. The conditional path alone could starve behind a replica that keeps winning.
-    async fn write(
-        &mut self,
-        rows: &mut [IssuanceLogRecord],
-        encodings: &[Vec<u8>],
-    ) -> Result<(), LogError> {
+    async fn write(&mut self, records: &[EncodedRecord]) -> Result<(u64, Vec<[u8; 32]>), LogError> {
         // A failure leaves the remembered head unknown, so the next batch reads it again.
         if let Some((first_seq, head_hash)) = self.head.take() {
-            let (last, checkpoints) = self.chain(first_seq, head_hash, rows, encodings)?;
+            let (hashes, checkpoints) = self.chain(first_seq, head_hash, records)?;
+            let rows = rows(first_seq, &head_hash, records, &hashes)?;
             let outcome = self
                 .writer
-                .append(stored_seq(first_seq)?, &head_hash, rows, &checkpoints)
+                .append(stored_seq(first_seq)?, &head_hash, &rows, &checkpoints)
                 .await?;
             if outcome == WriteOutcome::Committed {
-                self.committed(first_seq, rows.len(), last, &checkpoints);
-                return Ok(());
+                self.committed(first_seq, &hashes, &checkpoints);
+                return Ok((first_seq, hashes));
             }
             tracing::debug!(
-                records = rows.len(),
+                records = records.len(),
                 "issuance log head moved; writing the batch under the head row's lock"
             );
         }
@@ -228,59 +273,79 @@ impl Appender {
         let first_seq = u64::try_from(head_seq).map_err(|_| head_corrupt("has a negative seq"))?;
         let head_hash = hash_array(tx.head_hash())
             .ok_or_else(|| head_corrupt("has a hash that is not 32 bytes"))?;
-        let (last, checkpoints) = self.chain(first_seq, head_hash, rows, encodings)?;
-        tx.insert_records(rows).await?;
+        let (hashes, checkpoints) = self.chain(first_seq, head_hash, records)?;
+        // This path runs after another process appended, or once at the start, so owned rows
+        // cost little here.
+        let owned: Vec<IssuanceLogRecord> = rows(first_seq, &head_hash, records, &hashes)?
+            .iter()
+            .map(IssuanceLogRowRef::to_record)
+            .collect();
+        tx.insert_records(&owned).await?;
         for checkpoint in &checkpoints {
             tx.insert_checkpoint(checkpoint).await?;
         }
         tx.commit().await?;
-        self.committed(first_seq, rows.len(), last, &checkpoints);
-        Ok(())
+        self.committed(first_seq, &hashes, &checkpoints);
+        Ok((first_seq, hashes))
     }
 
-    /// Sets the seq, `prev_hash` and hash of `rows` as a chain that starts at `first_seq`
-    /// after `head_hash`, and signs the checkpoints that fall due. Returns the last hash and
-    /// the checkpoints.
+    /// Computes the chain hashes of `records` from `first_seq` on after `head_hash`, and signs
+    /// the checkpoints that fall due. Returns the hashes and the checkpoints.
     fn chain(
         &self,
         first_seq: u64,
         head_hash: [u8; 32],
-        rows: &mut [IssuanceLogRecord],
-        encodings: &[Vec<u8>],
-    ) -> Result<([u8; 32], Vec<IssuanceLogCheckpoint>), LogError> {
+        records: &[EncodedRecord],
+    ) -> Result<(Vec<[u8; 32]>, Vec<IssuanceLogCheckpoint>), LogError> {
         let now = SystemTime::now();
         let mut prev = head_hash;
+        let mut hashes = Vec::with_capacity(records.len());
         let mut checkpoints = Vec::new();
-        for ((seq, row), encoding) in (first_seq..).zip(rows.iter_mut()).zip(encodings) {
-            row.seq = stored_seq(seq)?;
-            row.prev_hash = prev.to_vec();
-            let hash = chain_hash(seq, &prev, encoding);
-            row.hash = hash.to_vec();
+        for (seq, record) in (first_seq..).zip(records) {
+            let hash = chain_hash(seq, &prev, record.encoding());
             if let Some(key) = &self.signing_key
                 && self.checkpoint_every > 0
                 && (seq + 1) % self.checkpoint_every == 0
             {
                 checkpoints.push(key.sign(seq, &hash, now)?);
             }
+            hashes.push(hash);
             prev = hash;
         }
-        Ok((prev, checkpoints))
+        Ok((hashes, checkpoints))
     }
 
     /// Remembers the head after a committed batch.
     fn committed(
         &mut self,
         first_seq: u64,
-        count: usize,
-        last_hash: [u8; 32],
+        hashes: &[[u8; 32]],
         checkpoints: &[IssuanceLogCheckpoint],
     ) {
-        // usize is at most 64 bits on every supported target.
-        self.head = Some((first_seq + count as u64, last_hash));
+        if let Some(last) = hashes.last() {
+            // usize is at most 64 bits on every supported target.
+            self.head = Some((first_seq + hashes.len() as u64, *last));
+        }
         if let Some(last) = checkpoints.last() {
             tracing::debug!(seq = last.seq, "issuance log checkpoint signed");
         }
     }
+}
+
+/// The rows that store `records` at consecutive seqs from `first_seq`, chained after
+/// `head_hash` with `hashes`.
+fn rows<'a>(
+    first_seq: u64,
+    head_hash: &'a [u8; 32],
+    records: &'a [EncodedRecord],
+    hashes: &'a [[u8; 32]],
+) -> Result<Vec<IssuanceLogRowRef<'a>>, LogError> {
+    let prevs = std::iter::once(head_hash).chain(hashes);
+    (first_seq..)
+        .zip(records)
+        .zip(prevs.zip(hashes))
+        .map(|((seq, record), (prev, hash))| record.row(stored_seq(seq)?, prev, hash))
+        .collect()
 }
 
 /// Converts a seq to the stored type.
@@ -320,7 +385,7 @@ fn pace(
         // Sleeping blocks only this thread, whose runtime has no other task, and is precise
         // to tens of microseconds where Tokio's timer rounds up to whole milliseconds.
         std::thread::sleep(step.min(due - now));
-        take_waiting(queue, batch);
+        take_waiting(queue, batch, MAX_BATCH);
         let now = Instant::now();
         if batch.len() > before {
             last_arrival = now;
@@ -335,60 +400,77 @@ fn pace(
     false
 }
 
+/// What ended [`gather_while_busy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Gathered {
+    /// The batch was too small to gather, or had reached the limit already.
+    NotStarted,
+    /// No record arrived in a step that took at most two steps: every caller waits.
+    Stopped,
+    /// Fewer than [`BUSY_STEP_RECORDS`] arrived in a step, or a step took longer than two, in
+    /// which case this thread may not have run and the count says little.
+    Slowed,
+    /// The batch reached the limit or [`MAX_BATCH`] while records kept arriving.
+    Full,
+    /// [`MAX_GATHER_INTERVALS`] passed while records kept arriving.
+    TimeUp,
+}
+
 /// Keeps adding to `batch` while records arrive at a rate of at least [`BUSY_STEP_RECORDS`]
 /// per step of `interval / GATHER_STEPS_PER_INTERVAL`, until [`MAX_GATHER_INTERVALS`]
-/// intervals after `last_start` or a full batch. Only a batch of [`BUSY_BATCH`] records or
+/// intervals after `last_start` or `limit` records. Only a batch of [`BUSY_BATCH`] records or
 /// more gathers.
 ///
-/// Records that keep arriving while this many wait mean that other signers keep the cores
-/// busy, and then a commit's fixed cost, which on PostgreSQL is that of about a hundred rows,
-/// is better shared among more records. When every signer waits for this batch, arrivals stop
-/// and the gathering ends after one step, so a closed loop of callers loses at most a step
-/// per batch.
+/// Records that keep arriving while this many wait mean that other callers keep the cores
+/// busy, and then a commit's fixed cost (a disk sync, WAL frames, on PostgreSQL that of about
+/// a hundred rows) is better shared among more records. When every caller waits for this
+/// batch, arrivals stop and the gathering ends after one step; `limit` (see [`CallerCount`])
+/// stops it before that.
 fn gather_while_busy(
     queue: &mut mpsc::Receiver<Pending>,
     batch: &mut Vec<Pending>,
     last_start: Instant,
     interval: Duration,
-) {
-    if interval.is_zero() || batch.len() < BUSY_BATCH {
-        return;
+    limit: usize,
+) -> Gathered {
+    let limit = limit.min(MAX_BATCH);
+    if interval.is_zero() || batch.len() < BUSY_BATCH || batch.len() >= limit {
+        return Gathered::NotStarted;
     }
     let step = interval / GATHER_STEPS_PER_INTERVAL;
     let until = last_start + interval * MAX_GATHER_INTERVALS;
-    while batch.len() < MAX_BATCH {
+    loop {
         let now = Instant::now();
         if now >= until {
-            return;
+            return Gathered::TimeUp;
         }
         let before = batch.len();
         // Sleeping blocks only the appender's thread, as the pacing in `Appender::run` does.
         std::thread::sleep(step.min(until - now));
-        take_waiting(queue, batch);
+        take_waiting(queue, batch, limit);
+        if batch.len() >= limit {
+            return Gathered::Full;
+        }
         // A sleep lasts longer than asked, so the rate is judged over the time that passed.
+        let took = now.elapsed();
+        if batch.len() == before && took <= step * 2 {
+            return Gathered::Stopped;
+        }
         let arrived = u128::try_from(batch.len() - before).unwrap_or(u128::MAX);
         let busy = u128::try_from(BUSY_STEP_RECORDS).unwrap_or(u128::MAX);
-        if arrived < busy || arrived * step.as_nanos() < busy * now.elapsed().as_nanos() {
-            return;
+        if arrived < busy || arrived * step.as_nanos() < busy * took.as_nanos() {
+            return Gathered::Slowed;
         }
     }
 }
 
-/// Moves records that are already queued into `batch`, up to [`MAX_BATCH`].
-fn take_waiting(queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>) {
-    while batch.len() < MAX_BATCH {
+/// Moves records that are already queued into `batch`, up to `limit` records.
+fn take_waiting(queue: &mut mpsc::Receiver<Pending>, batch: &mut Vec<Pending>, limit: usize) {
+    while batch.len() < limit {
         match queue.try_recv() {
             Ok(pending) => batch.push(pending),
             Err(_) => break,
         }
-    }
-}
-
-fn position(row: &IssuanceLogRecord) -> RecordPosition {
-    RecordPosition {
-        // write() set both fields from a u64 seq and a 32-byte hash.
-        seq: u64::try_from(row.seq).unwrap_or_default(),
-        hash: hash_array(&row.hash).unwrap_or_default(),
     }
 }
 
@@ -401,31 +483,11 @@ mod tests {
     const INTERVAL: Duration = Duration::from_millis(200);
 
     fn pending(seq: i64) -> Pending {
-        let row = IssuanceLogRecord {
-            seq,
-            prev_hash: vec![0; 32],
-            hash: vec![0; 32],
-            kind: "x509".into(),
-            serial: Some(format!("{seq:x}")),
-            jti: None,
-            spiffe_id: None,
-            entry_id: None,
-            agent_id: None,
-            selectors: "[]".into(),
-            key_fingerprint: None,
-            evidence_digest: None,
-            attestation_result: None,
-            policy_version: None,
-            refusal_reason: None,
-            time_unix_ms: 0,
-        };
+        let record = EncodedRecord::new(&crate::NewRecord::refusal(format!("record {seq}")))
+            .expect("a valid record");
         // The receiver is dropped: these tests only move records between queues.
         let (reply, _) = oneshot::channel();
-        Pending {
-            row,
-            encoding: Vec::new(),
-            reply,
-        }
+        Pending { record, reply }
     }
 
     fn batch_of(count: usize) -> Vec<Pending> {
@@ -438,7 +500,8 @@ mod tests {
         sender.try_send(pending(100)).expect("queue has room");
         let mut batch = batch_of(BUSY_BATCH - 1);
         let started = Instant::now();
-        gather_while_busy(&mut queue, &mut batch, started, INTERVAL);
+        let gathered = gather_while_busy(&mut queue, &mut batch, started, INTERVAL, MAX_BATCH);
+        assert_eq!(gathered, Gathered::NotStarted);
         assert!(started.elapsed() < INTERVAL / GATHER_STEPS_PER_INTERVAL);
         assert_eq!(
             batch.len(),
@@ -452,8 +515,12 @@ mod tests {
         let (_sender, mut queue) = mpsc::channel(QUEUE);
         let mut batch = batch_of(BUSY_BATCH);
         let started = Instant::now();
-        gather_while_busy(&mut queue, &mut batch, started, INTERVAL);
+        let gathered = gather_while_busy(&mut queue, &mut batch, started, INTERVAL, MAX_BATCH);
         let waited = started.elapsed();
+        assert!(
+            matches!(gathered, Gathered::Stopped | Gathered::Slowed),
+            "gathering ended with {gathered:?} while no record arrived"
+        );
         assert!(
             waited < INTERVAL * 2,
             "gathered for {waited:?} while no record arrived"
@@ -461,12 +528,10 @@ mod tests {
         assert_eq!(batch.len(), BUSY_BATCH);
     }
 
-    #[test]
-    fn steady_arrivals_gather_until_the_limit() {
-        let (sender, mut queue) = mpsc::channel(QUEUE);
-        let producer = std::thread::spawn(move || {
-            // Bursts of 10 records 5 ms apart, about 50 per 25 ms step against the threshold
-            // of 2, for longer than the gathering may last.
+    /// Starts a thread that sends bursts of 10 records 5 ms apart, about 50 per 25 ms step
+    /// against the threshold of 2, until the queue closes.
+    fn steady_producer(sender: mpsc::Sender<Pending>) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
             for burst in 0_i64.. {
                 for n in 0..10 {
                     if sender
@@ -478,13 +543,23 @@ mod tests {
                 }
                 std::thread::sleep(Duration::from_millis(5));
             }
-        });
+        })
+    }
+
+    #[test]
+    fn steady_arrivals_gather_until_the_limit() {
+        let (sender, mut queue) = mpsc::channel(QUEUE);
+        let producer = steady_producer(sender);
         let mut batch = batch_of(BUSY_BATCH);
         let started = Instant::now();
-        gather_while_busy(&mut queue, &mut batch, started, INTERVAL);
+        let gathered = gather_while_busy(&mut queue, &mut batch, started, INTERVAL, MAX_BATCH);
         let waited = started.elapsed();
         drop(queue);
         producer.join().expect("producer thread");
+        assert!(
+            matches!(gathered, Gathered::TimeUp | Gathered::Full),
+            "gathering ended with {gathered:?} while records kept arriving"
+        );
         let limit = INTERVAL * MAX_GATHER_INTERVALS;
         assert!(
             batch.len() == MAX_BATCH || waited >= limit,
@@ -492,6 +567,73 @@ mod tests {
             batch.len()
         );
         assert!(batch.len() > BUSY_BATCH, "no record was gathered");
+    }
+
+    #[test]
+    fn gathering_stops_at_the_limit() {
+        let (sender, mut queue) = mpsc::channel(QUEUE);
+        let producer = steady_producer(sender);
+        let limit = BUSY_BATCH + 30;
+        let mut batch = batch_of(BUSY_BATCH);
+        let started = Instant::now();
+        let gathered = gather_while_busy(&mut queue, &mut batch, started, INTERVAL, limit);
+        drop(queue);
+        producer.join().expect("producer thread");
+        assert_eq!(gathered, Gathered::Full);
+        assert_eq!(batch.len(), limit);
+    }
+
+    #[test]
+    fn batch_at_the_limit_does_not_gather() {
+        let (sender, mut queue) = mpsc::channel(QUEUE);
+        sender.try_send(pending(100)).expect("queue has room");
+        let mut batch = batch_of(BUSY_BATCH * 2);
+        let gathered =
+            gather_while_busy(&mut queue, &mut batch, Instant::now(), INTERVAL, BUSY_BATCH);
+        assert_eq!(gathered, Gathered::NotStarted);
+        assert_eq!(
+            batch.len(),
+            BUSY_BATCH * 2,
+            "a full batch took a queued record"
+        );
+    }
+
+    #[test]
+    fn callers_seen_when_arrivals_stop_limit_gathering_for_a_while() {
+        let start = Instant::now();
+        let mut callers = CallerCount::default();
+        assert_eq!(callers.gather_limit(start), MAX_BATCH, "no count yet");
+
+        callers.record(Gathered::TimeUp, 300, start);
+        callers.record(Gathered::Full, 300, start);
+        callers.record(Gathered::NotStarted, 300, start);
+        callers.record(Gathered::Slowed, 300, start);
+        assert_eq!(
+            callers.gather_limit(start),
+            MAX_BATCH,
+            "callers were counted while records kept arriving"
+        );
+
+        callers.record(Gathered::Stopped, 64, start);
+        assert_eq!(callers.gather_limit(start), 48);
+        assert_eq!(callers.gather_limit(start + CALLERS_SEEN_FOR / 2), 48);
+        assert_eq!(
+            callers.gather_limit(start + CALLERS_SEEN_FOR),
+            MAX_BATCH,
+            "an old count still limits gathering"
+        );
+
+        // A smaller count within the period keeps the larger one, which expires at its time.
+        let later = start + CALLERS_SEEN_FOR / 2;
+        callers.record(Gathered::Stopped, 20, later);
+        assert_eq!(callers.gather_limit(later), 48);
+        assert_eq!(callers.gather_limit(start + CALLERS_SEEN_FOR), MAX_BATCH);
+        // After the period, a smaller count replaces it.
+        let after = start + CALLERS_SEEN_FOR;
+        callers.record(Gathered::Stopped, 5, after);
+        assert_eq!(callers.gather_limit(after), BUSY_BATCH);
+        callers.record(Gathered::Stopped, 4 * MAX_BATCH, after);
+        assert_eq!(callers.gather_limit(after), MAX_BATCH);
     }
 
     #[test]

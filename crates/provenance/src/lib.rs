@@ -93,8 +93,8 @@ pub use error::LogError;
 pub use record::{NewRecord, Record, RecordKind, RecordPosition, evidence_digest, key_fingerprint};
 pub use verify::{Alteration, AlterationKind, VerifyReport};
 
-use crate::appender::{Appender, MAX_BATCH, Pending};
-use crate::record::{from_row, lookup_serial, to_row_encoded};
+use crate::appender::{Appender, CallerCount, MAX_BATCH, Pending};
+use crate::record::{EncodedRecord, from_row, lookup_serial};
 
 /// Records that may wait for the appender before [`IssuanceLog::append`] waits for room.
 const QUEUE_CAPACITY: usize = 8 * MAX_BATCH;
@@ -119,9 +119,10 @@ pub struct LogOptions {
     /// keep arriving, so that one commit (a disk sync) serves many. A batch starts sooner
     /// when it is full, or when records that came in quick succession stop for three times
     /// their mean gap and at least a twentieth of this time. A record that arrives after a
-    /// quiet spell is written at once. When 64 or more wait and more keep arriving fast, they
-    /// gather for up to eight times this long. Zero writes every batch as soon as the previous
-    /// one has committed. At most [`MAX_BATCH_INTERVAL`].
+    /// quiet spell is written at once. When 16 or more wait and more keep arriving fast, they
+    /// gather for up to eight times this long, or until three quarters of the callers seen
+    /// waiting at once wait. Zero writes every batch as soon as the previous one has
+    /// committed. At most [`MAX_BATCH_INTERVAL`].
     pub batch_interval: Duration,
 }
 
@@ -174,6 +175,7 @@ impl IssuanceLog {
                 checkpoint_every: options.checkpoint_every,
                 batch_interval,
                 head: None,
+                callers: CallerCount::default(),
             }
             .start(receiver),
             Err(error) => tracing::error!(
@@ -201,15 +203,11 @@ impl IssuanceLog {
     /// the datastore failure, in which case the record was not stored unless the connection
     /// broke during the commit.
     pub async fn append(&self, record: NewRecord) -> Result<RecordPosition, LogError> {
-        let (row, encoding) = to_row_encoded(record)?;
+        let record = EncodedRecord::new(&record)?;
         let (reply, outcome) = oneshot::channel();
         self.inner
             .queue
-            .send(Pending {
-                row,
-                encoding,
-                reply,
-            })
+            .send(Pending { record, reply })
             .await
             .map_err(|_| LogError::Closed)?;
         outcome.await.map_err(|_| LogError::Closed)?

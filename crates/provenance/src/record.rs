@@ -6,7 +6,7 @@ use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use twid_datastore::IssuanceLogRecord;
+use twid_datastore::{IssuanceLogRecord, IssuanceLogRowRef};
 use twid_spiffe::SpiffeId;
 use twid_types::Selector;
 
@@ -190,12 +190,18 @@ pub fn evidence_digest(evidence: &[u8]) -> [u8; 32] {
 /// Returns `serial` in lowercase after checking that it is non-empty hex. A record's serial
 /// comes from the certificate that twid signed, so it never has separators.
 pub(crate) fn normalize_serial(serial: &str) -> Result<String, LogError> {
+    check_serial(serial)?;
+    Ok(serial.to_ascii_lowercase())
+}
+
+/// Checks that `serial` is non-empty hex.
+fn check_serial(serial: &str) -> Result<(), LogError> {
     if serial.is_empty() || !serial.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(LogError::InvalidRecord(format!(
             "serial {serial:?} is not a hex number; pass the certificate serial as hex digits"
         )));
     }
-    Ok(serial.to_ascii_lowercase())
+    Ok(())
 }
 
 /// Returns the serial that a lookup requests in the stored form: lowercase hex without the
@@ -219,28 +225,14 @@ pub(crate) fn to_row(record: NewRecord) -> Result<IssuanceLogRecord, LogError> {
 
 /// Like [`to_row`], and also returns the row's record encoding (see
 /// [`crate::encoding::record_encoding`]).
+///
+/// Appends use [`EncodedRecord::new`]; this builds the same row and encoding the plain way, for
+/// tests to compare with.
+#[cfg(test)]
 pub(crate) fn to_row_encoded(record: NewRecord) -> Result<(IssuanceLogRecord, Vec<u8>), LogError> {
-    let invalid = |message: &str| Err(LogError::InvalidRecord(message.to_owned()));
-    let needs_present = |field: &Option<String>| field.as_deref().is_some_and(|v| !v.is_empty());
-    match record.kind {
-        RecordKind::X509 if !needs_present(&record.serial) => {
-            return invalid("an x509 record needs a serial");
-        }
-        RecordKind::Jwt | RecordKind::Wit if !needs_present(&record.jti) => {
-            return invalid("a jwt or wit record needs a jti");
-        }
-        RecordKind::Refusal if !needs_present(&record.refusal_reason) => {
-            return invalid("a refusal record needs a refusal_reason");
-        }
-        RecordKind::X509 | RecordKind::Jwt | RecordKind::Wit if record.refusal_reason.is_some() => {
-            return invalid("only a refusal record may have a refusal_reason");
-        }
-        _ => {}
-    }
+    check(&record)?;
     let serial = record.serial.as_deref().map(normalize_serial).transpose()?;
-    let time_unix_ms = unix_ms(record.time).ok_or_else(|| {
-        LogError::InvalidRecord("time is out of range for milliseconds in an i64".into())
-    })?;
+    let time_unix_ms = record_time(&record)?;
     let selectors = serde_json::to_string(&record.selectors)
         .map_err(|e| LogError::InvalidRecord(format!("selectors cannot be serialized: {e}")))?;
     let row = IssuanceLogRecord {
@@ -269,6 +261,236 @@ pub(crate) fn to_row_encoded(record: NewRecord) -> Result<(IssuanceLogRecord, Ve
             .map(|selector| (selector.kind.as_str(), selector.value.as_str())),
     );
     Ok((row, encoding))
+}
+
+/// Checks the rules of [`NewRecord`] that do not concern the serial's digits.
+fn check(record: &NewRecord) -> Result<(), LogError> {
+    let invalid = |message: &str| Err(LogError::InvalidRecord(message.to_owned()));
+    let needs_present = |field: &Option<String>| field.as_deref().is_some_and(|v| !v.is_empty());
+    match record.kind {
+        RecordKind::X509 if !needs_present(&record.serial) => {
+            return invalid("an x509 record needs a serial");
+        }
+        RecordKind::Jwt | RecordKind::Wit if !needs_present(&record.jti) => {
+            return invalid("a jwt or wit record needs a jti");
+        }
+        RecordKind::Refusal if !needs_present(&record.refusal_reason) => {
+            return invalid("a refusal record needs a refusal_reason");
+        }
+        RecordKind::X509 | RecordKind::Jwt | RecordKind::Wit if record.refusal_reason.is_some() => {
+            return invalid("only a refusal record may have a refusal_reason");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Returns the record's time in milliseconds since the unix epoch.
+fn record_time(record: &NewRecord) -> Result<i64, LogError> {
+    unix_ms(record.time).ok_or_else(|| {
+        LogError::InvalidRecord("time is out of range for milliseconds in an i64".into())
+    })
+}
+
+/// A checked record as one buffer: its record encoding (see [`crate::encoding`]), followed by
+/// the JSON text of its `selectors` column, with the place of each column's value in the
+/// encoding.
+///
+/// This is what an append hands to the appender's thread. One buffer costs one allocation on
+/// the caller's thread and one free on the appender's, where a row of owned strings cost about
+/// ten of each, and a free of memory that another thread allocated is slow in the system
+/// allocator. The appender binds the stored columns straight from the buffer.
+pub(crate) struct EncodedRecord {
+    bytes: Vec<u8>,
+    /// End of the record encoding, where the selectors' JSON text begins.
+    encoding_end: usize,
+    kind: RecordKind,
+    /// Offset and length in `bytes` of each optional column's value, `None` for NULL.
+    columns: [Option<(u32, u32)>; COLUMNS],
+    time_unix_ms: i64,
+}
+
+/// The optional columns of [`EncodedRecord`], in the order of the record encoding.
+const SERIAL: usize = 0;
+const JTI: usize = 1;
+const SPIFFE_ID: usize = 2;
+const ENTRY_ID: usize = 3;
+const AGENT_ID: usize = 4;
+const KEY_FINGERPRINT: usize = 5;
+const EVIDENCE_DIGEST: usize = 6;
+const ATTESTATION_RESULT: usize = 7;
+const POLICY_VERSION: usize = 8;
+const REFUSAL_REASON: usize = 9;
+const COLUMNS: usize = 10;
+
+impl EncodedRecord {
+    /// Checks `record` and encodes it. The serial is stored in lowercase and the attestation
+    /// result as canonical JSON, as [`NewRecord`] documents.
+    pub(crate) fn new(record: &NewRecord) -> Result<Self, LogError> {
+        check(record)?;
+        if let Some(serial) = &record.serial {
+            // Checks the digits; the lowercase form is written below.
+            check_serial(serial)?;
+        }
+        let time_unix_ms = record_time(record)?;
+        let attestation_result = record.attestation_result.as_ref().map(canonical_json);
+        let texts = [
+            record.serial.as_deref(),
+            record.jti.as_deref(),
+            record.spiffe_id.as_ref().map(SpiffeId::as_str),
+            record.entry_id.as_deref(),
+            record.agent_id.as_ref().map(SpiffeId::as_str),
+            attestation_result.as_deref(),
+            record.policy_version.as_deref(),
+            record.refusal_reason.as_deref(),
+        ];
+        let selector_bytes: usize = record
+            .selectors
+            .iter()
+            .map(|selector| selector.kind.len() + selector.value.len())
+            .sum();
+        // Length prefixes and flags, the values, the selectors twice (encoding and JSON, with
+        // its punctuation), the digests and the time. JSON escapes may need more.
+        let capacity = 16 * 9
+            + texts.iter().flatten().map(|text| text.len()).sum::<usize>()
+            + 2 * selector_bytes
+            + 48 * record.selectors.len()
+            + 2 * (8 + 32)
+            + 8;
+        let mut out = SpanWriter(Vec::with_capacity(capacity));
+        let mut columns = [None; COLUMNS];
+
+        out.text(record.kind.as_str());
+        columns[SERIAL] = match &record.serial {
+            None => out.absent(),
+            Some(serial) => out.present(serial.len(), |bytes| {
+                bytes.extend(serial.bytes().map(|b| b.to_ascii_lowercase()));
+            }),
+        }?;
+        columns[JTI] = out.optional(record.jti.as_deref().map(str::as_bytes))?;
+        columns[SPIFFE_ID] = out.optional(texts[2].map(str::as_bytes))?;
+        columns[ENTRY_ID] = out.optional(record.entry_id.as_deref().map(str::as_bytes))?;
+        columns[AGENT_ID] = out.optional(texts[4].map(str::as_bytes))?;
+        out.length(record.selectors.len());
+        for selector in &record.selectors {
+            out.text(&selector.kind);
+            out.text(&selector.value);
+        }
+        columns[KEY_FINGERPRINT] = out.optional(record.key_fingerprint.as_ref().map(|f| &f[..]))?;
+        columns[EVIDENCE_DIGEST] = out.optional(record.evidence_digest.as_ref().map(|d| &d[..]))?;
+        columns[ATTESTATION_RESULT] = out.optional(texts[5].map(str::as_bytes))?;
+        columns[POLICY_VERSION] =
+            out.optional(record.policy_version.as_deref().map(str::as_bytes))?;
+        columns[REFUSAL_REASON] =
+            out.optional(record.refusal_reason.as_deref().map(str::as_bytes))?;
+        out.0.extend_from_slice(&time_unix_ms.to_be_bytes());
+
+        let encoding_end = out.0.len();
+        serde_json::to_writer(&mut out.0, &record.selectors)
+            .map_err(|e| LogError::InvalidRecord(format!("selectors cannot be serialized: {e}")))?;
+        Ok(Self {
+            bytes: out.0,
+            encoding_end,
+            kind: record.kind,
+            columns,
+            time_unix_ms,
+        })
+    }
+
+    /// The record encoding, which the chain hash covers.
+    pub(crate) fn encoding(&self) -> &[u8] {
+        &self.bytes[..self.encoding_end]
+    }
+
+    /// The row to store at `seq` with these hashes.
+    ///
+    /// # Errors
+    /// [`LogError::InvalidRecord`] if a text column is not UTF-8, which [`Self::new`] rules
+    /// out since it copies the columns from strings.
+    pub(crate) fn row<'a>(
+        &'a self,
+        seq: i64,
+        prev_hash: &'a [u8],
+        hash: &'a [u8],
+    ) -> Result<IssuanceLogRowRef<'a>, LogError> {
+        let bytes = |column: usize| {
+            self.columns[column].map(|(at, len)| {
+                // new() stored offsets within the buffer as u32.
+                let (at, len) = (at as usize, len as usize);
+                &self.bytes[at..at + len]
+            })
+        };
+        let text = |column: usize| {
+            bytes(column)
+                .map(std::str::from_utf8)
+                .transpose()
+                .map_err(|_| LogError::InvalidRecord("a text column is not UTF-8".into()))
+        };
+        let selectors = std::str::from_utf8(&self.bytes[self.encoding_end..])
+            .map_err(|_| LogError::InvalidRecord("the selectors JSON is not UTF-8".into()))?;
+        Ok(IssuanceLogRowRef {
+            seq,
+            prev_hash,
+            hash,
+            kind: self.kind.as_str(),
+            serial: text(SERIAL)?,
+            jti: text(JTI)?,
+            spiffe_id: text(SPIFFE_ID)?,
+            entry_id: text(ENTRY_ID)?,
+            agent_id: text(AGENT_ID)?,
+            selectors,
+            key_fingerprint: bytes(KEY_FINGERPRINT),
+            evidence_digest: bytes(EVIDENCE_DIGEST),
+            attestation_result: text(ATTESTATION_RESULT)?,
+            policy_version: text(POLICY_VERSION)?,
+            refusal_reason: text(REFUSAL_REASON)?,
+            time_unix_ms: self.time_unix_ms,
+        })
+    }
+}
+
+/// Writes the record encoding and returns where values lie.
+struct SpanWriter(Vec<u8>);
+
+impl SpanWriter {
+    fn length(&mut self, length: usize) {
+        // usize is at most 64 bits on every supported target.
+        self.0.extend_from_slice(&(length as u64).to_be_bytes());
+    }
+
+    fn text(&mut self, text: &str) {
+        self.length(text.len());
+        self.0.extend_from_slice(text.as_bytes());
+    }
+
+    fn absent(&mut self) -> Result<Option<(u32, u32)>, LogError> {
+        self.0.push(0);
+        Ok(None)
+    }
+
+    /// Writes a present optional value of `len` bytes with `write`, and returns its place.
+    fn present(
+        &mut self,
+        len: usize,
+        write: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<Option<(u32, u32)>, LogError> {
+        self.0.push(1);
+        self.length(len);
+        let at = self.0.len();
+        write(&mut self.0);
+        let too_large = |_| LogError::InvalidRecord("the record is larger than 4 GiB".into());
+        Ok(Some((
+            u32::try_from(at).map_err(too_large)?,
+            u32::try_from(len).map_err(too_large)?,
+        )))
+    }
+
+    fn optional(&mut self, value: Option<&[u8]>) -> Result<Option<(u32, u32)>, LogError> {
+        match value {
+            None => self.absent(),
+            Some(value) => self.present(value.len(), |bytes| bytes.extend_from_slice(value)),
+        }
+    }
 }
 
 /// Decodes a stored row.
@@ -440,6 +662,72 @@ mod tests {
         let before = UNIX_EPOCH - Duration::from_millis(1500);
         assert_eq!(unix_ms(before), Some(-1500));
         assert_eq!(system_time_from_unix_ms(-1500), Some(before));
+    }
+
+    /// Records that between them set every field, absent and present, empty and not, with
+    /// text that JSON must escape.
+    fn varied_records() -> Vec<NewRecord> {
+        let mut full = NewRecord::x509("0A1bFF", id("spiffe://example.org/ns/prod-1/sa/web_2.x"));
+        full.jti = Some(String::new());
+        full.entry_id = Some("entry \"1\"".into());
+        full.agent_id = Some(id("spiffe://example.org/spire/agent/x509pop/node"));
+        full.selectors = vec![
+            Selector::new("unix", "uid:1000"),
+            Selector::new("k8s", "label:\"quoted\" \\ \u{1f980}\n\u{1}"),
+            Selector::new("", ""),
+        ];
+        full.key_fingerprint = Some([0xab; 32]);
+        full.evidence_digest = Some([0; 32]);
+        full.attestation_result = Some(serde_json::json!({
+            "tee": "tdx", "measurements": {"mrtd": "00ff"}, "n": [1, 2.5, null]
+        }));
+        full.policy_version = Some("7".into());
+        full.time = UNIX_EPOCH - Duration::from_millis(1500);
+        let mut jwt = NewRecord::jwt("0190f0e4a1b2", id("spiffe://example.org/w"));
+        jwt.selectors = vec![Selector::new("unix", "gid:0")];
+        let mut refusal = NewRecord::refusal("no entry matches \u{2028}");
+        refusal.attestation_result = Some(serde_json::json!([]));
+        vec![
+            full,
+            jwt,
+            refusal,
+            NewRecord::wit("w", id("spiffe://example.org/w")),
+        ]
+    }
+
+    #[test]
+    fn encoded_record_matches_the_plain_row_and_encoding() {
+        let (prev, hash) = ([3; 32], [4; 32]);
+        for record in varied_records() {
+            let encoded = EncodedRecord::new(&record).expect("valid");
+            let (mut expected, encoding) = to_row_encoded(record.clone()).expect("valid");
+            assert_eq!(encoded.encoding(), encoding, "encoding of {record:?}");
+            let row = encoded.row(9, &prev, &hash).expect("row");
+            expected.seq = 9;
+            expected.prev_hash = prev.to_vec();
+            expected.hash = hash.to_vec();
+            assert_eq!(row.to_record(), expected, "row of {record:?}");
+        }
+    }
+
+    #[test]
+    fn encoded_record_checks_like_the_plain_row() {
+        let mut reasoned = NewRecord::x509("01", id("spiffe://example.org/w"));
+        reasoned.refusal_reason = Some("why".into());
+        let invalid = [
+            NewRecord::x509("", id("spiffe://example.org/w")),
+            NewRecord::x509("01:ab", id("spiffe://example.org/w")),
+            NewRecord::jwt("", id("spiffe://example.org/w")),
+            NewRecord::new(RecordKind::Refusal),
+            reasoned,
+        ];
+        for record in invalid {
+            assert!(to_row(record.clone()).is_err(), "{record:?}");
+            assert!(
+                matches!(EncodedRecord::new(&record), Err(LogError::InvalidRecord(_))),
+                "{record:?} was encoded"
+            );
+        }
     }
 
     #[test]
