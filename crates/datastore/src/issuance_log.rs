@@ -65,7 +65,7 @@ pub struct IssuanceLogRecord {
 }
 
 /// One issuance log row that [`IssuanceLogWriter::append`] stores, with its values borrowed,
-/// so that a writer needs no copy of values that its caller holds in another form. The fields
+/// so that a writer needs no copy of values that its caller keeps in another form. The fields
 /// mean what those of [`IssuanceLogRecord`] mean.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IssuanceLogRowRef<'a> {

@@ -296,10 +296,10 @@ fn record_time(record: &NewRecord) -> Result<i64, LogError> {
 /// the JSON text of its `selectors` column, with the place of each column's value in the
 /// encoding.
 ///
-/// This is what an append hands to the appender's thread. One buffer costs one allocation on
-/// the caller's thread and one free on the appender's, where a row of owned strings cost about
-/// ten of each, and a free of memory that another thread allocated is slow in the system
-/// allocator. The appender binds the stored columns straight from the buffer.
+/// An append hands this to the appender's thread. One buffer costs one allocation on the
+/// caller's thread and one free on the appender's, where a row of owned strings cost about ten
+/// of each. The system allocator frees memory that another thread allocated slowly. The
+/// appender binds the stored columns straight from the buffer.
 pub(crate) struct EncodedRecord {
     bytes: Vec<u8>,
     /// End of the record encoding, where the selectors' JSON text begins.
@@ -397,12 +397,12 @@ impl EncodedRecord {
         })
     }
 
-    /// The record encoding, which the chain hash covers.
+    /// Returns the record encoding, which the chain hash covers.
     pub(crate) fn encoding(&self) -> &[u8] {
         &self.bytes[..self.encoding_end]
     }
 
-    /// The row to store at `seq` with these hashes.
+    /// Borrows the row to store at `seq` with these hashes.
     ///
     /// # Errors
     /// [`LogError::InvalidRecord`] if a text column is not UTF-8, which [`Self::new`] rules
