@@ -90,7 +90,10 @@ use twid_datastore::Datastore;
 pub use checkpoint::{Checkpoint, CheckpointAlgorithm, PublicKey, SigningKey};
 pub use encoding::{GENESIS_HASH, record_hash};
 pub use error::LogError;
-pub use record::{NewRecord, Record, RecordKind, RecordPosition, evidence_digest, key_fingerprint};
+pub use record::{
+    MAX_INDEXED_BYTES, MAX_JSON_DEPTH, NewRecord, Record, RecordKind, RecordPosition,
+    evidence_digest, key_fingerprint,
+};
 pub use verify::{Alteration, AlterationKind, VerifyReport};
 
 use crate::appender::{Appender, CallerCount, MAX_BATCH, Pending};

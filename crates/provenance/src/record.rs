@@ -65,7 +65,9 @@ impl FromStr for RecordKind {
 /// [`IssuanceLog::append`](crate::IssuanceLog::append) enforces: an [`X509`](RecordKind::X509)
 /// record has a `serial`, a [`Jwt`](RecordKind::Jwt) or [`Wit`](RecordKind::Wit) record has a
 /// `jti`, a [`Refusal`](RecordKind::Refusal) record has a `refusal_reason` and no other kind
-/// has one, and a serial contains only hex digits. Text fields are stored as given, except the
+/// has one, and a serial contains only hex digits. The serial and the `jti` are at most
+/// [`MAX_INDEXED_BYTES`] long, no text field contains U+0000, and the attestation result nests
+/// at most [`MAX_JSON_DEPTH`] arrays and objects. Text fields are stored as given, except the
 /// serial, which is stored in lowercase.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewRecord {
@@ -263,7 +265,18 @@ pub(crate) fn to_row_encoded(record: NewRecord) -> Result<(IssuanceLogRecord, Ve
     Ok((row, encoding))
 }
 
-/// Checks the rules of [`NewRecord`] that do not concern the serial's digits.
+/// The maximum length in bytes of a record's serial and `jti`, which the log indexes.
+/// PostgreSQL rejects a B-tree index entry of more than about 2,700 bytes, and a rejected row
+/// would fail every record of its batch.
+pub const MAX_INDEXED_BYTES: usize = 1024;
+
+/// The maximum nesting of arrays and objects in an attestation result. Reading a record back
+/// parses the stored JSON, and serde_json stops at a depth of 128.
+pub const MAX_JSON_DEPTH: usize = 64;
+
+/// Checks the rules of [`NewRecord`] that do not concern the serial's digits. A record that
+/// the database would reject must be caught here, before it joins a batch, because the
+/// database rejects a batch as a whole.
 fn check(record: &NewRecord) -> Result<(), LogError> {
     let invalid = |message: &str| Err(LogError::InvalidRecord(message.to_owned()));
     let needs_present = |field: &Option<String>| field.as_deref().is_some_and(|v| !v.is_empty());
@@ -282,7 +295,60 @@ fn check(record: &NewRecord) -> Result<(), LogError> {
         }
         _ => {}
     }
+    for (name, value) in [("serial", &record.serial), ("jti", &record.jti)] {
+        if let Some(value) = value
+            && value.len() > MAX_INDEXED_BYTES
+        {
+            return Err(LogError::InvalidRecord(format!(
+                "the {name} is {} bytes long, more than the maximum of {MAX_INDEXED_BYTES}",
+                value.len()
+            )));
+        }
+    }
+    // PostgreSQL cannot store U+0000 in text. Selectors and the attestation result are stored
+    // as JSON, which escapes it, and SPIFFE IDs cannot contain it.
+    let texts = [
+        ("jti", &record.jti),
+        ("entry_id", &record.entry_id),
+        ("policy_version", &record.policy_version),
+        ("refusal_reason", &record.refusal_reason),
+    ];
+    for (name, value) in texts {
+        if value.as_deref().is_some_and(|text| text.contains('\0')) {
+            return Err(LogError::InvalidRecord(format!(
+                "the {name} contains the character U+0000, which the log cannot store; escape \
+                 or remove it"
+            )));
+        }
+    }
+    if let Some(result) = &record.attestation_result
+        && json_depth(result) > MAX_JSON_DEPTH
+    {
+        return Err(LogError::InvalidRecord(format!(
+            "the attestation result nests more than {MAX_JSON_DEPTH} arrays and objects"
+        )));
+    }
     Ok(())
+}
+
+/// Returns how deeply `value` nests arrays and objects: 0 for a scalar.
+fn json_depth(value: &Value) -> usize {
+    // An explicit stack, so that a deep value cannot overflow the thread's stack here.
+    let mut deepest = 0;
+    let mut stack = vec![(value, 0_usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let inner = depth + 1;
+        match value {
+            Value::Array(items) => stack.extend(items.iter().map(|item| (item, inner))),
+            Value::Object(map) => stack.extend(map.values().map(|item| (item, inner))),
+            _ => continue,
+        }
+        deepest = deepest.max(inner);
+        if deepest > MAX_JSON_DEPTH {
+            break;
+        }
+    }
+    deepest
 }
 
 /// Returns the record's time in milliseconds since the unix epoch.
@@ -728,6 +794,49 @@ mod tests {
                 "{record:?} was encoded"
             );
         }
+    }
+
+    #[test]
+    fn record_values_the_database_rejects_are_invalid() {
+        let long = "a".repeat(MAX_INDEXED_BYTES + 1);
+        let mut long_jti = NewRecord::jwt(long.clone(), id("spiffe://example.org/w"));
+        long_jti.selectors = vec![Selector::new("unix", "uid:0")];
+        let mut nul_entry = NewRecord::x509("01", id("spiffe://example.org/w"));
+        nul_entry.entry_id = Some("entry\0".into());
+        let mut nul_policy = NewRecord::x509("01", id("spiffe://example.org/w"));
+        nul_policy.policy_version = Some("\0".into());
+        let mut deep = serde_json::json!(1);
+        for _ in 0..MAX_JSON_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let mut too_deep = NewRecord::refusal("deep");
+        too_deep.attestation_result = Some(serde_json::json!({ "a": deep.clone() }));
+        let invalid = [
+            NewRecord::x509(long, id("spiffe://example.org/w")),
+            long_jti,
+            NewRecord::jwt("j\0", id("spiffe://example.org/w")),
+            nul_entry,
+            nul_policy,
+            NewRecord::refusal("reason \0"),
+            too_deep,
+        ];
+        for record in invalid {
+            assert!(
+                matches!(EncodedRecord::new(&record), Err(LogError::InvalidRecord(_))),
+                "{record:?} was encoded"
+            );
+        }
+
+        // The limits themselves are allowed, and JSON and selectors escape U+0000.
+        let mut at_limits =
+            NewRecord::x509("a".repeat(MAX_INDEXED_BYTES), id("spiffe://example.org/w"));
+        at_limits.jti = Some("b".repeat(MAX_INDEXED_BYTES));
+        at_limits.attestation_result = Some(deep);
+        at_limits.selectors = vec![Selector::new("k8s", "label:\0")];
+        assert!(EncodedRecord::new(&at_limits).is_ok());
+        let mut nul_json = NewRecord::refusal("nul in JSON");
+        nul_json.attestation_result = Some(serde_json::json!({ "text": "\0" }));
+        assert!(EncodedRecord::new(&nul_json).is_ok());
     }
 
     #[test]

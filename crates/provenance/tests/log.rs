@@ -19,8 +19,9 @@ use twid_datastore::{
     IssuanceLogRecord, PolicyVersion, WriteOutcome,
 };
 use twid_provenance::{
-    AlterationKind, GENESIS_HASH, IssuanceLog, LogError, LogOptions, NewRecord, RecordKind,
-    SigningKey, VerifyReport, evidence_digest, key_fingerprint, record_hash,
+    AlterationKind, GENESIS_HASH, IssuanceLog, LogError, LogOptions, MAX_INDEXED_BYTES,
+    MAX_JSON_DEPTH, NewRecord, RecordKind, SigningKey, VerifyReport, evidence_digest,
+    key_fingerprint, record_hash,
 };
 use twid_spiffe::SpiffeId;
 use twid_types::{NewEntry, Selector};
@@ -194,6 +195,7 @@ on_both_backends!(
     datastore_writes_during_appends,
     batch_interval_paces_only_under_load,
     longest_batch_interval_is_capped,
+    rejected_record_spares_its_batch,
 );
 
 fn ed25519_key() -> SigningKey {
@@ -1123,5 +1125,60 @@ async fn longest_batch_interval_is_capped(db: &TestDb) {
         log.append(sample_record(n)).await.expect("append");
     }
     assert_intact(&log.verify(None).await.expect("verify"), 3);
+    store.close().await;
+}
+
+/// A record that the database could not store is rejected on its own, and the records appended
+/// beside it, which may share its batch, are stored.
+async fn rejected_record_spares_its_batch(db: &TestDb) {
+    let store = db.open().await;
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            // A long interval, so that the records queue up and share batches.
+            batch_interval: Duration::from_millis(50),
+            ..LogOptions::default()
+        },
+    );
+    let mut long_jti = sample_record(1);
+    long_jti.jti = Some("j".repeat(MAX_INDEXED_BYTES * 4));
+    let mut deep = serde_json::json!(null);
+    for _ in 0..=MAX_JSON_DEPTH {
+        deep = serde_json::json!([deep]);
+    }
+    let mut deep_result = sample_record(3);
+    deep_result.attestation_result = Some(deep);
+    let bad = [
+        NewRecord::refusal("nul \0 in the reason"),
+        long_jti,
+        deep_result,
+    ];
+
+    let mut set = tokio::task::JoinSet::new();
+    for n in 0..60_u64 {
+        let log = log.clone();
+        let record = match n % 20 {
+            5 => bad[usize::try_from(n / 20).expect("small")].clone(),
+            _ => sample_record(100 + n),
+        };
+        let good = n % 20 != 5;
+        set.spawn(async move { (good, log.append(record).await) });
+    }
+    let mut stored = 0;
+    while let Some(result) = set.join_next().await {
+        let (good, outcome) = result.expect("append task");
+        if good {
+            outcome.expect("a valid record beside a rejected one");
+            stored += 1;
+        } else {
+            assert!(
+                matches!(outcome, Err(LogError::InvalidRecord(_))),
+                "expected InvalidRecord, got {outcome:?}"
+            );
+        }
+    }
+    assert_eq!(stored, 57);
+    assert_intact(&log.verify(None).await.expect("verify"), 57);
+    assert_eq!(log.list(0, 100).await.expect("list").len(), 57);
     store.close().await;
 }
