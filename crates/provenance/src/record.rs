@@ -400,12 +400,14 @@ impl EncodedRecord {
         }
         let time_unix_ms = record_time(record)?;
         let attestation_result = record.attestation_result.as_ref().map(canonical_json);
+        let spiffe_id = record.spiffe_id.as_ref().map(SpiffeId::as_str);
+        let agent_id = record.agent_id.as_ref().map(SpiffeId::as_str);
         let texts = [
             record.serial.as_deref(),
             record.jti.as_deref(),
-            record.spiffe_id.as_ref().map(SpiffeId::as_str),
+            spiffe_id,
             record.entry_id.as_deref(),
-            record.agent_id.as_ref().map(SpiffeId::as_str),
+            agent_id,
             attestation_result.as_deref(),
             record.policy_version.as_deref(),
             record.refusal_reason.as_deref(),
@@ -434,9 +436,9 @@ impl EncodedRecord {
             }),
         }?;
         columns[JTI] = out.optional(record.jti.as_deref().map(str::as_bytes))?;
-        columns[SPIFFE_ID] = out.optional(texts[2].map(str::as_bytes))?;
+        columns[SPIFFE_ID] = out.optional(spiffe_id.map(str::as_bytes))?;
         columns[ENTRY_ID] = out.optional(record.entry_id.as_deref().map(str::as_bytes))?;
-        columns[AGENT_ID] = out.optional(texts[4].map(str::as_bytes))?;
+        columns[AGENT_ID] = out.optional(agent_id.map(str::as_bytes))?;
         out.length(record.selectors.len());
         for selector in &record.selectors {
             out.text(&selector.kind);
@@ -444,7 +446,8 @@ impl EncodedRecord {
         }
         columns[KEY_FINGERPRINT] = out.optional(record.key_fingerprint.as_ref().map(|f| &f[..]))?;
         columns[EVIDENCE_DIGEST] = out.optional(record.evidence_digest.as_ref().map(|d| &d[..]))?;
-        columns[ATTESTATION_RESULT] = out.optional(texts[5].map(str::as_bytes))?;
+        columns[ATTESTATION_RESULT] =
+            out.optional(attestation_result.as_deref().map(str::as_bytes))?;
         columns[POLICY_VERSION] =
             out.optional(record.policy_version.as_deref().map(str::as_bytes))?;
         columns[REFUSAL_REASON] =
