@@ -53,8 +53,12 @@ const BUSY_BATCH: usize = 16;
 /// busy batch gathers until arrivals stop or its time is up, and so counts them again.
 const CALLERS_SEEN_FOR: Duration = Duration::from_secs(1);
 
-/// Checks per batch interval of whether records still arrive while a batch gathers.
+/// Checks per batch interval of whether records still arrive, in the first step of a
+/// gathering. Later steps grow (see [`next_gather_step`]).
 const GATHER_STEPS_PER_INTERVAL: u32 = 8;
+
+/// Longest step of a gathering, in batch intervals.
+const MAX_GATHER_STEP_INTERVALS: u32 = 2;
 
 /// Checks per batch interval, while a batch waits for its start, of whether records still
 /// arrive.
@@ -406,10 +410,12 @@ fn pace(
 enum Gathered {
     /// The batch was too small to gather, or had reached the limit already.
     NotStarted,
-    /// No record arrived in a step that took at most two steps: every caller waits.
+    /// No record arrived in a step that took at most twice as long as asked: every caller
+    /// waits.
     Stopped,
-    /// Fewer than [`BUSY_STEP_RECORDS`] arrived in a step, or a step took longer than two. In
-    /// a long step this thread may not have run, so the arrivals count for little.
+    /// Fewer than [`BUSY_STEP_RECORDS`] arrived in a step, or they arrived more slowly than
+    /// that many per first step. A step with no arrival that took more than twice as long as
+    /// asked ends here too: this thread may not have run, so the arrivals count for little.
     Slowed,
     /// The batch reached the limit or [`MAX_BATCH`] while records kept arriving.
     Full,
@@ -418,9 +424,10 @@ enum Gathered {
 }
 
 /// Keeps adding to `batch` while records arrive at a rate of at least [`BUSY_STEP_RECORDS`]
-/// per step of `interval / GATHER_STEPS_PER_INTERVAL`, until [`MAX_GATHER_INTERVALS`]
-/// intervals after `last_start` or `limit` records. Only a batch of [`BUSY_BATCH`] records or
-/// more gathers.
+/// per `interval / GATHER_STEPS_PER_INTERVAL`, until [`MAX_GATHER_INTERVALS`] intervals
+/// after `last_start` or `limit` records. It checks the rate after steps that start at that
+/// length and grow while records keep arriving (see [`next_gather_step`]). Only a batch of
+/// [`BUSY_BATCH`] records or more gathers.
 ///
 /// Records that keep arriving while this many wait mean that other callers keep the cores
 /// busy. Then a commit's fixed cost is better shared among more records: a disk sync and WAL
@@ -438,7 +445,8 @@ fn gather_while_busy(
     if interval.is_zero() || batch.len() < BUSY_BATCH || batch.len() >= limit {
         return Gathered::NotStarted;
     }
-    let step = interval / GATHER_STEPS_PER_INTERVAL;
+    let first_step = interval / GATHER_STEPS_PER_INTERVAL;
+    let mut step = first_step;
     let until = last_start + interval * MAX_GATHER_INTERVALS;
     loop {
         let now = Instant::now();
@@ -446,23 +454,64 @@ fn gather_while_busy(
             return Gathered::TimeUp;
         }
         let before = batch.len();
+        let asked = step.min(until - now);
         // Sleeping blocks only the appender's thread, as the pacing in `Appender::run` does.
-        std::thread::sleep(step.min(until - now));
+        std::thread::sleep(asked);
         take_waiting(queue, batch, limit);
         if batch.len() >= limit {
             return Gathered::Full;
         }
         // A sleep lasts longer than asked, so the rate is judged over the time that passed.
         let took = now.elapsed();
-        if batch.len() == before && took <= step * 2 {
+        if batch.len() == before && took <= asked * 2 {
             return Gathered::Stopped;
         }
-        let arrived = u128::try_from(batch.len() - before).unwrap_or(u128::MAX);
-        let busy = u128::try_from(BUSY_STEP_RECORDS).unwrap_or(u128::MAX);
-        if arrived < busy || arrived * step.as_nanos() < busy * took.as_nanos() {
+        let arrived = batch.len() - before;
+        if arrived < BUSY_STEP_RECORDS
+            || wide(arrived) * first_step.as_nanos() < wide(BUSY_STEP_RECORDS) * took.as_nanos()
+        {
             return Gathered::Slowed;
         }
+        step = next_gather_step(
+            step,
+            first_step,
+            interval,
+            took,
+            arrived,
+            limit - batch.len(),
+        );
     }
+}
+
+/// Returns the length of the next step of a gathering whose last step was `step` long, took
+/// `took` and brought `arrived` records (at least one), with `remaining` records to go to the
+/// limit.
+///
+/// Each wake of the appender's thread interrupts a core that signs, so while records keep
+/// arriving the steps double, from `first_step` up to [`MAX_GATHER_STEP_INTERVALS`]
+/// intervals, and a batch that gathers for eight intervals wakes the thread at most eight
+/// times instead of up to sixty-four. The cap bounds how long a batch waits once arrivals stop. A
+/// step never lasts longer than the limit takes to fill at the last step's rate, so that
+/// callers counted by [`CallerCount`] do not all wait for the end of a long step.
+fn next_gather_step(
+    step: Duration,
+    first_step: Duration,
+    interval: Duration,
+    took: Duration,
+    arrived: usize,
+    remaining: usize,
+) -> Duration {
+    let to_limit_nanos = took.as_nanos() * wide(remaining) / wide(arrived.max(1));
+    let to_limit = Duration::from_nanos(u64::try_from(to_limit_nanos).unwrap_or(u64::MAX));
+    (step * 2)
+        .min(interval * MAX_GATHER_STEP_INTERVALS)
+        .min(to_limit)
+        .max(first_step)
+}
+
+/// Widens a count for arithmetic with nanoseconds.
+fn wide(count: usize) -> u128 {
+    u128::try_from(count).unwrap_or(u128::MAX)
 }
 
 /// Moves records that are already queued into `batch`, up to `limit` records.
@@ -582,6 +631,33 @@ mod tests {
         producer.join().expect("producer thread");
         assert_eq!(gathered, Gathered::Full);
         assert_eq!(batch.len(), limit);
+    }
+
+    #[test]
+    fn gathering_steps_double_while_records_arrive() {
+        let first = INTERVAL / GATHER_STEPS_PER_INTERVAL;
+        let mut step = first;
+        let mut steps = Vec::new();
+        for _ in 0..6 {
+            step = next_gather_step(step, first, INTERVAL, step, 10, MAX_BATCH);
+            steps.push(step);
+        }
+        let longest = INTERVAL * MAX_GATHER_STEP_INTERVALS;
+        assert_eq!(
+            steps,
+            [first * 2, first * 4, first * 8, longest, longest, longest]
+        );
+    }
+
+    #[test]
+    fn gathering_step_ends_when_the_limit_should_fill() {
+        let first = INTERVAL / GATHER_STEPS_PER_INTERVAL;
+        // 10 records arrived in one first step, and 20 more fill the batch: two first steps.
+        let step = next_gather_step(first * 8, first, INTERVAL, first, 10, 20);
+        assert_eq!(step, first * 2);
+        // One more record would take a tenth of a first step, but a step is never shorter.
+        let step = next_gather_step(first * 8, first, INTERVAL, first, 10, 1);
+        assert_eq!(step, first);
     }
 
     #[test]
