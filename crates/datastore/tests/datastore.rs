@@ -1476,7 +1476,7 @@ async fn crash_child() {
 }
 
 #[tokio::test]
-async fn sqlite_file_is_private_and_uses_wal() {
+async fn sqlite_file_is_private_with_wal_and_16_kib_pages() {
     let dir = tempfile::tempdir().expect("create temp dir");
     let path = dir.path().join("twid.db");
     let store = Datastore::open_sqlite(&path).await.expect("open sqlite");
@@ -1504,8 +1504,50 @@ async fn sqlite_file_is_private_and_uses_wal() {
         .expect("read journal mode");
     let journal_mode: String = row.try_get(0).expect("journal_mode column");
     assert_eq!(journal_mode.to_lowercase(), "wal");
+    let row = sqlx::query("PRAGMA page_size")
+        .fetch_one(&mut raw)
+        .await
+        .expect("read page size");
+    let page_size: i64 = row.try_get(0).expect("page_size column");
+    assert_eq!(page_size, 16384);
     raw.close().await.expect("close raw connection");
     store.close().await;
+}
+
+#[tokio::test]
+async fn sqlite_file_with_4_kib_pages_keeps_them() {
+    let dir = tempfile::tempdir().expect("create temp dir");
+    let path = dir.path().join("twid.db");
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let mut raw = AnyConnection::connect(&url)
+        .await
+        .expect("create the file directly");
+    sqlx::raw_sql(
+        "PRAGMA page_size = 4096; PRAGMA journal_mode = WAL; CREATE TABLE earlier (id INTEGER);",
+    )
+    .execute(&mut raw)
+    .await
+    .expect("create a file with 4 KiB pages");
+    raw.close().await.expect("close raw connection");
+
+    let store = Datastore::open_sqlite(&path).await.expect("open sqlite");
+    store
+        .create_entry(&workload("pages", PARENT, &["u:1"]), NOW)
+        .await
+        .expect("create entry");
+    store.close().await;
+
+    let mut raw = AnyConnection::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect directly");
+    let row = sqlx::query("PRAGMA page_size")
+        .fetch_one(&mut raw)
+        .await
+        .expect("read page size");
+    let page_size: i64 = row.try_get(0).expect("page_size column");
+    assert_eq!(page_size, 4096);
+    raw.close().await.expect("close raw connection");
 }
 
 #[tokio::test]
