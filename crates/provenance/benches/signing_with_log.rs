@@ -28,6 +28,12 @@
 //! latency. `TWID_BENCH_BATCH_INTERVAL_US=N` sets the appender's batch interval in
 //! microseconds instead of the default, and `TWID_BENCH_ROUNDS=N` runs N rounds instead of
 //! [`DEFAULT_ROUNDS`].
+//!
+//! `TWID_BENCH_HOLD=sign,sqlite,postgres` (any of the three, in any order) replaces the rounds
+//! with one steady run of [`HOLD`] per listed mode, and prints the rate and, per thread name,
+//! the CPU time per SVID and the context switches per second, read from
+//! `/proc/self/task/*/schedstat` and `status` (Linux only). Per-thread CPU time drifts less
+//! than the rate between runs, and it shows what the appender's thread costs.
 
 // A benchmark setup failure should abort the run.
 #![allow(clippy::unwrap_used)]
@@ -57,6 +63,8 @@ const WARM_UP: Duration = Duration::from_secs(1);
 const SLOT: Duration = Duration::from_millis(500);
 /// Start of a slot that its count leaves out.
 const SETTLE: Duration = Duration::from_millis(150);
+/// Length of a steady run of one mode, after [`SETTLE`], under `TWID_BENCH_HOLD`.
+const HOLD: Duration = Duration::from_secs(8);
 const HOUR: Duration = Duration::from_secs(3600);
 const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Name of a run's PostgreSQL database, before the run's process ID.
@@ -154,6 +162,73 @@ fn batch_interval() -> Duration {
 /// The mode in which the signers only sign: a value that is no log's index.
 const SIGN_ONLY: usize = usize::MAX;
 
+/// A mode that `TWID_BENCH_HOLD` names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HoldMode {
+    SignOnly,
+    Sqlite,
+    Postgres,
+}
+
+/// Returns the modes listed in `TWID_BENCH_HOLD`, or `None` when it is not set.
+fn hold_modes() -> Option<Vec<HoldMode>> {
+    let text = std::env::var("TWID_BENCH_HOLD").ok()?;
+    let modes = text
+        .split(',')
+        .map(|name| match name.trim() {
+            "sign" => HoldMode::SignOnly,
+            "sqlite" => HoldMode::Sqlite,
+            "postgres" => HoldMode::Postgres,
+            other => panic!(
+                "TWID_BENCH_HOLD names the mode {other:?}; list sign, sqlite or postgres, \
+                 separated by commas"
+            ),
+        })
+        .collect();
+    Some(modes)
+}
+
+/// CPU time and context switches of the threads that share a name.
+#[derive(Debug, Default, Clone, Copy)]
+struct ThreadTimes {
+    threads: u32,
+    cpu_ns: u64,
+    voluntary_switches: u64,
+    involuntary_switches: u64,
+}
+
+/// Reads the CPU time and context switches of every thread of this process, summed by
+/// thread name.
+fn thread_times() -> std::collections::BTreeMap<String, ThreadTimes> {
+    let mut times = std::collections::BTreeMap::<String, ThreadTimes>::new();
+    for entry in std::fs::read_dir("/proc/self/task").unwrap() {
+        let dir = entry.unwrap().path();
+        // A thread that ended since the listing has no files left; it is skipped.
+        let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        let name = read("comm").trim().to_owned();
+        // schedstat starts with the time spent on the CPU, in nanoseconds.
+        let cpu_ns = read("schedstat")
+            .split_whitespace()
+            .next()
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(0);
+        let status = read("status");
+        let status_field = |field: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix(field))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let sum = times.entry(name).or_default();
+        sum.threads += 1;
+        sum.cpu_ns += cpu_ns;
+        sum.voluntary_switches += status_field("voluntary_ctxt_switches:");
+        sum.involuntary_switches += status_field("nonvoluntary_ctxt_switches:");
+    }
+    times
+}
+
 /// Signers that run for the whole benchmark and switch between modes on a shared flag, so
 /// that the modes alternate in slots of [`SLOT`] without restarting the load. A slot counts
 /// the SVIDs completed after its first [`SETTLE`], once records appended under the previous
@@ -215,6 +290,44 @@ impl Load {
         std::thread::sleep(SLOT - SETTLE);
         let count = self.done.load(Ordering::Relaxed) - before;
         count as f64 / start.elapsed().as_secs_f64()
+    }
+
+    /// Runs `mode` for [`SETTLE`] and then [`HOLD`], and prints the rate and each thread
+    /// name's CPU time per SVID and context switches per second over the hold.
+    fn hold(&self, label: &str, mode: usize) {
+        self.mode.store(mode, Ordering::Relaxed);
+        std::thread::sleep(SETTLE);
+        let (before, done_before, start) = (
+            thread_times(),
+            self.done.load(Ordering::Relaxed),
+            Instant::now(),
+        );
+        std::thread::sleep(HOLD);
+        let (after, done) = (thread_times(), self.done.load(Ordering::Relaxed));
+        let seconds = start.elapsed().as_secs_f64();
+        let svids = (done - done_before).max(1) as f64;
+        println!(
+            "{label}: {:.0} SVIDs/s over {seconds:.1} s",
+            svids / seconds
+        );
+        for (name, end) in &after {
+            let begin = before.get(name).copied().unwrap_or_default();
+            let cpu_us = end.cpu_ns.saturating_sub(begin.cpu_ns) as f64 / 1000.0;
+            let voluntary = end
+                .voluntary_switches
+                .saturating_sub(begin.voluntary_switches);
+            let involuntary = end
+                .involuntary_switches
+                .saturating_sub(begin.involuntary_switches);
+            println!(
+                "  {name} (threads: {}): {:.2} µs of CPU per SVID, {:.0} voluntary and \
+                 {:.0} involuntary context switches/s",
+                end.threads,
+                cpu_us / svids,
+                voluntary as f64 / seconds,
+                involuntary as f64 / seconds,
+            );
+        }
     }
 
     /// Stops the signers and waits for the records they are appending.
@@ -339,10 +452,50 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Runs the rounds of slots and returns the sign-only rates and each log's costs in percent.
+fn run_rounds(load: &Load, names: &[&str], rounds: u32) -> (Vec<f64>, Vec<Vec<f64>>) {
+    let mut costs = vec![Vec::new(); names.len()];
+    let mut sign_only = Vec::new();
+    let mut before = load.slot(SIGN_ONLY);
+    for round in 1..=rounds {
+        let mut line = format!("round {round}:");
+        for (index, (name, costs)) in names.iter().zip(&mut costs).enumerate() {
+            let rate = load.slot(index);
+            let after = load.slot(SIGN_ONLY);
+            let base = (before + after) / 2.0;
+            sign_only.push(base);
+            let cost = 100.0 * (1.0 - rate / base);
+            costs.push(cost);
+            line.push_str(&format!(
+                " {name} {rate:.0}/s against {base:.0}/s ({cost:.1} %)"
+            ));
+            before = after;
+        }
+        println!("{line}");
+    }
+    (sign_only, costs)
+}
+
+/// Holds each of `modes` in turn, with `logs` logs open: SQLite first, then PostgreSQL.
+fn run_holds(load: &Load, modes: &[HoldMode], logs: usize) {
+    for mode in modes {
+        let (label, index) = match mode {
+            HoldMode::SignOnly => ("sign-only", Some(SIGN_ONLY)),
+            HoldMode::Sqlite => ("SQLite", Some(0)),
+            HoldMode::Postgres => ("PostgreSQL", (logs > 1).then_some(1)),
+        };
+        match index {
+            Some(index) => load.hold(label, index),
+            None => println!("{label}: skipped, no PostgreSQL log"),
+        }
+    }
+}
+
 fn main() {
     // Read the settings first, so that an invalid one stops the run before it creates a
     // database.
     let (callers, rounds, interval) = (callers(), rounds(), batch_interval());
+    let hold = hold_modes();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -368,44 +521,38 @@ fn main() {
         logs.push(("PostgreSQL", log));
     }
 
-    println!(
-        "{callers} signers, {rounds} rounds of {} slots of {} ms, each counted after {} ms",
-        2 * logs.len(),
-        SLOT.as_millis(),
-        SETTLE.as_millis()
-    );
     let handles: Vec<IssuanceLog> = logs.iter().map(|(_, log)| log.clone()).collect();
-    let load = Load::start(&runtime, &signer, &handles, callers);
-    std::thread::sleep(WARM_UP);
-    let mut costs = vec![Vec::new(); logs.len()];
-    let mut sign_only = Vec::new();
-    let mut before = load.slot(SIGN_ONLY);
-    for round in 1..=rounds {
-        let mut line = format!("round {round}:");
-        for (index, ((name, _), costs)) in logs.iter().zip(&mut costs).enumerate() {
-            let rate = load.slot(index);
-            let after = load.slot(SIGN_ONLY);
-            let base = (before + after) / 2.0;
-            sign_only.push(base);
-            let cost = 100.0 * (1.0 - rate / base);
-            costs.push(cost);
-            line.push_str(&format!(
-                " {name} {rate:.0}/s against {base:.0}/s ({cost:.1} %)"
-            ));
-            before = after;
+    let names: Vec<&str> = logs.iter().map(|(name, _)| *name).collect();
+    match hold {
+        Some(modes) => {
+            println!("{callers} signers, {} s per mode", HOLD.as_secs());
+            let load = Load::start(&runtime, &signer, &handles, callers);
+            std::thread::sleep(WARM_UP);
+            run_holds(&load, &modes, names.len());
+            load.stop(&runtime);
         }
-        println!("{line}");
-    }
-    load.stop(&runtime);
-    println!("median sign-only rate: {:.0}/s", median(&sign_only));
-    for ((name, _), costs) in logs.iter().zip(&costs) {
-        let (low, high) = costs.iter().fold((f64::MAX, f64::MIN), |(low, high), &c| {
-            (low.min(c), high.max(c))
-        });
-        println!(
-            "{name}: median cost {:.1} % (slots from {low:.1} to {high:.1} %)",
-            median(costs)
-        );
+        None => {
+            println!(
+                "{callers} signers, {rounds} rounds of {} slots of {} ms, each counted after {} ms",
+                2 * logs.len(),
+                SLOT.as_millis(),
+                SETTLE.as_millis()
+            );
+            let load = Load::start(&runtime, &signer, &handles, callers);
+            std::thread::sleep(WARM_UP);
+            let (sign_only, costs) = run_rounds(&load, &names, rounds);
+            load.stop(&runtime);
+            println!("median sign-only rate: {:.0}/s", median(&sign_only));
+            for (name, costs) in names.iter().zip(&costs) {
+                let (low, high) = costs.iter().fold((f64::MAX, f64::MIN), |(low, high), &c| {
+                    (low.min(c), high.max(c))
+                });
+                println!(
+                    "{name}: median cost {:.1} % (slots from {low:.1} to {high:.1} %)",
+                    median(costs)
+                );
+            }
+        }
     }
 
     drop(handles);
