@@ -71,8 +71,8 @@ pub(crate) fn is_busy(error: &sqlx::Error) -> bool {
 /// Applies the durability and locking settings to a new connection.
 pub(crate) async fn configure_connection(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
     // busy_timeout comes first so that switching to WAL waits for other connections' locks.
-    // page_size applies only to a new, empty file and must come before WAL, which fixes it:
-    // a file created with 4 KiB pages keeps them. With 16 KiB pages an issuance log batch
+    // page_size applies only to a new, empty file and must come before WAL, which fixes it,
+    // so a file created with 4 KiB pages keeps them. With 16 KiB pages an issuance log batch
     // writes a quarter of the WAL frames, and the appender's thread used about 13 % less CPU
     // per record in the signing benchmark. FULL syncs the WAL on every commit, so an
     // acknowledged write survives power loss.

@@ -30,8 +30,8 @@
 //! [`DEFAULT_ROUNDS`].
 //!
 //! `TWID_BENCH_HOLD=sign,sqlite,postgres` (any of the three, in any order) replaces the rounds
-//! with one steady run of [`HOLD`] per listed mode, and prints the rate and, per thread name,
-//! the CPU time per SVID and the context switches per second, read from
+//! with one steady run of [`HOLD`] per listed mode. Each run prints the rate and, per thread
+//! name, the CPU time per SVID and the context switches per second, read from
 //! `/proc/self/task/*/schedstat` and `status` (Linux only). Per-thread CPU time drifts less
 //! than the rate between runs, and it shows what the appender's thread costs.
 
@@ -180,8 +180,8 @@ fn hold_modes() -> Option<Vec<HoldMode>> {
             "sqlite" => HoldMode::Sqlite,
             "postgres" => HoldMode::Postgres,
             other => panic!(
-                "TWID_BENCH_HOLD names the mode {other:?}; list sign, sqlite or postgres, \
-                 separated by commas"
+                "TWID_BENCH_HOLD={text:?} contains the invalid mode {other:?}; list sign, \
+                 sqlite or postgres, separated by commas"
             ),
         })
         .collect();

@@ -14,12 +14,11 @@
 //! callers it last saw waiting at once (see [`CallerCount`]), so that callers that each wait
 //! for their commit do not all wait for the same one.
 //!
-//! Limit: the log costs about 12 % of the signing rate at saturation on SQLite and 14 % on
-//! PostgreSQL, on a 2-vCPU machine that signs 26,000 SVIDs a second, above the target of 10 %.
-//! SQLite's inserts, WAL frames and checkpoints take about half of this thread's time, and the
-//! signers' threads spend more per SVID while they log. With few concurrent signers each waits
-//! for a commit, batches commit one at a time, and the rate is bound by commit latency: about
-//! a quarter lower with 64 signers.
+//! Limit: on a 2-vCPU machine that signs 26,000 SVIDs a second, the log costs about 9 % of the
+//! signing rate at saturation on SQLite, within the target of 10 %, and about 12 % on
+//! PostgreSQL, above it. SQLite takes three quarters of this thread's time. With few concurrent
+//! signers each waits for a commit, batches commit one at a time, and the rate is bound by
+//! commit latency: a fifth to a third lower with 64 signers.
 //!
 //! The task runs on a thread of its own with a single-threaded Tokio runtime. On the callers'
 //! runtime, a task woken by the database driver waits behind the runnable tasks, and a server
@@ -57,7 +56,7 @@ const CALLERS_SEEN_FOR: Duration = Duration::from_secs(1);
 /// gathering. Later steps grow (see [`next_gather_step`]).
 const GATHER_STEPS_PER_INTERVAL: u32 = 8;
 
-/// Longest step of a gathering, in batch intervals.
+/// Maximum length of a gathering's step, in batch intervals.
 const MAX_GATHER_STEP_INTERVALS: u32 = 2;
 
 /// Checks per batch interval, while a batch waits for its start, of whether records still
@@ -410,12 +409,13 @@ fn pace(
 enum Gathered {
     /// The batch was too small to gather, or had reached the limit already.
     NotStarted,
-    /// No record arrived in a step that took at most twice as long as asked: every caller
-    /// waits.
+    /// No record arrived in a step that took at most twice as long as requested: every
+    /// caller waits.
     Stopped,
     /// Fewer than [`BUSY_STEP_RECORDS`] arrived in a step, or they arrived more slowly than
     /// that many per first step. A step with no arrival that took more than twice as long as
-    /// asked ends here too: this thread may not have run, so the arrivals count for little.
+    /// requested ends here too, because this thread may not have run, so the arrivals count
+    /// for little.
     Slowed,
     /// The batch reached the limit or [`MAX_BATCH`] while records kept arriving.
     Full,
@@ -454,16 +454,16 @@ fn gather_while_busy(
             return Gathered::TimeUp;
         }
         let before = batch.len();
-        let asked = step.min(until - now);
+        let requested = step.min(until - now);
         // Sleeping blocks only the appender's thread, as the pacing in `Appender::run` does.
-        std::thread::sleep(asked);
+        std::thread::sleep(requested);
         take_waiting(queue, batch, limit);
         if batch.len() >= limit {
             return Gathered::Full;
         }
         // A sleep lasts longer than asked, so the rate is judged over the time that passed.
         let took = now.elapsed();
-        if batch.len() == before && took <= asked * 2 {
+        if batch.len() == before && took <= requested * 2 {
             return Gathered::Stopped;
         }
         let arrived = batch.len() - before;
@@ -487,9 +487,9 @@ fn gather_while_busy(
 /// `took` and brought `arrived` records (at least one), with `remaining` records to go to the
 /// limit.
 ///
-/// Each wake of the appender's thread interrupts a core that signs, so while records keep
+/// Each wake of the appender's thread interrupts a core that signs. So while records keep
 /// arriving the steps double, from `first_step` up to [`MAX_GATHER_STEP_INTERVALS`]
-/// intervals, and a batch that gathers for eight intervals wakes the thread at most eight
+/// intervals. A batch that gathers for eight intervals then wakes the thread at most eight
 /// times instead of up to sixty-four. The cap bounds how long a batch waits once arrivals stop. A
 /// step never lasts longer than the limit takes to fill at the last step's rate, so that
 /// callers counted by [`CallerCount`] do not all wait for the end of a long step.
