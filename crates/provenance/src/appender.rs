@@ -490,9 +490,9 @@ fn gather_while_busy(
 /// Each wake of the appender's thread interrupts a core that signs. So while records keep
 /// arriving the steps double, from `first_step` up to [`MAX_GATHER_STEP_INTERVALS`]
 /// intervals. A batch that gathers for eight intervals then wakes the thread at most eight
-/// times instead of up to sixty-four. The cap bounds how long a batch waits once arrivals stop. A
-/// step never lasts longer than the limit takes to fill at the last step's rate, so that
-/// callers counted by [`CallerCount`] do not all wait for the end of a long step.
+/// times instead of up to sixty-four. The cap bounds how long a batch waits once arrivals
+/// stop. A step never lasts longer than the limit takes to fill at the last step's rate, so
+/// that callers counted by [`CallerCount`] do not all wait for the end of a long step.
 fn next_gather_step(
     step: Duration,
     first_step: Duration,
