@@ -1504,14 +1504,19 @@ async fn sqlite_file_is_private_with_wal_and_16_kib_pages() {
         .expect("read journal mode");
     let journal_mode: String = row.try_get(0).expect("journal_mode column");
     assert_eq!(journal_mode.to_lowercase(), "wal");
-    let row = sqlx::query("PRAGMA page_size")
-        .fetch_one(&mut raw)
-        .await
-        .expect("read page size");
-    let page_size: i64 = row.try_get(0).expect("page_size column");
+    let page_size = read_page_size(&mut raw).await;
     assert_eq!(page_size, 16384);
     raw.close().await.expect("close raw connection");
     store.close().await;
+}
+
+/// Reads the page size of the SQLite file that `conn` opened.
+async fn read_page_size(conn: &mut AnyConnection) -> i64 {
+    let row = sqlx::query("PRAGMA page_size")
+        .fetch_one(conn)
+        .await
+        .expect("read page size");
+    row.try_get(0).expect("page_size column")
 }
 
 #[tokio::test]
@@ -1541,11 +1546,7 @@ async fn sqlite_file_with_4_kib_pages_keeps_them() {
     let mut raw = AnyConnection::connect(&format!("sqlite://{}", path.display()))
         .await
         .expect("connect directly");
-    let row = sqlx::query("PRAGMA page_size")
-        .fetch_one(&mut raw)
-        .await
-        .expect("read page size");
-    let page_size: i64 = row.try_get(0).expect("page_size column");
+    let page_size = read_page_size(&mut raw).await;
     assert_eq!(page_size, 4096);
     raw.close().await.expect("close raw connection");
 }
