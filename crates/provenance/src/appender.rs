@@ -59,6 +59,11 @@ const GATHER_STEPS_PER_INTERVAL: u32 = 8;
 /// Maximum length of a gathering's step, in batch intervals.
 const MAX_GATHER_STEP_INTERVALS: u32 = 2;
 
+/// Minimum records that the last step's rate must predict for a step before fewer than half
+/// of them count as arrivals that stopped. Independent arrivals with a mean of 32 per step
+/// number fewer than 16 in less than one step in a thousand.
+const DROP_CHECK_RECORDS: usize = 2 * BUSY_BATCH;
+
 /// Checks per batch interval, while a batch waits for its start, of whether records still
 /// arrive.
 const PACE_STEPS_PER_INTERVAL: u32 = 20;
@@ -409,8 +414,9 @@ fn pace(
 enum Gathered {
     /// The batch was too small to gather, or had reached the limit already.
     NotStarted,
-    /// No record arrived in a step that took at most twice as long as requested: every
-    /// caller waits.
+    /// No record arrived in a step that took at most twice as long as requested, or fewer
+    /// than half of those the last step's rate predicts (see [`arrivals_dropped`]): every
+    /// caller waits, or nearly.
     Stopped,
     /// Fewer than [`BUSY_STEP_RECORDS`] arrived in a step, or they arrived more slowly than
     /// that many per first step. A step with no arrival that took more than twice as long as
@@ -448,6 +454,8 @@ fn gather_while_busy(
     let first_step = interval / GATHER_STEPS_PER_INTERVAL;
     let mut step = first_step;
     let until = last_start + interval * MAX_GATHER_INTERVALS;
+    // The records and the time of the last step, whose rate predicts the next step's.
+    let mut last_step: Option<(usize, Duration)> = None;
     loop {
         let now = Instant::now();
         if now >= until {
@@ -467,6 +475,11 @@ fn gather_while_busy(
             return Gathered::Stopped;
         }
         let arrived = batch.len() - before;
+        if took <= requested * 2
+            && last_step.is_some_and(|last| arrivals_dropped(last, arrived, took))
+        {
+            return Gathered::Stopped;
+        }
         if arrived < BUSY_STEP_RECORDS
             || wide(arrived) * first_step.as_nanos() < wide(BUSY_STEP_RECORDS) * took.as_nanos()
         {
@@ -480,7 +493,19 @@ fn gather_while_busy(
             arrived,
             limit - batch.len(),
         );
+        last_step = Some((arrived, took));
     }
+}
+
+/// Returns whether `arrived` records in `took` are fewer than half of what the last step's
+/// rate predicts, when it predicts at least [`DROP_CHECK_RECORDS`].
+///
+/// A long step judged by its mean rate alone would not notice that arrivals stopped during
+/// it, and the batch would wait through one more step before it saw a step without records.
+fn arrivals_dropped(last_step: (usize, Duration), arrived: usize, took: Duration) -> bool {
+    let (last_arrived, last_took) = last_step;
+    let predicted = wide(last_arrived) * took.as_nanos() / last_took.as_nanos().max(1);
+    predicted >= wide(DROP_CHECK_RECORDS) && wide(arrived) * 2 < predicted
 }
 
 /// Returns the length of the next step of a gathering whose last step was `step` long, took
@@ -490,9 +515,10 @@ fn gather_while_busy(
 /// Each wake of the appender's thread interrupts a core that signs. So while records keep
 /// arriving the steps double, from `first_step` up to [`MAX_GATHER_STEP_INTERVALS`]
 /// intervals. A batch that gathers for eight intervals then wakes the thread at most eight
-/// times instead of up to sixty-four. The cap bounds how long a batch waits once arrivals
-/// stop. A step never lasts longer than the limit takes to fill at the last step's rate, so
-/// that callers counted by [`CallerCount`] do not all wait for the end of a long step.
+/// times instead of up to sixty-four. Once arrivals stop, a batch waits for the rest of the
+/// current step (see [`arrivals_dropped`]), so the cap bounds that wait. A step never lasts
+/// longer than the limit takes to fill at the last step's rate, so that callers counted by
+/// [`CallerCount`] do not all wait for the end of a long step.
 fn next_gather_step(
     step: Duration,
     first_step: Duration,
@@ -631,6 +657,50 @@ mod tests {
         producer.join().expect("producer thread");
         assert_eq!(gathered, Gathered::Full);
         assert_eq!(batch.len(), limit);
+    }
+
+    #[test]
+    fn gathering_ends_with_the_step_arrivals_stop_in() {
+        // Records arrive at about 1 per ms and stop after 475 ms. Steps of 25, 50, 100 and
+        // 200 ms end at 375 ms, so arrivals stop a quarter of the way into a step of 400 ms,
+        // and that step's mean rate is still above the busy rate.
+        let (sender, mut queue) = mpsc::channel(QUEUE);
+        let arrivals_for = Duration::from_millis(475);
+        let producer = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut sent = 0_i64;
+            let mut last_arrival = started;
+            while started.elapsed() < arrivals_for {
+                for _ in 0..5 {
+                    sender
+                        .blocking_send(pending(1000 + sent))
+                        .expect("queue is open");
+                    sent += 1;
+                }
+                last_arrival = Instant::now();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // The sender stays open, as callers that wait for their commit keep theirs.
+            (sender, last_arrival, sent)
+        });
+
+        let mut batch = batch_of(BUSY_BATCH);
+        let started = Instant::now();
+        let gathered = gather_while_busy(&mut queue, &mut batch, started, INTERVAL, MAX_BATCH);
+        let ended = Instant::now();
+        let (_sender, last_arrival, sent) = producer.join().expect("producer thread");
+
+        assert_eq!(gathered, Gathered::Stopped);
+        assert_eq!(
+            batch.len(),
+            BUSY_BATCH + usize::try_from(sent).expect("count")
+        );
+        let waited = ended.saturating_duration_since(last_arrival);
+        let longest_step = INTERVAL * MAX_GATHER_STEP_INTERVALS;
+        assert!(
+            waited < longest_step + INTERVAL / 2,
+            "gathering ended {waited:?} after the last arrival"
+        );
     }
 
     #[test]
