@@ -1476,7 +1476,7 @@ async fn crash_child() {
 }
 
 #[tokio::test]
-async fn sqlite_file_is_private_with_wal_and_16_kib_pages() {
+async fn new_sqlite_file_settings() {
     let dir = tempfile::tempdir().expect("create temp dir");
     let path = dir.path().join("twid.db");
     let store = Datastore::open_sqlite(&path).await.expect("open sqlite");
@@ -1520,7 +1520,7 @@ async fn read_page_size(conn: &mut AnyConnection) -> i64 {
 }
 
 #[tokio::test]
-async fn sqlite_file_with_4_kib_pages_keeps_them() {
+async fn sqlite_4_kib_pages_kept() {
     let dir = tempfile::tempdir().expect("create temp dir");
     let path = dir.path().join("twid.db");
     sqlx::any::install_default_drivers();

@@ -180,7 +180,7 @@ fn hold_modes() -> Option<Vec<HoldMode>> {
             "sqlite" => HoldMode::Sqlite,
             "postgres" => HoldMode::Postgres,
             other => panic!(
-                "TWID_BENCH_HOLD={text:?} contains the invalid mode {other:?}; list sign, \
+                "TWID_BENCH_HOLD={text:?} contains the invalid mode {other:?}. List sign, \
                  sqlite or postgres, separated by commas"
             ),
         })
@@ -203,9 +203,12 @@ fn thread_times() -> std::collections::BTreeMap<String, ThreadTimes> {
     let mut times = std::collections::BTreeMap::<String, ThreadTimes>::new();
     for entry in std::fs::read_dir("/proc/self/task").unwrap() {
         let dir = entry.unwrap().path();
-        // A thread that ended since the listing has no files left; it is skipped.
         let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
         let name = read("comm").trim().to_owned();
+        // A thread that ended after the listing has no files left, so it is skipped.
+        if name.is_empty() {
+            continue;
+        }
         // schedstat starts with the time spent on the CPU, in nanoseconds.
         let cpu_ns = read("schedstat")
             .split_whitespace()

@@ -59,9 +59,9 @@ const GATHER_STEPS_PER_INTERVAL: u32 = 8;
 /// Maximum length of a gathering's step, in batch intervals.
 const MAX_GATHER_STEP_INTERVALS: u32 = 2;
 
-/// Minimum records that the last step's rate must predict for a step before fewer than half
-/// of them count as arrivals that stopped. Independent arrivals with a mean of 32 per step
-/// number fewer than 16 in less than one step in a thousand.
+/// Minimum number of records that the last step's rate must predict before a step that brings
+/// fewer than half of them counts as arrivals that stopped. Independent arrivals with a mean
+/// of 32 per step bring fewer than 16 in less than one step in a thousand.
 const DROP_CHECK_RECORDS: usize = 2 * BUSY_BATCH;
 
 /// Checks per batch interval, while a batch waits for its start, of whether records still
@@ -660,7 +660,7 @@ mod tests {
     }
 
     #[test]
-    fn gathering_ends_with_the_step_arrivals_stop_in() {
+    fn long_step_ends_when_arrivals_drop() {
         // Records arrive at about 1 per ms and stop after 475 ms. Steps of 25, 50, 100 and
         // 200 ms end at 375 ms, so arrivals stop a quarter of the way into a step of 400 ms,
         // and that step's mean rate is still above the busy rate.
@@ -720,7 +720,7 @@ mod tests {
     }
 
     #[test]
-    fn gathering_step_ends_when_the_limit_should_fill() {
+    fn step_ends_when_limit_should_fill() {
         let first = INTERVAL / GATHER_STEPS_PER_INTERVAL;
         // 10 records arrived in one first step, and 20 more fill the batch: two first steps.
         let step = next_gather_step(first * 8, first, INTERVAL, first, 10, 20);
