@@ -78,19 +78,76 @@ pub(crate) async fn workload(path: &Path) -> anyhow::Result<WorkloadClient> {
 }
 
 /// Resolves the Workload API socket: the flag, else `SPIFFE_ENDPOINT_SOCKET`, else the default.
+///
+/// The flag takes a path, or a `unix:` address as `SPIFFE_ENDPOINT_SOCKET` does, so that the
+/// same value works in both places.
 pub(crate) fn workload_socket(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
-        return Ok(path);
+        return match path.to_str() {
+            Some(text) if text.starts_with("unix:") || text.starts_with("tcp:") => {
+                endpoint_path(&format!("--socket-path {text}"), text)
+            }
+            _ => Ok(path),
+        };
     }
     match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
-        Ok(value) => match twid_spiffe::endpoint::EndpointAddress::parse(&value) {
-            Ok(twid_spiffe::endpoint::EndpointAddress::Unix(path)) => Ok(path),
-            Ok(_) => anyhow::bail!(
-                "SPIFFE_ENDPOINT_SOCKET={value} is a TCP address; this command supports Unix \
-                 sockets only"
-            ),
-            Err(error) => anyhow::bail!("invalid SPIFFE_ENDPOINT_SOCKET={value}: {error}"),
-        },
+        Ok(value) => endpoint_path(&format!("SPIFFE_ENDPOINT_SOCKET={value}"), &value),
         Err(_) => Ok(PathBuf::from(DEFAULT_AGENT_SOCKET)),
+    }
+}
+
+/// Returns the socket path of the SPIFFE endpoint address `value`. Errors name `setting`,
+/// the flag or variable with its value.
+fn endpoint_path(setting: &str, value: &str) -> anyhow::Result<PathBuf> {
+    match twid_spiffe::endpoint::EndpointAddress::parse(value) {
+        Ok(twid_spiffe::endpoint::EndpointAddress::Unix(path)) => Ok(path),
+        Ok(_) => {
+            anyhow::bail!("{setting} is a TCP address; this command supports Unix sockets only")
+        }
+        Err(error) => anyhow::bail!("invalid {setting}: {error}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_flag_takes_a_path_or_a_unix_address() {
+        let resolve = |flag: &str| workload_socket(Some(PathBuf::from(flag)));
+        assert_eq!(
+            resolve("/run/twid/agent.sock").unwrap(),
+            PathBuf::from("/run/twid/agent.sock")
+        );
+        assert_eq!(
+            resolve("relative/agent.sock").unwrap(),
+            PathBuf::from("relative/agent.sock")
+        );
+        assert_eq!(
+            resolve("unix:///run/twid/agent.sock").unwrap(),
+            PathBuf::from("/run/twid/agent.sock")
+        );
+        assert_eq!(
+            resolve("unix:/run/twid/agent.sock").unwrap(),
+            PathBuf::from("/run/twid/agent.sock")
+        );
+    }
+
+    #[test]
+    fn socket_flag_rejects_tcp_and_malformed_addresses() {
+        let tcp = workload_socket(Some(PathBuf::from("tcp://127.0.0.1:8081")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            tcp.contains("--socket-path tcp://127.0.0.1:8081 is a TCP address"),
+            "{tcp}"
+        );
+        let relative = workload_socket(Some(PathBuf::from("unix:relative.sock")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            relative.starts_with("invalid --socket-path unix:relative.sock"),
+            "{relative}"
+        );
     }
 }
