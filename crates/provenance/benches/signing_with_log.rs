@@ -19,15 +19,19 @@
 //!
 //! The SQLite case uses a file in the temporary directory, so its result depends on how fast
 //! that file system syncs. The PostgreSQL case connects to
-//! `postgres://postgres@127.0.0.1:5432`, creates a database for the run and drops it after,
-//! and is skipped with a message when the connection fails.
+//! `postgres://postgres@127.0.0.1:5432`, or to the server that `TWID_BENCH_POSTGRES_URL`
+//! names (a URL without a database, such as `postgres://postgres@127.0.0.1:5433`), creates a
+//! database for the run and drops it after, and is skipped with a message when the connection
+//! fails. A server of its own lets PostgreSQL run on cores the benchmark does not use, as it
+//! would on a database host.
 //!
 //! Run with `cargo bench -p twid-provenance --bench signing_with_log`.
 //! `TWID_BENCH_CALLERS=N` runs N tasks instead of 64. With many tasks the
 //! batches grow large, so the result shows the CPU cost of the log more than the commit
 //! latency. `TWID_BENCH_BATCH_INTERVAL_US=N` sets the appender's batch interval in
 //! microseconds instead of the default, and `TWID_BENCH_ROUNDS=N` runs N rounds instead of
-//! [`DEFAULT_ROUNDS`].
+//! [`DEFAULT_ROUNDS`]. `TWID_BENCH_SLOT_MS` and `TWID_BENCH_SETTLE_MS` set the length of a
+//! slot and of its uncounted start, in milliseconds.
 //!
 //! `TWID_BENCH_HOLD=sign,sqlite,postgres` (any of the three, in any order) replaces the rounds
 //! with one steady run of [`HOLD`] per listed mode. Each run prints the rate and, per thread
@@ -59,14 +63,15 @@ const DEFAULT_CALLERS: u32 = 64;
 const DEFAULT_ROUNDS: u32 = 20;
 /// Time that the signers run before the first round.
 const WARM_UP: Duration = Duration::from_secs(1);
-/// Length of one mode's slot.
+/// Length of one mode's slot, unless `TWID_BENCH_SLOT_MS` sets another.
 const SLOT: Duration = Duration::from_millis(500);
-/// Start of a slot that its count leaves out.
+/// Start of a slot that its count leaves out, unless `TWID_BENCH_SETTLE_MS` sets another.
 const SETTLE: Duration = Duration::from_millis(150);
 /// Length of a steady run of one mode, after [`SETTLE`], under `TWID_BENCH_HOLD`.
 const HOLD: Duration = Duration::from_secs(8);
 const HOUR: Duration = Duration::from_secs(3600);
-const POSTGRES_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// PostgreSQL server, unless `TWID_BENCH_POSTGRES_URL` names another.
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432";
 /// Name of a run's PostgreSQL database, before the run's process ID.
 const DATABASE_PREFIX: &str = "twid_bench_signing_";
 
@@ -143,6 +148,31 @@ fn positive_setting(name: &str, default: u32) -> u32 {
 /// Returns the number of concurrent signers: `TWID_BENCH_CALLERS`, or [`DEFAULT_CALLERS`].
 fn callers() -> u64 {
     u64::from(positive_setting("TWID_BENCH_CALLERS", DEFAULT_CALLERS))
+}
+
+/// The length of a slot and of the start that its count leaves out.
+#[derive(Debug, Clone, Copy)]
+struct SlotTiming {
+    slot: Duration,
+    settle: Duration,
+}
+
+/// Returns the slot timing: `TWID_BENCH_SLOT_MS` and `TWID_BENCH_SETTLE_MS` in milliseconds,
+/// or [`SLOT`] and [`SETTLE`].
+fn slot_timing() -> SlotTiming {
+    let millis = |name, default: Duration| {
+        let default = u32::try_from(default.as_millis()).unwrap();
+        Duration::from_millis(u64::from(positive_setting(name, default)))
+    };
+    let timing = SlotTiming {
+        slot: millis("TWID_BENCH_SLOT_MS", SLOT),
+        settle: millis("TWID_BENCH_SETTLE_MS", SETTLE),
+    };
+    assert!(
+        timing.settle < timing.slot,
+        "TWID_BENCH_SETTLE_MS must be shorter than TWID_BENCH_SLOT_MS"
+    );
+    timing
 }
 
 /// Returns the appender's batch interval: `TWID_BENCH_BATCH_INTERVAL_US` in microseconds, or
@@ -286,11 +316,11 @@ impl Load {
     }
 
     /// Switches to `mode` and returns the SVIDs completed per second in the slot.
-    fn slot(&self, mode: usize) -> f64 {
+    fn slot(&self, mode: usize, timing: SlotTiming) -> f64 {
         self.mode.store(mode, Ordering::Relaxed);
-        std::thread::sleep(SETTLE);
+        std::thread::sleep(timing.settle);
         let (start, before) = (Instant::now(), self.done.load(Ordering::Relaxed));
-        std::thread::sleep(SLOT - SETTLE);
+        std::thread::sleep(timing.slot - timing.settle);
         let count = self.done.load(Ordering::Relaxed) - before;
         count as f64 / start.elapsed().as_secs_f64()
     }
@@ -366,10 +396,23 @@ fn open_log(
     })
 }
 
+/// Returns the URL of the PostgreSQL server, without a database.
+fn postgres_server_url() -> String {
+    std::env::var("TWID_BENCH_POSTGRES_URL")
+        .map(|url| url.trim_end_matches('/').to_owned())
+        .unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
+}
+
+/// Returns the URL of the server's `postgres` database, for creating and dropping others.
+fn postgres_admin_url() -> String {
+    format!("{}/postgres", postgres_server_url())
+}
+
 /// Creates a database for this run, or returns `None` when PostgreSQL is not reachable.
 async fn create_postgres_database(name: &str) -> Option<DatastoreConfig> {
     sqlx::any::install_default_drivers();
-    let connect = AnyConnection::connect(POSTGRES_ADMIN_URL);
+    let admin_url = postgres_admin_url();
+    let connect = AnyConnection::connect(&admin_url);
     let mut admin = match tokio::time::timeout(Duration::from_secs(10), connect).await {
         Ok(Ok(connection)) => connection,
         Ok(Err(error)) => {
@@ -390,7 +433,7 @@ async fn create_postgres_database(name: &str) -> Option<DatastoreConfig> {
     Some(DatastoreConfig {
         ro_connection_string: None,
         database_type: DatabaseType::Postgres,
-        connection_string: format!("postgres://postgres@127.0.0.1:5432/{name}"),
+        connection_string: format!("{}/{name}", postgres_server_url()),
     })
 }
 
@@ -429,7 +472,7 @@ async fn drop_abandoned_databases(admin: &mut AnyConnection) {
 }
 
 async fn drop_postgres_database(name: &str) {
-    let mut admin = AnyConnection::connect(POSTGRES_ADMIN_URL).await.unwrap();
+    let mut admin = AnyConnection::connect(&postgres_admin_url()).await.unwrap();
     sqlx::raw_sql(AssertSqlSafe(format!(
         "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
     )))
@@ -456,15 +499,20 @@ fn median(values: &[f64]) -> f64 {
 }
 
 /// Runs the rounds of slots and returns the sign-only rates and each log's costs in percent.
-fn run_rounds(load: &Load, names: &[&str], rounds: u32) -> (Vec<f64>, Vec<Vec<f64>>) {
+fn run_rounds(
+    load: &Load,
+    names: &[&str],
+    rounds: u32,
+    timing: SlotTiming,
+) -> (Vec<f64>, Vec<Vec<f64>>) {
     let mut costs = vec![Vec::new(); names.len()];
     let mut sign_only = Vec::new();
-    let mut before = load.slot(SIGN_ONLY);
+    let mut before = load.slot(SIGN_ONLY, timing);
     for round in 1..=rounds {
         let mut line = format!("round {round}:");
         for (index, (name, costs)) in names.iter().zip(&mut costs).enumerate() {
-            let rate = load.slot(index);
-            let after = load.slot(SIGN_ONLY);
+            let rate = load.slot(index, timing);
+            let after = load.slot(SIGN_ONLY, timing);
             let base = (before + after) / 2.0;
             sign_only.push(base);
             let cost = 100.0 * (1.0 - rate / base);
@@ -498,6 +546,7 @@ fn main() {
     // Read the settings first, so that an invalid one stops the run before it creates a
     // database.
     let (callers, rounds, interval) = (callers(), rounds(), batch_interval());
+    let timing = slot_timing();
     let hold = hold_modes();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -538,12 +587,12 @@ fn main() {
             println!(
                 "{callers} signers, {rounds} rounds of {} slots of {} ms, each counted after {} ms",
                 2 * logs.len(),
-                SLOT.as_millis(),
-                SETTLE.as_millis()
+                timing.slot.as_millis(),
+                timing.settle.as_millis()
             );
             let load = Load::start(&runtime, &signer, &handles, callers);
             std::thread::sleep(WARM_UP);
-            let (sign_only, costs) = run_rounds(&load, &names, rounds);
+            let (sign_only, costs) = run_rounds(&load, &names, rounds, timing);
             load.stop(&runtime);
             println!("median sign-only rate: {:.0}/s", median(&sign_only));
             for (name, costs) in names.iter().zip(&costs) {
