@@ -35,8 +35,8 @@ pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
             "permission denied on the socket or its directory; run as the owner or as root"
         }
-        Err(_) => "no socket there: is the process running, and is this the right socket path?",
-        Ok(_) => "is the process running, and is this the right socket path?",
+        Err(_) => "no socket there: is the process running? Give its socket with --socket-path",
+        Ok(_) => "is the process running, and is this its socket? Give another with --socket-path",
     };
     Endpoint::try_from("http://localhost")?
         .connect_with_connector(connector)

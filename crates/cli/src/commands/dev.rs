@@ -196,5 +196,9 @@ fn print_next_steps(steps: &NextSteps<'_>) {
         admin_socket.display()
     );
     println!("  {twid} log show --socket-path {}", admin_socket.display());
+    println!(
+        "  {twid} log verify --socket-path {}",
+        admin_socket.display()
+    );
     println!("Stop with Ctrl-C.");
 }
