@@ -110,39 +110,39 @@ fn endpoint_path(setting: &str, value: &str) -> anyhow::Result<PathBuf> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
+    // Bench targets include this file by path, and their harness drops the tests, so the
+    // tests name what they use instead of importing it.
     #[test]
     fn socket_flag_takes_a_path_or_a_unix_address() {
-        let resolve = |flag: &str| workload_socket(Some(PathBuf::from(flag)));
+        let resolve = |flag: &str| super::workload_socket(Some(std::path::PathBuf::from(flag)));
         assert_eq!(
             resolve("/run/twid/agent.sock").unwrap(),
-            PathBuf::from("/run/twid/agent.sock")
+            std::path::PathBuf::from("/run/twid/agent.sock")
         );
         assert_eq!(
             resolve("relative/agent.sock").unwrap(),
-            PathBuf::from("relative/agent.sock")
+            std::path::PathBuf::from("relative/agent.sock")
         );
         assert_eq!(
             resolve("unix:///run/twid/agent.sock").unwrap(),
-            PathBuf::from("/run/twid/agent.sock")
+            std::path::PathBuf::from("/run/twid/agent.sock")
         );
         assert_eq!(
             resolve("unix:/run/twid/agent.sock").unwrap(),
-            PathBuf::from("/run/twid/agent.sock")
+            std::path::PathBuf::from("/run/twid/agent.sock")
         );
     }
 
     #[test]
     fn socket_flag_rejects_tcp_and_malformed_addresses() {
-        let tcp = workload_socket(Some(PathBuf::from("tcp://127.0.0.1:8081")))
+        let tcp = super::workload_socket(Some(std::path::PathBuf::from("tcp://127.0.0.1:8081")))
             .unwrap_err()
             .to_string();
         assert!(
             tcp.contains("--socket-path tcp://127.0.0.1:8081 is a TCP address"),
             "{tcp}"
         );
-        let relative = workload_socket(Some(PathBuf::from("unix:relative.sock")))
+        let relative = super::workload_socket(Some(std::path::PathBuf::from("unix:relative.sock")))
             .unwrap_err()
             .to_string();
         assert!(
