@@ -221,16 +221,9 @@ async fn verify(common: CommonArgs) -> anyhow::Result<()> {
         .into_inner();
     match common.output {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report_json(&report))?),
-        OutputFormat::Pretty if report.alteration.is_none() => println!(
-            "Issuance log intact: {} records, {} checkpoints{}",
-            report.records,
-            report.checkpoints,
-            if report.signatures_checked {
-                " with verified signatures"
-            } else {
-                ", signatures not checked"
-            }
-        ),
+        OutputFormat::Pretty if report.alteration.is_none() => {
+            println!("Issuance log intact: {}", intact_summary(&report));
+        }
         OutputFormat::Pretty => {}
     }
     if let Some(alteration) = &report.alteration {
@@ -242,6 +235,18 @@ async fn verify(common: CommonArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Describes an intact log's records and checkpoints. A log signs its first checkpoint only
+/// after the configured number of records, so a young log has none, and "0 checkpoints with
+/// verified signatures" would claim a check that found nothing to check.
+fn intact_summary(report: &VerifyIssuanceLogResponse) -> String {
+    let checkpoints = match (report.checkpoints, report.signatures_checked) {
+        (0, _) => "no checkpoints".to_owned(),
+        (count, true) => format!("{count} checkpoints with verified signatures"),
+        (count, false) => format!("{count} checkpoints, signatures not checked"),
+    };
+    format!("{} records, {checkpoints}", report.records)
 }
 
 fn report_json(report: &VerifyIssuanceLogResponse) -> Value {
@@ -281,6 +286,28 @@ mod tests {
         assert_eq!(timestamp_ms(1_700_000_000_000), "2023-11-14T22:13:20.000Z");
         assert_eq!(timestamp_ms(1_700_000_000_007), "2023-11-14T22:13:20.007Z");
         assert_eq!(timestamp_ms(-1), "1969-12-31T23:59:59.999Z");
+    }
+
+    #[test]
+    fn intact_summary_names_missing_and_unchecked_checkpoints() {
+        let report = |checkpoints, signatures_checked| VerifyIssuanceLogResponse {
+            records: 2000,
+            checkpoints,
+            signatures_checked,
+            alteration: None,
+        };
+        assert_eq!(
+            intact_summary(&report(0, true)),
+            "2000 records, no checkpoints"
+        );
+        assert_eq!(
+            intact_summary(&report(2, true)),
+            "2000 records, 2 checkpoints with verified signatures"
+        );
+        assert_eq!(
+            intact_summary(&report(2, false)),
+            "2000 records, 2 checkpoints, signatures not checked"
+        );
     }
 
     #[test]
