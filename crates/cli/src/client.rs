@@ -102,7 +102,9 @@ fn endpoint_path(setting: &str, value: &str) -> anyhow::Result<PathBuf> {
     match twid_spiffe::endpoint::EndpointAddress::parse(value) {
         Ok(twid_spiffe::endpoint::EndpointAddress::Unix(path)) => Ok(path),
         Ok(_) => {
-            anyhow::bail!("{setting} is a TCP address; this command supports Unix sockets only")
+            anyhow::bail!(
+                "{setting} is a TCP address, but this command connects to Unix sockets only"
+            )
         }
         Err(error) => anyhow::bail!("invalid {setting}: {error}"),
     }
@@ -113,7 +115,7 @@ mod tests {
     // Bench targets include this file by path, and their harness drops the tests, so the
     // tests name what they use instead of importing it.
     #[test]
-    fn socket_flag_takes_a_path_or_a_unix_address() {
+    fn socket_flag_accepts_unix_addresses() {
         let resolve = |flag: &str| super::workload_socket(Some(std::path::PathBuf::from(flag)));
         assert_eq!(
             resolve("/run/twid/agent.sock").unwrap(),
@@ -134,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn socket_flag_rejects_tcp_and_malformed_addresses() {
+    fn socket_flag_rejects_bad_addresses() {
         let tcp = super::workload_socket(Some(std::path::PathBuf::from("tcp://127.0.0.1:8081")))
             .unwrap_err()
             .to_string();

@@ -38,7 +38,8 @@ pub(crate) enum WatchCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct WatchX509Args {
-    /// Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, else the agent's default socket).
+    /// Workload API socket: a path or a unix: address (default: SPIFFE_ENDPOINT_SOCKET, else
+    /// the agent's default socket).
     #[arg(long)]
     socket_path: Option<PathBuf>,
     /// Exit after printing this many lines; 0 streams until interrupted.
@@ -64,7 +65,8 @@ pub(crate) enum ValidateCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct SocketArgs {
-    /// Workload API socket (default: SPIFFE_ENDPOINT_SOCKET, else the agent's default socket).
+    /// Workload API socket: a path or a unix: address (default: SPIFFE_ENDPOINT_SOCKET, else
+    /// the agent's default socket).
     #[arg(long)]
     socket_path: Option<PathBuf>,
     /// How long to wait for the first response, in seconds or as a duration.

@@ -237,9 +237,8 @@ async fn verify(common: CommonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Describes an intact log's records and checkpoints. A log signs its first checkpoint only
-/// after the configured number of records, so a young log has none, and "0 checkpoints with
-/// verified signatures" would claim a check that found nothing to check.
+/// Describes an intact log's records and checkpoints. A young log has no checkpoint yet, and
+/// then the summary claims no verified signatures.
 fn intact_summary(report: &VerifyIssuanceLogResponse) -> String {
     let checkpoints = match (report.checkpoints, report.signatures_checked) {
         (0, _) => "no checkpoints".to_owned(),
@@ -289,7 +288,7 @@ mod tests {
     }
 
     #[test]
-    fn intact_summary_names_missing_and_unchecked_checkpoints() {
+    fn intact_summary_counts_checkpoints() {
         let report = |checkpoints, signatures_checked| VerifyIssuanceLogResponse {
             records: 2000,
             checkpoints,
