@@ -66,6 +66,8 @@ impl EndpointAddress {
 fn parse_unix(input: &str, rest: &str) -> Result<EndpointAddress, EndpointError> {
     let path = match rest.strip_prefix("//") {
         Some(after) if after.starts_with('/') => after,
+        // `unix://` has neither an authority nor a path, and the path is what it lacks.
+        Some("") => return Err(EndpointError::RelativePath(input.to_owned())),
         Some(_) => return Err(EndpointError::UnixAuthority(input.to_owned())),
         None => rest,
     };
@@ -147,11 +149,20 @@ mod tests {
             "tcp://user@127.0.0.1:8000",
             "tcp:127.0.0.1:8000",
             "",
+            "unix://",
         ] {
             assert!(
                 EndpointAddress::parse(input).is_err(),
                 "{input} should be rejected"
             );
         }
+    }
+
+    #[test]
+    fn unix_without_path_names_the_path() {
+        assert_eq!(
+            EndpointAddress::parse("unix://"),
+            Err(EndpointError::RelativePath("unix://".to_owned()))
+        );
     }
 }
