@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context as _;
 use hyper_util::rt::TokioIo;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
@@ -29,19 +28,37 @@ pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
             Ok::<_, std::io::Error>(TokioIo::new(stream))
         }
     });
-    // A socket the caller may not open fails with EACCES, which needs a different fix than a
-    // socket without a listener, so the hint depends on the error.
-    let hint = match std::fs::metadata(path) {
+    let result = Endpoint::try_from("http://localhost")?
+        .connect_with_connector(connector)
+        .await;
+    result.map_err(|error| {
+        let hint = connect_hint(path, &error);
+        anyhow::Error::new(error)
+            .context(format!("failed to connect to {}: {hint}", path.display()))
+    })
+}
+
+/// Returns what to check after a failed connection to the socket at `path`. A socket the
+/// caller may not open fails with EACCES, which needs a different fix than a socket without a
+/// listener. The hint reads the connection's own error first, because `stat` succeeds on a
+/// socket whose `connect` is denied.
+fn connect_hint(path: &Path, error: &(dyn std::error::Error + 'static)) -> &'static str {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return "permission denied on the socket or its directory; run as the owner or as root";
+        }
+        source = current.source();
+    }
+    match std::fs::metadata(path) {
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
             "permission denied on the socket or its directory; run as the owner or as root"
         }
         Err(_) => "no socket there: is the process running? Give its socket with --socket-path",
         Ok(_) => "is the process running, and is this its socket? Give another with --socket-path",
-    };
-    Endpoint::try_from("http://localhost")?
-        .connect_with_connector(connector)
-        .await
-        .with_context(|| format!("failed to connect to {}: {hint}", path.display()))
+    }
 }
 
 /// Connects to a server's admin API.
@@ -80,32 +97,52 @@ pub(crate) async fn workload(path: &Path) -> anyhow::Result<WorkloadClient> {
 /// Resolves the Workload API socket: the flag, else `SPIFFE_ENDPOINT_SOCKET`, else the default.
 ///
 /// The flag takes a path, or a `unix:` address as `SPIFFE_ENDPOINT_SOCKET` does, so that the
-/// same value works in both places.
+/// same value works in both places. Schemes match without regard to case, as in the variable.
 pub(crate) fn workload_socket(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
-        return match path.to_str() {
-            Some(text) if text.starts_with("unix:") || text.starts_with("tcp:") => {
-                endpoint_path(&format!("--socket-path {text}"), text)
-            }
-            _ => Ok(path),
+        if !has_endpoint_scheme(path.as_os_str().as_encoded_bytes()) {
+            return Ok(path);
+        }
+        let Some(value) = path.to_str() else {
+            anyhow::bail!(
+                "invalid --socket-path {:?}: an endpoint address must be valid UTF-8",
+                path.display()
+            );
         };
+        return endpoint_path("--socket-path", value);
     }
-    match std::env::var("SPIFFE_ENDPOINT_SOCKET") {
-        Ok(value) => endpoint_path(&format!("SPIFFE_ENDPOINT_SOCKET={value}"), &value),
-        Err(_) => Ok(PathBuf::from(DEFAULT_AGENT_SOCKET)),
+    match std::env::var_os("SPIFFE_ENDPOINT_SOCKET") {
+        // A value that is not UTF-8 is an error, not an unset variable. Falling back to the
+        // default socket would hand the workload another agent's identities.
+        Some(value) => match value.to_str() {
+            Some(value) => endpoint_path("SPIFFE_ENDPOINT_SOCKET", value),
+            None => anyhow::bail!(
+                "invalid SPIFFE_ENDPOINT_SOCKET {:?}: an endpoint address must be valid UTF-8",
+                value.display()
+            ),
+        },
+        None => Ok(PathBuf::from(DEFAULT_AGENT_SOCKET)),
     }
 }
 
-/// Returns the socket path of the SPIFFE endpoint address `value`. Errors name `setting`,
-/// the flag or variable with its value.
+/// Returns whether `value` starts with the `unix:` or `tcp:` scheme, in any case.
+fn has_endpoint_scheme(value: &[u8]) -> bool {
+    ["unix:", "tcp:"].iter().any(|scheme| {
+        value
+            .get(..scheme.len())
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(scheme.as_bytes()))
+    })
+}
+
+/// Returns the socket path of the SPIFFE endpoint address `value`. Errors name `setting`, the
+/// flag or variable that gave it.
 fn endpoint_path(setting: &str, value: &str) -> anyhow::Result<PathBuf> {
     match twid_spiffe::endpoint::EndpointAddress::parse(value) {
         Ok(twid_spiffe::endpoint::EndpointAddress::Unix(path)) => Ok(path),
-        Ok(_) => {
-            anyhow::bail!(
-                "{setting} is a TCP address, but this command connects to Unix sockets only"
-            )
-        }
+        Ok(_) => anyhow::bail!(
+            "{setting} {value:?} is a TCP address, but this command connects to Unix sockets only"
+        ),
+        // The parse error quotes the value.
         Err(error) => anyhow::bail!("invalid {setting}: {error}"),
     }
 }
@@ -116,40 +153,64 @@ mod tests {
     // tests name what they use instead of importing it.
     #[test]
     fn socket_flag_accepts_unix_addresses() {
-        let resolve = |flag: &str| super::workload_socket(Some(std::path::PathBuf::from(flag)));
-        assert_eq!(
-            resolve("/run/twid/agent.sock").unwrap(),
-            std::path::PathBuf::from("/run/twid/agent.sock")
+        let cases = [
+            ("/run/twid/agent.sock", "/run/twid/agent.sock"),
+            ("relative/agent.sock", "relative/agent.sock"),
+            ("unix:///run/twid/agent.sock", "/run/twid/agent.sock"),
+            ("unix:/run/twid/agent.sock", "/run/twid/agent.sock"),
+        ];
+        for (flag, expected) in cases {
+            let resolved = super::workload_socket(Some(std::path::PathBuf::from(flag)));
+            assert_eq!(
+                resolved.unwrap(),
+                std::path::PathBuf::from(expected),
+                "flag {flag}"
+            );
+        }
+    }
+
+    #[test]
+    fn socket_flag_rejects_bad_addresses() {
+        let error = |flag: &str| {
+            super::workload_socket(Some(std::path::PathBuf::from(flag)))
+                .unwrap_err()
+                .to_string()
+        };
+        let tcp = error("tcp://127.0.0.1:8081");
+        assert!(
+            tcp.starts_with("--socket-path \"tcp://127.0.0.1:8081\" is a TCP address"),
+            "{tcp}"
         );
-        assert_eq!(
-            resolve("relative/agent.sock").unwrap(),
-            std::path::PathBuf::from("relative/agent.sock")
+        let upper_tcp = error("TCP://127.0.0.1:8081");
+        assert!(upper_tcp.contains("is a TCP address"), "{upper_tcp}");
+        let relative = error("unix:relative.sock");
+        assert!(
+            relative
+                .starts_with("invalid --socket-path: unix endpoint address \"unix:relative.sock\""),
+            "{relative}"
         );
+        let newline = error("unix:/tmp/a\nb?x");
+        assert!(!newline.contains('\n'), "{newline}");
+    }
+
+    #[test]
+    fn socket_flag_scheme_ignores_case() {
+        let resolved = super::workload_socket(Some(std::path::PathBuf::from(
+            "UNIX:///run/twid/agent.sock",
+        )));
         assert_eq!(
-            resolve("unix:///run/twid/agent.sock").unwrap(),
-            std::path::PathBuf::from("/run/twid/agent.sock")
-        );
-        assert_eq!(
-            resolve("unix:/run/twid/agent.sock").unwrap(),
+            resolved.unwrap(),
             std::path::PathBuf::from("/run/twid/agent.sock")
         );
     }
 
     #[test]
-    fn socket_flag_rejects_bad_addresses() {
-        let tcp = super::workload_socket(Some(std::path::PathBuf::from("tcp://127.0.0.1:8081")))
+    fn socket_flag_rejects_non_utf8_address() {
+        use std::os::unix::ffi::OsStrExt;
+        let flag = std::ffi::OsStr::from_bytes(b"unix:/tmp/\xff.sock");
+        let error = super::workload_socket(Some(std::path::PathBuf::from(flag)))
             .unwrap_err()
             .to_string();
-        assert!(
-            tcp.contains("--socket-path tcp://127.0.0.1:8081 is a TCP address"),
-            "{tcp}"
-        );
-        let relative = super::workload_socket(Some(std::path::PathBuf::from("unix:relative.sock")))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            relative.starts_with("invalid --socket-path unix:relative.sock"),
-            "{relative}"
-        );
+        assert!(error.contains("must be valid UTF-8"), "{error}");
     }
 }

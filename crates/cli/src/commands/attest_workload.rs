@@ -30,9 +30,9 @@ pub(crate) enum CollectorKind {
 
 #[derive(Debug, Args)]
 pub(crate) struct WorkloadArgs {
-    /// The agent's Workload API socket. Defaults to `SPIFFE_ENDPOINT_SOCKET`, then
-    /// /tmp/twid-agent/public/api.sock.
-    #[arg(long = "socket")]
+    /// The agent's Workload API socket: a path or a unix: address. Defaults to
+    /// `SPIFFE_ENDPOINT_SOCKET`, then /tmp/twid-agent/public/api.sock.
+    #[arg(long = "socket", visible_alias = "socket-path")]
     socket: Option<PathBuf>,
     /// Evidence kind the collector produces: sgx-dcap, sgx-ias, tdx, snp, nitro or tpm.
     #[arg(long, value_parser = parse_kind)]
