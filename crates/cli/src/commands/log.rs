@@ -242,6 +242,8 @@ async fn verify(common: CommonArgs) -> anyhow::Result<()> {
 fn intact_summary(report: &VerifyIssuanceLogResponse) -> String {
     let checkpoints = match (report.checkpoints, report.signatures_checked) {
         (0, _) => "no checkpoints".to_owned(),
+        (1, true) => "1 checkpoint with a verified signature".to_owned(),
+        (1, false) => "1 checkpoint, signature not checked".to_owned(),
         (count, true) => format!("{count} checkpoints with verified signatures"),
         (count, false) => format!("{count} checkpoints, signatures not checked"),
     };
@@ -302,6 +304,14 @@ mod tests {
         assert_eq!(
             intact_summary(&report(2, true)),
             "2000 records, 2 checkpoints with verified signatures"
+        );
+        assert_eq!(
+            intact_summary(&report(1, true)),
+            "2000 records, 1 checkpoint with a verified signature"
+        );
+        assert_eq!(
+            intact_summary(&report(1, false)),
+            "2000 records, 1 checkpoint, signature not checked"
         );
         assert_eq!(
             intact_summary(&report(2, false)),
