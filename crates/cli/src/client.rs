@@ -62,8 +62,12 @@ fn connect_hint(path: &Path, error: &(dyn std::error::Error + 'static)) -> &'sta
 }
 
 /// Connects to a server's admin API.
+///
+/// `path` comes from `--socket-path`, which takes a path or a `unix:` address, as for the
+/// Workload API commands.
 pub(crate) async fn admin(path: &Path) -> anyhow::Result<AdminClient<Channel>> {
-    Ok(AdminClient::new(unix_channel(path).await?))
+    let path = flag_socket(path.to_path_buf())?;
+    Ok(AdminClient::new(unix_channel(&path).await?))
 }
 
 /// Adds the `workload.spiffe.io: true` header that the Workload API requires on every call.
@@ -100,16 +104,7 @@ pub(crate) async fn workload(path: &Path) -> anyhow::Result<WorkloadClient> {
 /// same value works in both places. Schemes match without regard to case, as in the variable.
 pub(crate) fn workload_socket(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     if let Some(path) = flag {
-        if !has_endpoint_scheme(path.as_os_str().as_encoded_bytes()) {
-            return Ok(path);
-        }
-        let Some(value) = path.to_str() else {
-            anyhow::bail!(
-                "invalid --socket-path {:?}: an endpoint address must be valid UTF-8",
-                path.display()
-            );
-        };
-        return endpoint_path("--socket-path", value);
+        return flag_socket(path);
     }
     match std::env::var_os("SPIFFE_ENDPOINT_SOCKET") {
         // A value that is not UTF-8 is an error, not an unset variable. Falling back to the
@@ -123,6 +118,21 @@ pub(crate) fn workload_socket(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> 
         },
         None => Ok(PathBuf::from(DEFAULT_AGENT_SOCKET)),
     }
+}
+
+/// Returns the socket path that `--socket-path` gives: `path` itself, or the path of the `unix:`
+/// address it contains.
+fn flag_socket(path: PathBuf) -> anyhow::Result<PathBuf> {
+    if !has_endpoint_scheme(path.as_os_str().as_encoded_bytes()) {
+        return Ok(path);
+    }
+    let Some(value) = path.to_str() else {
+        anyhow::bail!(
+            "invalid --socket-path {:?}: an endpoint address must be valid UTF-8",
+            path.display()
+        );
+    };
+    endpoint_path("--socket-path", value)
 }
 
 /// Returns whether `value` starts with the `unix:` or `tcp:` scheme, in any case.
@@ -191,6 +201,15 @@ mod tests {
         );
         let newline = error("unix:/tmp/a\nb?x");
         assert!(!newline.contains('\n'), "{newline}");
+    }
+
+    #[test]
+    fn admin_socket_flag_takes_unix_address() {
+        let resolved = super::flag_socket(std::path::PathBuf::from("unix:///run/twid/server.sock"));
+        assert_eq!(
+            resolved.unwrap(),
+            std::path::PathBuf::from("/run/twid/server.sock")
+        );
     }
 
     #[test]
