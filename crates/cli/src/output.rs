@@ -34,9 +34,20 @@ pub(crate) fn error_chain(error: &anyhow::Error) -> String {
 }
 
 /// Turns a gRPC status into an error that shows only its message, which our servers write
-/// for people.
+/// for people. A status without a message comes from the gRPC layer, most often because the
+/// socket serves another API, so the error names the code and, for that case, the fix.
 pub(crate) fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
+    if !status.message().is_empty() {
+        return anyhow::anyhow!("{}", status.message());
+    }
+    match status.code() {
+        tonic::Code::Unimplemented => anyhow::anyhow!(
+            "the socket does not serve this call (gRPC status Unimplemented): admin commands \
+             need the server's admin socket, and `twid api` commands the agent's Workload API \
+             socket"
+        ),
+        code => anyhow::anyhow!("the call failed with gRPC status {code:?} and no message"),
+    }
 }
 
 /// Formats Unix seconds as RFC 3339, or `never` for 0.
@@ -137,4 +148,30 @@ pub(crate) fn print_entries(entries: &[Entry], format: OutputFormat) -> anyhow::
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn status_error_keeps_message() {
+        let error = super::status_error(tonic::Status::permission_denied("no identity for uid 7"));
+        assert_eq!(error.to_string(), "no identity for uid 7");
+    }
+
+    #[test]
+    fn status_error_explains_unimplemented() {
+        let error = super::status_error(tonic::Status::unimplemented(""));
+        let text = error.to_string();
+        assert!(text.contains("gRPC status Unimplemented"), "{text}");
+        assert!(text.contains("admin socket"), "{text}");
+    }
+
+    #[test]
+    fn status_error_names_code_without_message() {
+        let error = super::status_error(tonic::Status::unavailable(""));
+        assert_eq!(
+            error.to_string(),
+            "the call failed with gRPC status Unavailable and no message"
+        );
+    }
 }
