@@ -297,26 +297,35 @@ mod tests {
             signatures_checked,
             alteration: None,
         };
-        assert_eq!(
-            intact_summary(&report(0, true)),
-            "2000 records, no checkpoints"
-        );
-        assert_eq!(
-            intact_summary(&report(2, true)),
-            "2000 records, 2 checkpoints with verified signatures"
-        );
-        assert_eq!(
-            intact_summary(&report(1, true)),
-            "2000 records, 1 checkpoint with a verified signature"
-        );
-        assert_eq!(
-            intact_summary(&report(1, false)),
-            "2000 records, 1 checkpoint, signature not checked"
-        );
-        assert_eq!(
-            intact_summary(&report(2, false)),
-            "2000 records, 2 checkpoints, signatures not checked"
-        );
+        let cases = [
+            (0, true, "2000 records, no checkpoints"),
+            (
+                2,
+                true,
+                "2000 records, 2 checkpoints with verified signatures",
+            ),
+            (
+                1,
+                true,
+                "2000 records, 1 checkpoint with a verified signature",
+            ),
+            (
+                1,
+                false,
+                "2000 records, 1 checkpoint, signature not checked",
+            ),
+            (
+                2,
+                false,
+                "2000 records, 2 checkpoints, signatures not checked",
+            ),
+        ];
+        for (checkpoints, signatures_checked, expected) in cases {
+            assert_eq!(
+                intact_summary(&report(checkpoints, signatures_checked)),
+                expected
+            );
+        }
     }
 
     #[test]
