@@ -38,6 +38,10 @@ pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
     })
 }
 
+/// Hint for a socket that the caller may not open.
+const PERMISSION_HINT: &str =
+    "permission denied on the socket or its directory; run as the owner or as root";
+
 /// Returns what to check after a failed connection to the socket at `path`. A socket the
 /// caller may not open fails with EACCES, which needs a different fix than a socket without a
 /// listener. The hint reads the connection's own error first, because `stat` succeeds on a
@@ -48,14 +52,12 @@ fn connect_hint(path: &Path, error: &(dyn std::error::Error + 'static)) -> &'sta
         if let Some(io) = current.downcast_ref::<std::io::Error>()
             && io.kind() == std::io::ErrorKind::PermissionDenied
         {
-            return "permission denied on the socket or its directory; run as the owner or as root";
+            return PERMISSION_HINT;
         }
         source = current.source();
     }
     match std::fs::metadata(path) {
-        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-            "permission denied on the socket or its directory; run as the owner or as root"
-        }
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => PERMISSION_HINT,
         Err(_) => "no socket there: is the process running? Give its socket with --socket-path",
         Ok(_) => "is the process running, and is this its socket? Give another with --socket-path",
     }
