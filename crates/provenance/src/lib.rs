@@ -327,6 +327,24 @@ impl IssuanceLog {
     ) -> Result<VerifyReport, LogError> {
         verify::verify(&self.inner.store, checkpoint_key).await
     }
+
+    /// Checks the newest end of the log in a few reads, cheap enough for every start. It
+    /// looks for records past the head, compares the newest record's hash with its contents
+    /// and with the head row, and checks the newest checkpoint against its record and, with a
+    /// key, its signature. Returns the first alteration found, or `None`.
+    ///
+    /// Limit: this finds only alterations of the newest record, the head row and the newest
+    /// checkpoint. Changes to older records need [`verify`](Self::verify), which reads the
+    /// whole log.
+    ///
+    /// # Errors
+    /// Returns the datastore failure.
+    pub async fn check_head(
+        &self,
+        checkpoint_key: Option<&PublicKey>,
+    ) -> Result<Option<Alteration>, LogError> {
+        verify::check_head(&self.inner.store, checkpoint_key).await
+    }
 }
 
 /// Returns the stored forms that `serial` (normalized hex) may stand for, in lookup order.

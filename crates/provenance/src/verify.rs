@@ -39,7 +39,9 @@ pub struct VerifyReport {
     /// Checkpoints found intact among those records: the hash matches, and the signature
     /// verifies when a key was given.
     pub checkpoints: u64,
-    /// Whether checkpoint signatures were checked, that is whether a key was given.
+    /// Whether the intact checkpoints' signatures were verified: a key was given and at
+    /// least one checkpoint was found intact. A young log has no checkpoint yet, and then no
+    /// signature vouches for its records.
     pub signatures_checked: bool,
     /// The first alteration, or `None` if the log is intact.
     pub alteration: Option<Alteration>,
@@ -138,9 +140,105 @@ pub(crate) async fn verify(
     Ok(VerifyReport {
         records,
         checkpoints: verifier.checkpoints.matched,
-        signatures_checked: key.is_some(),
+        signatures_checked: key.is_some() && verifier.checkpoints.matched > 0,
         alteration,
     })
+}
+
+/// Checks the newest end of the log in `store`; see
+/// [`IssuanceLog::check_head`](crate::IssuanceLog::check_head).
+pub(crate) async fn check_head(
+    store: &Datastore,
+    key: Option<&PublicKey>,
+) -> Result<Option<Alteration>, LogError> {
+    // One statement reads the head row and the highest seqs, so appends by other processes
+    // cannot make them disagree. Stored records and checkpoints never change, so the reads
+    // after it see the same rows.
+    let head = store.issuance_log_head().await?;
+    let end = head.next_seq;
+    if let Some(max) = head.max_record_seq
+        && max >= end
+    {
+        return Ok(Some(alteration(
+            end,
+            AlterationKind::Inserted,
+            format!("records up to seq {max} are stored past the head, which counts {end} records"),
+        )));
+    }
+
+    if end > 0 {
+        let newest = end - 1;
+        let Some(row) = store.get_issuance_log_record(newest).await? else {
+            return Ok(Some(alteration(
+                newest,
+                AlterationKind::Deleted,
+                format!("the head row counts {end} records, but record {newest} is missing"),
+            )));
+        };
+        if !hashes_at(newest, &row) {
+            return Ok(Some(alteration(
+                newest,
+                AlterationKind::Edited,
+                format!("the stored hash of record {newest} does not match its contents"),
+            )));
+        }
+        if row.hash != head.head_hash {
+            return Ok(Some(alteration(
+                newest,
+                AlterationKind::Edited,
+                format!(
+                    "the head row stores hash {} for seq {newest}, but the record's hash is {}",
+                    hex::encode(&head.head_hash),
+                    hex::encode(&row.hash)
+                ),
+            )));
+        }
+    }
+
+    let Some(seq) = head.max_checkpoint_seq else {
+        return Ok(None);
+    };
+    if seq >= end {
+        return Ok(Some(alteration(
+            end,
+            AlterationKind::Deleted,
+            format!(
+                "a checkpoint signs seq {seq}, but the head counts {end} records, so records \
+                 were removed from the end"
+            ),
+        )));
+    }
+    let stored = store.issuance_log_checkpoints(seq, 1).await?;
+    let Some(checkpoint) = stored.into_iter().find(|checkpoint| checkpoint.seq == seq) else {
+        return Ok(None);
+    };
+
+    if let Some(key) = key
+        && let Err(reason) = key.check(&checkpoint)
+    {
+        return Ok(Some(alteration(
+            seq,
+            AlterationKind::BadCheckpointSignature,
+            format!("the checkpoint at seq {seq} does not verify: {reason}"),
+        )));
+    }
+
+    let record = store.get_issuance_log_record(seq).await?;
+    let intact = record
+        .as_ref()
+        .is_some_and(|row| hashes_at(seq, row) && row.hash == checkpoint.hash);
+    if intact {
+        return Ok(None);
+    }
+    Ok(Some(alteration(
+        seq,
+        AlterationKind::CheckpointMismatch,
+        format!(
+            "the newest checkpoint signs hash {} for seq {seq}, which the stored record does \
+             not have",
+            hex::encode(&checkpoint.hash)
+        ),
+    )))
 }
 
 struct Verifier<'a> {

@@ -280,6 +280,17 @@ fn assert_altered(report: &VerifyReport, seq: u64, kind: AlterationKind) {
     assert_eq!(alteration.seq, seq, "alteration seq: {alteration}");
 }
 
+/// Asserts what [`IssuanceLog::check_head`] finds: nothing, or an alteration at a seq.
+async fn assert_head(
+    log: &IssuanceLog,
+    key: Option<&twid_provenance::PublicKey>,
+    expected: Option<(u64, AlterationKind)>,
+) {
+    let found = log.check_head(key).await.expect("check head");
+    let found = found.map(|alteration| (alteration.seq, alteration.kind));
+    assert_eq!(found, expected);
+}
+
 async fn execute(conn: &mut AnyConnection, sql: &str, binds: &[i64]) {
     let mut query = sqlx::query(AssertSqlSafe(sql.to_owned()));
     for value in binds {
@@ -570,6 +581,10 @@ async fn tail_changes_detected(db: &TestDb) {
     );
     append_concurrently(&log, 0, 40, 4).await;
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
+    assert_head(&log, Some(&public), None).await;
+    let other = ed25519_key().public_key().clone();
+    let expected = Some((39, AlterationKind::BadCheckpointSignature));
+    assert_head(&log, Some(&other), expected).await;
     let mut raw = db.raw().await;
 
     // A record added past the head.
@@ -580,7 +595,42 @@ async fn tail_changes_detected(db: &TestDb) {
     insert_raw(&mut raw, &extra).await;
     let report = log.verify(Some(&public)).await.expect("verify");
     assert_altered(&report, 40, AlterationKind::Inserted);
+    assert_head(&log, Some(&public), Some((40, AlterationKind::Inserted))).await;
     execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[40]).await;
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
+
+    // The last record edited without a new hash, then an older one. The head check finds
+    // only the first.
+    let last = stored_row(&store, 39).await;
+    sqlx::query("UPDATE issuance_log SET spiffe_id = $1 WHERE seq = $2")
+        .bind("spiffe://example.org/forged")
+        .bind(39_i64)
+        .execute(&mut raw)
+        .await
+        .expect("edit the last row");
+    assert_head(&log, Some(&public), Some((39, AlterationKind::Edited))).await;
+    sqlx::query("UPDATE issuance_log SET spiffe_id = $1 WHERE seq = $2")
+        .bind(last.spiffe_id.clone())
+        .bind(39_i64)
+        .execute(&mut raw)
+        .await
+        .expect("restore the last row");
+    let older = stored_row(&store, 5).await;
+    sqlx::query("UPDATE issuance_log SET spiffe_id = $1 WHERE seq = $2")
+        .bind("spiffe://example.org/forged")
+        .bind(5_i64)
+        .execute(&mut raw)
+        .await
+        .expect("edit an older row");
+    assert_head(&log, Some(&public), None).await;
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 5, AlterationKind::Edited);
+    sqlx::query("UPDATE issuance_log SET spiffe_id = $1 WHERE seq = $2")
+        .bind(older.spiffe_id.clone())
+        .bind(5_i64)
+        .execute(&mut raw)
+        .await
+        .expect("restore the older row");
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
 
     // The last record rewritten with a recomputed hash: the chain holds, the head row differs.
@@ -602,6 +652,7 @@ async fn tail_changes_detected(db: &TestDb) {
         .expect("rewrite the last row");
     let report = log.verify(None).await.expect("verify");
     assert_altered(&report, 39, AlterationKind::CheckpointMismatch);
+    assert_head(&log, None, Some((39, AlterationKind::Edited))).await;
     // Without the checkpoint at seq 39, the head row still reveals the rewrite.
     let checkpoint = store
         .issuance_log_checkpoints(39, 1)
@@ -635,6 +686,8 @@ async fn tail_changes_detected(db: &TestDb) {
     let report = log.verify(Some(&public)).await.expect("verify");
     assert_altered(&report, 35, AlterationKind::Deleted);
     assert_eq!(report.records, 35);
+    // The head check reads only the newest record, so it names that one.
+    assert_head(&log, Some(&public), Some((39, AlterationKind::Deleted))).await;
 
     // The head row rewound too: the checkpoint at seq 39 remains past the head.
     let head = stored_row(&store, 34).await.hash;
@@ -646,6 +699,7 @@ async fn tail_changes_detected(db: &TestDb) {
         .expect("rewind the head");
     let report = log.verify(Some(&public)).await.expect("verify");
     assert_altered(&report, 35, AlterationKind::Deleted);
+    assert_head(&log, Some(&public), Some((35, AlterationKind::Deleted))).await;
 
     raw.close().await.expect("close raw connection");
     store.close().await;
@@ -758,6 +812,11 @@ async fn on_demand_checkpoint(db: &TestDb) {
     for n in 0..5 {
         log.append(sample_record(n)).await.expect("append");
     }
+    // With a key but no checkpoint yet, no signature was verified.
+    let unsigned_report = log.verify(Some(&public)).await.expect("verify");
+    assert_intact(&unsigned_report, 5);
+    assert_eq!(unsigned_report.checkpoints, 0);
+    assert!(!unsigned_report.signatures_checked);
     let head = log.list(4, 1).await.expect("list").remove(0);
     let checkpoint = log
         .checkpoint()
@@ -776,6 +835,7 @@ async fn on_demand_checkpoint(db: &TestDb) {
     let report = log.verify(Some(&public)).await.expect("verify");
     assert_intact(&report, 5);
     assert_eq!(report.checkpoints, 1);
+    assert!(report.signatures_checked);
     store.close().await;
 }
 

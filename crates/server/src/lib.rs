@@ -127,6 +127,7 @@ impl Server {
         // missed.
         let change_listener = datastore.listen_for_changes().await?;
         let issuance_log = provenance::open(&config.data_dir, &datastore)?;
+        provenance::check_at_start(&issuance_log).await;
         let instance_id = instance::load_or_create(&config.data_dir)?;
         let ca =
             CaManager::load_or_create(ca_settings(&config, instance_id), datastore.clone(), now)

@@ -102,6 +102,26 @@ pub(crate) fn open(data_dir: &Path, datastore: &Datastore) -> Result<Provenance,
     })
 }
 
+/// Checks the newest end of the issuance log at start-up and logs an error for an alteration.
+/// The server starts anyway, because refusing to issue would take identities away from every
+/// workload, and `twid log verify` reports more than this check can.
+pub(crate) async fn check_at_start(provenance: &Provenance) {
+    match provenance
+        .log
+        .check_head(Some(&provenance.checkpoint_key))
+        .await
+    {
+        Ok(None) => tracing::debug!("issuance log head checked"),
+        Ok(Some(alteration)) => tracing::error!(
+            seq = alteration.seq,
+            kind = %alteration.kind,
+            detail = %alteration.detail,
+            "the issuance log was altered; run `twid log verify` to find the first alteration"
+        ),
+        Err(error) => tracing::warn!(error = %error, "checking the issuance log head failed"),
+    }
+}
+
 fn load_or_create_key(path: &Path) -> Result<SigningKey, ServerError> {
     let key = match std::fs::symlink_metadata(path) {
         Ok(_) => PrivateKey::read_pem_file(path)?,

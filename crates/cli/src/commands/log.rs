@@ -173,7 +173,7 @@ fn print_record(record: &IssuanceRecord) {
     optional("Evidence digest", &hex::encode(&record.evidence_digest));
     optional("Attestation result", &record.attestation_result);
     optional("Policy version", &record.policy_version);
-    optional("Rejection reason", &record.refusal_reason);
+    optional("Refusal reason", &record.refusal_reason);
     println!("{:<19}: {}", "Hash", hex::encode(&record.hash));
     println!(
         "{:<19}: {}",
