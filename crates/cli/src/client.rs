@@ -1,5 +1,6 @@
 //! gRPC channels over Unix sockets for the admin API and the Workload API.
 
+use std::os::unix::fs::FileTypeExt as _;
 use std::path::{Path, PathBuf};
 
 use hyper_util::rt::TokioIo;
@@ -33,9 +34,26 @@ pub(crate) async fn unix_channel(path: &Path) -> anyhow::Result<Channel> {
         .await;
     result.map_err(|error| {
         let hint = connect_hint(path, &error);
-        anyhow::Error::new(error)
-            .context(format!("failed to connect to {}: {hint}", path.display()))
+        // The transport error's own text adds only "transport error", and its sources repeat
+        // the OS error, so the message names the OS error once.
+        match first_io_error(&error) {
+            Some(io) => anyhow::anyhow!("failed to connect to {}: {io}; {hint}", path.display()),
+            None => anyhow::Error::new(error)
+                .context(format!("failed to connect to {}: {hint}", path.display())),
+        }
     })
+}
+
+/// Returns the first I/O error in `error`'s source chain, `error` included.
+fn first_io_error<'e>(error: &'e (dyn std::error::Error + 'static)) -> Option<&'e std::io::Error> {
+    let mut source = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        source = current.source();
+    }
+    None
 }
 
 /// Hint for a socket that the caller may not open.
@@ -47,18 +65,18 @@ const PERMISSION_HINT: &str =
 /// listener. The hint reads the connection's own error first, because `stat` succeeds on a
 /// socket whose `connect` is denied.
 fn connect_hint(path: &Path, error: &(dyn std::error::Error + 'static)) -> &'static str {
-    let mut source = Some(error);
-    while let Some(current) = source {
-        if let Some(io) = current.downcast_ref::<std::io::Error>()
-            && io.kind() == std::io::ErrorKind::PermissionDenied
-        {
-            return PERMISSION_HINT;
-        }
-        source = current.source();
+    if first_io_error(error).is_some_and(|io| io.kind() == std::io::ErrorKind::PermissionDenied) {
+        return PERMISSION_HINT;
     }
     match std::fs::metadata(path) {
         Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => PERMISSION_HINT,
         Err(_) => "no socket there: is the process running? Give its socket with --socket-path",
+        Ok(metadata) if metadata.is_dir() => {
+            "this is a directory: give the socket inside it with --socket-path"
+        }
+        Ok(metadata) if !metadata.file_type().is_socket() => {
+            "this is not a socket: give the process's socket with --socket-path"
+        }
         Ok(_) => "is the process running, and is this its socket? Give another with --socket-path",
     }
 }
@@ -233,5 +251,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("must be valid UTF-8"), "{error}");
+    }
+
+    #[test]
+    fn connect_hint_names_what_is_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"").unwrap();
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let cases = [
+            (dir.path().to_path_buf(), "is a directory"),
+            (file, "is not a socket"),
+            (dir.path().join("missing.sock"), "no socket there"),
+        ];
+        for (path, expected) in cases {
+            let hint = super::connect_hint(&path, &refused);
+            assert!(hint.contains(expected), "{}: {hint}", path.display());
+        }
     }
 }

@@ -922,7 +922,8 @@ impl NodeService {
                 "join token attestation rejected"
             );
             return Err(Status::permission_denied(
-                "join token does not exist or has already been used",
+                "join token does not exist or has already been used; generate a new one with \
+                 `twid token generate`",
             ));
         };
         let now = unix_now();
@@ -933,7 +934,7 @@ impl NodeService {
                 "join token attestation rejected"
             );
             return Err(Status::permission_denied(format!(
-                "join token expired at {}; generate a new one",
+                "join token expired at {}; generate a new one with `twid token generate`",
                 stored.expires_at
             )));
         }

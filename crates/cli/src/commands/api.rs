@@ -42,7 +42,8 @@ pub(crate) struct WatchX509Args {
     /// the agent's default socket).
     #[arg(long)]
     socket_path: Option<PathBuf>,
-    /// Exit after printing this many lines; 0 streams until interrupted.
+    /// Exit after printing this many lines, status lines included; 0 streams until
+    /// interrupted. The exit status is 1 when the last line is a status line.
     #[arg(long, default_value_t = 0)]
     count: u64,
 }
@@ -148,7 +149,8 @@ const WATCH_RETRY_MAX: Duration = Duration::from_secs(10);
 /// Streams FetchX509SVID and prints one JSON line per update. A stream that ends, such as with
 /// PermissionDenied once the caller has no identity left, is printed as a line with the status
 /// and no SVIDs. The stream is then opened again after a delay that doubles from 0.5 s to 10 s,
-/// and a repeated status is not printed again until an update arrives.
+/// and a repeated status is not printed again until an update arrives. Status lines count
+/// toward `--count`, and when the last line is one, the command fails.
 async fn watch_x509(args: WatchX509Args) -> anyhow::Result<()> {
     let path = client::workload_socket(args.socket_path.clone())?;
     let mut printed: u64 = 0;
@@ -157,7 +159,14 @@ async fn watch_x509(args: WatchX509Args) -> anyhow::Result<()> {
     loop {
         let outcome = watch_x509_once(&path, &args, &mut printed, &mut last_error).await;
         if args.count > 0 && printed >= args.count {
-            return Ok(());
+            // `last_error` is set only while the last line printed is a status line, and then
+            // the exit status reports the failure.
+            return match last_error {
+                Some((code, message)) => Err(anyhow::anyhow!(
+                    "the FetchX509SVID stream failed with status {code:?}: {message}"
+                )),
+                None => Ok(()),
+            };
         }
         match outcome {
             WatchOutcome::Received => delay = WATCH_RETRY_START,
@@ -360,16 +369,26 @@ fn write_x509(dir: &Path, response: &X509svidResponse) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn leaf_validity(svid: &X509svid) -> anyhow::Result<(String, String)> {
+/// The fields of an SVID's leaf certificate that the fetch output prints.
+struct LeafSummary {
+    /// Lowercase hex of the DER INTEGER content octets, the form `twid log show --serial`
+    /// takes.
+    serial: String,
+    not_before: String,
+    not_after: String,
+}
+
+fn leaf_summary(svid: &X509svid) -> anyhow::Result<LeafSummary> {
     let certs = split_der_certificates(&svid.x509_svid)?;
     let leaf: &CertificateDer<'_> = certs.first().context("the SVID has no certificate")?;
     let (_, parsed) = x509_parser::parse_x509_certificate(leaf)
         .map_err(|error| anyhow::anyhow!("the agent sent an unparsable certificate: {error}"))?;
     let validity = parsed.validity();
-    Ok((
-        output::timestamp(validity.not_before.timestamp()),
-        output::timestamp(validity.not_after.timestamp()),
-    ))
+    Ok(LeafSummary {
+        serial: hex::encode(parsed.raw_serial()),
+        not_before: output::timestamp(validity.not_before.timestamp()),
+        not_after: output::timestamp(validity.not_after.timestamp()),
+    })
 }
 
 fn print_x509_text(
@@ -383,10 +402,11 @@ fn print_x509_text(
         if count == 1 { "" } else { "s" }
     );
     for svid in &response.svids {
-        let (not_before, not_after) = leaf_validity(svid)?;
+        let leaf = leaf_summary(svid)?;
         println!("SPIFFE ID:        {}", svid.spiffe_id);
-        println!("SVID Valid After: {not_before}");
-        println!("SVID Valid Until: {not_after}");
+        println!("Serial Number:    {}", leaf.serial);
+        println!("SVID Valid After: {}", leaf.not_before);
+        println!("SVID Valid Until: {}", leaf.not_after);
         if !svid.hint.is_empty() {
             println!("Hint:             {}", svid.hint);
         }
@@ -412,12 +432,13 @@ fn print_x509_text(
 fn print_x509_json(response: &X509svidResponse) -> anyhow::Result<()> {
     let mut svids = Vec::new();
     for svid in &response.svids {
-        let (not_before, not_after) = leaf_validity(svid)?;
+        let leaf = leaf_summary(svid)?;
         svids.push(serde_json::json!({
             "spiffe_id": svid.spiffe_id,
             "hint": svid.hint,
-            "not_before": not_before,
-            "not_after": not_after,
+            "serial": leaf.serial,
+            "not_before": leaf.not_before,
+            "not_after": leaf.not_after,
             "x509_svid_pem": certs_pem(&svid.x509_svid)?,
             "bundle_pem": certs_pem(&svid.bundle)?,
         }));
@@ -498,7 +519,7 @@ async fn write_token(args: &FetchJwtArgs, file: &Path) -> anyhow::Result<()> {
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            _signal = &mut shutdown => return Ok(()),
             () = tokio::time::sleep(wait) => {}
         }
         wait = match write_token_once(args, file).await {

@@ -68,7 +68,8 @@ pub(crate) async fn run(args: DevArgs) -> anyhow::Result<()> {
         admin_socket: &admin_socket,
         registered_now,
     });
-    super::run::shutdown_signal().await;
+    let signal = super::run::shutdown_signal().await;
+    tracing::info!(signal, "shutting down");
     agent.shutdown().await;
     server.shutdown().await;
     Ok(())
@@ -170,7 +171,7 @@ fn print_next_steps(steps: &NextSteps<'_>) {
         registered_now,
     } = steps;
     let twid = std::env::current_exe()
-        .map(|path| path.display().to_string())
+        .map(|path| shell_word(&path.display().to_string()))
         .unwrap_or_else(|_| "twid".to_owned());
     let uid = nix::unistd::getuid().as_raw();
     println!("twid dev is running for trust domain {trust_domain}");
@@ -183,22 +184,65 @@ fn print_next_steps(steps: &NextSteps<'_>) {
             "  Registered spiffe://{trust_domain}/uid/{uid} for workloads with unix:uid:{uid}"
         );
     }
+    // The commands below are meant to be pasted into a shell, so paths are quoted for it.
+    let endpoint = shell_word(&format!("unix://{}", workload_socket.display()));
+    let admin = shell_word(&admin_socket.display().to_string());
     println!();
     println!("Try, in another shell:");
-    println!(
-        "  export SPIFFE_ENDPOINT_SOCKET=unix://{}",
-        workload_socket.display()
-    );
+    println!("  export SPIFFE_ENDPOINT_SOCKET={endpoint}");
     println!("  {twid} api fetch x509");
     println!("  {twid} api fetch jwt --audience example");
-    println!(
-        "  {twid} entry show --socket-path {}",
-        admin_socket.display()
-    );
-    println!("  {twid} log show --socket-path {}", admin_socket.display());
-    println!(
-        "  {twid} log verify --socket-path {}",
-        admin_socket.display()
-    );
+    println!("  {twid} entry show --socket-path {admin}");
+    println!("  {twid} log show --socket-path {admin}");
+    println!("  {twid} log verify --socket-path {admin}");
     println!("Stop with Ctrl-C.");
+}
+
+/// Returns `word` as one word of a POSIX shell command: unchanged when every character is
+/// one that no shell treats specially, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:=@%+,".contains(c));
+    if plain {
+        word.to_owned()
+    } else {
+        // Inside single quotes only the quote itself is special: close, escape it, reopen.
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_word_quotes_only_when_needed() {
+        assert_eq!(
+            shell_word("/tmp/twid-dev/agent.sock"),
+            "/tmp/twid-dev/agent.sock"
+        );
+        assert_eq!(shell_word("unix:///run/a.sock"), "unix:///run/a.sock");
+        assert_eq!(shell_word("/tmp/my dir/a.sock"), "'/tmp/my dir/a.sock'");
+        assert_eq!(shell_word(""), "''");
+    }
+
+    #[test]
+    fn shell_word_survives_the_shell() {
+        let words = [
+            "/tmp/my dir/a.sock",
+            "/tmp/it's/a.sock",
+            "/tmp/$HOME/`id`/a\\b/*?#!;&|<>(){}~\"/a.sock",
+            "/tmp/tab\tand\nnewline",
+        ];
+        for word in words {
+            let output = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_word(word)))
+                .output()
+                .expect("run sh");
+            assert_eq!(String::from_utf8_lossy(&output.stdout), word);
+        }
+    }
 }

@@ -147,12 +147,16 @@ async fn follow_updates(
             anyhow::Ok((workload, stream))
         };
         let (mut workload, mut stream) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
+            signal = &mut shutdown => {
+                stopped(signal);
+                return Ok(());
+            }
             connected = connected => match connected {
                 Ok(pair) => pair,
                 Err(error) => {
                     tracing::warn!(error = %output::error_chain(&error), retry_in = ?backoff, "failed to open the X.509-SVID stream");
-                    if wait_or_shutdown(backoff, &mut shutdown).await {
+                    if let Some(signal) = wait_or_shutdown(backoff, &mut shutdown).await {
+                        stopped(signal);
                         return Ok(());
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -170,7 +174,10 @@ async fn follow_updates(
                 }
             };
             tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                signal = &mut shutdown => {
+                stopped(signal);
+                return Ok(());
+            }
                 message = stream.message() => match message {
                     Ok(Some(response)) => {
                         backoff = MIN_BACKOFF;
@@ -198,22 +205,28 @@ async fn follow_updates(
                 }
             }
         }
-        if wait_or_shutdown(backoff, &mut shutdown).await {
+        if let Some(signal) = wait_or_shutdown(backoff, &mut shutdown).await {
+            stopped(signal);
             return Ok(());
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-/// Sleeps for `wait`; returns true when the shutdown signal came first.
+/// Sleeps for `wait`, and returns the signal's name when the shutdown signal came first.
 async fn wait_or_shutdown(
     wait: Duration,
-    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
-) -> bool {
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = &'static str>>,
+) -> Option<&'static str> {
     tokio::select! {
-        () = shutdown.as_mut() => true,
-        () = tokio::time::sleep(wait) => false,
+        signal = shutdown.as_mut() => Some(signal),
+        () = tokio::time::sleep(wait) => None,
     }
+}
+
+/// Logs the stop of the helper on `signal`.
+fn stopped(signal: &str) {
+    tracing::info!(signal, "helper stopping");
 }
 
 /// Rewrites the JWT-SVID files and returns when to do so next, or `None` without JWT-SVIDs.

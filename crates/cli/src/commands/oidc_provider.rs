@@ -125,7 +125,8 @@ pub(crate) async fn run(args: OidcProviderArgs) -> anyhow::Result<()> {
         (None, Some(socket)) => tokio::spawn(watch_agent(socket, trust_domain, keys, health)),
         (None, None) => anyhow::bail!("pass --server-socket or --agent-socket"),
     };
-    shutdown_signal().await;
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down");
     refresh.abort();
     handle.shutdown().await;
     Ok(())

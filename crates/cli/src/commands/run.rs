@@ -21,8 +21,8 @@ pub(crate) struct RunArgs {
     expand_env: bool,
 }
 
-/// Waits for SIGINT or SIGTERM.
-pub(crate) async fn shutdown_signal() {
+/// Waits for SIGINT or SIGTERM and returns the signal's name, for the shutdown log line.
+pub(crate) async fn shutdown_signal() -> &'static str {
     let terminate = async {
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
             Ok(mut signal) => {
@@ -32,8 +32,8 @@ pub(crate) async fn shutdown_signal() {
         }
     };
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        () = terminate => {}
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        () = terminate => "SIGTERM",
     }
 }
 
@@ -45,8 +45,8 @@ pub(crate) async fn server(command: ServerCommand) -> anyhow::Result<()> {
     let server = twid_server::Server::start(config)
         .await
         .context("server failed to start")?;
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down");
     server.shutdown().await;
     Ok(())
 }
@@ -64,8 +64,8 @@ pub(crate) async fn agent(args: RunArgs) -> anyhow::Result<()> {
     let agent = twid_agent::Agent::start(config, twid_agent::AgentOptions::default())
         .await
         .with_context(|| format!("agent failed to start (server {server})"))?;
-    shutdown_signal().await;
-    tracing::info!("shutting down");
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down");
     agent.shutdown().await;
     Ok(())
 }

@@ -177,6 +177,10 @@ fn join_tokens_are_single_use_and_expire() {
         output.contains("already been used"),
         "agent output: {output}"
     );
+    assert!(
+        output.contains("twid token generate"),
+        "agent output: {output}"
+    );
 
     // An expired token.
     let expired = run_ok(&[
@@ -243,4 +247,27 @@ fn start_agent_expecting_failure(
         "the agent started with a bad token"
     );
     String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn watch_count_ending_on_status_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("missing.sock");
+    let output = run(&[
+        "api",
+        "watch",
+        "x509",
+        "--count",
+        "1",
+        "--socket-path",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let line: serde_json::Value = serde_json::from_str(lines[0]).unwrap();
+    assert_eq!(line["error"]["code"], "Unavailable");
+    assert_eq!(line["svids"].as_array().map(Vec::len), Some(0));
+    assert_one_error_line(&output, &["status Unavailable", "missing.sock"]);
 }

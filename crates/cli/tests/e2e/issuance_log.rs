@@ -102,6 +102,8 @@ fn issuance_log_records_and_detects_edits() {
     );
     let x509: serde_json::Value = serde_json::from_slice(&fetched.unwrap()).unwrap();
     let serial = first_serial(x509["svids"][0]["x509_svid_pem"].as_str().unwrap());
+    // The fetch prints the serial in the form that log lookups take.
+    assert_eq!(x509["svids"][0]["serial"], serial.as_str());
 
     // The record of the fetched SVID, in both output formats.
     let pretty = run_ok(&["log", "show", "--serial", &serial, "--socket-path", &socket]);
