@@ -98,6 +98,8 @@ pub struct ServerHandle {
     oidc_keys: OidcKeys,
     oidc: Option<twid_oidc::OidcHandle>,
     bundle_endpoint: Option<SocketAddr>,
+    /// The lock on the data directory, released when the handle drops.
+    _data_dir_lock: std::fs::File,
 }
 
 /// Entry point of the server.
@@ -122,6 +124,7 @@ impl Server {
         let evidence = evidence::EvidenceAttestors::load(&config.evidence_attestors)?;
         let policies = policy::PolicyStore::load(&config)?;
         ca::create_private_dir(&config.data_dir)?;
+        let data_dir_lock = lock_data_dir(&config.data_dir)?;
         let datastore = open_datastore(&config).await?;
         // Listening starts before anything is served, so no change made after start-up is
         // missed.
@@ -191,7 +194,38 @@ impl Server {
             oidc_keys,
             oidc,
             bundle_endpoint,
+            _data_dir_lock: data_dir_lock,
         })
+    }
+}
+
+/// Name of the lock file in the server's data directory.
+const DATA_DIR_LOCK_FILE: &str = "server.lock";
+
+/// Takes an exclusive lock on the data directory, so that a second server started on it
+/// fails before it writes to the datastore, publishes a bundle or binds a port. The
+/// operating system releases the lock when the process exits, however it exits.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let path = dir.join(DATA_DIR_LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| ServerError::io(&path, source))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::io(
+            &path,
+            std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another twid server is running on this data_dir; stop it, or give this \
+                 server another data_dir",
+            ),
+        )),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServerError::io(&path, source)),
     }
 }
 
