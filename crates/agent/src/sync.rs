@@ -119,6 +119,9 @@ pub(crate) fn unix_now() -> i64 {
     i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
 }
 
+/// Minimum pause after a failed round before a hint may start the next one.
+const HINT_WAIT_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
 /// The maximum pause between rounds while a Watch stream is open, as a safety net for a hint
 /// the agent did not receive.
 const WATCHED_MAX_DELAY: Duration = Duration::from_secs(30 * 60);
@@ -265,7 +268,9 @@ impl Syncer {
     /// re-attests an evidence agent between rounds when due. The first round starts after
     /// `delay` or at the next notification of `hints`, whichever comes first. Each later
     /// round starts after the delay that `after_sync` returns or at the next hint. A hint also
-    /// cuts a retry backoff short, because it shows that the server is reachable.
+    /// cuts a retry backoff short, because it shows that the server is reachable, but not
+    /// before [`HINT_WAIT_AFTER_FAILURE`]. A workload's request for an entry without an SVID
+    /// starts a round too, but not during a backoff.
     pub(crate) async fn run(
         mut self,
         interval: Duration,
@@ -276,10 +281,25 @@ impl Syncer {
     ) {
         loop {
             let cache = self.cache.clone();
+            // A workload that waits for an SVID requests it again and again, so after a
+            // failed round its requests wait for the backoff instead of starting rounds. A
+            // hint waits for part of it: a round that fails with Unavailable replaces the
+            // connection, the Watch stream opens again and sends a hint, and without the wait
+            // that loop repeats as fast as the server replies.
+            let failing = retry.failures > 0;
+            let hints_from = if failing {
+                tokio::time::Instant::now() + delay.min(HINT_WAIT_AFTER_FAILURE)
+            } else {
+                tokio::time::Instant::now()
+            };
+            let hint = async {
+                tokio::time::sleep_until(hints_from).await;
+                hints.notified().await;
+            };
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
-                () = hints.notified() => {}
-                () = cache.entry_requested() => {}
+                () = hint => {}
+                () = cache.entry_requested(), if !failing => {}
                 _ = shutdown.wait_for(|stop| *stop) => return,
             }
             let result = self
@@ -313,7 +333,13 @@ impl Syncer {
         let delay = match result {
             Err(error) if error.is_connection_failure() => {
                 retry.failures += 1;
-                let delay = self.connection.fail_over(self.round_generation).await;
+                let mut delay = self.connection.fail_over(self.round_generation).await;
+                // The connection's backoff starts again whenever a connection opens, and a
+                // server that replies Unavailable accepts connections. So from the second
+                // failure in a row the sync backoff applies too.
+                if retry.failures > 1 {
+                    delay = delay.max(retry.backoff.step());
+                }
                 metrics::counter!(twid_telemetry::names::AGENT_SYNC_FAILURES_TOTAL).increment(1);
                 tracing::warn!(
                     %error,

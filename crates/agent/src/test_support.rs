@@ -150,6 +150,11 @@ pub(crate) struct FakeState {
     pub(crate) watch_unimplemented: bool,
     /// Whether every authenticated call fails as for a revoked agent SVID.
     pub(crate) agent_revoked: bool,
+    /// A status that every BatchNewX509Svid call fails with, as when the server cannot
+    /// record issuances.
+    pub(crate) signing_failure: Option<tonic::Code>,
+    /// BatchNewX509Svid calls that failed with `signing_failure`.
+    pub(crate) failed_signings: usize,
 }
 
 /// An in-process node API server. Like the real server, it authenticates every call but
@@ -485,6 +490,11 @@ impl Node for FakeService {
     ) -> Result<Response<BatchNewX509SvidResponse>, Status> {
         let node = &self.0;
         node.authenticate(&request)?;
+        let failure = node.state().signing_failure;
+        if let Some(code) = failure {
+            node.state().failed_signings += 1;
+            return Err(Status::new(code, "signing fails in this test"));
+        }
         let entries = node
             .entries
             .lock()

@@ -497,7 +497,9 @@ impl IssuanceLogAppend {
         for size in INSERT_CHUNK_ROWS {
             while rest.len() >= size {
                 let (chunk, tail) = rest.split_at(size);
-                insert_record_chunk(&mut self.tx, self.backend, chunk).await?;
+                insert_record_chunk(&mut self.tx, self.backend, chunk)
+                    .await
+                    .map_err(|error| record_past_head(error, self.next_seq))?;
                 rest = tail;
             }
         }
@@ -645,7 +647,7 @@ impl IssuanceLogWriter {
             new_next_seq,
             new_hash: last.hash,
         };
-        match &mut self.backend {
+        let result = match &mut self.backend {
             WriterBackend::Sqlite { path, conn } => {
                 let connection = match conn {
                     Some(connection) => connection,
@@ -668,8 +670,32 @@ impl IssuanceLogWriter {
                 }
                 result
             }
-        }
+        };
+        result.map_err(|error| record_past_head(error, next_seq))
     }
+}
+
+/// Turns a unique violation of an append into [`DatastoreError::Corrupt`]. The head row
+/// matched, so the only unique key that an append can violate, the records' seq, was taken
+/// by a record stored outside twid, past the head. Every later append fails the same way
+/// until an operator removes it, so retrying does not help.
+fn record_past_head(error: DatastoreError, next_seq: i64) -> DatastoreError {
+    let unique = match &error {
+        DatastoreError::Backend(error) => crate::error::is_unique_violation(error),
+        DatastoreError::Sqlite(rusqlite::Error::SqliteFailure(failure, _)) => matches!(
+            failure.extended_code,
+            rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY | rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+        ),
+        _ => false,
+    };
+    if !unique {
+        return error;
+    }
+    DatastoreError::Corrupt(format!(
+        "the issuance log stores a record at seq {next_seq} or later, past its head row, so \
+         it was added outside twid and no record can be appended; run `twid log verify` to \
+         find it ({error})"
+    ))
 }
 
 /// The compare-and-set of the head row that makes a batch conditional.

@@ -45,6 +45,19 @@ pub enum LogError {
     Closed,
 }
 
+impl LogError {
+    /// Returns whether the failure comes from damaged log data, such as a record stored
+    /// outside twid past the head or a missing head row. Retrying does not help until an
+    /// operator repairs the log.
+    pub fn is_damaged_log(&self) -> bool {
+        match self {
+            Self::Corrupt { .. } => true,
+            Self::Datastore(error) => matches!(**error, DatastoreError::Corrupt(_)),
+            _ => false,
+        }
+    }
+}
+
 impl From<DatastoreError> for LogError {
     fn from(error: DatastoreError) -> Self {
         Self::Datastore(Arc::new(error))

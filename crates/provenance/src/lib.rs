@@ -152,6 +152,8 @@ pub struct IssuanceLog {
 struct Inner {
     store: Datastore,
     signing_key: Option<Arc<SigningKey>>,
+    /// The interval of periodic checkpoints, when this log signs them.
+    checkpoint_every: Option<u64>,
     queue: mpsc::Sender<Pending>,
 }
 
@@ -186,10 +188,13 @@ impl IssuanceLog {
                 "opening the issuance log writer failed; appends will fail"
             ),
         }
+        let checkpoint_every = (signing_key.is_some() && options.checkpoint_every > 0)
+            .then_some(options.checkpoint_every);
         Self {
             inner: Arc::new(Inner {
                 store,
                 signing_key,
+                checkpoint_every,
                 queue,
             }),
         }
@@ -309,6 +314,7 @@ impl IssuanceLog {
 
     /// Reads the whole log in seq order, page by page, and checks every record's hash and
     /// link, every checkpoint's hash, and with `checkpoint_key` every checkpoint's signature.
+    /// When this log signs periodic checkpoints, a record at which one is due must have it.
     /// Returns the first alteration, or the number of intact records.
     ///
     /// Appends may continue meanwhile: the records up to the head read at the start are
@@ -325,7 +331,12 @@ impl IssuanceLog {
         &self,
         checkpoint_key: Option<&PublicKey>,
     ) -> Result<VerifyReport, LogError> {
-        verify::verify(&self.inner.store, checkpoint_key).await
+        verify::verify(
+            &self.inner.store,
+            checkpoint_key,
+            self.inner.checkpoint_every,
+        )
+        .await
     }
 
     /// Checks the newest end of the log in a few reads, cheap enough for every start. It

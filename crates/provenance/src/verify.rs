@@ -95,6 +95,9 @@ pub enum AlterationKind {
     CheckpointMismatch,
     /// A checkpoint's signature does not verify with the given key.
     BadCheckpointSignature,
+    /// The record is one at which the log signs a periodic checkpoint, and none is stored, so
+    /// the checkpoint row was deleted.
+    CheckpointMissing,
 }
 
 impl fmt::Display for AlterationKind {
@@ -108,6 +111,7 @@ impl fmt::Display for AlterationKind {
             Self::Inserted => f.write_str("record inserted"),
             Self::CheckpointMismatch => f.write_str("checkpoint mismatch"),
             Self::BadCheckpointSignature => f.write_str("bad checkpoint signature"),
+            Self::CheckpointMissing => f.write_str("checkpoint missing"),
         }
     }
 }
@@ -116,9 +120,11 @@ impl fmt::Display for AlterationKind {
 pub(crate) async fn verify(
     store: &Datastore,
     key: Option<&PublicKey>,
+    checkpoint_every: Option<u64>,
 ) -> Result<VerifyReport, LogError> {
     let mut verifier = Verifier {
         store,
+        checkpoint_every: checkpoint_every.and_then(|every| i64::try_from(every).ok()),
         expected_seq: 0,
         expected_prev: GENESIS_HASH.to_vec(),
         checkpoints: CheckpointCursor {
@@ -243,6 +249,8 @@ pub(crate) async fn check_head(
 
 struct Verifier<'a> {
     store: &'a Datastore,
+    /// The interval of periodic checkpoints, when the log signs them.
+    checkpoint_every: Option<i64>,
     /// The seq of the next record, which is also the number of intact records so far.
     expected_seq: i64,
     /// The hash of the last intact record, which the next record must name as `prev_hash`.
@@ -274,6 +282,9 @@ impl Verifier<'_> {
                 self.expected_prev.clone_from(&row.hash);
                 if let Some(alteration) = self.checkpoints.check_through(row.seq, &row.hash).await?
                 {
+                    return Ok(Some(alteration));
+                }
+                if let Some(alteration) = self.check_checkpoint_due(row.seq) {
                     return Ok(Some(alteration));
                 }
             }
@@ -308,6 +319,24 @@ impl Verifier<'_> {
             )));
         }
         self.check_past_head().await
+    }
+
+    /// Checks that a periodic checkpoint is stored for the intact record `seq` when one is due
+    /// there. The appender stores such a checkpoint in the transaction of its record, so a
+    /// missing one was deleted.
+    fn check_checkpoint_due(&self, seq: i64) -> Option<Alteration> {
+        let every = self.checkpoint_every?;
+        if (seq + 1) % every != 0 || self.checkpoints.last_matched == Some(seq) {
+            return None;
+        }
+        Some(alteration(
+            seq,
+            AlterationKind::CheckpointMissing,
+            format!(
+                "the log signs a checkpoint every {every} records, but none is stored for seq \
+                 {seq}; the checkpoint row was deleted"
+            ),
+        ))
     }
 
     /// Checks that nothing lies past the current head. Appends move the head in the same

@@ -596,6 +596,16 @@ async fn tail_changes_detected(db: &TestDb) {
     let report = log.verify(Some(&public)).await.expect("verify");
     assert_altered(&report, 40, AlterationKind::Inserted);
     assert_head(&log, Some(&public), Some((40, AlterationKind::Inserted))).await;
+    // Appends fail with a damaged-log error, which retrying does not fix: first on the path
+    // that checks the remembered head, then on the path that locks the head row.
+    for attempt in 0..2 {
+        let error = log
+            .append(sample_record(100 + attempt))
+            .await
+            .expect_err("an append onto a record past the head must fail");
+        assert!(error.is_damaged_log(), "{error}");
+        assert!(error.to_string().contains("past its head row"), "{error}");
+    }
     execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[40]).await;
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
 
@@ -666,6 +676,12 @@ async fn tail_changes_detected(db: &TestDb) {
     )
     .await;
     let report = log.verify(None).await.expect("verify");
+    assert_altered(&report, 39, AlterationKind::CheckpointMissing);
+    assert_eq!(report.records, 39);
+    // A log that signs no periodic checkpoints expects none, and the head row still reveals
+    // the rewrite.
+    let unsigned = IssuanceLog::new(store.clone(), LogOptions::default());
+    let report = unsigned.verify(None).await.expect("verify");
     assert_altered(&report, 39, AlterationKind::Edited);
     assert_eq!(report.records, 39);
     store
@@ -679,6 +695,27 @@ async fn tail_changes_detected(db: &TestDb) {
         .execute(&mut raw)
         .await
         .expect("restore the last row");
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
+
+    // A periodic checkpoint in the middle deleted.
+    let middle = store
+        .issuance_log_checkpoints(19, 1)
+        .await
+        .expect("read checkpoint")
+        .remove(0);
+    execute(
+        &mut raw,
+        "DELETE FROM issuance_log_checkpoints WHERE seq = $1",
+        &[19],
+    )
+    .await;
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 19, AlterationKind::CheckpointMissing);
+    assert_eq!(report.records, 19);
+    store
+        .insert_issuance_log_checkpoint(&middle)
+        .await
+        .expect("restore checkpoint");
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
 
     // The last five records removed, head row left alone.

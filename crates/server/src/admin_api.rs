@@ -658,11 +658,19 @@ impl Admin for AdminService {
     }
 }
 
-/// Maps issuance log failures to statuses; an invalid serial is the caller's mistake, every
-/// other failure is logged and internal.
+/// Maps issuance log failures to statuses. An invalid serial is the caller's mistake, damaged
+/// log data is DataLoss with its details, and every other failure is logged and internal.
 fn log_status(error: LogError) -> Status {
     match error {
         LogError::InvalidRecord(message) => Status::invalid_argument(message),
+        // The operator who calls the admin API needs the details to repair the log.
+        damaged if damaged.is_damaged_log() => {
+            tracing::error!(
+                error = %crate::tasks::error_chain(&damaged),
+                "admin API issuance log request found damaged log data"
+            );
+            Status::data_loss(format!("the issuance log is damaged: {damaged}"))
+        }
         other => {
             tracing::error!(
                 error = %crate::tasks::error_chain(&other),
@@ -726,6 +734,7 @@ fn alteration_to_pb(alteration: &Alteration) -> IssuanceLogAlteration {
         AlterationKind::Inserted => ("inserted", 0),
         AlterationKind::CheckpointMismatch => ("checkpoint_mismatch", 0),
         AlterationKind::BadCheckpointSignature => ("bad_checkpoint_signature", 0),
+        AlterationKind::CheckpointMissing => ("checkpoint_missing", 0),
         _ => ("unknown", 0),
     };
     IssuanceLogAlteration {

@@ -118,6 +118,10 @@ pub(crate) async fn check_at_start(provenance: &Provenance) {
             detail = %alteration.detail,
             "the issuance log was altered; run `twid log verify` to find the first alteration"
         ),
+        Err(error) if error.is_damaged_log() => tracing::error!(
+            error = %error,
+            "the issuance log is damaged; run `twid log verify` to find the first alteration"
+        ),
         Err(error) => tracing::warn!(error = %error, "checking the issuance log head failed"),
     }
 }
@@ -210,7 +214,7 @@ pub(crate) async fn append_issuance(shared: &Shared, record: NewRecord) -> Resul
         .append(record)
         .await
         .map(|_| ())
-        .map_err(unavailable)
+        .map_err(append_status)
 }
 
 /// Appends the records of several issued credentials concurrently, so that the log's group
@@ -225,7 +229,7 @@ pub(crate) async fn append_issuances(
     let log = &shared.issuance_log.log;
     let appends = records.into_iter().map(|record| log.append(record));
     for result in futures::future::join_all(appends).await {
-        result.map_err(unavailable)?;
+        result.map_err(append_status)?;
     }
     Ok(())
 }
@@ -438,12 +442,20 @@ impl RefusalLimiter {
     }
 }
 
-/// Turns a failed issuance append into the status sent to the caller.
-fn unavailable(error: LogError) -> Status {
+/// Turns a failed issuance append into the status sent to the caller. A damaged log fails
+/// every append until an operator repairs it, so the caller gets FailedPrecondition, which
+/// means that retrying at once does not help, instead of Unavailable.
+pub(crate) fn append_status(error: LogError) -> Status {
     tracing::error!(
         error = %crate::tasks::error_chain(&error),
         "failed to append to the issuance log; the credential was not issued"
     );
+    if error.is_damaged_log() {
+        return Status::failed_precondition(
+            "the issuance log is damaged, so no credential was issued; the server's operator \
+             must run `twid log verify` and repair it",
+        );
+    }
     Status::unavailable("the issuance log is unavailable, so no credential was issued; retry later")
 }
 

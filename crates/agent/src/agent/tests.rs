@@ -875,6 +875,33 @@ async fn signs_beyond_cache_limit_only_on_request() {
     agent.shutdown().await;
 }
 
+#[tokio::test]
+async fn waiting_workload_respects_backoff() {
+    for code in [tonic::Code::FailedPrecondition, tonic::Code::Unavailable] {
+        let setup = Setup::new(&["good"], LONG, LONG).await;
+        let mut settings = setup.settings(Some("good"));
+        // No SVID is signed ahead of a request, so only the caller's requests ask for one.
+        settings.x509_svid_cache_max_size = 0;
+        settings.sync_interval = LONG;
+        let agent = start_synced(settings).await;
+        setup.node.state().signing_failure = Some(code);
+
+        // A caller without an SVID fetches every 100 ms for 3 s. Each fetch used to start a
+        // round, even during the backoff after a failed one.
+        let mut client = workload_client(agent.socket_path().to_owned()).await;
+        for _ in 0..30 {
+            let next = tokio::time::Instant::now() + Duration::from_millis(100);
+            let fetch = client.fetch_x509svid(with_header(X509svidRequest {}));
+            let _ = tokio::time::timeout_at(next, fetch).await;
+            tokio::time::sleep_until(next).await;
+        }
+        let failed = setup.node.state().failed_signings;
+        agent.shutdown().await;
+        assert!(failed >= 1, "{code:?}: no signing request in 3 s");
+        assert!(failed <= 6, "{code:?}: {failed} signing requests in 3 s");
+    }
+}
+
 /// Returns the refusals the fake server counted during `window`, which starts after `settle`.
 async fn refusals_during(node: &FakeNode, settle: Duration, window: Duration) -> usize {
     tokio::time::sleep(settle).await;
