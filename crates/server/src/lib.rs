@@ -199,33 +199,24 @@ impl Server {
     }
 }
 
-/// Name of the lock file in the server's data directory.
-const DATA_DIR_LOCK_FILE: &str = "server.lock";
-
 /// Takes an exclusive lock on the data directory, so that a second server started on it
-/// fails before it writes to the datastore, publishes a bundle or binds a port. The
-/// operating system releases the lock when the process exits, however it exits.
+/// fails before it writes to the datastore, publishes a bundle or binds a port. The lock is
+/// on the directory itself, not on a file in it, so deleting or replacing a file cannot
+/// release it. The operating system releases it when the process exits, however it exits.
 fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let path = dir.join(DATA_DIR_LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|source| ServerError::io(&path, source))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
+    let handle = std::fs::File::open(dir).map_err(|source| ServerError::io(dir, source))?;
+    match handle.try_lock() {
+        Ok(()) => Ok(handle),
         Err(std::fs::TryLockError::WouldBlock) => Err(ServerError::io(
-            &path,
+            dir,
             std::io::Error::new(
                 std::io::ErrorKind::WouldBlock,
-                "another twid server is running on this data_dir; stop it, or give this \
-                 server another data_dir",
+                "another twid server is running with this data directory; stop it, or start \
+                 this one with another (`data_dir` in the server configuration, `--data-dir` \
+                 for `twid dev`)",
             ),
         )),
-        Err(std::fs::TryLockError::Error(source)) => Err(ServerError::io(&path, source)),
+        Err(std::fs::TryLockError::Error(source)) => Err(ServerError::io(dir, source)),
     }
 }
 
