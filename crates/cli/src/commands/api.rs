@@ -42,8 +42,9 @@ pub(crate) struct WatchX509Args {
     /// the agent's default socket).
     #[arg(long)]
     socket_path: Option<PathBuf>,
-    /// Exit after printing this many lines, status lines included; 0 streams until
-    /// interrupted. The exit status is 1 when the last line is a status line.
+    /// Exit after printing this many lines, status lines included, and print a repeated
+    /// status each time; 0 streams until interrupted. The exit status is 1 when the last line
+    /// is a status line.
     #[arg(long, default_value_t = 0)]
     count: u64,
 }
@@ -149,8 +150,8 @@ const WATCH_RETRY_MAX: Duration = Duration::from_secs(10);
 /// Streams FetchX509SVID and prints one JSON line per update. A stream that ends, such as with
 /// PermissionDenied once the caller has no identity left, is printed as a line with the status
 /// and no SVIDs. The stream is then opened again after a delay that doubles from 0.5 s to 10 s,
-/// and a repeated status is not printed again until an update arrives. Status lines count
-/// toward `--count`, and when the last line is one, the command fails.
+/// and without `--count` a repeated status is not printed again until an update arrives.
+/// Status lines count toward `--count`, and when the last line is one, the command fails.
 async fn watch_x509(args: WatchX509Args) -> anyhow::Result<()> {
     let path = client::workload_socket(args.socket_path.clone())?;
     let mut printed: u64 = 0;
@@ -219,7 +220,10 @@ async fn watch_x509_once(
         },
     };
     let error = (status.code(), status.message().to_owned());
-    if last_error.as_ref() != Some(&error) {
+    // Without --count a repeated status is left out, so that a long watch stays readable.
+    // With --count every status is printed and counted, so that the command ends even when
+    // the status never changes.
+    if args.count > 0 || last_error.as_ref() != Some(&error) {
         print(serde_json::json!({
             "received_unix_ms": unix_millis(),
             "error": { "code": format!("{:?}", error.0), "message": error.1 },
@@ -485,6 +489,7 @@ async fn fetch_jwt(args: FetchJwtArgs) -> anyhow::Result<()> {
                 .map(|svid| {
                     serde_json::json!({
                         "spiffe_id": svid.spiffe_id, "svid": svid.svid, "hint": svid.hint,
+                        "jti": unverified_jti(&svid.svid),
                     })
                 })
                 .collect();
@@ -500,6 +505,18 @@ async fn fetch_jwt(args: FetchJwtArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Returns the `jti` claim of a compact JWT without checking its signature, for display and
+/// for `twid log show --jti`, or `None` when the token has no such claim.
+fn unverified_jti(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("jti")?.as_str().map(str::to_owned)
 }
 
 /// The shortest wait between two refreshes of the token file.

@@ -185,13 +185,21 @@ fn print_next_steps(steps: &NextSteps<'_>) {
         );
     }
     // The commands below are meant to be pasted into a shell, so paths are quoted for it.
-    let endpoint = shell_word(&format!("unix://{}", workload_socket.display()));
+    let workload_path = workload_socket.display().to_string();
     let admin = shell_word(&admin_socket.display().to_string());
     println!();
     println!("Try, in another shell:");
-    println!("  export SPIFFE_ENDPOINT_SOCKET={endpoint}");
-    println!("  {twid} api fetch x509");
-    println!("  {twid} api fetch jwt --audience example");
+    // A SPIFFE endpoint address cannot contain '?' or '#', and clients differ on whether they
+    // percent-decode '%', so such a path goes to the flag instead of the variable.
+    let api_socket = if workload_path.contains(['?', '#', '%']) {
+        format!(" --socket-path {}", shell_word(&workload_path))
+    } else {
+        let endpoint = shell_word(&format!("unix://{workload_path}"));
+        println!("  export SPIFFE_ENDPOINT_SOCKET={endpoint}");
+        String::new()
+    };
+    println!("  {twid} api fetch x509{api_socket}");
+    println!("  {twid} api fetch jwt --audience example{api_socket}");
     println!("  {twid} entry show --socket-path {admin}");
     println!("  {twid} log show --socket-path {admin}");
     println!("  {twid} log verify --socket-path {admin}");

@@ -270,4 +270,18 @@ fn watch_count_ending_on_status_fails() {
     assert_eq!(line["error"]["code"], "Unavailable");
     assert_eq!(line["svids"].as_array().map(Vec::len), Some(0));
     assert_one_error_line(&output, &["status Unavailable", "missing.sock"]);
+
+    // A status that repeats counts each time, so the watch ends.
+    let output = run(&[
+        "api",
+        "watch",
+        "x509",
+        "--count",
+        "2",
+        "--socket-path",
+        socket.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
 }

@@ -142,6 +142,7 @@ fn issuance_log_records_and_detects_edits() {
     ]))
     .unwrap();
     let jti = jwt_id(jwt["svids"][0]["svid"].as_str().unwrap());
+    assert_eq!(jwt["svids"][0]["jti"], jti.as_str());
     let json: serde_json::Value = serde_json::from_str(&run_ok(&[
         "log",
         "show",
