@@ -119,7 +119,7 @@ pub(crate) fn unix_now() -> i64 {
     i64::try_from(elapsed.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Minimum pause after a failed round before a hint may start the next one.
+/// Minimum pause after one failed round before a hint may start the next one.
 const HINT_WAIT_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// The maximum pause between rounds while a Watch stream is open, as a safety net for a hint
@@ -268,9 +268,10 @@ impl Syncer {
     /// re-attests an evidence agent between rounds when due. The first round starts after
     /// `delay` or at the next notification of `hints`, whichever comes first. Each later
     /// round starts after the delay that `after_sync` returns or at the next hint. A hint also
-    /// cuts a retry backoff short, because it shows that the server is reachable, but not
-    /// before [`HINT_WAIT_AFTER_FAILURE`]. A workload's request for an entry without an SVID
-    /// starts a round too, but not during a backoff.
+    /// cuts the backoff after one failed round short, because it shows that the server is
+    /// reachable, but not before [`HINT_WAIT_AFTER_FAILURE`]. After more failures in a row
+    /// the backoff runs in full. A workload's request for an entry without an SVID starts a
+    /// round too, but not during a backoff.
     pub(crate) async fn run(
         mut self,
         interval: Duration,
@@ -282,16 +283,19 @@ impl Syncer {
         loop {
             let cache = self.cache.clone();
             // A workload that waits for an SVID requests it again and again, so after a
-            // failed round its requests wait for the backoff instead of starting rounds. A
-            // hint waits for part of it: a round that fails with Unavailable replaces the
-            // connection, the Watch stream opens again and sends a hint, and without the wait
-            // that loop repeats as fast as the server replies.
+            // failed round its requests wait for the backoff instead of starting rounds.
+            // Hints wait too: a round that fails with Unavailable replaces the connection, and
+            // the Watch stream opens again and sends a hint, so a hint that cut the backoff
+            // short would start the next round at once. After one failure a hint waits for up
+            // to HINT_WAIT_AFTER_FAILURE, so that a server that came back is synced soon, and
+            // after more it waits for the whole backoff.
             let failing = retry.failures > 0;
-            let hints_from = if failing {
-                tokio::time::Instant::now() + delay.min(HINT_WAIT_AFTER_FAILURE)
-            } else {
-                tokio::time::Instant::now()
+            let hint_wait = match retry.failures {
+                0 => Duration::ZERO,
+                1 => delay.min(HINT_WAIT_AFTER_FAILURE),
+                _ => delay,
             };
+            let hints_from = tokio::time::Instant::now() + hint_wait;
             let hint = async {
                 tokio::time::sleep_until(hints_from).await;
                 hints.notified().await;

@@ -81,6 +81,13 @@ impl From<sqlx::Error> for DatastoreError {
     fn from(error: sqlx::Error) -> Self {
         if is_transient_conflict(&error) {
             Self::Conflict(error.to_string())
+        } else if matches!(
+            error,
+            sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)
+        ) {
+            // The schema fixes each column's type, so a stored value that does not decode,
+            // such as text in an integer column of SQLite, was written outside twid.
+            Self::Corrupt(format!("a stored value cannot be decoded: {error}"))
         } else {
             Self::Backend(error)
         }
@@ -96,6 +103,11 @@ impl From<rusqlite::Error> for DatastoreError {
         );
         if conflict {
             Self::Conflict(error.to_string())
+        } else if matches!(
+            error,
+            rusqlite::Error::FromSqlConversionFailure(..) | rusqlite::Error::InvalidColumnType(..)
+        ) {
+            Self::Corrupt(format!("a stored value cannot be decoded: {error}"))
         } else {
             Self::Sqlite(error)
         }

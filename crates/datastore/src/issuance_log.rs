@@ -248,12 +248,7 @@ impl Datastore {
             ),
         };
         let mut tx = self.pool.begin_with(begin).await?;
-        let row = sqlx::query(select)
-            .fetch_optional(&mut *tx)
-            .await?
-            .ok_or_else(|| {
-                DatastoreError::Corrupt("the issuance_log_head table has no row".into())
-            })?;
+        let row = only_head_row(sqlx::query(select).fetch_all(&mut *tx).await?)?;
         Ok(IssuanceLogAppend {
             tx,
             backend: self.backend,
@@ -402,15 +397,15 @@ impl Datastore {
     /// missing.
     pub async fn issuance_log_head(&self) -> Result<IssuanceLogHead, DatastoreError> {
         // One statement, so PostgreSQL reads all three tables from one snapshot.
-        let row = sqlx::query(
+        let rows = sqlx::query(
             "SELECT next_seq, head_hash, \
              (SELECT MAX(seq) FROM issuance_log) AS max_record_seq, \
              (SELECT MAX(seq) FROM issuance_log_checkpoints) AS max_checkpoint_seq \
              FROM issuance_log_head",
         )
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| DatastoreError::Corrupt("the issuance_log_head table has no row".into()))?;
+        .fetch_all(&self.pool)
+        .await?;
+        let row = only_head_row(rows)?;
         Ok(IssuanceLogHead {
             next_seq: row.try_get("next_seq")?,
             head_hash: row.try_get("head_hash")?,
@@ -474,6 +469,21 @@ impl IssuanceLogAppend {
     /// Returns the hash the next inserted record must name as its `prev_hash`.
     pub fn head_hash(&self) -> &[u8] {
         &self.head_hash
+    }
+
+    /// Returns the stored hash of the record at `seq`, or `None` when no record has that seq.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn record_hash(&mut self, seq: i64) -> Result<Option<Vec<u8>>, DatastoreError> {
+        let row = sqlx::query("SELECT hash FROM issuance_log WHERE seq = $1")
+            .bind(seq)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get("hash")?),
+            None => None,
+        })
     }
 
     /// Inserts `records` and moves the head past the last of them.
@@ -675,6 +685,20 @@ impl IssuanceLogWriter {
     }
 }
 
+/// Returns the one row of the head table. Appends update every row that matches, so a second
+/// row, added outside twid, would let readers and appenders follow different heads.
+fn only_head_row(mut rows: Vec<AnyRow>) -> Result<AnyRow, DatastoreError> {
+    match rows.len() {
+        1 => Ok(rows.remove(0)),
+        0 => Err(DatastoreError::Corrupt(
+            "the issuance_log_head table has no row".into(),
+        )),
+        count => Err(DatastoreError::Corrupt(format!(
+            "the issuance_log_head table has {count} rows, but it must have exactly one"
+        ))),
+    }
+}
+
 /// Turns a unique violation of an append into [`DatastoreError::Corrupt`]. The head row
 /// matched, so the only unique key that an append can violate, the records' seq, was taken
 /// by a record stored outside twid, past the head. Every later append fails the same way
@@ -769,6 +793,12 @@ fn append_sqlite<R: AsIssuanceLogRow>(
         ])?;
     if updated == 0 {
         return Ok(WriteOutcome::HeadMoved);
+    }
+    if updated > 1 {
+        // Dropping the transaction rolls the update back.
+        return Err(DatastoreError::Corrupt(format!(
+            "the issuance_log_head table has {updated} rows, but it must have exactly one"
+        )));
     }
     {
         let mut insert = tx.prepare_cached(concat!(

@@ -284,6 +284,25 @@ impl Appender {
         let first_seq = u64::try_from(head_seq).map_err(|_| head_corrupt("has a negative seq"))?;
         let head_hash = hash_array(tx.head_hash())
             .ok_or_else(|| head_corrupt("has a hash that is not 32 bytes"))?;
+        // A head row changed outside twid would make the batch continue from a position or
+        // hash that no record has, and leave a gap or a broken link in the chain.
+        if let Some(newest) = head_seq.checked_sub(1).filter(|seq| *seq >= 0) {
+            match tx.record_hash(newest).await? {
+                Some(hash) if hash.as_slice() == head_hash.as_slice() => {}
+                Some(hash) => {
+                    return Err(head_corrupt(&format!(
+                        "names hash {} for seq {newest}, but that record's hash is {}",
+                        hex::encode(head_hash),
+                        hex::encode(hash)
+                    )));
+                }
+                None => {
+                    return Err(head_corrupt(&format!(
+                        "counts {head_seq} records, but record {newest} is missing"
+                    )));
+                }
+            }
+        }
         let (hashes, checkpoints) = self.chain(first_seq, head_hash, records)?;
         // This path runs after another process appended, or once at the start, so owned rows
         // cost little here.

@@ -340,9 +340,10 @@ impl IssuanceLog {
     }
 
     /// Checks the newest end of the log in a few reads, cheap enough for every start. It
-    /// looks for records past the head, compares the newest record's hash with its contents
-    /// and with the head row, and checks the newest checkpoint against its record and, with a
-    /// key, its signature. Returns the first alteration found, or `None`.
+    /// looks for records past the head and compares the newest record's hash with its
+    /// contents and with the head row. It checks that the newest periodic checkpoint due is
+    /// stored, and the newest checkpoint against its record and, with a key, its signature.
+    /// Returns the first alteration found, or `None`.
     ///
     /// Limit: this finds only alterations of the newest record, the head row and the newest
     /// checkpoint. Changes to older records need [`verify`](Self::verify), which reads the
@@ -354,7 +355,12 @@ impl IssuanceLog {
         &self,
         checkpoint_key: Option<&PublicKey>,
     ) -> Result<Option<Alteration>, LogError> {
-        verify::check_head(&self.inner.store, checkpoint_key).await
+        verify::check_head(
+            &self.inner.store,
+            checkpoint_key,
+            self.inner.checkpoint_every,
+        )
+        .await
     }
 }
 

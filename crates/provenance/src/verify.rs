@@ -156,6 +156,7 @@ pub(crate) async fn verify(
 pub(crate) async fn check_head(
     store: &Datastore,
     key: Option<&PublicKey>,
+    checkpoint_every: Option<u64>,
 ) -> Result<Option<Alteration>, LogError> {
     // One statement reads the head row and the highest seqs, so appends by other processes
     // cannot make them disagree. Stored records and checkpoints never change, so the reads
@@ -196,6 +197,26 @@ pub(crate) async fn check_head(
                     "the head row stores hash {} for seq {newest}, but the record's hash is {}",
                     hex::encode(&head.head_hash),
                     hex::encode(&row.hash)
+                ),
+            )));
+        }
+    }
+
+    // The newest periodic checkpoint that is due must be stored. The appender writes it in
+    // the transaction of its record.
+    if let Some(every) = checkpoint_every.and_then(|every| i64::try_from(every).ok())
+        && every > 0
+        && end >= every
+    {
+        let due = end / every * every - 1;
+        let stored = store.issuance_log_checkpoints(due, 1).await?;
+        if !stored.iter().any(|checkpoint| checkpoint.seq == due) {
+            return Ok(Some(alteration(
+                due,
+                AlterationKind::CheckpointMissing,
+                format!(
+                    "the log signs a checkpoint every {every} records, but none is stored for \
+                     seq {due}; the checkpoint row was deleted"
                 ),
             )));
         }

@@ -609,6 +609,43 @@ async fn tail_changes_detected(db: &TestDb) {
     execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[40]).await;
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
 
+    // A head row moved ahead, or a second head row: appends refuse to continue from it, and
+    // reads report it.
+    let last_hash = stored_row(&store, 39).await.hash;
+    sqlx::query("UPDATE issuance_log_head SET next_seq = $1")
+        .bind(45_i64)
+        .execute(&mut raw)
+        .await
+        .expect("move the head ahead");
+    let error = log
+        .append(sample_record(110))
+        .await
+        .expect_err("an append after a moved head must fail");
+    assert!(error.is_damaged_log(), "{error}");
+    assert!(
+        error.to_string().contains("record 44 is missing"),
+        "{error}"
+    );
+    sqlx::query("INSERT INTO issuance_log_head (next_seq, head_hash) VALUES ($1, $2)")
+        .bind(40_i64)
+        .bind(last_hash.clone())
+        .execute(&mut raw)
+        .await
+        .expect("add a second head row");
+    let error = log
+        .check_head(Some(&public))
+        .await
+        .expect_err("two head rows");
+    assert!(error.is_damaged_log(), "{error}");
+    assert!(error.to_string().contains("2 rows"), "{error}");
+    execute(
+        &mut raw,
+        "DELETE FROM issuance_log_head WHERE next_seq = $1",
+        &[45],
+    )
+    .await;
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
+
     // The last record edited without a new hash, then an older one. The head check finds
     // only the first.
     let last = stored_row(&store, 39).await;
@@ -712,6 +749,25 @@ async fn tail_changes_detected(db: &TestDb) {
     let report = log.verify(Some(&public)).await.expect("verify");
     assert_altered(&report, 19, AlterationKind::CheckpointMissing);
     assert_eq!(report.records, 19);
+    // The head check looks only for the newest checkpoint due, at seq 39.
+    assert_head(&log, Some(&public), None).await;
+    let newest = store
+        .issuance_log_checkpoints(39, 1)
+        .await
+        .expect("read checkpoint")
+        .remove(0);
+    execute(
+        &mut raw,
+        "DELETE FROM issuance_log_checkpoints WHERE seq = $1",
+        &[39],
+    )
+    .await;
+    let expected = Some((39, AlterationKind::CheckpointMissing));
+    assert_head(&log, Some(&public), expected).await;
+    store
+        .insert_issuance_log_checkpoint(&newest)
+        .await
+        .expect("restore checkpoint");
     store
         .insert_issuance_log_checkpoint(&middle)
         .await
