@@ -280,6 +280,27 @@ fn assert_altered(report: &VerifyReport, seq: u64, kind: AlterationKind) {
     assert_eq!(alteration.seq, seq, "alteration seq: {alteration}");
 }
 
+/// Deletes the checkpoint at `seq` behind the log's back and returns it, for restoring.
+async fn take_checkpoint(
+    store: &Datastore,
+    raw: &mut AnyConnection,
+    seq: i64,
+) -> IssuanceLogCheckpoint {
+    let checkpoint = store
+        .issuance_log_checkpoints(seq, 1)
+        .await
+        .expect("read checkpoint")
+        .remove(0);
+    assert_eq!(checkpoint.seq, seq);
+    execute(
+        raw,
+        "DELETE FROM issuance_log_checkpoints WHERE seq = $1",
+        &[seq],
+    )
+    .await;
+    checkpoint
+}
+
 /// Asserts what [`IssuanceLog::check_head`] finds: nothing, or an alteration at a seq.
 async fn assert_head(
     log: &IssuanceLog,
@@ -700,18 +721,8 @@ async fn tail_changes_detected(db: &TestDb) {
     let report = log.verify(None).await.expect("verify");
     assert_altered(&report, 39, AlterationKind::CheckpointMismatch);
     assert_head(&log, None, Some((39, AlterationKind::Edited))).await;
-    // Without the checkpoint at seq 39, the head row still reveals the rewrite.
-    let checkpoint = store
-        .issuance_log_checkpoints(39, 1)
-        .await
-        .expect("read checkpoint")
-        .remove(0);
-    execute(
-        &mut raw,
-        "DELETE FROM issuance_log_checkpoints WHERE seq = $1",
-        &[39],
-    )
-    .await;
+    // Without the checkpoint at seq 39, its absence reveals the rewrite.
+    let checkpoint = take_checkpoint(&store, &mut raw, 39).await;
     let report = log.verify(None).await.expect("verify");
     assert_altered(&report, 39, AlterationKind::CheckpointMissing);
     assert_eq!(report.records, 39);
@@ -735,33 +746,13 @@ async fn tail_changes_detected(db: &TestDb) {
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
 
     // A periodic checkpoint in the middle deleted.
-    let middle = store
-        .issuance_log_checkpoints(19, 1)
-        .await
-        .expect("read checkpoint")
-        .remove(0);
-    execute(
-        &mut raw,
-        "DELETE FROM issuance_log_checkpoints WHERE seq = $1",
-        &[19],
-    )
-    .await;
+    let middle = take_checkpoint(&store, &mut raw, 19).await;
     let report = log.verify(Some(&public)).await.expect("verify");
     assert_altered(&report, 19, AlterationKind::CheckpointMissing);
     assert_eq!(report.records, 19);
     // The head check looks only for the newest checkpoint due, at seq 39.
     assert_head(&log, Some(&public), None).await;
-    let newest = store
-        .issuance_log_checkpoints(39, 1)
-        .await
-        .expect("read checkpoint")
-        .remove(0);
-    execute(
-        &mut raw,
-        "DELETE FROM issuance_log_checkpoints WHERE seq = $1",
-        &[39],
-    )
-    .await;
+    let newest = take_checkpoint(&store, &mut raw, 39).await;
     let expected = Some((39, AlterationKind::CheckpointMissing));
     assert_head(&log, Some(&public), expected).await;
     store

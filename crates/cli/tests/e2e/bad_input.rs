@@ -253,15 +253,19 @@ fn start_agent_expecting_failure(
 fn watch_count_ending_on_status_fails() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("missing.sock");
-    let output = run(&[
-        "api",
-        "watch",
-        "x509",
-        "--count",
-        "1",
-        "--socket-path",
-        socket.to_str().unwrap(),
-    ]);
+    let watch = |count: &str| {
+        run(&[
+            "api",
+            "watch",
+            "x509",
+            "--count",
+            count,
+            "--socket-path",
+            socket.to_str().unwrap(),
+        ])
+    };
+
+    let output = watch("1");
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
@@ -272,15 +276,7 @@ fn watch_count_ending_on_status_fails() {
     assert_one_error_line(&output, &["status Unavailable", "missing.sock"]);
 
     // A status that repeats counts each time, so the watch ends.
-    let output = run(&[
-        "api",
-        "watch",
-        "x509",
-        "--count",
-        "2",
-        "--socket-path",
-        socket.to_str().unwrap(),
-    ]);
+    let output = watch("2");
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
