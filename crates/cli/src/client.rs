@@ -258,14 +258,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("plain");
         std::fs::write(&file, b"").unwrap();
-        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connection_refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
         let cases = [
             (dir.path().to_path_buf(), "is a directory"),
             (file, "is not a socket"),
             (dir.path().join("missing.sock"), "no socket there"),
         ];
         for (path, expected) in cases {
-            let hint = super::connect_hint(&path, &refused);
+            let hint = super::connect_hint(&path, &connection_refused);
             assert!(hint.contains(expected), "{}: {hint}", path.display());
         }
     }
