@@ -64,6 +64,25 @@ pub struct IssuanceLogRecord {
     pub time_unix_ms: i64,
 }
 
+/// A row of the issuance log as read for verification: a record, or the seq of a row whose
+/// values do not decode as one.
+// Nearly every row is a record, so boxing it would only add an allocation per row.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredLogRow {
+    /// A row that decodes.
+    Record(IssuanceLogRecord),
+    /// A row with a value that does not decode as its column's type, such as text in an
+    /// integer column of SQLite, which stores any value in any column. twid never writes
+    /// one, so an edit outside twid left it.
+    Undecodable {
+        /// The row's seq.
+        seq: i64,
+        /// The column whose value does not decode, and the decoder's error.
+        reason: String,
+    },
+}
+
 /// One issuance log row that [`IssuanceLogWriter::append`] stores, with its values borrowed,
 /// so that a writer needs no copy of values that its caller keeps in another form. The fields
 /// mean what those of [`IssuanceLogRecord`] mean.
@@ -309,6 +328,78 @@ impl Datastore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(record_from_row).collect()
+    }
+
+    /// Returns up to `limit` rows with `seq >= from_seq`, in seq order, as
+    /// [`issuance_log_records`](Self::issuance_log_records) does, except that a row whose
+    /// values do not decode is returned as [`StoredLogRow::Undecodable`] instead of failing
+    /// the whole read. Verification uses it to name such a row's seq.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn issuance_log_rows(
+        &self,
+        from_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredLogRow>, DatastoreError> {
+        let fetched = sqlx::query(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM issuance_log WHERE seq >= $1 ORDER BY seq LIMIT $2"
+        ))
+        .bind(from_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await;
+        match fetched {
+            Ok(rows) => rows.iter().map(stored_row).collect(),
+            // A driver may fail the whole fetch on a value it cannot convert. Reading the
+            // rows one at a time then finds which ones do not decode.
+            Err(error) if is_decode_error(&error) => {
+                let seqs: Vec<i64> = sqlx::query_scalar(
+                    "SELECT seq FROM issuance_log WHERE seq >= $1 ORDER BY seq LIMIT $2",
+                )
+                .bind(from_seq)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                let mut rows = Vec::with_capacity(seqs.len());
+                for seq in seqs {
+                    if let Some(row) = self.get_issuance_log_row(seq).await? {
+                        rows.push(row);
+                    }
+                }
+                Ok(rows)
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Returns the row at `seq`, or `None`, as [`issuance_log_rows`](Self::issuance_log_rows)
+    /// reads it.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn get_issuance_log_row(
+        &self,
+        seq: i64,
+    ) -> Result<Option<StoredLogRow>, DatastoreError> {
+        let fetched = sqlx::query(concat!(
+            "SELECT ",
+            record_columns!(),
+            " FROM issuance_log WHERE seq = $1"
+        ))
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await;
+        match fetched {
+            Ok(row) => row.as_ref().map(stored_row).transpose(),
+            Err(error) if is_decode_error(&error) => Ok(Some(StoredLogRow::Undecodable {
+                seq,
+                reason: format!("a stored value cannot be decoded: {error}"),
+            })),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// Returns the record at `seq`, or `None`.
@@ -1030,6 +1121,27 @@ fn record_from_row(row: &AnyRow) -> Result<IssuanceLogRecord, DatastoreError> {
         refusal_reason: row.try_get("refusal_reason")?,
         time_unix_ms: row.try_get("time_unix_ms")?,
     })
+}
+
+/// Decodes `row` as a record, or as [`StoredLogRow::Undecodable`] when one of its values does
+/// not decode. The seq must decode: both schemas make it an integer key.
+fn stored_row(row: &AnyRow) -> Result<StoredLogRow, DatastoreError> {
+    match record_from_row(row) {
+        Ok(record) => Ok(StoredLogRow::Record(record)),
+        Err(DatastoreError::Corrupt(reason)) => Ok(StoredLogRow::Undecodable {
+            seq: row.try_get("seq")?,
+            reason,
+        }),
+        Err(error) => Err(error),
+    }
+}
+
+/// Returns whether `error` is a failure to convert a stored value to the requested type.
+fn is_decode_error(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_)
+    )
 }
 
 fn checkpoint_from_row(row: &AnyRow) -> Result<IssuanceLogCheckpoint, DatastoreError> {

@@ -41,7 +41,7 @@ pub use error::DatastoreError;
 pub use federation::{BundleEndpointProfile, FederationRelationship};
 pub use issuance_log::{
     AsIssuanceLogRow, IssuanceLogAppend, IssuanceLogCheckpoint, IssuanceLogHead, IssuanceLogRecord,
-    IssuanceLogRowRef, IssuanceLogWriter, WriteOutcome,
+    IssuanceLogRowRef, IssuanceLogWriter, StoredLogRow, WriteOutcome,
 };
 pub use job_lock::JobLock;
 pub use join_tokens::JoinToken;

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 use std::fmt;
 
-use twid_datastore::{Datastore, IssuanceLogCheckpoint, IssuanceLogRecord};
+use twid_datastore::{Datastore, IssuanceLogCheckpoint, IssuanceLogRecord, StoredLogRow};
 
 use crate::checkpoint::PublicKey;
 use crate::encoding::{GENESIS_HASH, record_hash};
@@ -268,6 +268,14 @@ pub(crate) async fn check_head(
     )))
 }
 
+/// Returns the seq of a stored row.
+fn row_seq(row: &StoredLogRow) -> i64 {
+    match row {
+        StoredLogRow::Record(record) => record.seq,
+        StoredLogRow::Undecodable { seq, .. } => *seq,
+    }
+}
+
 struct Verifier<'a> {
     store: &'a Datastore,
     /// The interval of periodic checkpoints, when the log signs them.
@@ -287,15 +295,21 @@ impl Verifier<'_> {
         let end = head.next_seq;
         let mut from = i64::MIN;
         'pages: loop {
-            let page = self.store.issuance_log_records(from, PAGE_SIZE).await?;
+            let page = self.store.issuance_log_rows(from, PAGE_SIZE).await?;
             let Some(last) = page.last() else {
                 break;
             };
-            let next_from = last.seq.checked_add(1);
-            for (index, row) in page.iter().enumerate() {
-                if row.seq >= end {
+            let next_from = row_seq(last).checked_add(1);
+            for (index, stored) in page.iter().enumerate() {
+                if row_seq(stored) >= end {
                     break 'pages;
                 }
+                let row = match stored {
+                    StoredLogRow::Record(row) => row,
+                    StoredLogRow::Undecodable { seq, reason } => {
+                        return Ok(Some(self.check_undecodable(*seq, reason)));
+                    }
+                };
                 if let Some(alteration) = self.check_record(row, page.get(index + 1)).await? {
                     return Ok(Some(alteration));
                 }
@@ -395,25 +409,47 @@ impl Verifier<'_> {
 
     /// Checks the record read at the expected position. `next` is the record after it in the
     /// same page, if any.
+    /// Names the alteration at a row whose values do not decode: its position is checked as
+    /// any record's, and a row in place is an edited record.
+    fn check_undecodable(&self, seq: i64, reason: &str) -> Alteration {
+        self.check_position(seq).unwrap_or_else(|| {
+            alteration(
+                self.expected_seq,
+                AlterationKind::Edited,
+                format!("the record's stored values cannot be read: {reason}"),
+            )
+        })
+    }
+
+    /// Returns the alteration when a row stored at `seq` is not at the next expected
+    /// position: a negative seq, or a gap before it.
+    fn check_position(&self, seq: i64) -> Option<Alteration> {
+        let p = self.expected_seq;
+        if seq < 0 {
+            return Some(alteration(
+                0,
+                AlterationKind::Inserted,
+                format!("a record with the negative seq {seq} precedes seq 0"),
+            ));
+        }
+        if seq > p {
+            return Some(alteration(
+                p,
+                AlterationKind::Deleted,
+                format!("records {p} to {} are missing", seq - 1),
+            ));
+        }
+        None
+    }
+
     async fn check_record(
         &self,
         row: &IssuanceLogRecord,
-        next: Option<&IssuanceLogRecord>,
+        next: Option<&StoredLogRow>,
     ) -> Result<Option<Alteration>, LogError> {
         let p = self.expected_seq;
-        if row.seq < 0 {
-            return Ok(Some(alteration(
-                0,
-                AlterationKind::Inserted,
-                format!("a record with the negative seq {} precedes seq 0", row.seq),
-            )));
-        }
-        if row.seq > p {
-            return Ok(Some(alteration(
-                p,
-                AlterationKind::Deleted,
-                format!("records {p} to {} are missing", row.seq - 1),
-            )));
+        if let Some(alteration) = self.check_position(row.seq) {
+            return Ok(Some(alteration));
         }
 
         if hashes_at(p, row) {
@@ -437,9 +473,14 @@ impl Verifier<'_> {
             return self.classify_moved(p, original).await.map(Some);
         }
 
+        // A next row that does not decode cannot continue the chain in this one's place.
         let next = match next {
             Some(next) => Some(next.clone()),
-            None => self.store.get_issuance_log_record(p + 1).await?,
+            None => self.store.get_issuance_log_row(p + 1).await?,
+        };
+        let next = match next {
+            Some(StoredLogRow::Record(next)) => Some(next),
+            Some(StoredLogRow::Undecodable { .. }) | None => None,
         };
         if let Some(next) = next
             && hashes_at(p, &next)

@@ -1326,3 +1326,74 @@ async fn rejected_record_spares_its_batch(db: &TestDb) {
     assert_eq!(log.list(0, 100).await.expect("list").len(), 57);
     store.close().await;
 }
+
+/// SQLite stores any value in any column, so an edit can leave a value that does not decode
+/// as its column's type. Verify names that record as edited instead of failing, on a page
+/// read and on the lookahead past an unchained record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn undecodable_sqlite_value_detected() {
+    let db = TestDb::sqlite();
+    let store = db.open().await;
+    let key = ed25519_key();
+    let public = key.public_key().clone();
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            checkpoint_every: 10,
+            signing_key: Some(key),
+            ..LogOptions::default()
+        },
+    );
+    append_concurrently(&log, 0, 30, 4).await;
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 30);
+    let mut raw = db.raw().await;
+
+    // The driver converts some foreign values to the column's type, such as an integer to
+    // text. Such a record counts as edited because its contents no longer match its hash.
+    let edits = [
+        ("time_unix_ms", "'noon'", true),
+        ("spiffe_id", "x'ff00'", true),
+        ("prev_hash", "3.5", true),
+        ("kind", "12", false),
+    ];
+    for (column, value, undecodable) in edits {
+        let original = stored_row(&store, 17).await;
+        let sql = format!("UPDATE issuance_log SET {column} = {value} WHERE seq = 17");
+        execute(&mut raw, &sql, &[]).await;
+        let report = log
+            .verify(Some(&public))
+            .await
+            .unwrap_or_else(|error| panic!("verify with {column} = {value}: {error}"));
+        assert_altered(&report, 17, AlterationKind::Edited);
+        assert_eq!(report.records, 17, "records before the edit are intact");
+        let detail = &report.alteration.as_ref().expect("alteration").detail;
+        assert_eq!(
+            detail.contains("cannot be read"),
+            undecodable,
+            "{column}: {detail}"
+        );
+        execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[17]).await;
+        insert_raw(&mut raw, &original).await;
+        assert_intact(&log.verify(Some(&public)).await.expect("verify"), 30);
+    }
+
+    // An edited record followed by an undecodable one: the lookahead that checks whether the
+    // next record continues the chain in the edited one's place must not fail on it.
+    execute(
+        &mut raw,
+        "UPDATE issuance_log SET spiffe_id = 'spiffe://example.org/forged' WHERE seq = $1",
+        &[20],
+    )
+    .await;
+    execute(
+        &mut raw,
+        "UPDATE issuance_log SET time_unix_ms = 'noon' WHERE seq = $1",
+        &[21],
+    )
+    .await;
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 20, AlterationKind::Edited);
+
+    raw.close().await.expect("close raw connection");
+    store.close().await;
+}
