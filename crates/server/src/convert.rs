@@ -19,6 +19,17 @@ pub(crate) fn unix_seconds(time: SystemTime) -> i64 {
         .unwrap_or(0)
 }
 
+/// Formats Unix seconds as RFC 3339 in UTC for messages, or as the number when out of range.
+pub(crate) fn expiry_text(seconds: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(seconds)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| format!("{seconds} (Unix seconds)"))
+}
+
 pub(crate) fn selector_to_pb(selector: &Selector) -> pb::Selector {
     pb::Selector {
         r#type: selector.kind.clone(),
@@ -114,5 +125,24 @@ pub(crate) fn agent_to_pb(agent: &AttestedAgent) -> pb::Agent {
         selectors: agent.selectors.iter().map(selector_to_pb).collect(),
         banned: agent.banned,
         attested_at: agent.attested_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expiry_text;
+
+    #[test]
+    fn expiry_text_formats_rfc3339() {
+        assert_eq!(expiry_text(0), "1970-01-01T00:00:00Z");
+        assert_eq!(expiry_text(1_800_000_000), "2027-01-15T08:00:00Z");
+    }
+
+    #[test]
+    fn expiry_text_out_of_range() {
+        assert_eq!(
+            expiry_text(i64::MAX),
+            format!("{} (Unix seconds)", i64::MAX)
+        );
     }
 }

@@ -30,7 +30,7 @@ use twid_spiffe::SpiffeId;
 use twid_telemetry::names;
 use twid_types::{AttestedAgent, RegistrationEntry};
 
-use crate::convert::{unix_now, unix_seconds};
+use crate::convert::{expiry_text, unix_now, unix_seconds};
 use crate::provenance::{self, SignedX509};
 use crate::{ServerError, Shared};
 use twid_types::EntriesDigest;
@@ -935,7 +935,7 @@ impl NodeService {
             );
             return Err(Status::permission_denied(format!(
                 "join token expired at {}; generate a new one with `twid token generate`",
-                stored.expires_at
+                expiry_text(stored.expires_at)
             )));
         }
         let trust_domain = &self.shared.config.trust_domain;

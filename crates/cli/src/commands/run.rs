@@ -21,19 +21,24 @@ pub(crate) struct RunArgs {
     expand_env: bool,
 }
 
-/// Waits for SIGINT or SIGTERM and returns the signal's name, for the shutdown log line.
+/// Waits for SIGINT, SIGTERM or SIGHUP and returns the signal's name, for the shutdown log
+/// line. SIGHUP arrives when the terminal that started the process closes, and its default
+/// action ends the process without a stop or a log line.
 pub(crate) async fn shutdown_signal() -> &'static str {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    use tokio::signal::unix::{SignalKind, signal};
+
+    let wait = |kind: SignalKind| async move {
+        match signal(kind) {
+            Ok(mut stream) => {
+                stream.recv().await;
             }
             Err(_) => std::future::pending::<()>().await,
         }
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",
-        () = terminate => "SIGTERM",
+        () = wait(SignalKind::terminate()) => "SIGTERM",
+        () = wait(SignalKind::hangup()) => "SIGHUP",
     }
 }
 
