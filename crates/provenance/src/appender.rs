@@ -17,8 +17,9 @@
 //! Limit: on a 2-vCPU machine that signs 26,000 SVIDs a second, the log costs about 9 % of the
 //! signing rate at saturation on SQLite, within the target of 10 %, and about 12 % on
 //! PostgreSQL, above it. On one that signs about 16,000 a second, it costs about 6 and 9 %,
-//! and on another that signs about 18,000 a second, 10 to 13 and 13 to 17 %.
-//! SQLite takes three quarters of this thread's time. With few concurrent signers each waits
+//! on another that signs about 18,000 a second, 10 to 13 and 13 to 17 %, and on one that
+//! signs about 37,000 a second, about 10 and 15 %. There the queue, this thread and the
+//! replies alone cost 6 %. SQLite takes three quarters of this thread's time. With few concurrent signers each waits
 //! for a commit, batches commit one at a time, and the rate is bound by commit latency: an
 //! eighth to a third lower with 64 signers.
 //!
