@@ -13,6 +13,7 @@ use twid_proto::workload::{
 };
 use twid_spiffe::x509::split_der_certificates;
 
+use super::write_dir::{self, PRIVATE, PUBLIC, Written, is_indexed_name};
 use crate::client;
 use crate::output::{self, OutputFormat};
 
@@ -296,12 +297,18 @@ async fn fetch_x509(args: FetchX509Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let response = first_x509_response(&args.socket).await?;
     let elapsed = started.elapsed();
-    if let Some(dir) = &args.write {
-        write_x509(dir, &response)?;
-    }
+    let written = match &args.write {
+        Some(dir) => Some(write_x509(dir, &response)?),
+        None => None,
+    };
     match args.socket.output {
         OutputFormat::Json => print_x509_json(&response)?,
-        OutputFormat::Pretty => print_x509_text(&response, elapsed, args.write.as_deref())?,
+        OutputFormat::Pretty => print_x509_text(&response, elapsed)?,
+    }
+    if let (Some(dir), Some(written), OutputFormat::Pretty) =
+        (&args.write, &written, args.socket.output)
+    {
+        written.print(dir);
     }
     Ok(())
 }
@@ -328,49 +335,51 @@ fn certs_pem(concatenated: &[u8]) -> anyhow::Result<String> {
 
 /// Writes a file readable only by its owner, replacing any previous file atomically.
 fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    // A hidden sibling in the same directory, so that the rename is atomic and never
-    // replaces another file.
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let temp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("failed to create {}", temp.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path).with_context(|| format!("failed to write {}", path.display()))
+    write_dir::write_file(path, contents, PRIVATE)
 }
 
-fn write_x509(dir: &Path, response: &X509svidResponse) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+/// Returns whether `name` is one that [`write_x509`] writes.
+fn is_x509_file(name: &str) -> bool {
+    is_indexed_name(name, "svid.", 1, ".pem")
+        || is_indexed_name(name, "svid.", 1, ".key")
+        || is_indexed_name(name, "bundle.", 1, ".pem")
+        || is_indexed_name(name, "federated_bundle.", 2, ".pem")
+}
+
+/// Returns whether `name` is one that [`write_wit`] writes.
+fn is_wit_file(name: &str) -> bool {
+    is_indexed_name(name, "wit.", 1, ".jwt")
+        || is_indexed_name(name, "wit.", 1, ".key")
+        || is_indexed_name(name, "wit.", 1, ".key.jwk")
+}
+
+/// Writes each SVID's chain, key and bundle, and the federated bundles in the order of their
+/// trust domains, then removes the files of SVIDs that an earlier fetch wrote and this one
+/// did not return.
+fn write_x509(dir: &Path, response: &X509svidResponse) -> anyhow::Result<Written> {
+    write_dir::create_dir(dir)?;
+    let mut federated: Vec<_> = response.federated_bundles.iter().collect();
+    federated.sort_by(|a, b| a.0.cmp(b.0));
+    let mut written = Written::default();
     for (index, svid) in response.svids.iter().enumerate() {
-        std::fs::write(
-            dir.join(format!("svid.{index}.pem")),
-            certs_pem(&svid.x509_svid)?,
-        )?;
+        let chain = certs_pem(&svid.x509_svid)?;
+        written.write(dir, format!("svid.{index}.pem"), chain.as_bytes(), PUBLIC)?;
         let key = to_pem("PRIVATE KEY", &svid.x509_svid_key);
-        write_private(&dir.join(format!("svid.{index}.key")), key.as_bytes())?;
-        std::fs::write(
-            dir.join(format!("bundle.{index}.pem")),
-            certs_pem(&svid.bundle)?,
+        written.write(dir, format!("svid.{index}.key"), key.as_bytes(), PRIVATE)?;
+        let bundle = certs_pem(&svid.bundle)?;
+        written.write(
+            dir,
+            format!("bundle.{index}.pem"),
+            bundle.as_bytes(),
+            PUBLIC,
         )?;
-        for (td_index, bundle) in response.federated_bundles.values().enumerate() {
+        for (td_index, (_, bundle)) in federated.iter().enumerate() {
             let name = format!("federated_bundle.{index}.{td_index}.pem");
-            std::fs::write(dir.join(name), certs_pem(bundle)?)?;
+            written.write(dir, name, certs_pem(bundle)?.as_bytes(), PUBLIC)?;
         }
     }
-    Ok(())
+    written.remove_stale(dir, is_x509_file)?;
+    Ok(written)
 }
 
 /// The fields of an SVID's leaf certificate that the fetch output prints.
@@ -395,11 +404,7 @@ fn leaf_summary(svid: &X509svid) -> anyhow::Result<LeafSummary> {
     })
 }
 
-fn print_x509_text(
-    response: &X509svidResponse,
-    elapsed: Duration,
-    written_to: Option<&Path>,
-) -> anyhow::Result<()> {
+fn print_x509_text(response: &X509svidResponse, elapsed: Duration) -> anyhow::Result<()> {
     let count = response.svids.len();
     println!(
         "Received {count} svid{} after {elapsed:?}\n",
@@ -423,12 +428,6 @@ fn print_x509_text(
     for (trust_domain, bundle) in federated {
         let cas = split_der_certificates(bundle)?.len();
         println!("Federated bundle: {trust_domain} ({cas} CAs)");
-    }
-    if let Some(dir) = written_to {
-        println!(
-            "Wrote svid.<i>.pem, svid.<i>.key and bundle.<i>.pem for each SVID <i> (from 0) to {}",
-            dir.display()
-        );
     }
     Ok(())
 }
@@ -647,9 +646,10 @@ async fn fetch_wit(args: FetchWitArgs) -> anyhow::Result<()> {
     if response.svids.is_empty() {
         anyhow::bail!("the Workload API returned no WIT-SVID");
     }
-    if let Some(dir) = &args.write {
-        write_wit(dir, &response)?;
-    }
+    let written = match &args.write {
+        Some(dir) => Some(write_wit(dir, &response)?),
+        None => None,
+    };
     match args.socket.output {
         OutputFormat::Json => {
             let mut svids = Vec::new();
@@ -681,12 +681,8 @@ async fn fetch_wit(args: FetchWitArgs) -> anyhow::Result<()> {
                 }
                 println!();
             }
-            if let Some(dir) = &args.write {
-                println!(
-                    "Wrote wit.<i>.jwt, wit.<i>.key and wit.<i>.key.jwk for each WIT-SVID <i> \
-                     (from 0) to {}",
-                    dir.display()
-                );
+            if let (Some(dir), Some(written)) = (&args.write, &written) {
+                written.print(dir);
             }
         }
     }
@@ -737,25 +733,21 @@ fn wit_expiry(token: &str) -> anyhow::Result<i64> {
 
 /// Writes each WIT-SVID's token, its private key as PKCS#8 PEM and the private JWK the
 /// Workload API sent, all readable only by the owner.
-fn write_wit(dir: &Path, response: &WitsvidResponse) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+fn write_wit(dir: &Path, response: &WitsvidResponse) -> anyhow::Result<Written> {
+    write_dir::create_dir(dir)?;
+    let mut written = Written::default();
     for (index, svid) in response.svids.iter().enumerate() {
         let pkcs8 = jwk_to_pkcs8(&svid.wit_svid_key)
             .with_context(|| format!("the key of WIT-SVID {index} is unusable"))?;
-        write_private(
-            &dir.join(format!("wit.{index}.jwt")),
-            svid.wit_svid.as_bytes(),
-        )?;
-        write_private(
-            &dir.join(format!("wit.{index}.key")),
-            to_pem("PRIVATE KEY", &pkcs8).as_bytes(),
-        )?;
-        write_private(
-            &dir.join(format!("wit.{index}.key.jwk")),
-            svid.wit_svid_key.as_bytes(),
-        )?;
+        let token = svid.wit_svid.as_bytes();
+        written.write(dir, format!("wit.{index}.jwt"), token, PRIVATE)?;
+        let key = to_pem("PRIVATE KEY", &pkcs8);
+        written.write(dir, format!("wit.{index}.key"), key.as_bytes(), PRIVATE)?;
+        let jwk = svid.wit_svid_key.as_bytes();
+        written.write(dir, format!("wit.{index}.key.jwk"), jwk, PRIVATE)?;
     }
-    Ok(())
+    written.remove_stale(dir, is_wit_file)?;
+    Ok(written)
 }
 
 /// Converts a private EC P-256 JWK (`d`, `x`, `y`) into an unencrypted PKCS#8 document.

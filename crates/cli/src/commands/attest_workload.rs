@@ -4,8 +4,6 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD;
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
 use twid_attestation::node::evidence::Collector as _;
@@ -16,6 +14,8 @@ use twid_proto::workload_attestation::workload_attestation_client::WorkloadAttes
 use twid_proto::workload_attestation::{AttestRequest, AttestResponse};
 
 use crate::client::{WorkloadHeader, unix_channel, workload_socket};
+use crate::commands::api::to_pem;
+use crate::commands::write_dir::{PRIVATE, PUBLIC, write_file};
 
 /// Largest message accepted from the agent: an SVID chain, a bundle, a WIT and a JWT-SVID.
 const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
@@ -210,17 +210,6 @@ fn rpc_error(method: &str, status: &tonic::Status) -> anyhow::Error {
     )
 }
 
-fn to_pem(label: &str, der: &[u8]) -> String {
-    let body = STANDARD.encode(der);
-    let mut pem = format!("-----BEGIN {label}-----\n");
-    for line in body.as_bytes().chunks(64) {
-        pem.push_str(&String::from_utf8_lossy(line));
-        pem.push('\n');
-    }
-    pem.push_str(&format!("-----END {label}-----\n"));
-    pem
-}
-
 fn certificates_pem(certificates: &[Vec<u8>]) -> String {
     certificates
         .iter()
@@ -228,31 +217,12 @@ fn certificates_pem(certificates: &[Vec<u8>]) -> String {
         .collect()
 }
 
+/// Writes a certificate file with mode 0644, replacing any previous file atomically.
 fn write_public(path: &Path, contents: &str) -> anyhow::Result<()> {
-    std::fs::write(path, contents).with_context(|| format!("failed to write {}", path.display()))
+    write_file(path, contents.as_bytes(), PUBLIC)
 }
 
 /// Writes a file readable only by its owner, replacing any previous file atomically.
 fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    // A sibling in the same folder, so that the rename is atomic.
-    let temp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("failed to create {}", temp.display()))?;
-    file.write_all(contents)?;
-    file.sync_all()?;
-    std::fs::rename(&temp, path).with_context(|| format!("failed to write {}", path.display()))
+    write_file(path, contents, PRIVATE)
 }

@@ -20,6 +20,7 @@ pub(crate) mod run;
 pub(crate) mod svid;
 pub(crate) mod token;
 pub(crate) mod wimse;
+pub(crate) mod write_dir;
 
 use std::time::Duration;
 

@@ -1,6 +1,8 @@
 //! A workload's view: SVIDs from the Workload API, checked by third-party clients.
 
+use std::os::unix::fs::PermissionsExt as _;
 use std::os::unix::process::CommandExt as _;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -184,7 +186,7 @@ fn request_without_security_header_is_invalid_argument() {
     });
 }
 
-async fn unix_channel(path: &std::path::Path) -> tonic::transport::Channel {
+async fn unix_channel(path: &Path) -> tonic::transport::Channel {
     let path = path.to_path_buf();
     tonic::transport::Endpoint::try_from("http://localhost")
         .unwrap()
@@ -225,6 +227,75 @@ fn workloads_complete_mtls_with_their_svids() {
         output.status.success() && out.join("svid.1.pem").exists()
     });
     mtls::check_handshakes(&out);
+
+    // A fetch under umask 000 sets each mode exactly.
+    let written = dir.path().join("written");
+    let output = Command::new("sh")
+        .args(["-c", "umask 000 && exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_twid"))
+        .args([
+            "api",
+            "fetch",
+            "x509",
+            "--socket-path",
+            agent.socket_arg(),
+            "--write",
+        ])
+        .arg(&written)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("svid.1.key"), "{stdout}");
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&written), 0o755);
+    assert_eq!(mode(&written.join("svid.0.pem")), 0o644);
+    assert_eq!(mode(&written.join("bundle.0.pem")), 0o644);
+    assert_eq!(mode(&written.join("svid.0.key")), 0o600);
+
+    // The next fetch removes the files of SVIDs it does not return, and no other file.
+    let stale = [
+        "svid.7.pem",
+        "svid.7.key",
+        "bundle.7.pem",
+        "federated_bundle.0.3.pem",
+    ];
+    for name in stale {
+        std::fs::write(written.join(name), b"old").unwrap();
+    }
+    std::fs::write(written.join("notes.txt"), b"mine").unwrap();
+    let written_arg = written.to_str().unwrap();
+    let output = run(&[
+        "api",
+        "fetch",
+        "x509",
+        "--socket-path",
+        agent.socket_arg(),
+        "--write",
+        written_arg,
+    ]);
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for name in stale {
+        assert!(!written.join(name).exists(), "{name} should be removed");
+        assert!(stdout.contains(name), "{stdout}");
+    }
+    assert!(written.join("notes.txt").exists(), "other files stay");
+    assert!(written.join("svid.1.pem").exists());
+
+    // A path that names a file is rejected, and the message names the problem.
+    let output = run(&[
+        "api",
+        "fetch",
+        "x509",
+        "--socket-path",
+        agent.socket_arg(),
+        "--write",
+        written.join("notes.txt").to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("not a directory"), "{stderr}");
 }
 
 pub(crate) mod mtls {
