@@ -318,16 +318,20 @@ impl Datastore {
         from_seq: i64,
         limit: u32,
     ) -> Result<Vec<IssuanceLogRecord>, DatastoreError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM issuance_log WHERE seq >= $1 ORDER BY seq LIMIT $2"
-        ))
-        .bind(from_seq)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(record_from_row).collect()
+        let rows = self.issuance_log_rows(from_seq, limit).await?;
+        rows.into_iter().map(decoded).collect()
+    }
+
+    /// Returns the record at `seq`, or `None`.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn get_issuance_log_record(
+        &self,
+        seq: i64,
+    ) -> Result<Option<IssuanceLogRecord>, DatastoreError> {
+        let row = self.get_issuance_log_row(seq).await?;
+        row.map(decoded).transpose()
     }
 
     /// Returns up to `limit` rows with `seq >= from_seq`, in seq order, as
@@ -400,25 +404,6 @@ impl Datastore {
             })),
             Err(error) => Err(error.into()),
         }
-    }
-
-    /// Returns the record at `seq`, or `None`.
-    ///
-    /// # Errors
-    /// Returns the database failure.
-    pub async fn get_issuance_log_record(
-        &self,
-        seq: i64,
-    ) -> Result<Option<IssuanceLogRecord>, DatastoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM issuance_log WHERE seq = $1"
-        ))
-        .bind(seq)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(record_from_row).transpose()
     }
 
     /// Returns the newest record (highest seq) with this X.509 serial, or `None`. The serial
@@ -1133,6 +1118,17 @@ fn stored_row(row: &AnyRow) -> Result<StoredLogRow, DatastoreError> {
             reason,
         }),
         Err(error) => Err(error),
+    }
+}
+
+/// Returns the record of `row`, or the [`DatastoreError::Corrupt`] error of a row that does
+/// not decode.
+fn decoded(row: StoredLogRow) -> Result<IssuanceLogRecord, DatastoreError> {
+    match row {
+        StoredLogRow::Record(record) => Ok(record),
+        StoredLogRow::Undecodable { seq, reason } => Err(DatastoreError::Corrupt(format!(
+            "the issuance log record at seq {seq} was changed outside twid: {reason}"
+        ))),
     }
 }
 

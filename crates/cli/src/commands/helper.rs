@@ -382,31 +382,9 @@ async fn write_jwt_files(
     Ok(wait.unwrap_or(MIN_JWT_REFRESH))
 }
 
-/// Replaces `path` atomically with a file of the given permission bits. The temporary file is
-/// created with mode 0600, so a private key is never readable by others, even briefly.
+/// Replaces `path` atomically with a file of the given permission bits.
 fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} is not a file path", path.display()))?;
-    let temp = path.with_file_name(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temp)
-        .with_context(|| format!("failed to create {}", temp.display()))?;
-    file.write_all(contents)
-        .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(mode)))
-        .and_then(|()| file.sync_all())
-        .with_context(|| format!("failed to write {}", temp.display()))?;
-    std::fs::rename(&temp, path).with_context(|| format!("failed to replace {}", path.display()))
+    super::write_dir::write_file(path, contents, mode)
 }
 
 /// Starts or signals the programs that read the files.
