@@ -36,7 +36,7 @@ pub(crate) struct ShowArgs {
     /// Show the newest record of the JWT-SVID with this `jti` claim.
     #[arg(long, conflicts_with_all = ["from", "limit"])]
     jti: Option<String>,
-    /// Show records from this position (seq) on, where 0 is the first record.
+    /// Show records from this position on, where 0 is the first record.
     #[arg(long, default_value_t = 0)]
     from: u64,
     /// Maximum number of records to show from --from, at least 1. The server returns at most
@@ -73,7 +73,7 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
             .map_err(output::status_error)?
             .into_inner()
             .records;
-        return print_records(&records, args.common.output);
+        return print_records(&records, &args);
     };
     let record = admin
         .get_issuance_record(GetIssuanceRecordRequest { key: Some(key) })
@@ -87,8 +87,10 @@ async fn show(args: ShowArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_records(records: &[IssuanceRecord], format: OutputFormat) -> anyhow::Result<()> {
-    match format {
+/// Prints one page of records. In the pretty layout a full page ends with the `--from` value
+/// of the next page, because more records may follow.
+fn print_records(records: &[IssuanceRecord], args: &ShowArgs) -> anyhow::Result<()> {
+    match args.common.output {
         OutputFormat::Json => {
             let list: Vec<_> = records.iter().map(record_json).collect();
             println!(
@@ -97,12 +99,23 @@ fn print_records(records: &[IssuanceRecord], format: OutputFormat) -> anyhow::Re
             );
         }
         OutputFormat::Pretty => {
+            let (Some(first), Some(last)) = (records.first(), records.last()) else {
+                println!("No records at position {} or later", args.from);
+                return Ok(());
+            };
+            let count = records.len();
+            let plural = if count == 1 { "" } else { "s" };
             println!(
-                "Found {} record{}\n",
-                records.len(),
-                if records.len() == 1 { "" } else { "s" }
+                "Showing {count} record{plural}, positions {} to {}\n",
+                first.seq, last.seq
             );
             records.iter().for_each(print_record);
+            if u32::try_from(count).is_ok_and(|count| count >= args.limit) {
+                println!(
+                    "More records may follow: pass --from {} for the next page",
+                    last.seq.saturating_add(1)
+                );
+            }
         }
     }
     Ok(())

@@ -177,6 +177,19 @@ fn issuance_log_records_and_detects_edits() {
     assert_eq!(records[0]["spiffe_id"], agent_id(&token).as_str());
     assert_eq!(records[0]["agent_id"], agent_id(&token).as_str());
 
+    // A full page in the pretty layout names its positions and the next page's --from.
+    let page = run_ok(&["log", "show", "--limit", "1", "--socket-path", &socket]);
+    assert!(
+        page.starts_with("Showing 1 record, positions 0 to 0"),
+        "{page}"
+    );
+    assert!(page.contains("pass --from 1 for the next page"), "{page}");
+    let past = run_ok(&["log", "show", "--from", "100000", "--socket-path", &socket]);
+    assert!(
+        past.contains("No records at position 100000 or later"),
+        "{past}"
+    );
+
     let unknown = run(&[
         "log",
         "show",
