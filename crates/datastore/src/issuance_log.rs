@@ -334,10 +334,9 @@ impl Datastore {
         row.map(decoded).transpose()
     }
 
-    /// Returns up to `limit` rows with `seq >= from_seq`, in seq order, as
-    /// [`issuance_log_records`](Self::issuance_log_records) does, except that a row whose
-    /// values do not decode is returned as [`StoredLogRow::Undecodable`] instead of failing
-    /// the whole read. Verification uses it to name such a row's seq.
+    /// Returns up to `limit` rows with `seq >= from_seq`, in seq order. A row whose values do
+    /// not decode is returned as [`StoredLogRow::Undecodable`] instead of failing the read, so
+    /// that verification can name its seq.
     ///
     /// # Errors
     /// Returns the database failure.
@@ -398,12 +397,34 @@ impl Datastore {
         .await;
         match fetched {
             Ok(row) => row.as_ref().map(stored_row).transpose(),
-            Err(error) if is_decode_error(&error) => Ok(Some(StoredLogRow::Undecodable {
-                seq,
-                reason: format!("a stored value cannot be decoded: {error}"),
-            })),
+            Err(error) if is_decode_error(&error) => {
+                let reason = match self.undecodable_column(seq).await? {
+                    Some(column) => format!("column \"{column}\": {}", decode_reason(&error)),
+                    None => decode_reason(&error),
+                };
+                Ok(Some(StoredLogRow::Undecodable { seq, reason }))
+            }
             Err(error) => Err(error.into()),
         }
+    }
+
+    /// Returns the first column of the record at `seq` whose value the driver cannot read,
+    /// when reading the whole row failed without naming one.
+    async fn undecodable_column(&self, seq: i64) -> Result<Option<&'static str>, DatastoreError> {
+        for column in record_columns!().split(", ") {
+            // The column names are constants of this module.
+            let sql = format!("SELECT {column} FROM issuance_log WHERE seq = $1");
+            let fetched = sqlx::query(AssertSqlSafe(sql))
+                .bind(seq)
+                .fetch_optional(&self.pool)
+                .await;
+            match fetched {
+                Err(error) if is_decode_error(&error) => return Ok(Some(column)),
+                Err(error) => return Err(error.into()),
+                Ok(_) => {}
+            }
+        }
+        Ok(None)
     }
 
     /// Returns the newest record (highest seq) with this X.509 serial, or `None`. The serial
@@ -455,15 +476,28 @@ impl Datastore {
         &self,
         hash: &[u8],
     ) -> Result<Option<IssuanceLogRecord>, DatastoreError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            record_columns!(),
-            " FROM issuance_log WHERE hash = $1 ORDER BY seq LIMIT 1"
-        ))
-        .bind(hash.to_vec())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(record_from_row).transpose()
+        let row = self.find_issuance_log_row_by_hash(hash).await?;
+        row.map(decoded).transpose()
+    }
+
+    /// Returns the row with the lowest seq whose stored hash is `hash`, or `None`, as
+    /// [`issuance_log_rows`](Self::issuance_log_rows) reads it.
+    ///
+    /// # Errors
+    /// Returns the database failure.
+    pub async fn find_issuance_log_row_by_hash(
+        &self,
+        hash: &[u8],
+    ) -> Result<Option<StoredLogRow>, DatastoreError> {
+        let seq: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM issuance_log WHERE hash = $1 ORDER BY seq LIMIT 1")
+                .bind(hash.to_vec())
+                .fetch_optional(&self.pool)
+                .await?;
+        match seq {
+            Some(seq) => self.get_issuance_log_row(seq).await,
+            None => Ok(None),
+        }
     }
 
     /// Returns the head row and the highest stored record and checkpoint seqs.
@@ -1088,6 +1122,10 @@ async fn insert_checkpoint(
 }
 
 fn record_from_row(row: &AnyRow) -> Result<IssuanceLogRecord, DatastoreError> {
+    Ok(decode_record(row)?)
+}
+
+fn decode_record(row: &AnyRow) -> Result<IssuanceLogRecord, sqlx::Error> {
     Ok(IssuanceLogRecord {
         seq: row.try_get("seq")?,
         prev_hash: row.try_get("prev_hash")?,
@@ -1111,13 +1149,22 @@ fn record_from_row(row: &AnyRow) -> Result<IssuanceLogRecord, DatastoreError> {
 /// Decodes `row` as a record, or as [`StoredLogRow::Undecodable`] when one of its values does
 /// not decode. The seq must decode: both schemas make it an integer key.
 fn stored_row(row: &AnyRow) -> Result<StoredLogRow, DatastoreError> {
-    match record_from_row(row) {
+    match decode_record(row) {
         Ok(record) => Ok(StoredLogRow::Record(record)),
-        Err(DatastoreError::Corrupt(reason)) => Ok(StoredLogRow::Undecodable {
+        Err(error) if is_decode_error(&error) => Ok(StoredLogRow::Undecodable {
             seq: row.try_get("seq")?,
-            reason,
+            reason: decode_reason(&error),
         }),
-        Err(error) => Err(error),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// Returns the decoder's explanation of `error`, with the column when it names one.
+fn decode_reason(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::ColumnDecode { index, source } => format!("column {index}: {source}"),
+        sqlx::Error::Decode(source) => source.to_string(),
+        other => other.to_string(),
     }
 }
 

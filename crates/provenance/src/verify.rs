@@ -175,12 +175,18 @@ pub(crate) async fn check_head(
 
     if end > 0 {
         let newest = end - 1;
-        let Some(row) = store.get_issuance_log_record(newest).await? else {
-            return Ok(Some(alteration(
-                newest,
-                AlterationKind::Deleted,
-                format!("the head row counts {end} records, but record {newest} is missing"),
-            )));
+        let row = match store.get_issuance_log_row(newest).await? {
+            Some(StoredLogRow::Record(row)) => row,
+            Some(StoredLogRow::Undecodable { reason, .. }) => {
+                return Ok(Some(undecodable(newest, &reason)));
+            }
+            None => {
+                return Ok(Some(alteration(
+                    newest,
+                    AlterationKind::Deleted,
+                    format!("the head row counts {end} records, but record {newest} is missing"),
+                )));
+            }
         };
         if !hashes_at(newest, &row) {
             return Ok(Some(alteration(
@@ -250,10 +256,9 @@ pub(crate) async fn check_head(
         )));
     }
 
-    let record = store.get_issuance_log_record(seq).await?;
-    let intact = record
-        .as_ref()
-        .is_some_and(|row| hashes_at(seq, row) && row.hash == checkpoint.hash);
+    let record = store.get_issuance_log_row(seq).await?;
+    let intact = matches!(&record, Some(StoredLogRow::Record(row))
+        if hashes_at(seq, row) && row.hash == checkpoint.hash);
     if intact {
         return Ok(None);
     }
@@ -266,6 +271,15 @@ pub(crate) async fn check_head(
             hex::encode(&checkpoint.hash)
         ),
     )))
+}
+
+/// Returns the alteration of a record at `seq` whose stored values do not decode.
+fn undecodable(seq: i64, reason: &str) -> Alteration {
+    alteration(
+        seq,
+        AlterationKind::Edited,
+        format!("a stored value of record {seq} does not decode: {reason}"),
+    )
 }
 
 /// Returns the seq of a stored row.
@@ -412,13 +426,8 @@ impl Verifier<'_> {
     /// Names the alteration at a row whose values do not decode: its position is checked as
     /// any record's, and a row in place is an edited record.
     fn check_undecodable(&self, seq: i64, reason: &str) -> Alteration {
-        self.check_position(seq).unwrap_or_else(|| {
-            alteration(
-                self.expected_seq,
-                AlterationKind::Edited,
-                format!("the record's stored values cannot be read: {reason}"),
-            )
-        })
+        self.check_position(seq)
+            .unwrap_or_else(|| undecodable(self.expected_seq, reason))
     }
 
     /// Returns the alteration when a row stored at `seq` is not at the next expected
@@ -517,7 +526,24 @@ impl Verifier<'_> {
                 ),
             ));
         }
-        let displaced = self.store.get_issuance_log_record(original).await?;
+        let displaced = match self.store.get_issuance_log_row(original).await? {
+            Some(StoredLogRow::Record(displaced)) => Some(displaced),
+            // Without the displaced record's contents a swap cannot be distinguished from a
+            // removal, but the record at p was moved from `original` either way.
+            Some(StoredLogRow::Undecodable { reason, .. }) => {
+                return Ok(alteration(
+                    p,
+                    AlterationKind::Reordered {
+                        original_seq: u64::try_from(original).unwrap_or_default(),
+                    },
+                    format!(
+                        "the record now at seq {p} belongs at seq {original}, and the record \
+                         stored at seq {original} cannot be read: {reason}"
+                    ),
+                ));
+            }
+            None => None,
+        };
         if let Some(displaced) = displaced
             && hashes_at(p, &displaced)
             && displaced.prev_hash == self.expected_prev
@@ -553,7 +579,10 @@ impl Verifier<'_> {
             if prev_hash == GENESIS_HASH {
                 break Some(-1);
             }
-            let Some(predecessor) = self.store.find_issuance_log_by_hash(&prev_hash).await? else {
+            // A predecessor that does not decode cannot place the record.
+            let Some(StoredLogRow::Record(predecessor)) =
+                self.store.find_issuance_log_row_by_hash(&prev_hash).await?
+            else {
                 break None;
             };
             if hashes_at(predecessor.seq, &predecessor) {

@@ -1353,6 +1353,7 @@ async fn undecodable_sqlite_value_detected() {
     let edits = [
         ("time_unix_ms", "'noon'", true),
         ("spiffe_id", "x'ff00'", true),
+        ("spiffe_id", "CAST(x'ff' AS TEXT)", true),
         ("prev_hash", "3.5", true),
         ("kind", "12", false),
     ];
@@ -1368,10 +1369,13 @@ async fn undecodable_sqlite_value_detected() {
         assert_eq!(report.records, 17, "records before the edit are intact");
         let detail = &report.alteration.as_ref().expect("alteration").detail;
         assert_eq!(
-            detail.contains("cannot be read"),
+            detail.contains("does not decode"),
             undecodable,
             "{column}: {detail}"
         );
+        if undecodable {
+            assert!(detail.contains(column), "{column}: {detail}");
+        }
         execute(&mut raw, "DELETE FROM issuance_log WHERE seq = $1", &[17]).await;
         insert_raw(&mut raw, &original).await;
         assert_intact(&log.verify(Some(&public)).await.expect("verify"), 30);
@@ -1379,6 +1383,7 @@ async fn undecodable_sqlite_value_detected() {
 
     // An edited record followed by an undecodable one: the lookahead that checks whether the
     // next record continues the chain in the edited one's place must not fail on it.
+    let originals = [stored_row(&store, 20).await, stored_row(&store, 21).await];
     execute(
         &mut raw,
         "UPDATE issuance_log SET spiffe_id = 'spiffe://example.org/forged' WHERE seq = $1",
@@ -1393,6 +1398,37 @@ async fn undecodable_sqlite_value_detected() {
     .await;
     let report = log.verify(Some(&public)).await.expect("verify");
     assert_altered(&report, 20, AlterationKind::Edited);
+    execute(
+        &mut raw,
+        "DELETE FROM issuance_log WHERE seq IN (20, 21)",
+        &[],
+    )
+    .await;
+    for original in &originals {
+        insert_raw(&mut raw, original).await;
+    }
+    assert_intact(&log.verify(Some(&public)).await.expect("verify"), 30);
+
+    // Two swapped records, the one moved to the later seq undecodable: classifying the
+    // earlier one reads it.
+    swap_seqs(&mut raw, 12, 14).await;
+    execute(
+        &mut raw,
+        "UPDATE issuance_log SET time_unix_ms = 'noon' WHERE seq = $1",
+        &[14],
+    )
+    .await;
+    let report = log.verify(Some(&public)).await.expect("verify");
+    assert_altered(&report, 12, AlterationKind::Reordered { original_seq: 14 });
+
+    // The newest record undecodable: the start check names it.
+    execute(
+        &mut raw,
+        "UPDATE issuance_log SET time_unix_ms = 'noon' WHERE seq = $1",
+        &[29],
+    )
+    .await;
+    assert_head(&log, Some(&public), Some((29, AlterationKind::Edited))).await;
 
     raw.close().await.expect("close raw connection");
     store.close().await;

@@ -525,7 +525,7 @@ const MIN_REFRESH: Duration = Duration::from_secs(1);
 const RETRY_REFRESH: Duration = Duration::from_secs(5);
 
 /// Writes the token file once, or with `--watch` keeps rewriting it at half of each token's
-/// lifetime until SIGTERM or SIGINT.
+/// lifetime until SIGTERM, SIGINT or SIGHUP.
 async fn write_token(args: &FetchJwtArgs, file: &Path) -> anyhow::Result<()> {
     let mut wait = write_token_once(args, file).await?;
     if !args.watch {

@@ -128,8 +128,8 @@ async fn open_x509_stream(
         .into_inner())
 }
 
-/// Follows the FetchX509SVID stream until SIGTERM or SIGINT, reconnecting with backoff when the
-/// agent is unreachable or ends the stream. The files keep their last content meanwhile.
+/// Follows the FetchX509SVID stream until SIGTERM, SIGINT or SIGHUP, reconnecting with
+/// backoff when the agent is unreachable or ends the stream. The files keep their last content meanwhile.
 async fn follow_updates(
     config: &HelperConfig,
     socket: &Path,

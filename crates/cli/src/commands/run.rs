@@ -23,9 +23,12 @@ pub(crate) struct RunArgs {
 
 /// Waits for SIGINT, SIGTERM or SIGHUP and returns the signal's name, for the shutdown log
 /// line. SIGHUP arrives when the terminal that started the process closes, and its default
-/// action ends the process without a stop or a log line.
+/// action ends the process without a stop or a log line. A process started with SIGHUP
+/// ignored, as `nohup` starts it, keeps ignoring it.
 pub(crate) async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
+
+    let hangup_ignored = hangup_ignored();
 
     let wait = |kind: SignalKind| async move {
         match signal(kind) {
@@ -38,8 +41,27 @@ pub(crate) async fn shutdown_signal() -> &'static str {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => "SIGINT",
         () = wait(SignalKind::terminate()) => "SIGTERM",
-        () = wait(SignalKind::hangup()) => "SIGHUP",
+        () = async {
+            if hangup_ignored {
+                std::future::pending::<()>().await;
+            }
+            wait(SignalKind::hangup()).await;
+        } => "SIGHUP",
     }
+}
+
+/// Returns whether this process ignores SIGHUP, from the `SigIgn` mask in
+/// `/proc/self/status`. Installing a handler would replace that disposition.
+fn hangup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        // SIGHUP is signal 1, the lowest bit of the mask.
+        .is_some_and(|mask| mask & 1 != 0)
 }
 
 pub(crate) async fn server(command: ServerCommand) -> anyhow::Result<()> {
