@@ -466,22 +466,10 @@ impl Datastore {
         row.as_ref().map(record_from_row).transpose()
     }
 
-    /// Returns the record with the lowest seq whose chain hash is `hash`, or `None`. The hash
-    /// column has no index, so this reads the whole table; it is meant for classifying an
-    /// alteration that verification has found.
-    ///
-    /// # Errors
-    /// Returns the database failure.
-    pub async fn find_issuance_log_by_hash(
-        &self,
-        hash: &[u8],
-    ) -> Result<Option<IssuanceLogRecord>, DatastoreError> {
-        let row = self.find_issuance_log_row_by_hash(hash).await?;
-        row.map(decoded).transpose()
-    }
-
     /// Returns the row with the lowest seq whose stored hash is `hash`, or `None`, as
-    /// [`issuance_log_rows`](Self::issuance_log_rows) reads it.
+    /// [`issuance_log_rows`](Self::issuance_log_rows) reads it. The hash column has no index,
+    /// so this reads the whole table. It is meant for classifying an alteration that
+    /// verification has found.
     ///
     /// # Errors
     /// Returns the database failure.

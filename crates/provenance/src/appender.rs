@@ -19,9 +19,9 @@
 //! PostgreSQL, above it. On one that signs about 16,000 a second, it costs about 6 and 9 %,
 //! on another that signs about 18,000 a second, 10 to 13 and 13 to 17 %, and on one that
 //! signs about 37,000 a second, about 10 and 15 %. There the queue, this thread and the
-//! replies alone cost 6 %. SQLite takes three quarters of this thread's time. With few concurrent signers each waits
-//! for a commit, batches commit one at a time, and the rate is bound by commit latency: an
-//! eighth to a third lower with 64 signers.
+//! replies alone cost 6 %. SQLite takes three quarters of this thread's time. With few
+//! concurrent signers each waits for a commit, batches commit one at a time, and the rate is
+//! bound by commit latency: an eighth to a third lower with 64 signers.
 //!
 //! The task runs on a thread of its own with a single-threaded Tokio runtime. On the callers'
 //! runtime, a task woken by the database driver waits behind the runnable tasks, and a server

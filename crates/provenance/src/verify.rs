@@ -421,9 +421,7 @@ impl Verifier<'_> {
         Ok(None)
     }
 
-    /// Checks the record read at the expected position. `next` is the record after it in the
-    /// same page, if any.
-    /// Names the alteration at a row whose values do not decode: its position is checked as
+    /// Names the alteration at a row whose values do not decode. Its position is checked as
     /// any record's, and a row in place is an edited record.
     fn check_undecodable(&self, seq: i64, reason: &str) -> Alteration {
         self.check_position(seq)
@@ -451,6 +449,8 @@ impl Verifier<'_> {
         None
     }
 
+    /// Checks the record read at the expected position. `next` is the row after it in the
+    /// same page, if any.
     async fn check_record(
         &self,
         row: &IssuanceLogRecord,

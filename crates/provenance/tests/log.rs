@@ -198,6 +198,25 @@ on_both_backends!(
     rejected_record_spares_its_batch,
 );
 
+/// Returns a log on `store` that signs a checkpoint every `checkpoint_every` records with
+/// `key`, and the key's public half.
+fn signed_log(
+    store: &Datastore,
+    key: SigningKey,
+    checkpoint_every: u64,
+) -> (IssuanceLog, twid_provenance::PublicKey) {
+    let public = key.public_key().clone();
+    let log = IssuanceLog::new(
+        store.clone(),
+        LogOptions {
+            checkpoint_every,
+            signing_key: Some(key),
+            ..LogOptions::default()
+        },
+    );
+    (log, public)
+}
+
 fn ed25519_key() -> SigningKey {
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("generate key");
     SigningKey::ed25519_from_pkcs8(pkcs8.as_ref()).expect("load key")
@@ -385,16 +404,7 @@ async fn stored_row(store: &Datastore, seq: i64) -> IssuanceLogRecord {
 async fn tampering_detected_at_position(db: &TestDb) {
     const RECORDS: u64 = 10_000;
     let store = db.open().await;
-    let key = ed25519_key();
-    let public = key.public_key().clone();
-    let log = IssuanceLog::new(
-        store.clone(),
-        LogOptions {
-            checkpoint_every: 1000,
-            signing_key: Some(key),
-            ..LogOptions::default()
-        },
-    );
+    let (log, public) = signed_log(&store, ed25519_key(), 1000);
 
     let mut seqs = append_concurrently(&log, 0, RECORDS, 64).await;
     seqs.sort_unstable();
@@ -513,16 +523,7 @@ async fn replicas_share_one_chain(db: &TestDb) {
 /// links stay intact but the checkpoints no longer match, and re-signing needs the private key.
 async fn rewritten_chain_fails_checkpoints(db: &TestDb) {
     let store = db.open().await;
-    let key = p256_key();
-    let public = key.public_key().clone();
-    let log = IssuanceLog::new(
-        store.clone(),
-        LogOptions {
-            checkpoint_every: 50,
-            signing_key: Some(key),
-            ..LogOptions::default()
-        },
-    );
+    let (log, public) = signed_log(&store, p256_key(), 50);
     append_concurrently(&log, 0, 300, 8).await;
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 300);
 
@@ -590,16 +591,7 @@ async fn rewritten_chain_fails_checkpoints(db: &TestDb) {
 /// rewritten, and records removed with or without rewinding the head row.
 async fn tail_changes_detected(db: &TestDb) {
     let store = db.open().await;
-    let key = ed25519_key();
-    let public = key.public_key().clone();
-    let log = IssuanceLog::new(
-        store.clone(),
-        LogOptions {
-            checkpoint_every: 10,
-            signing_key: Some(key),
-            ..LogOptions::default()
-        },
-    );
+    let (log, public) = signed_log(&store, ed25519_key(), 10);
     append_concurrently(&log, 0, 40, 4).await;
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 40);
     assert_head(&log, Some(&public), None).await;
@@ -882,16 +874,7 @@ async fn on_demand_checkpoint(db: &TestDb) {
         Err(LogError::NoSigningKey)
     ));
 
-    let key = ed25519_key();
-    let public = key.public_key().clone();
-    let log = IssuanceLog::new(
-        store.clone(),
-        LogOptions {
-            checkpoint_every: 0,
-            signing_key: Some(key),
-            ..LogOptions::default()
-        },
-    );
+    let (log, public) = signed_log(&store, ed25519_key(), 0);
     assert_eq!(log.checkpoint().await.expect("checkpoint"), None);
     for n in 0..5 {
         log.append(sample_record(n)).await.expect("append");
@@ -1334,16 +1317,7 @@ async fn rejected_record_spares_its_batch(db: &TestDb) {
 async fn undecodable_sqlite_value_detected() {
     let db = TestDb::sqlite();
     let store = db.open().await;
-    let key = ed25519_key();
-    let public = key.public_key().clone();
-    let log = IssuanceLog::new(
-        store.clone(),
-        LogOptions {
-            checkpoint_every: 10,
-            signing_key: Some(key),
-            ..LogOptions::default()
-        },
-    );
+    let (log, public) = signed_log(&store, ed25519_key(), 10);
     append_concurrently(&log, 0, 30, 4).await;
     assert_intact(&log.verify(Some(&public)).await.expect("verify"), 30);
     let mut raw = db.raw().await;

@@ -21,6 +21,7 @@ use twid_proto::workload::{JwtsvidRequest, X509svid, X509svidRequest, X509svidRe
 use twid_spiffe::x509::split_der_certificates;
 
 use crate::client::{self, WorkloadClient};
+use crate::commands::write_dir::write_file;
 use crate::output;
 
 #[derive(Debug, Args)]
@@ -129,7 +130,8 @@ async fn open_x509_stream(
 }
 
 /// Follows the FetchX509SVID stream until SIGTERM, SIGINT or SIGHUP, reconnecting with
-/// backoff when the agent is unreachable or ends the stream. The files keep their last content meanwhile.
+/// backoff when the agent is unreachable or ends the stream. The files keep their last
+/// content meanwhile.
 async fn follow_updates(
     config: &HelperConfig,
     socket: &Path,
@@ -290,18 +292,18 @@ fn write_x509_files(config: &HelperConfig, response: &X509svidResponse) -> anyho
 
     let format = config.file_format;
     let dir = &config.cert_dir;
-    write_atomic(
+    write_file(
         &dir.join(&config.svid_key_file_name),
         &encode_key(format, &svid.x509_svid_key),
         config.key_file_mode,
     )?;
-    write_atomic(
+    write_file(
         &dir.join(&config.svid_file_name),
         &encode_certificates(format, &svid_certs),
         config.cert_file_mode,
     )?;
     let bundle_refs: Vec<&CertificateDer<'_>> = bundle_certs.iter().collect();
-    write_atomic(
+    write_file(
         &dir.join(&config.svid_bundle_file_name),
         &encode_certificates(format, &bundle_refs),
         config.cert_file_mode,
@@ -362,7 +364,7 @@ async fn write_jwt_files(
         let parsed = twid_spiffe::jwt::JwtSvid::parse_insecure(&svid.svid)
             .context("the Workload API returned an invalid JWT-SVID")?;
         let path = config.cert_dir.join(&file.file_name);
-        write_atomic(&path, svid.svid.as_bytes(), config.jwt_svid_file_mode)?;
+        write_file(&path, svid.svid.as_bytes(), config.jwt_svid_file_mode)?;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |elapsed| elapsed.as_secs());
@@ -380,11 +382,6 @@ async fn write_jwt_files(
         );
     }
     Ok(wait.unwrap_or(MIN_JWT_REFRESH))
-}
-
-/// Replaces `path` atomically with a file of the given permission bits.
-fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
-    super::write_dir::write_file(path, contents, mode)
 }
 
 /// Starts or signals the programs that read the files.

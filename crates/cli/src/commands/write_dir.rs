@@ -100,6 +100,8 @@ pub(crate) fn create_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Writes `contents` to `path` with exactly `mode`, replacing any previous file atomically.
+/// The temporary file is created with mode 0600, so a private key is never readable by
+/// others, even briefly.
 pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> anyhow::Result<()> {
     // A hidden sibling in the same directory, so that the rename is atomic and never
     // replaces another file.
